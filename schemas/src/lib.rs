@@ -1,0 +1,27 @@
+//! Every wire format of sealfarm, defined once.
+//!
+//! * [`lotus`] — the lotus JSON-RPC types that cross the bridge (sector refs,
+//!   call ids, piece infos, CIDs, call errors, proof types, task names), with
+//!   the exact JSON shapes lotus' Go code produces.
+//! * [`messages`] — the AMQP messages between bridge and workers: tasks,
+//!   results and events, each carrying [`messages::SCHEMA_VERSION`].
+//! * [`topology`] — the broker topology as data (exchange and queue names and
+//!   their arguments) and an idempotent declaration of it.
+//!
+//! The bridge and the worker both depend on this crate; neither defines a
+//! wire type of its own.
+
+pub mod commitment;
+pub mod json_schema;
+pub mod lotus;
+pub mod messages;
+pub mod topology;
+
+pub use lotus::{
+    Bytes, CallError, CallId, Cid, ErrorCode, PieceInfo, RegisteredSealProof, SectorCids, SectorId,
+    SectorRef, SectorSize, TaskType,
+};
+pub use messages::{
+    DeadLetterReason, EventKind, EventMessage, Outcome, ResultMessage, Stage, StageOutput, Task,
+    TaskMessage, SCHEMA_VERSION,
+};

@@ -1,0 +1,478 @@
+//! AMQP messages between the bridge and the workers.
+//!
+//! Three kinds, all JSON, all carrying `schema` = [`SCHEMA_VERSION`]:
+//! * [`TaskMessage`] — one attempt at one lotus call, on a stage queue;
+//! * [`ResultMessage`] — what the call produced (or its [`CallError`]), on
+//!   `sealfarm.results`;
+//! * [`EventMessage`] — heartbeats, claims, progress and releases, on the
+//!   `sealfarm.events` topic exchange.
+//!
+//! Stage inputs and outputs use the lotus wire types from [`crate::lotus`], so
+//! the bridge passes what the miner sent through unchanged.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::lotus::{
+    Bytes, CallError, PieceInfo, Range, SectorCids, SectorRef, SectorSize, TaskType,
+};
+
+/// Version of every message format in this module. A consumer dead-letters a
+/// message whose version it does not know.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A sealing stage: the unit a queue, a worker slot and a result are about.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// AddPiece (`seal/v0/addpiece`).
+    Ap,
+    /// PreCommit phase 1 (`seal/v0/precommit/1`).
+    Pc1,
+    /// PreCommit phase 2 (`seal/v0/precommit/2`).
+    Pc2,
+    /// Commit phase 1 (`seal/v0/commit/1`).
+    C1,
+    /// Commit phase 2, the SNARK (`seal/v0/commit/2`).
+    C2,
+    /// FinalizeSector: trim the cache (`seal/v0/finalize`).
+    Fin,
+    /// ReleaseUnsealed (`seal/v0/finalizeunsealed`).
+    Ru,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Ap,
+        Stage::Pc1,
+        Stage::Pc2,
+        Stage::C1,
+        Stage::C2,
+        Stage::Fin,
+        Stage::Ru,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ap => "ap",
+            Stage::Pc1 => "pc1",
+            Stage::Pc2 => "pc2",
+            Stage::C1 => "c1",
+            Stage::C2 => "c2",
+            Stage::Fin => "fin",
+            Stage::Ru => "ru",
+        }
+    }
+
+    /// The lotus task type the miner schedules this stage as.
+    pub fn task_type(self) -> TaskType {
+        match self {
+            Stage::Ap => TaskType::AddPiece,
+            Stage::Pc1 => TaskType::PreCommit1,
+            Stage::Pc2 => TaskType::PreCommit2,
+            Stage::C1 => TaskType::Commit1,
+            Stage::C2 => TaskType::Commit2,
+            Stage::Fin => TaskType::Finalize,
+            Stage::Ru => TaskType::FinalizeUnsealed,
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == lower)
+            .ok_or_else(|| {
+                format!(
+                    "unknown stage {s:?}; one of {}",
+                    Stage::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+    }
+}
+
+/// Where AddPiece reads the piece bytes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PieceData {
+    /// `piece_size` zero bytes: a committed-capacity (CC) sector.
+    Null,
+    /// A file every worker that may run this task can read.
+    File { path: String },
+}
+
+/// The stage and its stage-specific inputs (lotus' call parameters).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "stage", rename_all = "lowercase")]
+pub enum Task {
+    Ap {
+        /// Unpadded sizes of the pieces already in the sector (lotus `pieceSizes`).
+        #[serde(default)]
+        existing_piece_sizes: Vec<u64>,
+        /// Unpadded size of the new piece.
+        piece_size: u64,
+        data: PieceData,
+    },
+    Pc1 {
+        ticket: Bytes,
+        pieces: Vec<PieceInfo>,
+    },
+    Pc2 {
+        /// The PC1 output exactly as the miner holds it.
+        pc1_out: Bytes,
+    },
+    C1 {
+        ticket: Bytes,
+        seed: Bytes,
+        pieces: Vec<PieceInfo>,
+        cids: SectorCids,
+    },
+    C2 {
+        /// The C1 output exactly as the miner holds it.
+        c1_out: Bytes,
+    },
+    Fin {},
+    Ru {
+        /// Ranges to keep; `null`/empty removes the unsealed file.
+        #[serde(default)]
+        keep_unsealed: Option<Vec<Range>>,
+    },
+}
+
+impl Task {
+    pub fn stage(&self) -> Stage {
+        match self {
+            Task::Ap { .. } => Stage::Ap,
+            Task::Pc1 { .. } => Stage::Pc1,
+            Task::Pc2 { .. } => Stage::Pc2,
+            Task::C1 { .. } => Stage::C1,
+            Task::C2 { .. } => Stage::C2,
+            Task::Fin {} => Stage::Fin,
+            Task::Ru { .. } => Stage::Ru,
+        }
+    }
+}
+
+/// One attempt at one lotus call, published to a stage queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskMessage {
+    pub schema: u32,
+    /// The lotus `CallID.ID` this task answers.
+    pub call_id: Uuid,
+    /// 1 for the first dispatch; raised each time the task is re-dispatched.
+    pub attempt: u32,
+    pub sector: SectorRef,
+    /// When the bridge received the call (Unix milliseconds).
+    pub issued_at_ms: u64,
+    #[serde(flatten)]
+    pub task: Task,
+}
+
+impl TaskMessage {
+    pub fn new(sector: SectorRef, task: Task) -> Self {
+        TaskMessage {
+            schema: SCHEMA_VERSION,
+            call_id: Uuid::new_v4(),
+            attempt: 1,
+            sector,
+            issued_at_ms: now_ms(),
+            task,
+        }
+    }
+
+    pub fn stage(&self) -> Stage {
+        self.task.stage()
+    }
+
+    /// The key a worker stores this attempt under.
+    pub fn job_key(&self) -> String {
+        format!("{}/{}", self.call_id, self.attempt)
+    }
+}
+
+/// A stage's output, in the shape the matching lotus `Return*` call takes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "stage", rename_all = "lowercase")]
+pub enum StageOutput {
+    Ap { piece: PieceInfo },
+    Pc1 { pc1_out: Bytes },
+    Pc2 { cids: SectorCids },
+    C1 { c1_out: Bytes },
+    C2 { proof: Bytes },
+    Fin {},
+    Ru {},
+}
+
+impl StageOutput {
+    pub fn stage(&self) -> Stage {
+        match self {
+            StageOutput::Ap { .. } => Stage::Ap,
+            StageOutput::Pc1 { .. } => Stage::Pc1,
+            StageOutput::Pc2 { .. } => Stage::Pc2,
+            StageOutput::C1 { .. } => Stage::C1,
+            StageOutput::C2 { .. } => Stage::C2,
+            StageOutput::Fin {} => Stage::Fin,
+            StageOutput::Ru {} => Stage::Ru,
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Done(StageOutput),
+    Failed(CallError),
+}
+
+/// The result of one attempt, published to `sealfarm.results`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ResultMessage {
+    pub schema: u32,
+    pub call_id: Uuid,
+    pub attempt: u32,
+    pub sector: SectorRef,
+    pub stage: Stage,
+    /// Id of the worker that ran the attempt.
+    pub worker: String,
+    /// When the worker started and finished computing (Unix milliseconds).
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    pub outcome: Outcome,
+}
+
+/// A job a worker is running, as its heartbeat reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunningJob {
+    pub call_id: Uuid,
+    pub attempt: u32,
+    pub sector: SectorRef,
+    pub stage: Stage,
+    pub started_at_ms: u64,
+}
+
+/// What an event says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum EventKind {
+    /// The worker is alive; what it serves and what it is running.
+    Heartbeat {
+        hostname: String,
+        stages: Vec<Stage>,
+        sector_sizes: Vec<SectorSize>,
+        slots: u32,
+        running: Vec<RunningJob>,
+    },
+    /// The worker recorded a task durably and acknowledged its delivery.
+    Claim {
+        call_id: Uuid,
+        attempt: u32,
+        sector: SectorRef,
+        stage: Stage,
+    },
+    /// A step inside a running job (e.g. PC1 layer 2 of 11).
+    Progress {
+        call_id: Uuid,
+        attempt: u32,
+        stage: Stage,
+        step: String,
+        done: u64,
+        total: u64,
+    },
+    /// The worker gives a claimed job back without a result.
+    Release {
+        call_id: Uuid,
+        attempt: u32,
+        reason: String,
+    },
+}
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Heartbeat { .. } => "heartbeat",
+            EventKind::Claim { .. } => "claim",
+            EventKind::Progress { .. } => "progress",
+            EventKind::Release { .. } => "release",
+        }
+    }
+}
+
+/// An event on the `sealfarm.events` topic exchange, routed as
+/// `worker.<worker-id>.<kind>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct EventMessage {
+    pub schema: u32,
+    pub worker: String,
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: EventKind,
+}
+
+impl EventMessage {
+    pub fn new(worker: &str, event: EventKind) -> Self {
+        EventMessage {
+            schema: SCHEMA_VERSION,
+            worker: worker.to_string(),
+            at_ms: now_ms(),
+            event,
+        }
+    }
+
+    pub fn routing_key(&self) -> String {
+        format!("worker.{}.{}", self.worker, self.event.name())
+    }
+}
+
+/// Why a consumer dead-lettered a message; sent as the `x-sealfarm-reason`
+/// header (`<code>: <detail>`) so an operator reads it in the queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl DeadLetterReason {
+    pub fn malformed(detail: impl Into<String>) -> Self {
+        DeadLetterReason {
+            code: "malformed",
+            detail: detail.into(),
+        }
+    }
+    pub fn unsupported_schema(version: u32) -> Self {
+        DeadLetterReason {
+            code: "unsupported-schema",
+            detail: format!(
+                "message schema version {version}, this build reads version {SCHEMA_VERSION}"
+            ),
+        }
+    }
+    pub fn unknown_proof_type(detail: impl Into<String>) -> Self {
+        DeadLetterReason {
+            code: "unknown-proof-type",
+            detail: detail.into(),
+        }
+    }
+    pub fn wrong_sector_size(detail: impl Into<String>) -> Self {
+        DeadLetterReason {
+            code: "wrong-sector-size",
+            detail: detail.into(),
+        }
+    }
+    pub fn wrong_stage(detail: impl Into<String>) -> Self {
+        DeadLetterReason {
+            code: "wrong-stage",
+            detail: detail.into(),
+        }
+    }
+    pub fn missing_input(detail: impl Into<String>) -> Self {
+        DeadLetterReason {
+            code: "missing-input",
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lotus::{RegisteredSealProof, SectorId};
+
+    fn sector() -> SectorRef {
+        SectorRef {
+            id: SectorId {
+                miner: 1000,
+                number: 7,
+            },
+            proof_type: RegisteredSealProof(5),
+        }
+    }
+
+    #[test]
+    fn task_messages_are_flat_json_tagged_by_stage() {
+        let task = TaskMessage::new(
+            sector(),
+            Task::Pc2 {
+                pc1_out: Bytes(b"{}".to_vec()),
+            },
+        );
+        let json = serde_json::to_value(&task).unwrap();
+        assert_eq!(json["stage"], "pc2");
+        assert_eq!(json["pc1_out"], "e30=");
+        assert_eq!(json["sector"]["ID"]["Miner"], 1000);
+        assert_eq!(json["schema"], SCHEMA_VERSION);
+        let back: TaskMessage = serde_json::from_value(json).unwrap();
+        assert_eq!(back, task);
+    }
+
+    #[test]
+    fn a_task_without_its_inputs_does_not_parse() {
+        let mut json = serde_json::to_value(TaskMessage::new(
+            sector(),
+            Task::C2 {
+                c1_out: Bytes(vec![1]),
+            },
+        ))
+        .unwrap();
+        json.as_object_mut().unwrap().remove("c1_out");
+        let err = serde_json::from_value::<TaskMessage>(json).unwrap_err();
+        assert!(err.to_string().contains("c1_out"), "{err}");
+    }
+
+    #[test]
+    fn results_carry_either_output_or_call_error() {
+        let failed = Outcome::Failed(CallError::new(
+            crate::ErrorCode::TEMP_WORKER_RESTART,
+            "restarted",
+        ));
+        let json = serde_json::to_value(&failed).unwrap();
+        assert_eq!(json["failed"]["Code"], 101);
+        let done = Outcome::Done(StageOutput::C2 {
+            proof: Bytes(vec![1, 2]),
+        });
+        let json = serde_json::to_value(&done).unwrap();
+        assert_eq!(json["done"]["stage"], "c2");
+    }
+
+    #[test]
+    fn stages_parse_from_operator_text() {
+        assert_eq!("PC1".parse::<Stage>().unwrap(), Stage::Pc1);
+        assert!("pc3"
+            .parse::<Stage>()
+            .unwrap_err()
+            .contains("unknown stage"));
+    }
+}

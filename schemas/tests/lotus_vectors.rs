@@ -1,0 +1,174 @@
+//! The lotus types round-trip the request/response examples from lotus' docs
+//! (`tests/data/lotus-vectors.json`, a copy of shared/lotus/vectors.json).
+
+use std::collections::BTreeMap;
+
+use sealfarm_schemas::lotus::{Range, ReaderStream};
+use sealfarm_schemas::{
+    Bytes, CallError, CallId, PieceInfo, SectorCids, SectorId, SectorRef, TaskType,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+fn vectors() -> Vec<Value> {
+    let text = include_str!("data/lotus-vectors.json");
+    serde_json::from_str(text).unwrap()
+}
+
+fn vector(method: &str, api: &str) -> Value {
+    vectors()
+        .into_iter()
+        .find(|v| v["method"] == format!("Filecoin.{method}") && v["api"] == api)
+        .unwrap_or_else(|| panic!("no vector for {method}"))
+}
+
+/// Parses `value` as `T` and checks it serialises back to the same JSON.
+fn round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> T {
+    let parsed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| {
+        panic!(
+            "cannot parse {value} as {}: {e}",
+            std::any::type_name::<T>()
+        )
+    });
+    assert_eq!(
+        &serde_json::to_value(&parsed).unwrap(),
+        value,
+        "{} changed in a round trip",
+        std::any::type_name::<T>()
+    );
+    parsed
+}
+
+#[test]
+fn sealing_call_params_round_trip() {
+    let pc1 = vector("SealPreCommit1", "worker");
+    let sector: SectorRef = round_trip(&pc1["params"][0]);
+    assert_eq!(
+        sector.id,
+        SectorId {
+            miner: 1000,
+            number: 9
+        }
+    );
+    assert_eq!(
+        sector.proof_type.info().unwrap().name,
+        "StackedDrg32GiBV1_1"
+    );
+    let ticket: Bytes = round_trip(&pc1["params"][1]);
+    assert_eq!(ticket.0, vec![7]);
+    round_trip::<Vec<PieceInfo>>(&pc1["params"][2]);
+
+    let c1 = vector("SealCommit1", "worker");
+    round_trip::<SectorRef>(&c1["params"][0]);
+    round_trip::<Bytes>(&c1["params"][2]);
+    round_trip::<Vec<PieceInfo>>(&c1["params"][3]);
+    let cids: SectorCids = round_trip(&c1["params"][4]);
+    assert!(cids.sealed.is_some() && cids.unsealed.is_some());
+
+    for method in ["SealPreCommit2", "SealCommit2"] {
+        let v = vector(method, "worker");
+        round_trip::<SectorRef>(&v["params"][0]);
+        round_trip::<Bytes>(&v["params"][1]);
+    }
+    round_trip::<SectorRef>(&vector("FinalizeSector", "worker")["params"][0]);
+    round_trip::<Vec<Range>>(&vector("ReleaseUnsealed", "worker")["params"][1]);
+
+    let ap = vector("AddPiece", "worker");
+    round_trip::<SectorRef>(&ap["params"][0]);
+    round_trip::<Vec<u64>>(&ap["params"][1]);
+    // Every async call answers with a CallID.
+    for method in [
+        "AddPiece",
+        "SealPreCommit1",
+        "SealPreCommit2",
+        "SealCommit1",
+        "SealCommit2",
+        "FinalizeSector",
+        "ReleaseUnsealed",
+        "Fetch",
+        "MoveStorage",
+    ] {
+        let call: CallId = round_trip(&vector(method, "worker")["result"]);
+        assert_eq!(
+            call.sector,
+            SectorId {
+                miner: 1000,
+                number: 9
+            }
+        );
+    }
+}
+
+#[test]
+fn reader_stream_wire_form_parses() {
+    // The docs show `{}`; the Go client sends Type/Info (PROTOCOL.md §11.3).
+    let stream: ReaderStream = round_trip(&serde_json::json!({"Type": "null", "Info": "2032"}));
+    assert_eq!(stream.kind, "null");
+}
+
+#[test]
+fn return_calls_round_trip() {
+    let outputs: [(&str, fn(&Value)); 6] = [
+        ("ReturnAddPiece", |v| drop(round_trip::<PieceInfo>(v))),
+        ("ReturnSealPreCommit1", |v| drop(round_trip::<Bytes>(v))),
+        ("ReturnSealPreCommit2", |v| {
+            drop(round_trip::<SectorCids>(v))
+        }),
+        ("ReturnSealCommit1", |v| drop(round_trip::<Bytes>(v))),
+        ("ReturnSealCommit2", |v| drop(round_trip::<Bytes>(v))),
+        ("ReturnDataCid", |v| drop(round_trip::<PieceInfo>(v))),
+    ];
+    for (method, check_output) in outputs {
+        let params = &vector(method, "miner")["params"];
+        round_trip::<CallId>(&params[0]);
+        check_output(&params[1]);
+        let err: CallError = round_trip(&params[2]);
+        assert_eq!(err.code.0, 0);
+    }
+    for method in [
+        "ReturnFinalizeSector",
+        "ReturnReleaseUnsealed",
+        "ReturnFetch",
+        "ReturnMoveStorage",
+    ] {
+        let params = &vector(method, "miner")["params"];
+        round_trip::<CallId>(&params[0]);
+        round_trip::<CallError>(&params[1]);
+    }
+}
+
+#[test]
+fn task_types_are_the_lotus_names() {
+    let result = &vector("TaskTypes", "worker")["result"];
+    let types: BTreeMap<String, Value> = serde_json::from_value(result.clone()).unwrap();
+    assert!(!types.is_empty());
+    for name in types.keys() {
+        let parsed: TaskType = serde_json::from_value(Value::String(name.clone()))
+            .unwrap_or_else(|e| panic!("task type {name} not known: {e}"));
+        assert_eq!(
+            serde_json::to_value(parsed).unwrap(),
+            Value::String(name.clone())
+        );
+    }
+}
+
+#[test]
+fn resource_table_proof_keys_are_known_proofs() {
+    let info = &vector("Info", "worker")["result"];
+    let table = info["Resources"]["Resources"]
+        .as_object()
+        .expect("Info carries the resource table");
+    for (task, per_proof) in table {
+        serde_json::from_value::<TaskType>(Value::String(task.clone())).unwrap();
+        for key in per_proof.as_object().unwrap().keys() {
+            let number: i64 = key.parse().unwrap();
+            assert!(
+                sealfarm_schemas::RegisteredSealProof(number)
+                    .info()
+                    .is_some(),
+                "proof {key} of {task}"
+            );
+        }
+    }
+}

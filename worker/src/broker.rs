@@ -1,0 +1,231 @@
+//! The worker's link to RabbitMQ: one connection, a publishing channel in
+//! confirm mode, and reconnection with backoff when the broker goes away.
+//!
+//! Every publish waits for the broker's confirm; a message the broker could
+//! not route (mandatory flag) or refused is an error, never a silent loss.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use sealfarm_schemas::topology;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use crate::shutdown::Shutdown;
+
+/// One open connection with its confirm-mode publishing channel.
+pub struct Broker {
+    pub connection: Connection,
+    publisher: Channel,
+}
+
+impl Broker {
+    /// Connects, enables publisher confirms and declares the topology.
+    pub async fn connect(url: &str, name: &str) -> Result<Broker> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect(url, properties)
+            .await
+            .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare(&publisher)
+            .await
+            .context("declaring the sealfarm topology")?;
+        Ok(Broker {
+            connection,
+            publisher,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    /// Publishes JSON persistently and waits for the broker's confirm.
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &T,
+        headers: &[(&str, String)],
+    ) -> Result<()> {
+        let body = serde_json::to_vec(message)?;
+        self.publish_bytes(exchange, routing_key, &body, headers)
+            .await
+    }
+
+    /// Publishes an event: persistent and confirmed, but not mandatory (an
+    /// event nobody listens to yet is not an error).
+    pub async fn publish_event<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &T,
+    ) -> Result<()> {
+        let body = serde_json::to_vec(message)?;
+        self.publish(exchange, routing_key, &body, &[], false).await
+    }
+
+    /// Publishes bytes that must reach a queue (mandatory), with headers.
+    pub async fn publish_bytes(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+    ) -> Result<()> {
+        self.publish(exchange, routing_key, body, headers, true)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: &[(&str, String)],
+        mandatory: bool,
+    ) -> Result<()> {
+        let mut table = FieldTable::default();
+        for (key, value) in headers {
+            table.insert(
+                ShortString::from(*key),
+                AMQPValue::LongString(LongString::from(value.as_str())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(table);
+        let confirm = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .with_context(|| format!("publishing to {routing_key:?}"))?
+            .await
+            .with_context(|| {
+                format!("waiting for the broker to confirm a message to {routing_key:?}")
+            })?;
+        match confirm {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) => {
+                bail!(
+                    "the broker could not route a message to {routing_key:?}: {}",
+                    returned.reply_text
+                )
+            }
+            Confirmation::Nack(_) => bail!("the broker refused a message to {routing_key:?}"),
+            Confirmation::NotRequested => Err(anyhow!(
+                "publisher confirms are off on the publishing channel"
+            )),
+        }
+    }
+}
+
+/// A broker connection that is re-established on demand.
+pub struct BrokerLink {
+    url: String,
+    name: String,
+    current: Mutex<Option<std::sync::Arc<Broker>>>,
+}
+
+impl BrokerLink {
+    pub fn new(url: String, name: String) -> Self {
+        BrokerLink {
+            url,
+            name,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The current connection, or a new one (one attempt).
+    pub async fn get(&self) -> Result<std::sync::Arc<Broker>> {
+        let mut current = self.current.lock().await;
+        if let Some(broker) = current.as_ref() {
+            if broker.is_connected() {
+                return Ok(broker.clone());
+            }
+        }
+        let broker = std::sync::Arc::new(Broker::connect(&self.url, &self.name).await?);
+        *current = Some(broker.clone());
+        Ok(broker)
+    }
+
+    /// Publishes, reconnecting and retrying with backoff until it succeeds or
+    /// `give_up` says stop (shutdown).
+    pub async fn publish_until_confirmed<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &T,
+        give_up: &Shutdown,
+    ) -> Result<()> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let broker = self.get().await?;
+                broker
+                    .publish_json(exchange, routing_key, message, &[])
+                    .await
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "publish failed; retrying");
+                    if give_up.wait_for(delay).await {
+                        return Err(err.context("gave up publishing: shutting down"));
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Some(broker) = self.current.lock().await.take() {
+            let _ = broker
+                .connection
+                .close(200, "sealfarm worker stopping".into())
+                .await;
+        }
+    }
+}
+
+/// A URL without its password, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            super::redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(super::redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}

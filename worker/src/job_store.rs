@@ -1,0 +1,218 @@
+//! The worker's durable record of every job it claimed (sled).
+//!
+//! A task's delivery is acknowledged only after its job is written here and
+//! flushed, so a claimed job survives a crash of the worker: on restart the
+//! worker runs every `Claimed` job again and republishes every `Finished`
+//! result the broker never confirmed. A job is `Done` once the broker
+//! confirmed its result; done records make a redelivered task a no-op.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::{ResultMessage, TaskMessage};
+use serde::{Deserialize, Serialize};
+
+/// Where a job is in its life on this worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// Recorded and acknowledged; not finished. `runs` counts the times a
+    /// run of it was started (a job that keeps killing the worker stops).
+    Claimed { runs: u32 },
+    /// Computed; the result is not yet confirmed by the broker.
+    Finished { result: ResultMessage },
+    /// The broker confirmed the result.
+    Done { finished_at_ms: u64 },
+}
+
+/// One job: the task as it arrived and where it stands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub task: TaskMessage,
+    pub claimed_at_ms: u64,
+    pub updated_at_ms: u64,
+    #[serde(flatten)]
+    pub state: JobState,
+}
+
+/// What [`JobStore::claim`] found.
+#[derive(Debug)]
+pub enum Claim {
+    /// The job is new and now recorded.
+    New,
+    /// This call and attempt is already known (a redelivery).
+    Known(JobState),
+}
+
+/// Jobs by `<call-id>/<attempt>`, in a sled database under the state directory.
+#[derive(Clone)]
+pub struct JobStore {
+    db: sled::Db,
+    jobs: sled::Tree,
+}
+
+impl JobStore {
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let path = state_dir.join("jobs.sled");
+        let db = sled::open(&path).with_context(|| {
+            format!(
+                "cannot open job store {} (is another worker using this --state-dir?)",
+                path.display()
+            )
+        })?;
+        let jobs = db.open_tree("jobs")?;
+        Ok(JobStore { db, jobs })
+    }
+
+    /// Records a new job durably, or reports what is known of it already.
+    pub fn claim(&self, task: &TaskMessage) -> Result<Claim> {
+        let key = task.job_key();
+        if let Some(existing) = self.get(&key)? {
+            return Ok(Claim::Known(existing.state));
+        }
+        let now = now_ms();
+        let record = JobRecord {
+            task: task.clone(),
+            claimed_at_ms: now,
+            updated_at_ms: now,
+            state: JobState::Claimed { runs: 0 },
+        };
+        self.put(&key, &record)?;
+        Ok(Claim::New)
+    }
+
+    /// Counts one more start of a claimed job and returns how many there were.
+    pub fn start_run(&self, key: &str) -> Result<u32> {
+        let mut record = self
+            .get(key)?
+            .with_context(|| format!("job {key} is not in the store"))?;
+        let runs = match &mut record.state {
+            JobState::Claimed { runs } => {
+                *runs += 1;
+                *runs
+            }
+            _ => return Ok(0),
+        };
+        self.update(key, record)?;
+        Ok(runs)
+    }
+
+    /// Stores a job's result before it is published.
+    pub fn finish(&self, result: &ResultMessage) -> Result<()> {
+        let key = format!("{}/{}", result.call_id, result.attempt);
+        let mut record = self
+            .get(&key)?
+            .with_context(|| format!("job {key} is not in the store"))?;
+        record.state = JobState::Finished {
+            result: result.clone(),
+        };
+        self.update(&key, record)
+    }
+
+    /// Marks a job done once the broker confirmed its result.
+    pub fn done(&self, key: &str) -> Result<()> {
+        let mut record = self
+            .get(key)?
+            .with_context(|| format!("job {key} is not in the store"))?;
+        record.state = JobState::Done {
+            finished_at_ms: now_ms(),
+        };
+        self.update(key, record)
+    }
+
+    /// Drops a job whose claim did not take (its delivery could not be acknowledged).
+    pub fn forget(&self, key: &str) -> Result<()> {
+        self.jobs.remove(key.as_bytes())?;
+        self.db.flush().context("flushing the job store")?;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<JobRecord>> {
+        match self.jobs.get(key.as_bytes())? {
+            Some(bytes) => Ok(Some(
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("job record {key} is corrupt"))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Every job not yet done, oldest claim first.
+    pub fn unfinished(&self) -> Result<Vec<JobRecord>> {
+        let mut records = Vec::new();
+        for entry in self.jobs.iter() {
+            let (_, bytes) = entry?;
+            let record: JobRecord =
+                serde_json::from_slice(&bytes).context("a job record is corrupt")?;
+            if !matches!(record.state, JobState::Done { .. }) {
+                records.push(record);
+            }
+        }
+        records.sort_by_key(|r| r.claimed_at_ms);
+        Ok(records)
+    }
+
+    /// Every job, for inspection.
+    pub fn all(&self) -> Result<Vec<JobRecord>> {
+        self.jobs
+            .iter()
+            .map(|entry| Ok(serde_json::from_slice(&entry?.1).context("a job record is corrupt")?))
+            .collect()
+    }
+
+    fn update(&self, key: &str, mut record: JobRecord) -> Result<()> {
+        record.updated_at_ms = now_ms();
+        self.put(key, &record)
+    }
+
+    fn put(&self, key: &str, record: &JobRecord) -> Result<()> {
+        self.jobs
+            .insert(key.as_bytes(), serde_json::to_vec(record)?)?;
+        // fsync before anything that depends on this record (an ack, a publish).
+        self.db.flush().context("flushing the job store")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealfarm_schemas::{RegisteredSealProof, SectorId, SectorRef, Task};
+
+    fn task() -> TaskMessage {
+        let sector = SectorRef {
+            id: SectorId {
+                miner: 1000,
+                number: 1,
+            },
+            proof_type: RegisteredSealProof(5),
+        };
+        TaskMessage::new(sector, Task::Fin {})
+    }
+
+    #[test]
+    fn a_claimed_job_survives_reopening_and_is_claimed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let task = task();
+        {
+            let store = JobStore::open(dir.path()).unwrap();
+            assert!(matches!(store.claim(&task).unwrap(), Claim::New));
+            assert_eq!(store.start_run(&task.job_key()).unwrap(), 1);
+        }
+        let store = JobStore::open(dir.path()).unwrap();
+        match store.claim(&task).unwrap() {
+            Claim::Known(JobState::Claimed { runs }) => assert_eq!(runs, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(store.unfinished().unwrap().len(), 1);
+        store.done(&task.job_key()).unwrap();
+        assert!(store.unfinished().unwrap().is_empty());
+        assert!(matches!(
+            store.claim(&task).unwrap(),
+            Claim::Known(JobState::Done { .. })
+        ));
+    }
+}

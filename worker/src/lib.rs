@@ -1,0 +1,30 @@
+//! sealfarm-worker: takes sealing tasks from RabbitMQ and runs the real
+//! Filecoin proofs (`filecoin-proofs-api`) on this machine.
+//!
+//! * [`service`] — consume, claim, run, publish (the worker's main loop);
+//! * [`proofs`] — each stage as the library call lotus makes;
+//! * [`job_store`] — the durable record of claimed jobs (sled);
+//! * [`broker`] — the RabbitMQ link with confirms and reconnection;
+//! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
+//! * [`sector_files`] — the lotus layout of a sealing path.
+
+pub mod broker;
+pub mod job_store;
+pub mod paramgen;
+pub mod params;
+pub mod proofs;
+pub mod sector_files;
+pub mod service;
+pub mod shutdown;
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: gethostname writes at most buffer.len() bytes into the buffer.
+    let rc = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if rc != 0 {
+        return "localhost".to_string();
+    }
+    let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}

@@ -1,0 +1,328 @@
+//! `sealfarm-worker`: parse arguments, wire the parts, run.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
+use sealfarm_worker::sector_files::SealingPath;
+use sealfarm_worker::service::{self, WorkerConfig};
+use sealfarm_worker::{broker, job_store, paramgen, params, proofs, shutdown};
+
+/// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
+/// real proofs on this machine.
+///
+/// Start one per machine with `sealfarm-worker run`. It consumes the queues
+/// `sealfarm.task.<stage>.<size>` for the stages and sector sizes you give it,
+/// records every job in its state directory before acknowledging it (a crash
+/// loses nothing: claimed jobs run again at the next start), and publishes each
+/// result to `sealfarm.results`.
+#[derive(Parser, Debug)]
+#[command(name = "sealfarm-worker", version, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SEALFARM_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the worker: consume tasks until SIGTERM/Ctrl-C.
+    ///
+    /// Example (a box for the small stages of 32 GiB sectors):
+    ///   sealfarm-worker run --sealing-path /mnt/nvme/sealing --stages ap,pc1,pc2,c1,fin,ru --sector-sizes 32GiB
+    Run(RunArgs),
+    /// Groth parameters: generate (test sizes), fetch (published), status.
+    #[command(subcommand)]
+    Params(ParamsCommand),
+    /// List the jobs recorded in a worker's state directory.
+    Jobs {
+        /// The worker's state directory.
+        #[arg(long, env = "SEALFARM_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// RabbitMQ URL (amqp:// or amqps://).
+    #[arg(
+        long = "amqp",
+        env = "SEALFARM_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// Sealing directory, laid out as lotus does (unsealed/, sealed/, cache/).
+    /// Default: ~/.sealfarm/sealing.
+    #[arg(long, env = "SEALFARM_SEALING_PATH")]
+    sealing_path: Option<PathBuf>,
+    /// Where the worker keeps its job store. Default: ~/.sealfarm/worker.
+    #[arg(long, env = "SEALFARM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Stages to take, comma-separated: ap, pc1, pc2, c1, c2, fin, ru.
+    #[arg(
+        long,
+        env = "SEALFARM_STAGES",
+        value_delimiter = ',',
+        default_value = "ap,pc1,pc2,c1,c2,fin,ru"
+    )]
+    stages: Vec<Stage>,
+    /// Sector sizes to take, comma-separated: 2KiB, 8MiB, 512MiB, 32GiB, 64GiB.
+    #[arg(
+        long,
+        env = "SEALFARM_SECTOR_SIZES",
+        value_delimiter = ',',
+        default_value = "32GiB,64GiB"
+    )]
+    sector_sizes: Vec<SectorSize>,
+    /// This worker's id: names its own queue and appears in results. Default: the host name.
+    #[arg(long, env = "SEALFARM_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Jobs this worker runs at the same time.
+    #[arg(long, env = "SEALFARM_SLOTS", default_value_t = 1)]
+    slots: usize,
+    /// How often the worker says it is alive.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// How long SIGTERM waits for running jobs; unfinished ones resume at the next start.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+enum ParamsCommand {
+    /// Generate insecure local parameters for a test sector size, offline.
+    ///
+    /// Proofs made with them verify locally and are worthless on chain, so only
+    /// 2KiB, 8MiB and 512MiB are accepted. 2KiB takes about 17 minutes on 2 cores
+    /// and writes about 1.1 GB; do it once per machine.
+    Generate {
+        #[arg(long)]
+        sector_size: SectorSize,
+    },
+    /// Download the published parameters of a sector size and check every digest.
+    Fetch {
+        #[arg(long)]
+        sector_size: SectorSize,
+        /// IPFS gateway to download from.
+        #[arg(long, env = "IPFS_GATEWAY", default_value = params::DEFAULT_GATEWAY)]
+        gateway: String,
+        /// A parameters.json to use instead of the one built into the proofs library.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// List the seal parameters the cache holds.
+    Status {
+        /// Hash each file and say whether it is the published one (slow for big files).
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Err(err) = run(cli.command) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn home_path(sub: &str) -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".sealfarm")
+        .join(sub)
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Run(args) => run_worker(args),
+        Command::Params(command) => run_params(command),
+        Command::Jobs { state_dir } => {
+            let store =
+                job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;
+            for record in store.all()? {
+                let state = serde_json::to_value(&record.state)?;
+                println!(
+                    "{}  {:<4} {:<16} attempt {}  {}",
+                    record.task.call_id,
+                    record.task.stage().as_str(),
+                    record.task.sector.id.to_string(),
+                    record.task.attempt,
+                    state["state"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_worker(args: RunArgs) -> Result<()> {
+    if args.stages.is_empty() || args.sector_sizes.is_empty() {
+        bail!("--stages and --sector-sizes must each name at least one");
+    }
+    if args.stages.contains(&Stage::C2) {
+        params::require_seal_params(&args.sector_sizes)?;
+    }
+    let sealing_dir = args.sealing_path.unwrap_or_else(|| home_path("sealing"));
+    let sealing = SealingPath::open(&sealing_dir)
+        .with_context(|| format!("cannot use sealing path {}", sealing_dir.display()))?;
+    let hostname = sealfarm_worker::hostname();
+    let config = WorkerConfig {
+        worker_id: args.worker_id.unwrap_or_else(|| hostname.clone()),
+        hostname,
+        amqp_url: args.amqp_url,
+        sealing,
+        state_dir: args.state_dir.unwrap_or_else(|| home_path("worker")),
+        stages: args.stages,
+        sector_sizes: args.sector_sizes,
+        slots: args.slots.max(1),
+        heartbeat_interval: args.heartbeat_interval,
+        shutdown_grace: args.shutdown_grace,
+    };
+    eprintln!("sealfarm-worker {}", config.worker_id);
+    eprintln!("  broker        {}", broker::redact(&config.amqp_url));
+    eprintln!("  sealing path  {}", config.sealing.root().display());
+    eprintln!("  state dir     {}", config.state_dir.display());
+    eprintln!("  parameters    {}", params::cache_dir().display());
+    eprintln!("  slots         {}", config.slots);
+    eprintln!("  queues        {}", config.queues().join(", "));
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let (trigger, shutdown) = shutdown::channel();
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("signal received; stopping");
+            trigger.fire();
+        });
+        service::run(config, shutdown).await
+    })?;
+    // Proof threads still running after the grace period must not hold the exit.
+    std::process::exit(0);
+}
+
+fn run_params(command: ParamsCommand) -> Result<()> {
+    match command {
+        ParamsCommand::Generate { sector_size } => {
+            if !sector_size.is_test_size() {
+                bail!(
+                    "refusing to generate {sector_size} parameters: locally generated parameters make proofs the chain rejects; \
+                     real sector sizes use the published ones (`sealfarm-worker params fetch --sector-size {sector_size}`)"
+                );
+            }
+            let (params_path, vk_path) = params::seal_param_paths(sector_size)?;
+            if params_path.exists() && vk_path.exists() {
+                eprintln!(
+                    "{sector_size} parameters already present: {}",
+                    params_path.display()
+                );
+                return Ok(());
+            }
+            std::fs::create_dir_all(params::cache_dir()).with_context(|| {
+                format!(
+                    "cannot create parameter cache {}",
+                    params::cache_dir().display()
+                )
+            })?;
+            eprintln!(
+                "generating {sector_size} seal parameters into {} (2KiB: about 17 min on 2 cores, 5 GB RAM)",
+                params::cache_dir().display()
+            );
+            let started = Instant::now();
+            let ticker = std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(30));
+                eprintln!(
+                    "  still generating: {:.0} s elapsed",
+                    started.elapsed().as_secs_f64()
+                );
+            });
+            drop(ticker);
+            let proof =
+                proofs::api_proof(RegisteredSealProof::v1_1_for(sector_size)).expect("known proof");
+            paramgen::generate_porep_params(proof)?;
+            eprintln!(
+                "done in {:.0} s: {}",
+                started.elapsed().as_secs_f64(),
+                params_path.display()
+            );
+            Ok(())
+        }
+        ParamsCommand::Fetch {
+            sector_size,
+            gateway,
+            manifest,
+        } => {
+            let manifest = params::manifest(manifest.as_deref())?;
+            let outcomes = params::fetch(sector_size, &gateway, &manifest)?;
+            eprintln!(
+                "{} files for {sector_size} in {}",
+                outcomes.len(),
+                params::cache_dir().display()
+            );
+            Ok(())
+        }
+        ParamsCommand::Status { verify } => {
+            let manifest = params::manifest(None)?;
+            println!("parameter cache: {}", params::cache_dir().display());
+            println!(
+                "{:<7} {:<6} {:>14}  {:<10} file",
+                "size", "kind", "bytes", "origin"
+            );
+            for line in params::status(verify, &manifest)? {
+                let origin = match (line.bytes, line.published) {
+                    (None, _) => "missing",
+                    (Some(_), None) => "present",
+                    (Some(_), Some(true)) => "published",
+                    (Some(_), Some(false)) => "local",
+                };
+                let bytes = line
+                    .bytes
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let name = line
+                    .path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                println!(
+                    "{:<7} {:<6} {:>14}  {:<10} {name}",
+                    line.size.to_string(),
+                    line.kind,
+                    bytes,
+                    origin
+                );
+            }
+            Ok(())
+        }
+    }
+}

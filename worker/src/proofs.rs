@@ -1,0 +1,512 @@
+//! What a worker computes: each stage as the `filecoin-proofs-api` call lotus
+//! itself makes, with inputs and outputs translated from and to the lotus wire
+//! types.
+//!
+//! Everything here blocks (PC1 of a 32 GiB sector runs for hours): callers run
+//! it on a blocking thread. [`execute`] also catches a panic of the library
+//! (it panics on some corrupt inputs) and turns it into a failed job.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use filecoin_proofs_api::seal::{
+    self, SealCommitPhase1Output, SealPreCommitPhase1Output, SealPreCommitPhase2Output,
+};
+use filecoin_proofs_api::{
+    PieceInfo as ApiPieceInfo, SectorId as ApiSectorId, UnpaddedBytesAmount,
+};
+use sealfarm_schemas::commitment::Commitment;
+use sealfarm_schemas::lotus::Range;
+use sealfarm_schemas::messages::PieceData;
+use sealfarm_schemas::{
+    Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage,
+};
+
+use crate::sector_files::SealingPath;
+
+/// Key lotus adds to a PC1 output: the ticket, base64 (PROTOCOL.md §9.7).
+const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
+/// File in a sector's cache directory naming the ticket its layers belong to.
+const TICKET_MARKER: &str = "sealfarm-ticket";
+
+/// The library's proof type for a lotus proof number.
+pub fn api_proof(
+    proof: sealfarm_schemas::RegisteredSealProof,
+) -> Option<filecoin_proofs_api::RegisteredSealProof> {
+    use filecoin_proofs_api::RegisteredSealProof::*;
+    const ALL: [filecoin_proofs_api::RegisteredSealProof; 20] = [
+        StackedDrg2KiBV1,
+        StackedDrg8MiBV1,
+        StackedDrg512MiBV1,
+        StackedDrg32GiBV1,
+        StackedDrg64GiBV1,
+        StackedDrg2KiBV1_1,
+        StackedDrg8MiBV1_1,
+        StackedDrg512MiBV1_1,
+        StackedDrg32GiBV1_1,
+        StackedDrg64GiBV1_1,
+        StackedDrg2KiBV1_1_Feat_SyntheticPoRep,
+        StackedDrg8MiBV1_1_Feat_SyntheticPoRep,
+        StackedDrg512MiBV1_1_Feat_SyntheticPoRep,
+        StackedDrg32GiBV1_1_Feat_SyntheticPoRep,
+        StackedDrg64GiBV1_1_Feat_SyntheticPoRep,
+        StackedDrg2KiBV1_2_Feat_NonInteractivePoRep,
+        StackedDrg8MiBV1_2_Feat_NonInteractivePoRep,
+        StackedDrg512MiBV1_2_Feat_NonInteractivePoRep,
+        StackedDrg32GiBV1_2_Feat_NonInteractivePoRep,
+        StackedDrg64GiBV1_2_Feat_NonInteractivePoRep,
+    ];
+    usize::try_from(proof.0)
+        .ok()
+        .and_then(|i| ALL.get(i).copied())
+}
+
+/// Runs one task to completion. A panic inside the proofs library fails the
+/// task instead of unwinding into the worker.
+pub fn execute(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput, CallError> {
+    match catch_unwind(AssertUnwindSafe(|| run_stage(sealing, task))) {
+        Ok(Ok(output)) => Ok(output),
+        Ok(Err(err)) => Err(call_error(&err)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(CallError::new(
+                ErrorCode::UNKNOWN,
+                format!(
+                    "{} of {} failed: the proofs library panicked: {what}",
+                    task.stage(),
+                    task.sector.id
+                ),
+            ))
+        }
+    }
+}
+
+/// A CallError for a failed stage: out of disk space is temporary (102, the
+/// miner retries elsewhere); everything else is permanent (0).
+fn call_error(err: &anyhow::Error) -> CallError {
+    let out_of_space = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28))
+    });
+    let code = if out_of_space {
+        ErrorCode::TEMP_ALLOCATE_SPACE
+    } else {
+        ErrorCode::UNKNOWN
+    };
+    CallError::new(code, format!("{err:#}"))
+}
+
+fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
+    let sector = task.sector;
+    let proof = api_proof(sector.proof_type)
+        .ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))?;
+    let stage = task.stage();
+    let context = || format!("{stage} of {}", sector.id);
+    match &task.task {
+        Task::Ap {
+            existing_piece_sizes,
+            piece_size,
+            data,
+        } => add_piece(
+            sealing,
+            sector,
+            proof,
+            existing_piece_sizes,
+            *piece_size,
+            data,
+        )
+        .with_context(context),
+        Task::Pc1 { ticket, pieces } => {
+            precommit1(sealing, sector, proof, ticket, pieces).with_context(context)
+        }
+        Task::Pc2 { pc1_out } => precommit2(sealing, sector, proof, pc1_out).with_context(context),
+        Task::C1 {
+            ticket,
+            seed,
+            pieces,
+            cids,
+        } => commit1(sealing, sector, proof, ticket, seed, pieces, cids).with_context(context),
+        Task::C2 { c1_out } => commit2(sector, c1_out).with_context(context),
+        Task::Fin {} => {
+            seal::clear_cache(&sealing.cache(sector.id)).with_context(context)?;
+            Ok(StageOutput::Fin {})
+        }
+        Task::Ru { keep_unsealed } => {
+            release_unsealed(
+                &sealing.unsealed(sector.id),
+                keep_unsealed.as_deref().unwrap_or(&[]),
+            )
+            .with_context(context)?;
+            Ok(StageOutput::Ru {})
+        }
+    }
+}
+
+fn add_piece(
+    sealing: &SealingPath,
+    sector: SectorRef,
+    proof: filecoin_proofs_api::RegisteredSealProof,
+    existing: &[u64],
+    piece_size: u64,
+    data: &PieceData,
+) -> Result<StageOutput> {
+    let path = sealing.unsealed(sector.id);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening unsealed file {}", path.display()))?;
+    // The new piece goes after the existing ones; anything beyond them is a
+    // leftover of an earlier attempt at this same call.
+    let offset: u64 = existing.iter().map(|s| padded(*s)).sum();
+    file.set_len(offset)
+        .with_context(|| format!("truncating {}", path.display()))?;
+    file.seek(SeekFrom::Start(offset))?;
+    let existing: Vec<UnpaddedBytesAmount> =
+        existing.iter().map(|s| UnpaddedBytesAmount(*s)).collect();
+    let source: Box<dyn Read> = match data {
+        PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
+        PieceData::File { path } => Box::new(
+            File::open(path)
+                .with_context(|| format!("opening piece data {path}"))?
+                .take(piece_size),
+        ),
+    };
+    let (info, _) = seal::add_piece(
+        proof,
+        source,
+        &mut file,
+        UnpaddedBytesAmount(piece_size),
+        &existing,
+    )?;
+    file.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(StageOutput::Ap {
+        piece: PieceInfo {
+            size: padded(info.size.0),
+            piece_cid: Commitment::Data.to_cid(&info.commitment),
+        },
+    })
+}
+
+fn precommit1(
+    sealing: &SealingPath,
+    sector: SectorRef,
+    proof: filecoin_proofs_api::RegisteredSealProof,
+    ticket: &Bytes,
+    pieces: &[PieceInfo],
+) -> Result<StageOutput> {
+    let ticket32 = bytes32(ticket, "ticket")?;
+    let pieces = api_pieces(pieces)?;
+    let cache = sealing.cache(sector.id);
+    prepare_cache_for_ticket(&cache, &ticket32)?;
+    let sealed = sealing.sealed(sector.id);
+    File::create(&sealed).with_context(|| format!("creating sealed file {}", sealed.display()))?;
+    let output = seal::seal_pre_commit_phase1(
+        proof,
+        &cache,
+        sealing.unsealed(sector.id),
+        &sealed,
+        sector.id.prover_id(),
+        ApiSectorId::from(sector.id.number),
+        ticket32,
+        &pieces,
+    )?;
+    let mut json = serde_json::to_value(&output).context("encoding the PC1 output")?;
+    json[LOTUS_SEAL_RANDOMNESS_KEY] = serde_json::to_value(ticket)?;
+    Ok(StageOutput::Pc1 {
+        pc1_out: Bytes(serde_json::to_vec(&json)?),
+    })
+}
+
+/// A sector's cache directory must hold layers of one ticket only: the
+/// library reuses any layer file of the right length. Layers of another
+/// ticket (a sector re-sealed after a failure) are removed.
+fn prepare_cache_for_ticket(cache: &Path, ticket: &[u8; 32]) -> Result<()> {
+    let marker = cache.join(TICKET_MARKER);
+    let wanted = hex::encode(ticket);
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == wanted => return Ok(()),
+        Ok(_) => {
+            tracing::warn!(cache = %cache.display(), "cache holds layers of another ticket; removing them");
+            std::fs::remove_dir_all(cache)
+                .with_context(|| format!("clearing {}", cache.display()))?;
+        }
+        Err(_) if cache.exists() => {
+            std::fs::remove_dir_all(cache)
+                .with_context(|| format!("clearing {}", cache.display()))?;
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(cache)
+        .with_context(|| format!("creating cache directory {}", cache.display()))?;
+    std::fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
+    Ok(())
+}
+
+/// Parses the PC1 output lotus holds (rust-fil-proofs JSON plus lotus' own key).
+pub fn parse_pc1_out(pc1_out: &Bytes) -> Result<SealPreCommitPhase1Output> {
+    serde_json::from_slice(&pc1_out.0).context("the PC1 output is not a rust-fil-proofs PC1 output")
+}
+
+/// Parses a C1 output.
+pub fn parse_c1_out(c1_out: &Bytes) -> Result<SealCommitPhase1Output> {
+    serde_json::from_slice(&c1_out.0).context("the C1 output is not a rust-fil-proofs C1 output")
+}
+
+fn precommit2(
+    sealing: &SealingPath,
+    sector: SectorRef,
+    proof: filecoin_proofs_api::RegisteredSealProof,
+    pc1_out: &Bytes,
+) -> Result<StageOutput> {
+    let pc1 = parse_pc1_out(pc1_out)?;
+    ensure!(
+        pc1.registered_proof == proof,
+        "the PC1 output is for {:?}, the sector is sealed with {:?}",
+        pc1.registered_proof,
+        proof
+    );
+    let out =
+        seal::seal_pre_commit_phase2(pc1, sealing.cache(sector.id), sealing.sealed(sector.id))?;
+    Ok(StageOutput::Pc2 {
+        cids: SectorCids {
+            unsealed: Some(Commitment::Data.to_cid(&out.comm_d)),
+            sealed: Some(Commitment::Replica.to_cid(&out.comm_r)),
+        },
+    })
+}
+
+fn commit1(
+    sealing: &SealingPath,
+    sector: SectorRef,
+    proof: filecoin_proofs_api::RegisteredSealProof,
+    ticket: &Bytes,
+    seed: &Bytes,
+    pieces: &[PieceInfo],
+    cids: &SectorCids,
+) -> Result<StageOutput> {
+    let comm_d = cids
+        .unsealed
+        .as_ref()
+        .ok_or_else(|| anyhow!("no unsealed CID (CommD) given"))?;
+    let comm_r = cids
+        .sealed
+        .as_ref()
+        .ok_or_else(|| anyhow!("no sealed CID (CommR) given"))?;
+    let pre_commit = SealPreCommitPhase2Output {
+        registered_proof: proof,
+        comm_r: Commitment::Replica
+            .from_cid(comm_r)
+            .map_err(|e| anyhow!(e))?,
+        comm_d: Commitment::Data.from_cid(comm_d).map_err(|e| anyhow!(e))?,
+    };
+    let out = seal::seal_commit_phase1(
+        sealing.cache(sector.id),
+        sealing.sealed(sector.id),
+        sector.id.prover_id(),
+        ApiSectorId::from(sector.id.number),
+        bytes32(ticket, "ticket")?,
+        bytes32(seed, "seed")?,
+        pre_commit,
+        &api_pieces(pieces)?,
+    )?;
+    Ok(StageOutput::C1 {
+        c1_out: Bytes(serde_json::to_vec(&out).context("encoding the C1 output")?),
+    })
+}
+
+fn commit2(sector: SectorRef, c1_out: &Bytes) -> Result<StageOutput> {
+    let c1 = parse_c1_out(c1_out)?;
+    let out = seal::seal_commit_phase2(
+        c1,
+        sector.id.prover_id(),
+        ApiSectorId::from(sector.id.number),
+    )?;
+    Ok(StageOutput::C2 {
+        proof: Bytes(out.proof),
+    })
+}
+
+/// Removes the unsealed file, or with ranges to keep, punches holes into
+/// everything else (the file keeps its size, as lotus' partial files do).
+fn release_unsealed(path: &Path, keep: &[Range]) -> Result<()> {
+    if keep.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let len = file.metadata()?.len();
+    let mut keep: Vec<(u64, u64)> = keep
+        .iter()
+        .map(|r| (padded(r.offset), padded(r.offset + r.size)))
+        .collect();
+    keep.sort_unstable();
+    let mut cursor = 0;
+    for (start, end) in keep.into_iter().chain(std::iter::once((len, len))) {
+        if start > cursor {
+            punch_hole(&file, cursor, start.min(len) - cursor).with_context(|| {
+                format!("releasing bytes {cursor}..{start} of {}", path.display())
+            })?;
+        }
+        cursor = cursor.max(end);
+    }
+    Ok(())
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    // SAFETY: fallocate on an open file descriptor with plain integer arguments.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Unpadded → padded (fr32: every 127 bytes take 128).
+pub fn padded(unpadded: u64) -> u64 {
+    unpadded / 127 * 128
+}
+
+fn bytes32(bytes: &Bytes, what: &str) -> Result<[u8; 32]> {
+    match <[u8; 32]>::try_from(bytes.0.as_slice()) {
+        Ok(array) => Ok(array),
+        Err(_) => bail!("the {what} must be 32 bytes, got {}", bytes.0.len()),
+    }
+}
+
+fn api_pieces(pieces: &[PieceInfo]) -> Result<Vec<ApiPieceInfo>> {
+    ensure!(!pieces.is_empty(), "no pieces given");
+    pieces
+        .iter()
+        .map(|piece| {
+            let commitment = Commitment::Data
+                .from_cid(&piece.piece_cid)
+                .map_err(|e| anyhow!(e))?;
+            ensure!(
+                piece.size.is_power_of_two() && piece.size >= 128,
+                "piece size {} is not a padded piece size",
+                piece.size
+            );
+            Ok(ApiPieceInfo {
+                commitment,
+                size: UnpaddedBytesAmount(piece.size / 128 * 127),
+            })
+        })
+        .collect()
+}
+
+/// Checks a task's inputs before a worker claims it, so that a task that
+/// can never run is dead-lettered instead of failing later. Returns a
+/// readable reason.
+pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), String> {
+    let sector = task.sector;
+    let size = sector
+        .proof_type
+        .info()
+        .map(|i| i.sector_size)
+        .ok_or("unknown proof type")?;
+    let file = |path: std::path::PathBuf, what: &str| {
+        if path.exists() {
+            Ok(())
+        } else {
+            Err(format!("{what} {} does not exist", path.display()))
+        }
+    };
+    let pieces_fill_sector = |pieces: &[PieceInfo]| {
+        api_pieces(pieces).map_err(|e| format!("{e:#}"))?;
+        let total: u64 = pieces.iter().map(|p| p.size).sum();
+        if total == size.0 {
+            Ok(())
+        } else {
+            Err(format!(
+                "pieces add up to {total} padded bytes, the sector holds {}",
+                size.0
+            ))
+        }
+    };
+    let len32 =
+        |bytes: &Bytes, what: &str| bytes32(bytes, what).map(|_| ()).map_err(|e| e.to_string());
+    match &task.task {
+        Task::Ap {
+            existing_piece_sizes,
+            piece_size,
+            data,
+        } => {
+            let total: u64 = existing_piece_sizes.iter().sum::<u64>() + piece_size;
+            if *piece_size == 0 || total > size.unpadded() {
+                return Err(format!(
+                    "piece of {piece_size} bytes after {} bytes does not fit a {size} sector ({} unpadded bytes)",
+                    existing_piece_sizes.iter().sum::<u64>(),
+                    size.unpadded()
+                ));
+            }
+            if !existing_piece_sizes.is_empty() {
+                file(sealing.unsealed(sector.id), "unsealed file")?;
+            }
+            if let PieceData::File { path } = data {
+                file(path.into(), "piece data file")?;
+            }
+            Ok(())
+        }
+        Task::Pc1 { ticket, pieces } => {
+            len32(ticket, "ticket")?;
+            pieces_fill_sector(pieces)?;
+            file(sealing.unsealed(sector.id), "unsealed file")
+        }
+        Task::Pc2 { pc1_out } => {
+            parse_pc1_out(pc1_out).map_err(|e| format!("{e:#}"))?;
+            file(sealing.cache(sector.id), "cache directory")?;
+            file(sealing.sealed(sector.id), "sealed file")
+        }
+        Task::C1 {
+            ticket,
+            seed,
+            pieces,
+            cids,
+        } => {
+            len32(ticket, "ticket")?;
+            len32(seed, "seed")?;
+            pieces_fill_sector(pieces)?;
+            if cids.sealed.is_none() || cids.unsealed.is_none() {
+                return Err("C1 needs both sector CIDs (Sealed and Unsealed)".into());
+            }
+            file(sealing.cache(sector.id), "cache directory")?;
+            file(sealing.sealed(sector.id), "sealed file")
+        }
+        Task::C2 { c1_out } => parse_c1_out(c1_out)
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}")),
+        Task::Fin {} => file(sealing.cache(sector.id), "cache directory"),
+        Task::Ru { .. } => Ok(()),
+    }
+}

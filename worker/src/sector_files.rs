@@ -1,0 +1,45 @@
+//! Where a sector's files live: the lotus layout of a sealing path.
+//!
+//! ```text
+//! <sealing-path>/unsealed/s-t0<miner>-<number>   fr32-padded piece data (AP)
+//! <sealing-path>/sealed/s-t0<miner>-<number>     the replica (PC1 creates it empty, PC2 writes it)
+//! <sealing-path>/cache/s-t0<miner>-<number>/     SDR layers, trees, p_aux/t_aux
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sealfarm_schemas::SectorId;
+
+/// A sealing directory laid out as lotus lays out its sealing paths.
+#[derive(Clone, Debug)]
+pub struct SealingPath {
+    root: PathBuf,
+}
+
+impl SealingPath {
+    /// Opens `root`, creating `unsealed/`, `sealed/` and `cache/` if missing.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        for sub in ["unsealed", "sealed", "cache"] {
+            std::fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(SealingPath { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn unsealed(&self, sector: SectorId) -> PathBuf {
+        self.root.join("unsealed").join(sector.file_name())
+    }
+
+    pub fn sealed(&self, sector: SectorId) -> PathBuf {
+        self.root.join("sealed").join(sector.file_name())
+    }
+
+    pub fn cache(&self, sector: SectorId) -> PathBuf {
+        self.root.join("cache").join(sector.file_name())
+    }
+}
