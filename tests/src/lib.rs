@@ -1,1 +1,428 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: a private RabbitMQ vhost per
+//! test, real `sealfarm-worker` processes, and a test-side publisher that
+//! sends tasks and reads results the way the bridge does.
+//!
+//! Nothing here fakes a part: the broker is the real RabbitMQ on
+//! 127.0.0.1:5672 (the test command starts it), workers are the built
+//! binaries, proofs are real.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use sealfarm_schemas::topology;
+use sealfarm_schemas::{ResultMessage, TaskMessage};
+
+/// The RabbitMQ the tests use.
+pub const BROKER: &str = "127.0.0.1:5672";
+
+/// Directory of the built binaries (next to the test executable's `deps/`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary; fails clearly when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A RabbitMQ virtual host of one test, deleted when dropped, so tests
+/// running in parallel never see each other's queues.
+pub struct TestVhost {
+    pub name: String,
+}
+
+impl TestVhost {
+    pub fn new(label: &str) -> Self {
+        assert!(
+            std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2))
+                .is_ok(),
+            "RabbitMQ is not listening on {BROKER}; start it (scripts/test does)"
+        );
+        let name = format!(
+            "sealfarm-test-{label}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        TestVhost { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{BROKER}/{}", self.name)
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test's side of the broker: publishes tasks and reads results, as the
+/// bridge will.
+pub struct Publisher {
+    pub connection: Connection,
+    pub channel: Channel,
+    results: Consumer,
+}
+
+impl Publisher {
+    pub async fn connect(vhost: &TestVhost) -> Result<Self> {
+        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare(&channel).await?;
+        let results = channel
+            .basic_consume(
+                topology::RESULTS_QUEUE.into(),
+                "test-results".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Publisher {
+            connection,
+            channel,
+            results,
+        })
+    }
+
+    /// Publishes raw bytes to a queue and waits for the confirm.
+    pub async fn publish_raw(&self, queue: &str, body: &[u8]) -> Result<()> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?
+            .await?;
+        if !confirm.is_ack() || confirm.take_message().is_some() {
+            bail!("broker did not take the message for {queue}");
+        }
+        Ok(())
+    }
+
+    /// Publishes a task to the shared queue of its stage and sector size.
+    pub async fn publish(&self, task: &TaskMessage) -> Result<()> {
+        let size = task
+            .sector
+            .proof_type
+            .info()
+            .context("known proof type")?
+            .sector_size;
+        self.publish_raw(
+            &topology::task_queue(task.stage(), size),
+            &serde_json::to_vec(task)?,
+        )
+        .await
+    }
+
+    /// The next result, acknowledged.
+    pub async fn next_result(&mut self, timeout: Duration) -> Result<ResultMessage> {
+        let delivery = tokio::time::timeout(timeout, self.results.next())
+            .await
+            .with_context(|| format!("no result within {timeout:?}"))?
+            .context("results consumer ended")??;
+        delivery.ack(BasicAckOptions::default()).await?;
+        Ok(serde_json::from_slice(&delivery.data)?)
+    }
+
+    /// The result of one call, skipping others (which are returned too).
+    pub async fn result_of(
+        &mut self,
+        task: &TaskMessage,
+        timeout: Duration,
+    ) -> Result<(ResultMessage, Vec<ResultMessage>)> {
+        let deadline = Instant::now() + timeout;
+        let mut others = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = self
+                .next_result(left)
+                .await
+                .with_context(|| format!("waiting for {} of {}", task.stage(), task.sector.id))?;
+            if result.call_id == task.call_id {
+                return Ok((result, others));
+            }
+            others.push(result);
+        }
+    }
+
+    /// Every result that arrives within `window`.
+    pub async fn drain_results(&mut self, window: Duration) -> Vec<ResultMessage> {
+        let mut out = Vec::new();
+        while let Ok(result) = self.next_result(window).await {
+            out.push(result);
+        }
+        out
+    }
+
+    /// Dead letters currently queued, with their `x-sealfarm-reason` header.
+    pub async fn dead_letters(
+        &self,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Delivery)>> {
+        let channel = self.connection.create_channel().await?;
+        let mut consumer = channel
+            .basic_consume(
+                topology::DEAD_LETTER_QUEUE.into(),
+                "test-dead".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < expected {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(delivery)) = tokio::time::timeout(left, consumer.next()).await else {
+                break;
+            };
+            let delivery = delivery?;
+            delivery.ack(BasicAckOptions::default()).await?;
+            let reason = header(&delivery, topology::REASON_HEADER).unwrap_or_default();
+            out.push((reason, delivery));
+        }
+        Ok(out)
+    }
+}
+
+/// A string header of a delivery.
+pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A running `sealfarm-worker run` process; killed when dropped.
+pub struct WorkerProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl WorkerProcess {
+    /// Starts a worker on `vhost` with its sealing path and state under `dir`.
+    pub fn start(vhost: &TestVhost, dir: &Path, id: &str, stages: &str, sizes: &str) -> Self {
+        let log = dir.join(format!("{id}.log"));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(binary("sealfarm-worker"))
+            .args([
+                "run",
+                "--worker-id",
+                id,
+                "--stages",
+                stages,
+                "--sector-sizes",
+                sizes,
+                "--heartbeat-interval",
+                "1s",
+            ])
+            .arg("--sealing-path")
+            .arg(dir.join("sealing"))
+            .arg("--state-dir")
+            .arg(dir.join(format!("state-{id}")))
+            .env("SEALFARM_AMQP_URL", vhost.url())
+            .env("RUST_LOG", "info,lapin=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start sealfarm-worker");
+        WorkerProcess {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().unwrap().try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        send_signal(child.id(), "TERM");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "worker did not stop within {timeout:?} after SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Tasks for a committed-capacity sector, built as the bridge builds them
+/// from the miner's calls.
+pub mod cc {
+    use sealfarm_schemas::messages::PieceData;
+    use sealfarm_schemas::{
+        Bytes, PieceInfo, RegisteredSealProof, SectorCids, SectorId, SectorRef, SectorSize, Task,
+        TaskMessage,
+    };
+
+    pub const MINER: u64 = 1000;
+
+    pub fn sector(number: u64, proof: RegisteredSealProof) -> SectorRef {
+        SectorRef {
+            id: SectorId {
+                miner: MINER,
+                number,
+            },
+            proof_type: proof,
+        }
+    }
+
+    pub fn add_piece(sector: SectorRef) -> TaskMessage {
+        // An unknown proof type (a bad-input test) still gets a 2 KiB-shaped task.
+        let size = sector
+            .proof_type
+            .info()
+            .map_or(SectorSize::KIB2, |i| i.sector_size);
+        TaskMessage::new(
+            sector,
+            Task::Ap {
+                existing_piece_sizes: vec![],
+                piece_size: size.unpadded(),
+                data: PieceData::Null,
+            },
+        )
+    }
+
+    pub fn precommit1(sector: SectorRef, ticket: [u8; 32], piece: &PieceInfo) -> TaskMessage {
+        TaskMessage::new(
+            sector,
+            Task::Pc1 {
+                ticket: Bytes(ticket.to_vec()),
+                pieces: vec![piece.clone()],
+            },
+        )
+    }
+
+    pub fn precommit2(sector: SectorRef, pc1_out: &Bytes) -> TaskMessage {
+        TaskMessage::new(
+            sector,
+            Task::Pc2 {
+                pc1_out: pc1_out.clone(),
+            },
+        )
+    }
+
+    pub fn commit1(
+        sector: SectorRef,
+        ticket: [u8; 32],
+        seed: [u8; 32],
+        piece: &PieceInfo,
+        cids: &SectorCids,
+    ) -> TaskMessage {
+        TaskMessage::new(
+            sector,
+            Task::C1 {
+                ticket: Bytes(ticket.to_vec()),
+                seed: Bytes(seed.to_vec()),
+                pieces: vec![piece.clone()],
+                cids: cids.clone(),
+            },
+        )
+    }
+
+    pub fn commit2(sector: SectorRef, c1_out: &Bytes) -> TaskMessage {
+        TaskMessage::new(
+            sector,
+            Task::C2 {
+                c1_out: c1_out.clone(),
+            },
+        )
+    }
+
+    /// A random 32-byte ticket or seed.
+    pub fn randomness() -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        out[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        out[31] &= 0x3f; // keep it a valid field element, as lotus' randomness is
+        out
+    }
+}

@@ -2,6 +2,8 @@
 //! Filecoin proofs (`filecoin-proofs-api`) on this machine.
 //!
 //! * [`service`] — consume, claim, run, publish (the worker's main loop);
+//! * [`executor`] — the child process that runs the proofs, restarted after a
+//!   library panic;
 //! * [`proofs`] — each stage as the library call lotus makes;
 //! * [`job_store`] — the durable record of claimed jobs (sled);
 //! * [`broker`] — the RabbitMQ link with confirms and reconnection;
@@ -9,6 +11,7 @@
 //! * [`sector_files`] — the lotus layout of a sealing path.
 
 pub mod broker;
+pub mod executor;
 pub mod job_store;
 pub mod paramgen;
 pub mod params;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::service::{self, WorkerConfig};
-use sealfarm_worker::{broker, job_store, paramgen, params, proofs, shutdown};
+use sealfarm_worker::{broker, executor, job_store, paramgen, params, proofs, shutdown};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.
@@ -44,6 +44,12 @@ enum Command {
     /// Groth parameters: generate (test sizes), fetch (published), status.
     #[command(subcommand)]
     Params(ParamsCommand),
+    /// Internal: the process `run` starts to execute proofs (reads jobs on stdin).
+    #[command(hide = true)]
+    Executor {
+        #[arg(long)]
+        sealing_path: PathBuf,
+    },
     /// List the jobs recorded in a worker's state directory.
     Jobs {
         /// The worker's state directory.
@@ -162,6 +168,7 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run_worker(args),
         Command::Params(command) => run_params(command),
+        Command::Executor { sealing_path } => executor::serve(SealingPath::open(&sealing_path)?),
         Command::Jobs { state_dir } => {
             let store =
                 job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;

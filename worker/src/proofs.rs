@@ -2,9 +2,11 @@
 //! itself makes, with inputs and outputs translated from and to the lotus wire
 //! types.
 //!
-//! Everything here blocks (PC1 of a 32 GiB sector runs for hours): callers run
-//! it on a blocking thread. [`execute`] also catches a panic of the library
-//! (it panics on some corrupt inputs) and turns it into a failed job.
+//! Everything here blocks (PC1 of a 32 GiB sector runs for hours). It runs in
+//! the worker's executor process (see `executor.rs`): [`execute`] catches a
+//! panic of the library (it panics on some corrupt inputs), turns it into a
+//! failed job, and tells the executor to end, because the library's thread
+//! pools are not usable after a panic (a PC2 after a panicked PC2 hangs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -64,26 +66,43 @@ pub fn api_proof(
         .and_then(|i| ALL.get(i).copied())
 }
 
-/// Runs one task to completion. A panic inside the proofs library fails the
-/// task instead of unwinding into the worker.
-pub fn execute(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput, CallError> {
+/// How one run of a task ended.
+pub struct Execution {
+    pub outcome: Result<StageOutput, CallError>,
+    /// The proofs library panicked: its process state (thread pools, locks)
+    /// can no longer be trusted, so the process that ran it must end.
+    pub panicked: bool,
+}
+
+/// Runs one task to completion, catching a panic of the proofs library.
+pub fn execute(sealing: &SealingPath, task: &TaskMessage) -> Execution {
     match catch_unwind(AssertUnwindSafe(|| run_stage(sealing, task))) {
-        Ok(Ok(output)) => Ok(output),
-        Ok(Err(err)) => Err(call_error(&err)),
+        Ok(Ok(output)) => Execution {
+            outcome: Ok(output),
+            panicked: false,
+        },
+        Ok(Err(err)) => Execution {
+            outcome: Err(call_error(&err)),
+            panicked: false,
+        },
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_string());
-            Err(CallError::new(
+            let error = CallError::new(
                 ErrorCode::UNKNOWN,
                 format!(
                     "{} of {} failed: the proofs library panicked: {what}",
                     task.stage(),
                     task.sector.id
                 ),
-            ))
+            );
+            Execution {
+                outcome: Err(error),
+                panicked: true,
+            }
         }
     }
 }

@@ -8,8 +8,8 @@
 //!    published so the miner hears of it); other jobs are unaffected;
 //! 3. it waits for a free slot, is written to the job store (fsync) and only
 //!    then acknowledged: the worker has claimed it;
-//! 4. the proof runs on a blocking thread; a panic of the library fails only
-//!    this job;
+//! 4. the proof runs in the executor process (`executor.rs`); a panic of the
+//!    library fails only this job;
 //! 5. the result is stored, published with a confirm, and the job is marked
 //!    done. A result the broker never confirmed is republished at restart.
 //!
@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::broker::BrokerLink;
+use crate::executor::Executor;
 use crate::job_store::{Claim, JobState, JobStore};
 use crate::proofs;
 use crate::sector_files::SealingPath;
@@ -85,6 +86,7 @@ struct Worker {
     config: WorkerConfig,
     store: JobStore,
     link: BrokerLink,
+    executor: Executor,
     slots: Arc<Semaphore>,
     running: Mutex<BTreeMap<String, RunningJob>>,
     shutdown: Shutdown,
@@ -97,7 +99,9 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         config.amqp_url.clone(),
         format!("sealfarm-worker {}", config.worker_id),
     );
+    let executor = Executor::new(config.sealing.clone())?;
     let worker = Arc::new(Worker {
+        executor,
         slots: Arc::new(Semaphore::new(config.slots.max(1))),
         config,
         store,
@@ -154,6 +158,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         );
     }
     heartbeat.abort();
+    worker.executor.stop().await;
     worker.link.close().await;
     Ok(())
 }
@@ -409,13 +414,7 @@ impl Worker {
                     started_at_ms: started,
                 };
                 self.running.lock().unwrap().insert(key.clone(), running);
-                let sealing = self.config.sealing.clone();
-                let job = task.clone();
-                let outcome = match tokio::task::spawn_blocking(move || proofs::execute(&sealing, &job)).await {
-                    Ok(Ok(output)) => Outcome::Done(output),
-                    Ok(Err(error)) => Outcome::Failed(error),
-                    Err(join) => Outcome::Failed(CallError::new(ErrorCode::UNKNOWN, format!("job thread failed: {join}"))),
-                };
+                let outcome = self.execute(&key, &task).await;
                 self.running.lock().unwrap().remove(&key);
                 outcome
             }
@@ -435,6 +434,37 @@ impl Worker {
             tracing::error!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot store the result; publishing it anyway");
         }
         self.publish_result(&key, result).await;
+    }
+
+    /// Runs the job in the executor; if the executor ends under it (another
+    /// job made the library panic), runs it again, up to `MAX_RUNS` starts.
+    async fn execute(&self, key: &str, task: &TaskMessage) -> Outcome {
+        loop {
+            if let Ok(outcome) = self.executor.run(key, task).await {
+                return outcome;
+            }
+            match self.store.start_run(key) {
+                Ok(runs) if runs <= MAX_RUNS => {
+                    tracing::warn!(call_id = %task.call_id, run = runs, "executor ended under the job; running it again")
+                }
+                Ok(runs) => {
+                    return Outcome::Failed(CallError::new(
+                        ErrorCode::UNKNOWN,
+                        format!(
+                            "{} of {} lost its executor {runs} times",
+                            task.stage(),
+                            task.sector.id
+                        ),
+                    ))
+                }
+                Err(err) => {
+                    return Outcome::Failed(CallError::new(
+                        ErrorCode::TEMP_UNKNOWN,
+                        format!("job store failed: {err:#}"),
+                    ))
+                }
+            }
+        }
     }
 
     fn result(&self, task: &TaskMessage, started_at_ms: u64, outcome: Outcome) -> ResultMessage {

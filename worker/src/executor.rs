@@ -1,0 +1,201 @@
+//! The executor: a long-lived child process that runs the proofs.
+//!
+//! The proofs library panics on some corrupt inputs, and after a panic its
+//! thread pools are unusable (the next PC2 in the same process hangs). So the
+//! worker process — broker link, job store, heartbeats — never runs a proof
+//! itself: it hands each job to `sealfarm-worker executor`, a child process
+//! that stays alive between jobs (Groth parameters stay loaded, GPU kernels
+//! stay built) and ends only after a library panic. The worker then starts a
+//! new one and runs again any job the old one was still running.
+//!
+//! Protocol: JSON lines. The worker writes `{"key", "task"}` to the child's
+//! stdin; the child answers `{"key", "outcome", "panicked"}` on stdout. The
+//! child ignores SIGTERM/SIGINT (the worker decides when jobs stop) and exits
+//! when its stdin closes.
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use sealfarm_schemas::{Outcome, TaskMessage};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::oneshot;
+
+use crate::proofs;
+use crate::sector_files::SealingPath;
+
+/// Exit status of an executor that ended because the library panicked.
+pub const EXIT_AFTER_PANIC: i32 = 70;
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    key: String,
+    task: TaskMessage,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Response {
+    key: String,
+    outcome: Outcome,
+    panicked: bool,
+}
+
+/// The executor process ended before it answered.
+#[derive(Debug)]
+pub struct ExecutorLost;
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Outcome>>>>;
+
+struct Running {
+    child: Child,
+    stdin: ChildStdin,
+}
+
+/// The worker's handle on its executor process, started on first use and
+/// restarted after it ends.
+pub struct Executor {
+    program: PathBuf,
+    sealing: SealingPath,
+    running: tokio::sync::Mutex<Option<Running>>,
+    pending: Pending,
+}
+
+impl Executor {
+    pub fn new(sealing: SealingPath) -> Result<Self> {
+        let program =
+            std::env::current_exe().context("cannot find the sealfarm-worker executable")?;
+        Ok(Executor {
+            program,
+            sealing,
+            running: tokio::sync::Mutex::new(None),
+            pending: Pending::default(),
+        })
+    }
+
+    /// Runs a task in the executor and returns its outcome, or `ExecutorLost`
+    /// if the executor ended first (the caller runs the job again).
+    pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {
+        let (sender, receiver) = oneshot::channel();
+        self.pending.lock().unwrap().insert(key.to_string(), sender);
+        let mut line = serde_json::to_vec(&Request {
+            key: key.to_string(),
+            task: task.clone(),
+        })
+        .expect("a task is JSON");
+        line.push(b'\n');
+        let sent = async {
+            let mut running = self.running.lock().await;
+            if running
+                .as_mut()
+                .is_none_or(|r| !matches!(r.child.try_wait(), Ok(None)))
+            {
+                *running = Some(self.spawn()?);
+            }
+            let stdin = &mut running.as_mut().expect("just started").stdin;
+            stdin.write_all(&line).await?;
+            stdin.flush().await?;
+            anyhow::Ok(())
+        };
+        if let Err(err) = sent.await {
+            tracing::error!(error = %format!("{err:#}"), "cannot hand a job to the executor");
+            self.pending.lock().unwrap().remove(key);
+            return Err(ExecutorLost);
+        }
+        receiver.await.map_err(|_| ExecutorLost)
+    }
+
+    fn spawn(&self) -> Result<Running> {
+        let mut child = Command::new(&self.program)
+            .arg("executor")
+            .arg("--sealing-path")
+            .arg(self.sealing.root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {} executor", self.program.display()))?;
+        tracing::info!(pid = child.id(), "executor started");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let pending = self.pending.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Response>(&line) {
+                    Ok(response) => {
+                        if response.panicked {
+                            tracing::warn!(
+                                key = response.key,
+                                "the proofs library panicked; the executor restarts"
+                            );
+                        }
+                        if let Some(sender) = pending.lock().unwrap().remove(&response.key) {
+                            let _ = sender.send(response.outcome);
+                        }
+                    }
+                    Err(err) => tracing::error!(error = %err, line, "unreadable executor answer"),
+                }
+            }
+            // The executor ended: every job it still held is lost and will run again.
+            let lost: Vec<_> = pending.lock().unwrap().drain().collect();
+            if !lost.is_empty() {
+                tracing::warn!(
+                    jobs = lost.len(),
+                    "executor ended with jobs running; they run again"
+                );
+            }
+        });
+        Ok(Running { child, stdin })
+    }
+
+    /// Ends the executor (jobs it still runs resume at the next start).
+    pub async fn stop(&self) {
+        if let Some(mut running) = self.running.lock().await.take() {
+            drop(running.stdin);
+            let _ = running.child.kill().await;
+        }
+    }
+}
+
+/// The executor process's main loop (`sealfarm-worker executor`): one thread
+/// per job; after a library panic, answer and exit.
+pub fn serve(sealing: SealingPath) -> Result<()> {
+    // SAFETY: setting signal dispositions to SIG_IGN before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let stdout = Arc::new(Mutex::new(std::io::stdout()));
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading a job")?;
+        let request: Request = serde_json::from_str(&line).context("a job line is not JSON")?;
+        let (sealing, stdout) = (sealing.clone(), stdout.clone());
+        std::thread::spawn(move || {
+            let execution = proofs::execute(&sealing, &request.task);
+            let outcome = match execution.outcome {
+                Ok(output) => Outcome::Done(output),
+                Err(error) => Outcome::Failed(error),
+            };
+            let response = Response {
+                key: request.key,
+                outcome,
+                panicked: execution.panicked,
+            };
+            let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = serde_json::to_writer(&mut *out, &response);
+            let _ = out.write_all(b"\n");
+            let _ = out.flush();
+            if execution.panicked {
+                std::process::exit(EXIT_AFTER_PANIC);
+            }
+        });
+    }
+    // The worker closed our stdin: it is gone or stopping.
+    std::process::exit(0);
+}
