@@ -34,8 +34,8 @@ impl Commitment {
     /// The CID lotus uses for a commitment of this kind.
     pub fn to_cid(self, commitment: &[u8; 32]) -> Cid {
         let (codec, hash) = self.codes();
-        let multihash = cid::multihash::Multihash::<64>::wrap(hash, commitment)
-            .expect("32 bytes always fit a 64-byte multihash");
+        let multihash =
+            cid::multihash::Multihash::<64>::wrap(hash, commitment).expect("32 bytes always fit a 64-byte multihash");
         Cid::new(cid::Cid::new_v1(codec, multihash))
     }
 
@@ -51,11 +51,7 @@ impl Commitment {
                 inner.hash().code()
             ));
         }
-        inner
-            .hash()
-            .digest()
-            .try_into()
-            .map_err(|_| format!("CID {cid} does not hold a 32-byte commitment"))
+        inner.hash().digest().try_into().map_err(|_| format!("CID {cid} does not hold a 32-byte commitment"))
     }
 }
 

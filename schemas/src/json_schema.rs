@@ -10,18 +10,9 @@ use crate::messages::{EventMessage, ResultMessage, TaskMessage};
 /// `(file name, schema)` for every message kind.
 pub fn all() -> Vec<(&'static str, serde_json::Value)> {
     vec![
-        (
-            "task.schema.json",
-            schemars::schema_for!(TaskMessage).to_value(),
-        ),
-        (
-            "result.schema.json",
-            schemars::schema_for!(ResultMessage).to_value(),
-        ),
-        (
-            "event.schema.json",
-            schemars::schema_for!(EventMessage).to_value(),
-        ),
+        ("task.schema.json", schemars::schema_for!(TaskMessage).to_value()),
+        ("result.schema.json", schemars::schema_for!(ResultMessage).to_value()),
+        ("event.schema.json", schemars::schema_for!(EventMessage).to_value()),
     ]
 }
 

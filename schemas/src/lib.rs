@@ -18,10 +18,10 @@ pub mod messages;
 pub mod topology;
 
 pub use lotus::{
-    Bytes, CallError, CallId, Cid, ErrorCode, PieceInfo, RegisteredSealProof, SectorCids, SectorId,
-    SectorRef, SectorSize, TaskType,
+    Bytes, CallError, CallId, Cid, ErrorCode, PieceInfo, RegisteredSealProof, SectorCids, SectorId, SectorRef,
+    SectorSize, TaskType,
 };
 pub use messages::{
-    DeadLetterReason, EventKind, EventMessage, Outcome, ResultMessage, Stage, StageOutput, Task,
-    TaskMessage, SCHEMA_VERSION,
+    DeadLetterReason, EventKind, EventMessage, Outcome, ResultMessage, Stage, StageOutput, Task, TaskMessage,
+    SCHEMA_VERSION,
 };

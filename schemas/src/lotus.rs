@@ -15,9 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 /// `abi.SectorID`: a miner actor id and a sector number.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct SectorId {
     pub miner: u64,
@@ -76,10 +74,7 @@ pub struct CallId {
 
 impl CallId {
     pub fn new(sector: SectorId) -> Self {
-        CallId {
-            sector,
-            id: Uuid::new_v4(),
-        }
+        CallId { sector, id: Uuid::new_v4() }
     }
 }
 
@@ -106,9 +101,7 @@ impl Cid {
 impl FromStr for Cid {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        cid::Cid::try_from(s)
-            .map(Cid)
-            .map_err(|e| format!("invalid CID {s:?}: {e}"))
+        cid::Cid::try_from(s).map(Cid).map_err(|e| format!("invalid CID {s:?}: {e}"))
     }
 }
 
@@ -126,10 +119,7 @@ struct CidJson {
 
 impl Serialize for Cid {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        CidJson {
-            text: self.0.to_string(),
-        }
-        .serialize(s)
+        CidJson { text: self.0.to_string() }.serialize(s)
     }
 }
 
@@ -263,22 +253,13 @@ pub struct CallError {
 
 impl CallError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        CallError {
-            code,
-            message: message.into(),
-        }
+        CallError { code, message: message.into() }
     }
 }
 
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({}): {}",
-            self.code.0,
-            self.code.name(),
-            self.message
-        )
+        write!(f, "{} ({}): {}", self.code.0, self.code.name(), self.message)
     }
 }
 
@@ -293,13 +274,7 @@ impl SectorSize {
     pub const GIB32: SectorSize = SectorSize(32 << 30);
     pub const GIB64: SectorSize = SectorSize(64 << 30);
     /// Every sector size a seal proof exists for.
-    pub const ALL: [SectorSize; 5] = [
-        Self::KIB2,
-        Self::MIB8,
-        Self::MIB512,
-        Self::GIB32,
-        Self::GIB64,
-    ];
+    pub const ALL: [SectorSize; 5] = [Self::KIB2, Self::MIB8, Self::MIB512, Self::GIB32, Self::GIB64];
 
     /// Sizes whose Groth parameters may be generated locally (never valid on chain).
     pub fn is_test_size(self) -> bool {
@@ -314,12 +289,7 @@ impl SectorSize {
 
 impl fmt::Display for SectorSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [
-            ("TiB", 1 << 40),
-            ("GiB", 1 << 30),
-            ("MiB", 1 << 20),
-            ("KiB", 1 << 10),
-        ];
+        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
         for (unit, scale) in UNITS {
             if self.0 >= scale && self.0 % scale == 0 {
                 return write!(f, "{}{}", self.0 / scale, unit);
@@ -333,24 +303,17 @@ impl FromStr for SectorSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let text = s.trim();
-        let split = text
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len());
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid sector size {s:?}: expected e.g. 2KiB, 8MiB, 32GiB"))?;
+        let number: u64 =
+            digits.parse().map_err(|_| format!("invalid sector size {s:?}: expected e.g. 2KiB, 8MiB, 32GiB"))?;
         let scale: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "kib" | "k" => 1 << 10,
             "mib" | "m" => 1 << 20,
             "gib" | "g" => 1 << 30,
             "tib" | "t" => 1 << 40,
-            _ => {
-                return Err(format!(
-                    "invalid sector size {s:?}: unknown unit {unit:?} (use KiB, MiB or GiB)"
-                ))
-            }
+            _ => return Err(format!("invalid sector size {s:?}: unknown unit {unit:?} (use KiB, MiB or GiB)")),
         };
         let size = SectorSize(number * scale);
         if SectorSize::ALL.contains(&size) {
@@ -358,11 +321,7 @@ impl FromStr for SectorSize {
         } else {
             Err(format!(
                 "{s:?} is not a Filecoin sector size; one of {}",
-                SectorSize::ALL
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                SectorSize::ALL.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
             ))
         }
     }
@@ -376,9 +335,7 @@ impl Serialize for SectorSize {
 
 impl<'de> Deserialize<'de> for SectorSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -439,10 +396,7 @@ impl RegisteredSealProof {
     pub fn info(self) -> Option<SealProofInfo> {
         let index = usize::try_from(self.0).ok()?;
         let name = *SEAL_PROOF_NAMES.get(index)?;
-        Some(SealProofInfo {
-            name,
-            sector_size: SectorSize::ALL[index % 5],
-        })
+        Some(SealProofInfo { name, sector_size: SectorSize::ALL[index % 5] })
     }
 
     /// The V1_1 proof lotus uses for new sectors of this size.
@@ -453,10 +407,7 @@ impl RegisteredSealProof {
 
     /// Looks a proof up by its lotus name (`StackedDrg2KiBV1_1`).
     pub fn from_name(name: &str) -> Option<RegisteredSealProof> {
-        SEAL_PROOF_NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map(|i| RegisteredSealProof(i as i64))
+        SEAL_PROOF_NAMES.iter().position(|n| *n == name).map(|i| RegisteredSealProof(i as i64))
     }
 }
 
@@ -553,21 +504,10 @@ mod tests {
 
     #[test]
     fn prover_id_is_the_leb128_actor_id() {
-        let id = SectorId {
-            miner: 1000,
-            number: 1,
-        }
-        .prover_id();
+        let id = SectorId { miner: 1000, number: 1 }.prover_id();
         assert_eq!(&id[..3], &[0xe8, 0x07, 0x00]);
         assert!(id[2..].iter().all(|b| *b == 0));
-        assert_eq!(
-            SectorId {
-                miner: 5,
-                number: 1
-            }
-            .prover_id()[0],
-            5
-        );
+        assert_eq!(SectorId { miner: 5, number: 1 }.prover_id()[0], 5);
     }
 
     #[test]
@@ -584,36 +524,15 @@ mod tests {
 
     #[test]
     fn proof_numbers_match_go_state_types() {
-        assert_eq!(
-            RegisteredSealProof(5).info().unwrap().name,
-            "StackedDrg2KiBV1_1"
-        );
-        assert_eq!(
-            RegisteredSealProof(8).info().unwrap().sector_size,
-            SectorSize::GIB32
-        );
-        assert_eq!(
-            RegisteredSealProof(3).info().unwrap().name,
-            "StackedDrg32GiBV1"
-        );
-        assert_eq!(
-            RegisteredSealProof(13).info().unwrap().sector_size,
-            SectorSize::GIB32
-        );
-        assert_eq!(
-            RegisteredSealProof(16).info().unwrap().sector_size,
-            SectorSize::MIB8
-        );
+        assert_eq!(RegisteredSealProof(5).info().unwrap().name, "StackedDrg2KiBV1_1");
+        assert_eq!(RegisteredSealProof(8).info().unwrap().sector_size, SectorSize::GIB32);
+        assert_eq!(RegisteredSealProof(3).info().unwrap().name, "StackedDrg32GiBV1");
+        assert_eq!(RegisteredSealProof(13).info().unwrap().sector_size, SectorSize::GIB32);
+        assert_eq!(RegisteredSealProof(16).info().unwrap().sector_size, SectorSize::MIB8);
         assert!(RegisteredSealProof(20).info().is_none());
         assert!(RegisteredSealProof(-1).info().is_none());
-        assert_eq!(
-            RegisteredSealProof::v1_1_for(SectorSize::MIB8),
-            RegisteredSealProof(6)
-        );
-        assert_eq!(
-            RegisteredSealProof::from_name("StackedDrg64GiBV1_1"),
-            Some(RegisteredSealProof(9))
-        );
+        assert_eq!(RegisteredSealProof::v1_1_for(SectorSize::MIB8), RegisteredSealProof(6));
+        assert_eq!(RegisteredSealProof::from_name("StackedDrg64GiBV1_1"), Some(RegisteredSealProof(9)));
     }
 
     #[test]

@@ -17,18 +17,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::lotus::{
-    Bytes, CallError, PieceInfo, Range, SectorCids, SectorRef, SectorSize, TaskType,
-};
+use crate::lotus::{Bytes, CallError, PieceInfo, Range, SectorCids, SectorRef, SectorSize, TaskType};
 
 /// Version of every message format in this module. A consumer dead-letters a
 /// message whose version it does not know.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// A sealing stage: the unit a queue, a worker slot and a result are about.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     /// AddPiece (`seal/v0/addpiece`).
@@ -48,15 +44,7 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
-        Stage::Ap,
-        Stage::Pc1,
-        Stage::Pc2,
-        Stage::C1,
-        Stage::C2,
-        Stage::Fin,
-        Stage::Ru,
-    ];
+    pub const ALL: [Stage; 7] = [Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C1, Stage::C2, Stage::Fin, Stage::Ru];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,19 +82,12 @@ impl FromStr for Stage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.trim().to_ascii_lowercase();
-        Stage::ALL
-            .into_iter()
-            .find(|stage| stage.as_str() == lower)
-            .ok_or_else(|| {
-                format!(
-                    "unknown stage {s:?}; one of {}",
-                    Stage::ALL
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })
+        Stage::ALL.into_iter().find(|stage| stage.as_str() == lower).ok_or_else(|| {
+            format!(
+                "unknown stage {s:?}; one of {}",
+                Stage::ALL.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })
     }
 }
 
@@ -283,27 +264,11 @@ pub enum EventKind {
         running: Vec<RunningJob>,
     },
     /// The worker recorded a task durably and acknowledged its delivery.
-    Claim {
-        call_id: Uuid,
-        attempt: u32,
-        sector: SectorRef,
-        stage: Stage,
-    },
+    Claim { call_id: Uuid, attempt: u32, sector: SectorRef, stage: Stage },
     /// A step inside a running job (e.g. PC1 layer 2 of 11).
-    Progress {
-        call_id: Uuid,
-        attempt: u32,
-        stage: Stage,
-        step: String,
-        done: u64,
-        total: u64,
-    },
+    Progress { call_id: Uuid, attempt: u32, stage: Stage, step: String, done: u64, total: u64 },
     /// The worker gives a claimed job back without a result.
-    Release {
-        call_id: Uuid,
-        attempt: u32,
-        reason: String,
-    },
+    Release { call_id: Uuid, attempt: u32, reason: String },
 }
 
 impl EventKind {
@@ -330,12 +295,7 @@ pub struct EventMessage {
 
 impl EventMessage {
     pub fn new(worker: &str, event: EventKind) -> Self {
-        EventMessage {
-            schema: SCHEMA_VERSION,
-            worker: worker.to_string(),
-            at_ms: now_ms(),
-            event,
-        }
+        EventMessage { schema: SCHEMA_VERSION, worker: worker.to_string(), at_ms: now_ms(), event }
     }
 
     pub fn routing_key(&self) -> String {
@@ -353,42 +313,25 @@ pub struct DeadLetterReason {
 
 impl DeadLetterReason {
     pub fn malformed(detail: impl Into<String>) -> Self {
-        DeadLetterReason {
-            code: "malformed",
-            detail: detail.into(),
-        }
+        DeadLetterReason { code: "malformed", detail: detail.into() }
     }
     pub fn unsupported_schema(version: u32) -> Self {
         DeadLetterReason {
             code: "unsupported-schema",
-            detail: format!(
-                "message schema version {version}, this build reads version {SCHEMA_VERSION}"
-            ),
+            detail: format!("message schema version {version}, this build reads version {SCHEMA_VERSION}"),
         }
     }
     pub fn unknown_proof_type(detail: impl Into<String>) -> Self {
-        DeadLetterReason {
-            code: "unknown-proof-type",
-            detail: detail.into(),
-        }
+        DeadLetterReason { code: "unknown-proof-type", detail: detail.into() }
     }
     pub fn wrong_sector_size(detail: impl Into<String>) -> Self {
-        DeadLetterReason {
-            code: "wrong-sector-size",
-            detail: detail.into(),
-        }
+        DeadLetterReason { code: "wrong-sector-size", detail: detail.into() }
     }
     pub fn wrong_stage(detail: impl Into<String>) -> Self {
-        DeadLetterReason {
-            code: "wrong-stage",
-            detail: detail.into(),
-        }
+        DeadLetterReason { code: "wrong-stage", detail: detail.into() }
     }
     pub fn missing_input(detail: impl Into<String>) -> Self {
-        DeadLetterReason {
-            code: "missing-input",
-            detail: detail.into(),
-        }
+        DeadLetterReason { code: "missing-input", detail: detail.into() }
     }
 }
 
@@ -400,10 +343,7 @@ impl fmt::Display for DeadLetterReason {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -412,23 +352,12 @@ mod tests {
     use crate::lotus::{RegisteredSealProof, SectorId};
 
     fn sector() -> SectorRef {
-        SectorRef {
-            id: SectorId {
-                miner: 1000,
-                number: 7,
-            },
-            proof_type: RegisteredSealProof(5),
-        }
+        SectorRef { id: SectorId { miner: 1000, number: 7 }, proof_type: RegisteredSealProof(5) }
     }
 
     #[test]
     fn task_messages_are_flat_json_tagged_by_stage() {
-        let task = TaskMessage::new(
-            sector(),
-            Task::Pc2 {
-                pc1_out: Bytes(b"{}".to_vec()),
-            },
-        );
+        let task = TaskMessage::new(sector(), Task::Pc2 { pc1_out: Bytes(b"{}".to_vec()) });
         let json = serde_json::to_value(&task).unwrap();
         assert_eq!(json["stage"], "pc2");
         assert_eq!(json["pc1_out"], "e30=");
@@ -440,13 +369,7 @@ mod tests {
 
     #[test]
     fn a_task_without_its_inputs_does_not_parse() {
-        let mut json = serde_json::to_value(TaskMessage::new(
-            sector(),
-            Task::C2 {
-                c1_out: Bytes(vec![1]),
-            },
-        ))
-        .unwrap();
+        let mut json = serde_json::to_value(TaskMessage::new(sector(), Task::C2 { c1_out: Bytes(vec![1]) })).unwrap();
         json.as_object_mut().unwrap().remove("c1_out");
         let err = serde_json::from_value::<TaskMessage>(json).unwrap_err();
         assert!(err.to_string().contains("c1_out"), "{err}");
@@ -454,15 +377,10 @@ mod tests {
 
     #[test]
     fn results_carry_either_output_or_call_error() {
-        let failed = Outcome::Failed(CallError::new(
-            crate::ErrorCode::TEMP_WORKER_RESTART,
-            "restarted",
-        ));
+        let failed = Outcome::Failed(CallError::new(crate::ErrorCode::TEMP_WORKER_RESTART, "restarted"));
         let json = serde_json::to_value(&failed).unwrap();
         assert_eq!(json["failed"]["Code"], 101);
-        let done = Outcome::Done(StageOutput::C2 {
-            proof: Bytes(vec![1, 2]),
-        });
+        let done = Outcome::Done(StageOutput::C2 { proof: Bytes(vec![1, 2]) });
         let json = serde_json::to_value(&done).unwrap();
         assert_eq!(json["done"]["stage"], "c2");
     }
@@ -470,9 +388,6 @@ mod tests {
     #[test]
     fn stages_parse_from_operator_text() {
         assert_eq!("PC1".parse::<Stage>().unwrap(), Stage::Pc1);
-        assert!("pc3"
-            .parse::<Stage>()
-            .unwrap_err()
-            .contains("unknown stage"));
+        assert!("pc3".parse::<Stage>().unwrap_err().contains("unknown stage"));
     }
 }

@@ -71,10 +71,7 @@ impl QueueSpec {
 
     /// A plain durable quorum queue (results, dead letters).
     pub fn quorum(name: impl Into<String>) -> Self {
-        QueueSpec {
-            name: name.into(),
-            arguments: vec![("x-queue-type", text("quorum"))],
-        }
+        QueueSpec { name: name.into(), arguments: vec![("x-queue-type", text("quorum"))] }
     }
 
     fn field_table(&self) -> FieldTable {
@@ -90,10 +87,7 @@ impl QueueSpec {
         channel
             .queue_declare(
                 self.name.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
+                QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() },
                 self.field_table(),
             )
             .await
@@ -107,10 +101,7 @@ fn text(value: &str) -> AMQPValue {
 
 /// Every queue of the topology except the per-worker ones.
 pub fn shared_queues() -> Vec<QueueSpec> {
-    let mut queues = vec![
-        QueueSpec::quorum(RESULTS_QUEUE),
-        QueueSpec::quorum(DEAD_LETTER_QUEUE),
-    ];
+    let mut queues = vec![QueueSpec::quorum(RESULTS_QUEUE), QueueSpec::quorum(DEAD_LETTER_QUEUE)];
     for stage in Stage::ALL {
         for size in SectorSize::ALL {
             queues.push(QueueSpec::work(task_queue(stage, size)));
@@ -122,26 +113,9 @@ pub fn shared_queues() -> Vec<QueueSpec> {
 /// Declares exchanges, shared queues and bindings. Safe to call from every
 /// process at every connect.
 pub async fn declare(channel: &Channel) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            EVENTS_EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            DEAD_LETTER_EXCHANGE.into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    channel.exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     for queue in shared_queues() {
         queue.declare(channel).await?;
     }
@@ -162,16 +136,11 @@ mod tests {
 
     #[test]
     fn queue_names_follow_the_design() {
-        assert_eq!(
-            task_queue(Stage::Pc1, SectorSize::GIB32),
-            "sealfarm.task.pc1.32GiB"
-        );
+        assert_eq!(task_queue(Stage::Pc1, SectorSize::GIB32), "sealfarm.task.pc1.32GiB");
         assert_eq!(worker_queue("box-7"), "sealfarm.worker.box-7");
         let spec = QueueSpec::work("q");
         assert!(spec.arguments.contains(&("x-queue-type", text("quorum"))));
-        assert!(spec
-            .arguments
-            .contains(&("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE))));
+        assert!(spec.arguments.contains(&("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE))));
         assert_eq!(shared_queues().len(), 2 + 7 * 5);
     }
 }

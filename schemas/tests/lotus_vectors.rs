@@ -4,9 +4,7 @@
 use std::collections::BTreeMap;
 
 use sealfarm_schemas::lotus::{Range, ReaderStream};
-use sealfarm_schemas::{
-    Bytes, CallError, CallId, PieceInfo, SectorCids, SectorId, SectorRef, TaskType,
-};
+use sealfarm_schemas::{Bytes, CallError, CallId, PieceInfo, SectorCids, SectorId, SectorRef, TaskType};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -25,12 +23,8 @@ fn vector(method: &str, api: &str) -> Value {
 
 /// Parses `value` as `T` and checks it serialises back to the same JSON.
 fn round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> T {
-    let parsed: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| {
-        panic!(
-            "cannot parse {value} as {}: {e}",
-            std::any::type_name::<T>()
-        )
-    });
+    let parsed: T = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("cannot parse {value} as {}: {e}", std::any::type_name::<T>()));
     assert_eq!(
         &serde_json::to_value(&parsed).unwrap(),
         value,
@@ -44,17 +38,8 @@ fn round_trip<T: Serialize + DeserializeOwned>(value: &Value) -> T {
 fn sealing_call_params_round_trip() {
     let pc1 = vector("SealPreCommit1", "worker");
     let sector: SectorRef = round_trip(&pc1["params"][0]);
-    assert_eq!(
-        sector.id,
-        SectorId {
-            miner: 1000,
-            number: 9
-        }
-    );
-    assert_eq!(
-        sector.proof_type.info().unwrap().name,
-        "StackedDrg32GiBV1_1"
-    );
+    assert_eq!(sector.id, SectorId { miner: 1000, number: 9 });
+    assert_eq!(sector.proof_type.info().unwrap().name, "StackedDrg32GiBV1_1");
     let ticket: Bytes = round_trip(&pc1["params"][1]);
     assert_eq!(ticket.0, vec![7]);
     round_trip::<Vec<PieceInfo>>(&pc1["params"][2]);
@@ -90,13 +75,7 @@ fn sealing_call_params_round_trip() {
         "MoveStorage",
     ] {
         let call: CallId = round_trip(&vector(method, "worker")["result"]);
-        assert_eq!(
-            call.sector,
-            SectorId {
-                miner: 1000,
-                number: 9
-            }
-        );
+        assert_eq!(call.sector, SectorId { miner: 1000, number: 9 });
     }
 }
 
@@ -112,9 +91,7 @@ fn return_calls_round_trip() {
     let outputs: [(&str, fn(&Value)); 6] = [
         ("ReturnAddPiece", |v| drop(round_trip::<PieceInfo>(v))),
         ("ReturnSealPreCommit1", |v| drop(round_trip::<Bytes>(v))),
-        ("ReturnSealPreCommit2", |v| {
-            drop(round_trip::<SectorCids>(v))
-        }),
+        ("ReturnSealPreCommit2", |v| drop(round_trip::<SectorCids>(v))),
         ("ReturnSealCommit1", |v| drop(round_trip::<Bytes>(v))),
         ("ReturnSealCommit2", |v| drop(round_trip::<Bytes>(v))),
         ("ReturnDataCid", |v| drop(round_trip::<PieceInfo>(v))),
@@ -126,12 +103,7 @@ fn return_calls_round_trip() {
         let err: CallError = round_trip(&params[2]);
         assert_eq!(err.code.0, 0);
     }
-    for method in [
-        "ReturnFinalizeSector",
-        "ReturnReleaseUnsealed",
-        "ReturnFetch",
-        "ReturnMoveStorage",
-    ] {
+    for method in ["ReturnFinalizeSector", "ReturnReleaseUnsealed", "ReturnFetch", "ReturnMoveStorage"] {
         let params = &vector(method, "miner")["params"];
         round_trip::<CallId>(&params[0]);
         round_trip::<CallError>(&params[1]);
@@ -146,29 +118,19 @@ fn task_types_are_the_lotus_names() {
     for name in types.keys() {
         let parsed: TaskType = serde_json::from_value(Value::String(name.clone()))
             .unwrap_or_else(|e| panic!("task type {name} not known: {e}"));
-        assert_eq!(
-            serde_json::to_value(parsed).unwrap(),
-            Value::String(name.clone())
-        );
+        assert_eq!(serde_json::to_value(parsed).unwrap(), Value::String(name.clone()));
     }
 }
 
 #[test]
 fn resource_table_proof_keys_are_known_proofs() {
     let info = &vector("Info", "worker")["result"];
-    let table = info["Resources"]["Resources"]
-        .as_object()
-        .expect("Info carries the resource table");
+    let table = info["Resources"]["Resources"].as_object().expect("Info carries the resource table");
     for (task, per_proof) in table {
         serde_json::from_value::<TaskType>(Value::String(task.clone())).unwrap();
         for key in per_proof.as_object().unwrap().keys() {
             let number: i64 = key.parse().unwrap();
-            assert!(
-                sealfarm_schemas::RegisteredSealProof(number)
-                    .info()
-                    .is_some(),
-                "proof {key} of {task}"
-            );
+            assert!(sealfarm_schemas::RegisteredSealProof(number).info().is_some(), "proof {key} of {task}");
         }
     }
 }

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use sealfarm_schemas::topology;
@@ -27,20 +25,13 @@ pub const BROKER: &str = "127.0.0.1:5672";
 /// Directory of the built binaries (next to the test executable's `deps/`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
 }
 
 /// Path of a workspace binary; fails clearly when it was not built.
 pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (cargo build --workspace --bins)",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: build the binaries first (cargo build --workspace --bins)", path.display());
     path
 }
 
@@ -53,14 +44,10 @@ pub struct TestVhost {
 impl TestVhost {
     pub fn new(label: &str) -> Self {
         assert!(
-            std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2))
-                .is_ok(),
+            std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2)).is_ok(),
             "RabbitMQ is not listening on {BROKER}; start it (scripts/test does)"
         );
-        let name = format!(
-            "sealfarm-test-{label}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
+        let name = format!("sealfarm-test-{label}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         rabbitmqctl(&["add_vhost", &name]);
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         TestVhost { name }
@@ -73,53 +60,36 @@ impl TestVhost {
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .output();
+        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
     }
 }
 
 fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The test's side of the broker: publishes tasks and reads results, as the
 /// bridge will.
 pub struct Publisher {
     pub connection: Connection,
-    pub channel: Channel,
+    sender: TaskSender,
     results: Consumer,
 }
 
-impl Publisher {
-    pub async fn connect(vhost: &TestVhost) -> Result<Self> {
-        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
+/// Publishes tasks with confirms on one channel.
+#[derive(Clone)]
+pub struct TaskSender {
+    channel: Channel,
+}
+
+impl TaskSender {
+    /// Opens a confirm-mode channel and declares the topology.
+    pub async fn open(connection: &Connection) -> Result<Self> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         topology::declare(&channel).await?;
-        let results = channel
-            .basic_consume(
-                topology::RESULTS_QUEUE.into(),
-                "test-results".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Publisher {
-            connection,
-            channel,
-            results,
-        })
+        Ok(TaskSender { channel })
     }
 
     /// Publishes raw bytes to a queue and waits for the confirm.
@@ -129,10 +99,7 @@ impl Publisher {
             .basic_publish(
                 "".into(),
                 queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
+                BasicPublishOptions { mandatory: true, ..Default::default() },
                 body,
                 BasicProperties::default().with_delivery_mode(2),
             )
@@ -146,17 +113,33 @@ impl Publisher {
 
     /// Publishes a task to the shared queue of its stage and sector size.
     pub async fn publish(&self, task: &TaskMessage) -> Result<()> {
-        let size = task
-            .sector
-            .proof_type
-            .info()
-            .context("known proof type")?
-            .sector_size;
-        self.publish_raw(
-            &topology::task_queue(task.stage(), size),
-            &serde_json::to_vec(task)?,
-        )
-        .await
+        let size = task.sector.proof_type.info().context("known proof type")?.sector_size;
+        self.publish_raw(&topology::task_queue(task.stage(), size), &serde_json::to_vec(task)?).await
+    }
+}
+
+impl Publisher {
+    pub async fn connect(vhost: &TestVhost) -> Result<Self> {
+        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
+        let sender = TaskSender::open(&connection).await?;
+        let results = sender
+            .channel
+            .basic_consume(
+                topology::RESULTS_QUEUE.into(),
+                "test-results".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Publisher { connection, sender, results })
+    }
+
+    pub async fn publish_raw(&self, queue: &str, body: &[u8]) -> Result<()> {
+        self.sender.publish_raw(queue, body).await
+    }
+
+    pub async fn publish(&self, task: &TaskMessage) -> Result<()> {
+        self.sender.publish(task).await
     }
 
     /// The next result, acknowledged.
@@ -200,11 +183,7 @@ impl Publisher {
     }
 
     /// Dead letters currently queued, with their `x-sealfarm-reason` header.
-    pub async fn dead_letters(
-        &self,
-        expected: usize,
-        timeout: Duration,
-    ) -> Result<Vec<(String, Delivery)>> {
+    pub async fn dead_letters(&self, expected: usize, timeout: Duration) -> Result<Vec<(String, Delivery)>> {
         let channel = self.connection.create_channel().await?;
         let mut consumer = channel
             .basic_consume(
@@ -250,23 +229,9 @@ impl WorkerProcess {
     /// Starts a worker on `vhost` with its sealing path and state under `dir`.
     pub fn start(vhost: &TestVhost, dir: &Path, id: &str, stages: &str, sizes: &str) -> Self {
         let log = dir.join(format!("{id}.log"));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(binary("sealfarm-worker"))
-            .args([
-                "run",
-                "--worker-id",
-                id,
-                "--stages",
-                stages,
-                "--sector-sizes",
-                sizes,
-                "--heartbeat-interval",
-                "1s",
-            ])
+            .args(["run", "--worker-id", id, "--stages", stages, "--sector-sizes", sizes, "--heartbeat-interval", "1s"])
             .arg("--sealing-path")
             .arg(dir.join("sealing"))
             .arg("--state-dir")
@@ -278,10 +243,7 @@ impl WorkerProcess {
             .stderr(log_file)
             .spawn()
             .expect("start sealfarm-worker");
-        WorkerProcess {
-            child: Some(child),
-            log,
-        }
+        WorkerProcess { child: Some(child), log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -304,10 +266,7 @@ impl WorkerProcess {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "worker did not stop within {timeout:?} after SIGTERM; log:\n{}",
-                    self.log_text()
-                );
+                panic!("worker did not stop within {timeout:?} after SIGTERM; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -328,10 +287,7 @@ impl Drop for WorkerProcess {
 }
 
 fn send_signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
 /// Tasks for a committed-capacity sector, built as the bridge builds them
@@ -339,55 +295,30 @@ fn send_signal(pid: u32, signal: &str) {
 pub mod cc {
     use sealfarm_schemas::messages::PieceData;
     use sealfarm_schemas::{
-        Bytes, PieceInfo, RegisteredSealProof, SectorCids, SectorId, SectorRef, SectorSize, Task,
-        TaskMessage,
+        Bytes, PieceInfo, RegisteredSealProof, SectorCids, SectorId, SectorRef, SectorSize, Task, TaskMessage,
     };
 
     pub const MINER: u64 = 1000;
 
     pub fn sector(number: u64, proof: RegisteredSealProof) -> SectorRef {
-        SectorRef {
-            id: SectorId {
-                miner: MINER,
-                number,
-            },
-            proof_type: proof,
-        }
+        SectorRef { id: SectorId { miner: MINER, number }, proof_type: proof }
     }
 
     pub fn add_piece(sector: SectorRef) -> TaskMessage {
         // An unknown proof type (a bad-input test) still gets a 2 KiB-shaped task.
-        let size = sector
-            .proof_type
-            .info()
-            .map_or(SectorSize::KIB2, |i| i.sector_size);
+        let size = sector.proof_type.info().map_or(SectorSize::KIB2, |i| i.sector_size);
         TaskMessage::new(
             sector,
-            Task::Ap {
-                existing_piece_sizes: vec![],
-                piece_size: size.unpadded(),
-                data: PieceData::Null,
-            },
+            Task::Ap { existing_piece_sizes: vec![], piece_size: size.unpadded(), data: PieceData::Null },
         )
     }
 
     pub fn precommit1(sector: SectorRef, ticket: [u8; 32], piece: &PieceInfo) -> TaskMessage {
-        TaskMessage::new(
-            sector,
-            Task::Pc1 {
-                ticket: Bytes(ticket.to_vec()),
-                pieces: vec![piece.clone()],
-            },
-        )
+        TaskMessage::new(sector, Task::Pc1 { ticket: Bytes(ticket.to_vec()), pieces: vec![piece.clone()] })
     }
 
     pub fn precommit2(sector: SectorRef, pc1_out: &Bytes) -> TaskMessage {
-        TaskMessage::new(
-            sector,
-            Task::Pc2 {
-                pc1_out: pc1_out.clone(),
-            },
-        )
+        TaskMessage::new(sector, Task::Pc2 { pc1_out: pc1_out.clone() })
     }
 
     pub fn commit1(
@@ -409,12 +340,7 @@ pub mod cc {
     }
 
     pub fn commit2(sector: SectorRef, c1_out: &Bytes) -> TaskMessage {
-        TaskMessage::new(
-            sector,
-            Task::C2 {
-                c1_out: c1_out.clone(),
-            },
-        )
+        TaskMessage::new(sector, Task::C2 { c1_out: c1_out.clone() })
     }
 
     /// A random 32-byte ticket or seed.
@@ -424,5 +350,57 @@ pub mod cc {
         out[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         out[31] &= 0x3f; // keep it a valid field element, as lotus' randomness is
         out
+    }
+}
+
+/// A client that runs many calls at once: publishes tasks and routes each
+/// result to the call waiting for it (what the bridge does for the miner).
+pub struct Client {
+    _connection: Connection,
+    sender: TaskSender,
+    pending: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, tokio::sync::oneshot::Sender<ResultMessage>>>,
+    >,
+}
+
+impl Client {
+    pub async fn connect(vhost: &TestVhost) -> Result<Self> {
+        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
+        let sender = TaskSender::open(&connection).await?;
+        let mut results = sender
+            .channel
+            .basic_consume(
+                topology::RESULTS_QUEUE.into(),
+                "client-results".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let pending: std::sync::Arc<
+            std::sync::Mutex<std::collections::HashMap<_, tokio::sync::oneshot::Sender<ResultMessage>>>,
+        > = Default::default();
+        let routes = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = results.next().await {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                if let Ok(result) = serde_json::from_slice::<ResultMessage>(&delivery.data) {
+                    if let Some(sender) = routes.lock().unwrap().remove(&result.call_id) {
+                        let _ = sender.send(result);
+                    }
+                }
+            }
+        });
+        Ok(Client { _connection: connection, sender, pending })
+    }
+
+    /// Publishes a task and waits for its result.
+    pub async fn call(&self, task: &TaskMessage, timeout: Duration) -> Result<ResultMessage> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap().insert(task.call_id, sender);
+        self.sender.publish(task).await?;
+        tokio::time::timeout(timeout, receiver)
+            .await
+            .with_context(|| format!("no result for {} of {} within {timeout:?}", task.stage(), task.sector.id))?
+            .context("results consumer ended")
     }
 }

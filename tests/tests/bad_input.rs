@@ -7,8 +7,7 @@ use std::time::Duration;
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::topology::task_queue;
 use sealfarm_schemas::{
-    Bytes, ErrorCode, Outcome, RegisteredSealProof, SectorSize, Stage, StageOutput, Task,
-    TaskMessage,
+    Bytes, ErrorCode, Outcome, RegisteredSealProof, SectorSize, Stage, StageOutput, Task, TaskMessage,
 };
 use sealfarm_tests::{cc, Publisher, TestVhost, WorkerProcess};
 
@@ -25,71 +24,41 @@ async fn bad_tasks_are_dead_lettered_with_reasons_and_a_good_one_completes() {
 
     let ap_queue = task_queue(Stage::Ap, SectorSize::KIB2);
     // 1. not JSON at all
-    publisher
-        .publish_raw(&ap_queue, b"{this is not json")
-        .await
-        .unwrap();
+    publisher.publish_raw(&ap_queue, b"{this is not json").await.unwrap();
     // 2. a proof type lotus does not define
     let unknown_proof = cc::add_piece(cc::sector(1, RegisteredSealProof(42)));
-    publisher
-        .publish_raw(&ap_queue, &serde_json::to_vec(&unknown_proof).unwrap())
-        .await
-        .unwrap();
+    publisher.publish_raw(&ap_queue, &serde_json::to_vec(&unknown_proof).unwrap()).await.unwrap();
     // 3. an 8 MiB sector on the 2 KiB queue
     let wrong_size = cc::add_piece(cc::sector(2, RegisteredSealProof::STACKED_DRG_8MIB_V1_1));
-    publisher
-        .publish_raw(&ap_queue, &serde_json::to_vec(&wrong_size).unwrap())
-        .await
-        .unwrap();
+    publisher.publish_raw(&ap_queue, &serde_json::to_vec(&wrong_size).unwrap()).await.unwrap();
     // 4. a PC2 whose sector has no files and whose PC1 output is garbage
-    let no_inputs = TaskMessage::new(
-        cc::sector(3, P2K),
-        Task::Pc2 {
-            pc1_out: Bytes(b"{}".to_vec()),
-        },
-    );
+    let no_inputs = TaskMessage::new(cc::sector(3, P2K), Task::Pc2 { pc1_out: Bytes(b"{}".to_vec()) });
     publisher.publish(&no_inputs).await.unwrap();
     // 5. a good AddPiece
     let good = cc::add_piece(cc::sector(4, P2K));
     publisher.publish(&good).await.unwrap();
 
-    let (result, mut others) = publisher
-        .result_of(&good, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (result, mut others) = publisher.result_of(&good, Duration::from_secs(60)).await.unwrap();
     match &result.outcome {
         Outcome::Done(StageOutput::Ap { piece }) => {
             assert_eq!(piece.size, 2048);
             assert_eq!(piece.piece_cid.to_string(), ZERO_2KIB);
-            assert_eq!(
-                Commitment::Data.from_cid(&piece.piece_cid).unwrap().len(),
-                32
-            );
+            assert_eq!(Commitment::Data.from_cid(&piece.piece_cid).unwrap().len(), 32);
         }
         other => panic!("good task did not complete: {other:?}"),
     }
     assert_eq!(result.worker, "w-bad");
 
-    let dead = publisher
-        .dead_letters(4, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let dead = publisher.dead_letters(4, Duration::from_secs(30)).await.unwrap();
     let reasons: Vec<&str> = dead.iter().map(|(reason, _)| reason.as_str()).collect();
     assert_eq!(dead.len(), 4, "expected 4 dead letters, got {reasons:?}");
     let find = |code: &str| {
-        reasons
-            .iter()
-            .find(|r| r.starts_with(code))
-            .copied()
-            .unwrap_or_else(|| panic!("no {code} in {reasons:?}"))
+        reasons.iter().find(|r| r.starts_with(code)).copied().unwrap_or_else(|| panic!("no {code} in {reasons:?}"))
     };
     assert!(find("malformed:").contains("not JSON"));
     assert!(find("unknown-proof-type:").contains("seal proof type 42"));
     let wrong = find("wrong-sector-size:");
-    assert!(
-        wrong.contains("8MiB") && wrong.contains("serves 2KiB"),
-        "{wrong}"
-    );
+    assert!(wrong.contains("8MiB") && wrong.contains("serves 2KiB"), "{wrong}");
     let missing = find("missing-input:");
     assert!(missing.contains("PC1 output"), "{missing}");
     // The original bytes travel with the reason, so an operator can replay them.
@@ -105,11 +74,7 @@ async fn bad_tasks_are_dead_lettered_with_reasons_and_a_good_one_completes() {
         match &failed.outcome {
             Outcome::Failed(err) => {
                 assert_eq!(err.code, ErrorCode::UNKNOWN);
-                assert!(
-                    err.message.contains("rejected by sealfarm worker w-bad"),
-                    "{}",
-                    err.message
-                );
+                assert!(err.message.contains("rejected by sealfarm worker w-bad"), "{}", err.message);
             }
             other => panic!("expected a failure, got {other:?}"),
         }
@@ -128,19 +93,13 @@ async fn a_panic_in_the_proofs_library_fails_only_that_job() {
     let sector = cc::sector(10, P2K);
     let ap = cc::add_piece(sector);
     publisher.publish(&ap).await.unwrap();
-    let (ap_result, _) = publisher
-        .result_of(&ap, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (ap_result, _) = publisher.result_of(&ap, Duration::from_secs(60)).await.unwrap();
     let Outcome::Done(StageOutput::Ap { piece }) = ap_result.outcome else {
         panic!("AP failed: {:?}", ap_result.outcome)
     };
     let pc1 = cc::precommit1(sector, cc::randomness(), &piece);
     publisher.publish(&pc1).await.unwrap();
-    let (pc1_result, _) = publisher
-        .result_of(&pc1, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (pc1_result, _) = publisher.result_of(&pc1, Duration::from_secs(120)).await.unwrap();
     let Outcome::Done(StageOutput::Pc1 { pc1_out }) = pc1_result.outcome else {
         panic!("PC1 failed: {:?}", pc1_result.outcome)
     };
@@ -158,18 +117,11 @@ async fn a_panic_in_the_proofs_library_fails_only_that_job() {
 
     let pc2 = cc::precommit2(sector, &pc1_out);
     publisher.publish(&pc2).await.unwrap();
-    let (pc2_result, _) = publisher
-        .result_of(&pc2, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (pc2_result, _) = publisher.result_of(&pc2, Duration::from_secs(120)).await.unwrap();
     match &pc2_result.outcome {
         Outcome::Failed(err) => {
             eprintln!("PC2 failure: {}", err.message);
-            assert!(
-                err.message.contains("pc2 of s-t01000-10"),
-                "{}",
-                err.message
-            )
+            assert!(err.message.contains("pc2 of s-t01000-10"), "{}", err.message)
         }
         other => panic!("PC2 over a damaged layer should fail, got {other:?}"),
     }
@@ -178,33 +130,20 @@ async fn a_panic_in_the_proofs_library_fails_only_that_job() {
     let next = cc::sector(11, P2K);
     let ap = cc::add_piece(next);
     publisher.publish(&ap).await.unwrap();
-    let (ap_result, _) = publisher
-        .result_of(&ap, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (ap_result, _) = publisher.result_of(&ap, Duration::from_secs(60)).await.unwrap();
     let Outcome::Done(StageOutput::Ap { piece }) = ap_result.outcome else {
         panic!("AP failed: {:?}", ap_result.outcome)
     };
     let pc1 = cc::precommit1(next, cc::randomness(), &piece);
     publisher.publish(&pc1).await.unwrap();
-    let (pc1_result, _) = publisher
-        .result_of(&pc1, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (pc1_result, _) = publisher.result_of(&pc1, Duration::from_secs(120)).await.unwrap();
     let Outcome::Done(StageOutput::Pc1 { pc1_out }) = pc1_result.outcome else {
         panic!("PC1 failed: {:?}", pc1_result.outcome)
     };
     let pc2 = cc::precommit2(next, &pc1_out);
     publisher.publish(&pc2).await.unwrap();
-    let (pc2_result, _) = publisher
-        .result_of(&pc2, Duration::from_secs(120))
-        .await
-        .unwrap();
-    assert!(
-        matches!(pc2_result.outcome, Outcome::Done(StageOutput::Pc2 { .. })),
-        "{:?}",
-        pc2_result.outcome
-    );
+    let (pc2_result, _) = publisher.result_of(&pc2, Duration::from_secs(120)).await.unwrap();
+    assert!(matches!(pc2_result.outcome, Outcome::Done(StageOutput::Pc2 { .. })), "{:?}", pc2_result.outcome);
     assert!(worker.is_running(), "worker died:\n{}", worker.log_text());
     assert!(worker.terminate(Duration::from_secs(30)).success());
 }

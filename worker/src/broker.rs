@@ -31,16 +31,9 @@ impl Broker {
             .await
             .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
         let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        topology::declare(&publisher)
-            .await
-            .context("declaring the sealfarm topology")?;
-        Ok(Broker {
-            connection,
-            publisher,
-        })
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        topology::declare(&publisher).await.context("declaring the sealfarm topology")?;
+        Ok(Broker { connection, publisher })
     }
 
     pub fn is_connected(&self) -> bool {
@@ -56,18 +49,12 @@ impl Broker {
         headers: &[(&str, String)],
     ) -> Result<()> {
         let body = serde_json::to_vec(message)?;
-        self.publish_bytes(exchange, routing_key, &body, headers)
-            .await
+        self.publish_bytes(exchange, routing_key, &body, headers).await
     }
 
     /// Publishes an event: persistent and confirmed, but not mandatory (an
     /// event nobody listens to yet is not an error).
-    pub async fn publish_event<T: Serialize>(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        message: &T,
-    ) -> Result<()> {
+    pub async fn publish_event<T: Serialize>(&self, exchange: &str, routing_key: &str, message: &T) -> Result<()> {
         let body = serde_json::to_vec(message)?;
         self.publish(exchange, routing_key, &body, &[], false).await
     }
@@ -80,8 +67,7 @@ impl Broker {
         body: &[u8],
         headers: &[(&str, String)],
     ) -> Result<()> {
-        self.publish(exchange, routing_key, body, headers, true)
-            .await
+        self.publish(exchange, routing_key, body, headers, true).await
     }
 
     async fn publish(
@@ -94,10 +80,7 @@ impl Broker {
     ) -> Result<()> {
         let mut table = FieldTable::default();
         for (key, value) in headers {
-            table.insert(
-                ShortString::from(*key),
-                AMQPValue::LongString(LongString::from(value.as_str())),
-            );
+            table.insert(ShortString::from(*key), AMQPValue::LongString(LongString::from(value.as_str())));
         }
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
@@ -108,31 +91,21 @@ impl Broker {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions {
-                    mandatory,
-                    ..BasicPublishOptions::default()
-                },
+                BasicPublishOptions { mandatory, ..BasicPublishOptions::default() },
                 body,
                 properties,
             )
             .await
             .with_context(|| format!("publishing to {routing_key:?}"))?
             .await
-            .with_context(|| {
-                format!("waiting for the broker to confirm a message to {routing_key:?}")
-            })?;
+            .with_context(|| format!("waiting for the broker to confirm a message to {routing_key:?}"))?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => {
-                bail!(
-                    "the broker could not route a message to {routing_key:?}: {}",
-                    returned.reply_text
-                )
+                bail!("the broker could not route a message to {routing_key:?}: {}", returned.reply_text)
             }
             Confirmation::Nack(_) => bail!("the broker refused a message to {routing_key:?}"),
-            Confirmation::NotRequested => Err(anyhow!(
-                "publisher confirms are off on the publishing channel"
-            )),
+            Confirmation::NotRequested => Err(anyhow!("publisher confirms are off on the publishing channel")),
         }
     }
 }
@@ -146,11 +119,7 @@ pub struct BrokerLink {
 
 impl BrokerLink {
     pub fn new(url: String, name: String) -> Self {
-        BrokerLink {
-            url,
-            name,
-            current: Mutex::new(None),
-        }
+        BrokerLink { url, name, current: Mutex::new(None) }
     }
 
     /// The current connection, or a new one (one attempt).
@@ -179,9 +148,7 @@ impl BrokerLink {
         loop {
             let attempt = async {
                 let broker = self.get().await?;
-                broker
-                    .publish_json(exchange, routing_key, message, &[])
-                    .await
+                broker.publish_json(exchange, routing_key, message, &[]).await
             };
             match attempt.await {
                 Ok(()) => return Ok(()),
@@ -198,10 +165,7 @@ impl BrokerLink {
 
     pub async fn close(&self) {
         if let Some(broker) = self.current.lock().await.take() {
-            let _ = broker
-                .connection
-                .close(200, "sealfarm worker stopping".into())
-                .await;
+            let _ = broker.connection.close(200, "sealfarm worker stopping".into()).await;
         }
     }
 }
@@ -222,10 +186,7 @@ pub fn redact(url: &str) -> String {
 mod tests {
     #[test]
     fn passwords_never_reach_logs() {
-        assert_eq!(
-            super::redact("amqp://guest:secret@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
+        assert_eq!(super::redact("amqp://guest:secret@127.0.0.1:5672/%2f"), "amqp://guest:***@127.0.0.1:5672/%2f");
         assert_eq!(super::redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
     }
 }

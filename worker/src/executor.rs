@@ -67,14 +67,8 @@ pub struct Executor {
 
 impl Executor {
     pub fn new(sealing: SealingPath) -> Result<Self> {
-        let program =
-            std::env::current_exe().context("cannot find the sealfarm-worker executable")?;
-        Ok(Executor {
-            program,
-            sealing,
-            running: tokio::sync::Mutex::new(None),
-            pending: Pending::default(),
-        })
+        let program = std::env::current_exe().context("cannot find the sealfarm-worker executable")?;
+        Ok(Executor { program, sealing, running: tokio::sync::Mutex::new(None), pending: Pending::default() })
     }
 
     /// Runs a task in the executor and returns its outcome, or `ExecutorLost`
@@ -82,18 +76,12 @@ impl Executor {
     pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {
         let (sender, receiver) = oneshot::channel();
         self.pending.lock().unwrap().insert(key.to_string(), sender);
-        let mut line = serde_json::to_vec(&Request {
-            key: key.to_string(),
-            task: task.clone(),
-        })
-        .expect("a task is JSON");
+        let mut line =
+            serde_json::to_vec(&Request { key: key.to_string(), task: task.clone() }).expect("a task is JSON");
         line.push(b'\n');
         let sent = async {
             let mut running = self.running.lock().await;
-            if running
-                .as_mut()
-                .is_none_or(|r| !matches!(r.child.try_wait(), Ok(None)))
-            {
+            if running.as_mut().is_none_or(|r| !matches!(r.child.try_wait(), Ok(None))) {
                 *running = Some(self.spawn()?);
             }
             let stdin = &mut running.as_mut().expect("just started").stdin;
@@ -130,10 +118,7 @@ impl Executor {
                 match serde_json::from_str::<Response>(&line) {
                     Ok(response) => {
                         if response.panicked {
-                            tracing::warn!(
-                                key = response.key,
-                                "the proofs library panicked; the executor restarts"
-                            );
+                            tracing::warn!(key = response.key, "the proofs library panicked; the executor restarts");
                         }
                         if let Some(sender) = pending.lock().unwrap().remove(&response.key) {
                             let _ = sender.send(response.outcome);
@@ -145,10 +130,7 @@ impl Executor {
             // The executor ended: every job it still held is lost and will run again.
             let lost: Vec<_> = pending.lock().unwrap().drain().collect();
             if !lost.is_empty() {
-                tracing::warn!(
-                    jobs = lost.len(),
-                    "executor ended with jobs running; they run again"
-                );
+                tracing::warn!(jobs = lost.len(), "executor ended with jobs running; they run again");
             }
         });
         Ok(Running { child, stdin })
@@ -182,11 +164,7 @@ pub fn serve(sealing: SealingPath) -> Result<()> {
                 Ok(output) => Outcome::Done(output),
                 Err(error) => Outcome::Failed(error),
             };
-            let response = Response {
-                key: request.key,
-                outcome,
-                panicked: execution.panicked,
-            };
+            let response = Response { key: request.key, outcome, panicked: execution.panicked };
             let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
             let _ = serde_json::to_writer(&mut *out, &response);
             let _ = out.write_all(b"\n");

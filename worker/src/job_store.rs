@@ -58,10 +58,7 @@ impl JobStore {
             .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
         let path = state_dir.join("jobs.sled");
         let db = sled::open(&path).with_context(|| {
-            format!(
-                "cannot open job store {} (is another worker using this --state-dir?)",
-                path.display()
-            )
+            format!("cannot open job store {} (is another worker using this --state-dir?)", path.display())
         })?;
         let jobs = db.open_tree("jobs")?;
         Ok(JobStore { db, jobs })
@@ -86,9 +83,7 @@ impl JobStore {
 
     /// Counts one more start of a claimed job and returns how many there were.
     pub fn start_run(&self, key: &str) -> Result<u32> {
-        let mut record = self
-            .get(key)?
-            .with_context(|| format!("job {key} is not in the store"))?;
+        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         let runs = match &mut record.state {
             JobState::Claimed { runs } => {
                 *runs += 1;
@@ -103,23 +98,15 @@ impl JobStore {
     /// Stores a job's result before it is published.
     pub fn finish(&self, result: &ResultMessage) -> Result<()> {
         let key = format!("{}/{}", result.call_id, result.attempt);
-        let mut record = self
-            .get(&key)?
-            .with_context(|| format!("job {key} is not in the store"))?;
-        record.state = JobState::Finished {
-            result: result.clone(),
-        };
+        let mut record = self.get(&key)?.with_context(|| format!("job {key} is not in the store"))?;
+        record.state = JobState::Finished { result: result.clone() };
         self.update(&key, record)
     }
 
     /// Marks a job done once the broker confirmed its result.
     pub fn done(&self, key: &str) -> Result<()> {
-        let mut record = self
-            .get(key)?
-            .with_context(|| format!("job {key} is not in the store"))?;
-        record.state = JobState::Done {
-            finished_at_ms: now_ms(),
-        };
+        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
+        record.state = JobState::Done { finished_at_ms: now_ms() };
         self.update(key, record)
     }
 
@@ -132,10 +119,9 @@ impl JobStore {
 
     pub fn get(&self, key: &str) -> Result<Option<JobRecord>> {
         match self.jobs.get(key.as_bytes())? {
-            Some(bytes) => Ok(Some(
-                serde_json::from_slice(&bytes)
-                    .with_context(|| format!("job record {key} is corrupt"))?,
-            )),
+            Some(bytes) => {
+                Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("job record {key} is corrupt"))?))
+            }
             None => Ok(None),
         }
     }
@@ -145,8 +131,7 @@ impl JobStore {
         let mut records = Vec::new();
         for entry in self.jobs.iter() {
             let (_, bytes) = entry?;
-            let record: JobRecord =
-                serde_json::from_slice(&bytes).context("a job record is corrupt")?;
+            let record: JobRecord = serde_json::from_slice(&bytes).context("a job record is corrupt")?;
             if !matches!(record.state, JobState::Done { .. }) {
                 records.push(record);
             }
@@ -169,8 +154,7 @@ impl JobStore {
     }
 
     fn put(&self, key: &str, record: &JobRecord) -> Result<()> {
-        self.jobs
-            .insert(key.as_bytes(), serde_json::to_vec(record)?)?;
+        self.jobs.insert(key.as_bytes(), serde_json::to_vec(record)?)?;
         // fsync before anything that depends on this record (an ack, a publish).
         self.db.flush().context("flushing the job store")?;
         Ok(())
@@ -183,13 +167,7 @@ mod tests {
     use sealfarm_schemas::{RegisteredSealProof, SectorId, SectorRef, Task};
 
     fn task() -> TaskMessage {
-        let sector = SectorRef {
-            id: SectorId {
-                miner: 1000,
-                number: 1,
-            },
-            proof_type: RegisteredSealProof(5),
-        };
+        let sector = SectorRef { id: SectorId { miner: 1000, number: 1 }, proof_type: RegisteredSealProof(5) };
         TaskMessage::new(sector, Task::Fin {})
     }
 
@@ -210,9 +188,6 @@ mod tests {
         assert_eq!(store.unfinished().unwrap().len(), 1);
         store.done(&task.job_key()).unwrap();
         assert!(store.unfinished().unwrap().is_empty());
-        assert!(matches!(
-            store.claim(&task).unwrap(),
-            Claim::Known(JobState::Done { .. })
-        ));
+        assert!(matches!(store.claim(&task).unwrap(), Claim::Known(JobState::Done { .. })));
     }
 }

@@ -76,20 +76,10 @@ struct RunArgs {
     #[arg(long, env = "SEALFARM_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// Stages to take, comma-separated: ap, pc1, pc2, c1, c2, fin, ru.
-    #[arg(
-        long,
-        env = "SEALFARM_STAGES",
-        value_delimiter = ',',
-        default_value = "ap,pc1,pc2,c1,c2,fin,ru"
-    )]
+    #[arg(long, env = "SEALFARM_STAGES", value_delimiter = ',', default_value = "ap,pc1,pc2,c1,c2,fin,ru")]
     stages: Vec<Stage>,
     /// Sector sizes to take, comma-separated: 2KiB, 8MiB, 512MiB, 32GiB, 64GiB.
-    #[arg(
-        long,
-        env = "SEALFARM_SECTOR_SIZES",
-        value_delimiter = ',',
-        default_value = "32GiB,64GiB"
-    )]
+    #[arg(long, env = "SEALFARM_SECTOR_SIZES", value_delimiter = ',', default_value = "32GiB,64GiB")]
     sector_sizes: Vec<SectorSize>,
     /// This worker's id: names its own queue and appears in results. Default: the host name.
     #[arg(long, env = "SEALFARM_WORKER_ID")]
@@ -147,9 +137,7 @@ fn main() {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -157,11 +145,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn home_path(sub: &str) -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".sealfarm")
-        .join(sub)
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(".")).join(".sealfarm").join(sub)
 }
 
 fn run(command: Command) -> Result<()> {
@@ -170,8 +154,7 @@ fn run(command: Command) -> Result<()> {
         Command::Params(command) => run_params(command),
         Command::Executor { sealing_path } => executor::serve(SealingPath::open(&sealing_path)?),
         Command::Jobs { state_dir } => {
-            let store =
-                job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;
+            let store = job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;
             for record in store.all()? {
                 let state = serde_json::to_value(&record.state)?;
                 println!(
@@ -223,8 +206,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
         let (trigger, shutdown) = shutdown::channel();
         tokio::spawn(async move {
             let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -249,18 +231,11 @@ fn run_params(command: ParamsCommand) -> Result<()> {
             }
             let (params_path, vk_path) = params::seal_param_paths(sector_size)?;
             if params_path.exists() && vk_path.exists() {
-                eprintln!(
-                    "{sector_size} parameters already present: {}",
-                    params_path.display()
-                );
+                eprintln!("{sector_size} parameters already present: {}", params_path.display());
                 return Ok(());
             }
-            std::fs::create_dir_all(params::cache_dir()).with_context(|| {
-                format!(
-                    "cannot create parameter cache {}",
-                    params::cache_dir().display()
-                )
-            })?;
+            std::fs::create_dir_all(params::cache_dir())
+                .with_context(|| format!("cannot create parameter cache {}", params::cache_dir().display()))?;
             eprintln!(
                 "generating {sector_size} seal parameters into {} (2KiB: about 17 min on 2 cores, 5 GB RAM)",
                 params::cache_dir().display()
@@ -268,43 +243,24 @@ fn run_params(command: ParamsCommand) -> Result<()> {
             let started = Instant::now();
             let ticker = std::thread::spawn(move || loop {
                 std::thread::sleep(Duration::from_secs(30));
-                eprintln!(
-                    "  still generating: {:.0} s elapsed",
-                    started.elapsed().as_secs_f64()
-                );
+                eprintln!("  still generating: {:.0} s elapsed", started.elapsed().as_secs_f64());
             });
             drop(ticker);
-            let proof =
-                proofs::api_proof(RegisteredSealProof::v1_1_for(sector_size)).expect("known proof");
+            let proof = proofs::api_proof(RegisteredSealProof::v1_1_for(sector_size)).expect("known proof");
             paramgen::generate_porep_params(proof)?;
-            eprintln!(
-                "done in {:.0} s: {}",
-                started.elapsed().as_secs_f64(),
-                params_path.display()
-            );
+            eprintln!("done in {:.0} s: {}", started.elapsed().as_secs_f64(), params_path.display());
             Ok(())
         }
-        ParamsCommand::Fetch {
-            sector_size,
-            gateway,
-            manifest,
-        } => {
+        ParamsCommand::Fetch { sector_size, gateway, manifest } => {
             let manifest = params::manifest(manifest.as_deref())?;
             let outcomes = params::fetch(sector_size, &gateway, &manifest)?;
-            eprintln!(
-                "{} files for {sector_size} in {}",
-                outcomes.len(),
-                params::cache_dir().display()
-            );
+            eprintln!("{} files for {sector_size} in {}", outcomes.len(), params::cache_dir().display());
             Ok(())
         }
         ParamsCommand::Status { verify } => {
             let manifest = params::manifest(None)?;
             println!("parameter cache: {}", params::cache_dir().display());
-            println!(
-                "{:<7} {:<6} {:>14}  {:<10} file",
-                "size", "kind", "bytes", "origin"
-            );
+            println!("{:<7} {:<6} {:>14}  {:<10} file", "size", "kind", "bytes", "origin");
             for line in params::status(verify, &manifest)? {
                 let origin = match (line.bytes, line.published) {
                     (None, _) => "missing",
@@ -312,22 +268,9 @@ fn run_params(command: ParamsCommand) -> Result<()> {
                     (Some(_), Some(true)) => "published",
                     (Some(_), Some(false)) => "local",
                 };
-                let bytes = line
-                    .bytes
-                    .map(|b| b.to_string())
-                    .unwrap_or_else(|| "-".into());
-                let name = line
-                    .path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                println!(
-                    "{:<7} {:<6} {:>14}  {:<10} {name}",
-                    line.size.to_string(),
-                    line.kind,
-                    bytes,
-                    origin
-                );
+                let bytes = line.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+                let name = line.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                println!("{:<7} {:<6} {:>14}  {:<10} {name}", line.size.to_string(), line.kind, bytes, origin);
             }
             Ok(())
         }

@@ -28,14 +28,11 @@ pub fn generate_porep_params(proof: RegisteredSealProof) -> Result<()> {
     with_shape!(size, generate_for_shape, &config)
 }
 
-fn generate_for_shape<Tree: 'static + MerkleTreeTrait>(
-    config: &filecoin_proofs::types::PoRepConfig,
-) -> Result<()> {
+fn generate_for_shape<Tree: 'static + MerkleTreeTrait>(config: &filecoin_proofs::types::PoRepConfig) -> Result<()> {
     let pub_params = public_params::<Tree>(config).context("building public parameters")?;
     type Compound<T> = StackedCompound<T, DefaultPieceHasher>;
     let circuit = <Compound<Tree> as CompoundProof<_, _>>::blank_circuit(&pub_params);
-    Compound::<Tree>::get_param_metadata(circuit.clone(), &pub_params)
-        .context("writing parameter metadata")?;
+    Compound::<Tree>::get_param_metadata(circuit.clone(), &pub_params).context("writing parameter metadata")?;
     Compound::<Tree>::get_groth_params(Some(&mut OsRng), circuit.clone(), &pub_params)
         .context("generating Groth parameters")?;
     Compound::<Tree>::get_verifying_key(Some(&mut OsRng), circuit, &pub_params)

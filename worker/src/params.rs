@@ -44,21 +44,16 @@ pub fn cache_dir() -> PathBuf {
 pub fn manifest(path: Option<&Path>) -> Result<Manifest> {
     match path {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read manifest {}", path.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("manifest {} is not a parameters.json", path.display()))
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read manifest {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("manifest {} is not a parameters.json", path.display()))
         }
         None => Ok(storage_proofs_core::parameter_cache::PARAMETERS
             .iter()
             .map(|(name, data)| {
                 (
                     name.clone(),
-                    ManifestEntry {
-                        cid: data.cid.clone(),
-                        digest: data.digest.clone(),
-                        sector_size: data.sector_size,
-                    },
+                    ManifestEntry { cid: data.cid.clone(), digest: data.digest.clone(), sector_size: data.sector_size },
                 )
             })
             .collect()),
@@ -83,10 +78,7 @@ pub fn file_digest(path: &Path) -> Result<String> {
 /// Paths of the seal (PoRep) parameters and verifying key for a size.
 pub fn seal_param_paths(size: SectorSize) -> Result<(PathBuf, PathBuf)> {
     let proof = api_proof(RegisteredSealProof::v1_1_for(size)).expect("V1_1 proofs are known");
-    Ok((
-        proof.cache_params_path()?,
-        proof.cache_verifying_key_path()?,
-    ))
+    Ok((proof.cache_params_path()?, proof.cache_verifying_key_path()?))
 }
 
 /// Fails with instructions unless the seal parameters of every size exist.
@@ -120,18 +112,10 @@ pub enum FetchOutcome {
 
 /// Downloads every file of `size` in the manifest that is missing or damaged,
 /// checking each digest. A file that does not match is removed.
-pub fn fetch(
-    size: SectorSize,
-    gateway: &str,
-    manifest: &Manifest,
-) -> Result<Vec<(String, FetchOutcome)>> {
+pub fn fetch(size: SectorSize, gateway: &str, manifest: &Manifest) -> Result<Vec<(String, FetchOutcome)>> {
     let dir = cache_dir();
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create parameter cache {}", dir.display()))?;
-    let wanted: Vec<_> = manifest
-        .iter()
-        .filter(|(_, e)| e.sector_size == size.0)
-        .collect();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create parameter cache {}", dir.display()))?;
+    let wanted: Vec<_> = manifest.iter().filter(|(_, e)| e.sector_size == size.0).collect();
     if wanted.is_empty() {
         bail!("the manifest lists no parameter files for {size} sectors");
     }
@@ -153,45 +137,29 @@ pub fn fetch(
         }
     }
     if !failures.is_empty() {
-        bail!(
-            "{} of the {size} parameter files could not be fetched:\n  {}",
-            failures.len(),
-            failures.join("\n  ")
-        );
+        bail!("{} of the {size} parameter files could not be fetched:\n  {}", failures.len(), failures.join("\n  "));
     }
     Ok(outcomes)
 }
 
 fn download(gateway: &str, name: &str, entry: &ManifestEntry, path: &Path) -> Result<()> {
     let url = format!("{}/{}", gateway.trim_end_matches('/'), entry.cid);
-    let partial = path.with_extension(format!(
-        "{}.partial",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let response = ureq::get(&url)
-        .call()
-        .with_context(|| format!("GET {url}"))?;
-    let total: Option<u64> = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let partial = path.with_extension(format!("{}.partial", path.extension().and_then(|e| e.to_str()).unwrap_or("")));
+    let response = ureq::get(&url).call().with_context(|| format!("GET {url}"))?;
+    let total: Option<u64> =
+        response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let mut reader = response.into_body().into_reader();
-    let mut out =
-        File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
+    let mut out = File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
     let mut state = blake2b_simd::Params::new().hash_length(64).to_state();
     let mut buffer = vec![0u8; 1 << 20];
     let (mut done, started, mut last_report) = (0u64, Instant::now(), Instant::now());
     loop {
-        let n = reader
-            .read(&mut buffer)
-            .with_context(|| format!("reading {url}"))?;
+        let n = reader.read(&mut buffer).with_context(|| format!("reading {url}"))?;
         if n == 0 {
             break;
         }
         state.update(&buffer[..n]);
-        out.write_all(&buffer[..n])
-            .with_context(|| format!("writing {}", partial.display()))?;
+        out.write_all(&buffer[..n]).with_context(|| format!("writing {}", partial.display()))?;
         done += n as u64;
         if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
@@ -211,13 +179,9 @@ fn download(gateway: &str, name: &str, entry: &ManifestEntry, path: &Path) -> Re
     let digest = state.finalize().to_hex()[..32].to_string();
     if digest != entry.digest {
         let _ = std::fs::remove_file(&partial);
-        bail!(
-            "digest mismatch (expected {}, got {digest}); the download was removed",
-            entry.digest
-        );
+        bail!("digest mismatch (expected {}, got {digest}); the download was removed", entry.digest);
     }
-    std::fs::rename(&partial, path)
-        .with_context(|| format!("cannot move the download to {}", path.display()))?;
+    std::fs::rename(&partial, path).with_context(|| format!("cannot move the download to {}", path.display()))?;
     eprintln!("{name}: downloaded {} bytes, digest ok", done);
     Ok(())
 }
@@ -248,13 +212,7 @@ pub fn status(verify: bool, manifest: &Manifest) -> Result<Vec<StatusLine>> {
                 }
                 _ => None,
             };
-            lines.push(StatusLine {
-                size,
-                kind,
-                path,
-                bytes,
-                published,
-            });
+            lines.push(StatusLine { size, kind, path, bytes, published });
         }
     }
     Ok(lines)

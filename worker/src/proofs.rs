@@ -14,18 +14,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use filecoin_proofs_api::seal::{
-    self, SealCommitPhase1Output, SealPreCommitPhase1Output, SealPreCommitPhase2Output,
-};
-use filecoin_proofs_api::{
-    PieceInfo as ApiPieceInfo, SectorId as ApiSectorId, UnpaddedBytesAmount,
-};
+use filecoin_proofs_api::seal::{self, SealCommitPhase1Output, SealPreCommitPhase1Output, SealPreCommitPhase2Output};
+use filecoin_proofs_api::{PieceInfo as ApiPieceInfo, SectorId as ApiSectorId, UnpaddedBytesAmount};
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::lotus::Range;
 use sealfarm_schemas::messages::PieceData;
-use sealfarm_schemas::{
-    Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage,
-};
+use sealfarm_schemas::{Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
 
 use crate::sector_files::SealingPath;
 
@@ -35,9 +29,7 @@ const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
 const TICKET_MARKER: &str = "sealfarm-ticket";
 
 /// The library's proof type for a lotus proof number.
-pub fn api_proof(
-    proof: sealfarm_schemas::RegisteredSealProof,
-) -> Option<filecoin_proofs_api::RegisteredSealProof> {
+pub fn api_proof(proof: sealfarm_schemas::RegisteredSealProof) -> Option<filecoin_proofs_api::RegisteredSealProof> {
     use filecoin_proofs_api::RegisteredSealProof::*;
     const ALL: [filecoin_proofs_api::RegisteredSealProof; 20] = [
         StackedDrg2KiBV1,
@@ -61,9 +53,7 @@ pub fn api_proof(
         StackedDrg32GiBV1_2_Feat_NonInteractivePoRep,
         StackedDrg64GiBV1_2_Feat_NonInteractivePoRep,
     ];
-    usize::try_from(proof.0)
-        .ok()
-        .and_then(|i| ALL.get(i).copied())
+    usize::try_from(proof.0).ok().and_then(|i| ALL.get(i).copied())
 }
 
 /// How one run of a task ended.
@@ -77,14 +67,8 @@ pub struct Execution {
 /// Runs one task to completion, catching a panic of the proofs library.
 pub fn execute(sealing: &SealingPath, task: &TaskMessage) -> Execution {
     match catch_unwind(AssertUnwindSafe(|| run_stage(sealing, task))) {
-        Ok(Ok(output)) => Execution {
-            outcome: Ok(output),
-            panicked: false,
-        },
-        Ok(Err(err)) => Execution {
-            outcome: Err(call_error(&err)),
-            panicked: false,
-        },
+        Ok(Ok(output)) => Execution { outcome: Ok(output), panicked: false },
+        Ok(Err(err)) => Execution { outcome: Err(call_error(&err)), panicked: false },
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -93,16 +77,9 @@ pub fn execute(sealing: &SealingPath, task: &TaskMessage) -> Execution {
                 .unwrap_or_else(|| "unknown panic".to_string());
             let error = CallError::new(
                 ErrorCode::UNKNOWN,
-                format!(
-                    "{} of {} failed: the proofs library panicked: {what}",
-                    task.stage(),
-                    task.sector.id
-                ),
+                format!("{} of {} failed: the proofs library panicked: {what}", task.stage(), task.sector.id),
             );
-            Execution {
-                outcome: Err(error),
-                panicked: true,
-            }
+            Execution { outcome: Err(error), panicked: true }
         }
     }
 }
@@ -115,55 +92,32 @@ fn call_error(err: &anyhow::Error) -> CallError {
             .downcast_ref::<io::Error>()
             .is_some_and(|e| e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28))
     });
-    let code = if out_of_space {
-        ErrorCode::TEMP_ALLOCATE_SPACE
-    } else {
-        ErrorCode::UNKNOWN
-    };
+    let code = if out_of_space { ErrorCode::TEMP_ALLOCATE_SPACE } else { ErrorCode::UNKNOWN };
     CallError::new(code, format!("{err:#}"))
 }
 
 fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
     let sector = task.sector;
-    let proof = api_proof(sector.proof_type)
-        .ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))?;
+    let proof = api_proof(sector.proof_type).ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))?;
     let stage = task.stage();
     let context = || format!("{stage} of {}", sector.id);
     match &task.task {
-        Task::Ap {
-            existing_piece_sizes,
-            piece_size,
-            data,
-        } => add_piece(
-            sealing,
-            sector,
-            proof,
-            existing_piece_sizes,
-            *piece_size,
-            data,
-        )
-        .with_context(context),
-        Task::Pc1 { ticket, pieces } => {
-            precommit1(sealing, sector, proof, ticket, pieces).with_context(context)
+        Task::Ap { existing_piece_sizes, piece_size, data } => {
+            add_piece(sealing, sector, proof, existing_piece_sizes, *piece_size, data).with_context(context)
         }
+        Task::Pc1 { ticket, pieces } => precommit1(sealing, sector, proof, ticket, pieces).with_context(context),
         Task::Pc2 { pc1_out } => precommit2(sealing, sector, proof, pc1_out).with_context(context),
-        Task::C1 {
-            ticket,
-            seed,
-            pieces,
-            cids,
-        } => commit1(sealing, sector, proof, ticket, seed, pieces, cids).with_context(context),
+        Task::C1 { ticket, seed, pieces, cids } => {
+            commit1(sealing, sector, proof, ticket, seed, pieces, cids).with_context(context)
+        }
         Task::C2 { c1_out } => commit2(sector, c1_out).with_context(context),
         Task::Fin {} => {
             seal::clear_cache(&sealing.cache(sector.id)).with_context(context)?;
             Ok(StageOutput::Fin {})
         }
         Task::Ru { keep_unsealed } => {
-            release_unsealed(
-                &sealing.unsealed(sector.id),
-                keep_unsealed.as_deref().unwrap_or(&[]),
-            )
-            .with_context(context)?;
+            release_unsealed(&sealing.unsealed(sector.id), keep_unsealed.as_deref().unwrap_or(&[]))
+                .with_context(context)?;
             Ok(StageOutput::Ru {})
         }
     }
@@ -188,33 +142,19 @@ fn add_piece(
     // The new piece goes after the existing ones; anything beyond them is a
     // leftover of an earlier attempt at this same call.
     let offset: u64 = existing.iter().map(|s| padded(*s)).sum();
-    file.set_len(offset)
-        .with_context(|| format!("truncating {}", path.display()))?;
+    file.set_len(offset).with_context(|| format!("truncating {}", path.display()))?;
     file.seek(SeekFrom::Start(offset))?;
-    let existing: Vec<UnpaddedBytesAmount> =
-        existing.iter().map(|s| UnpaddedBytesAmount(*s)).collect();
+    let existing: Vec<UnpaddedBytesAmount> = existing.iter().map(|s| UnpaddedBytesAmount(*s)).collect();
     let source: Box<dyn Read> = match data {
         PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
-        PieceData::File { path } => Box::new(
-            File::open(path)
-                .with_context(|| format!("opening piece data {path}"))?
-                .take(piece_size),
-        ),
+        PieceData::File { path } => {
+            Box::new(File::open(path).with_context(|| format!("opening piece data {path}"))?.take(piece_size))
+        }
     };
-    let (info, _) = seal::add_piece(
-        proof,
-        source,
-        &mut file,
-        UnpaddedBytesAmount(piece_size),
-        &existing,
-    )?;
-    file.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
+    let (info, _) = seal::add_piece(proof, source, &mut file, UnpaddedBytesAmount(piece_size), &existing)?;
+    file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(StageOutput::Ap {
-        piece: PieceInfo {
-            size: padded(info.size.0),
-            piece_cid: Commitment::Data.to_cid(&info.commitment),
-        },
+        piece: PieceInfo { size: padded(info.size.0), piece_cid: Commitment::Data.to_cid(&info.commitment) },
     })
 }
 
@@ -243,9 +183,7 @@ fn precommit1(
     )?;
     let mut json = serde_json::to_value(&output).context("encoding the PC1 output")?;
     json[LOTUS_SEAL_RANDOMNESS_KEY] = serde_json::to_value(ticket)?;
-    Ok(StageOutput::Pc1 {
-        pc1_out: Bytes(serde_json::to_vec(&json)?),
-    })
+    Ok(StageOutput::Pc1 { pc1_out: Bytes(serde_json::to_vec(&json)?) })
 }
 
 /// A sector's cache directory must hold layers of one ticket only: the
@@ -258,17 +196,14 @@ fn prepare_cache_for_ticket(cache: &Path, ticket: &[u8; 32]) -> Result<()> {
         Ok(found) if found.trim() == wanted => return Ok(()),
         Ok(_) => {
             tracing::warn!(cache = %cache.display(), "cache holds layers of another ticket; removing them");
-            std::fs::remove_dir_all(cache)
-                .with_context(|| format!("clearing {}", cache.display()))?;
+            std::fs::remove_dir_all(cache).with_context(|| format!("clearing {}", cache.display()))?;
         }
         Err(_) if cache.exists() => {
-            std::fs::remove_dir_all(cache)
-                .with_context(|| format!("clearing {}", cache.display()))?;
+            std::fs::remove_dir_all(cache).with_context(|| format!("clearing {}", cache.display()))?;
         }
         Err(_) => {}
     }
-    std::fs::create_dir_all(cache)
-        .with_context(|| format!("creating cache directory {}", cache.display()))?;
+    std::fs::create_dir_all(cache).with_context(|| format!("creating cache directory {}", cache.display()))?;
     std::fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
     Ok(())
 }
@@ -296,8 +231,7 @@ fn precommit2(
         pc1.registered_proof,
         proof
     );
-    let out =
-        seal::seal_pre_commit_phase2(pc1, sealing.cache(sector.id), sealing.sealed(sector.id))?;
+    let out = seal::seal_pre_commit_phase2(pc1, sealing.cache(sector.id), sealing.sealed(sector.id))?;
     Ok(StageOutput::Pc2 {
         cids: SectorCids {
             unsealed: Some(Commitment::Data.to_cid(&out.comm_d)),
@@ -315,19 +249,11 @@ fn commit1(
     pieces: &[PieceInfo],
     cids: &SectorCids,
 ) -> Result<StageOutput> {
-    let comm_d = cids
-        .unsealed
-        .as_ref()
-        .ok_or_else(|| anyhow!("no unsealed CID (CommD) given"))?;
-    let comm_r = cids
-        .sealed
-        .as_ref()
-        .ok_or_else(|| anyhow!("no sealed CID (CommR) given"))?;
+    let comm_d = cids.unsealed.as_ref().ok_or_else(|| anyhow!("no unsealed CID (CommD) given"))?;
+    let comm_r = cids.sealed.as_ref().ok_or_else(|| anyhow!("no sealed CID (CommR) given"))?;
     let pre_commit = SealPreCommitPhase2Output {
         registered_proof: proof,
-        comm_r: Commitment::Replica
-            .from_cid(comm_r)
-            .map_err(|e| anyhow!(e))?,
+        comm_r: Commitment::Replica.from_cid(comm_r).map_err(|e| anyhow!(e))?,
         comm_d: Commitment::Data.from_cid(comm_d).map_err(|e| anyhow!(e))?,
     };
     let out = seal::seal_commit_phase1(
@@ -340,21 +266,13 @@ fn commit1(
         pre_commit,
         &api_pieces(pieces)?,
     )?;
-    Ok(StageOutput::C1 {
-        c1_out: Bytes(serde_json::to_vec(&out).context("encoding the C1 output")?),
-    })
+    Ok(StageOutput::C1 { c1_out: Bytes(serde_json::to_vec(&out).context("encoding the C1 output")?) })
 }
 
 fn commit2(sector: SectorRef, c1_out: &Bytes) -> Result<StageOutput> {
     let c1 = parse_c1_out(c1_out)?;
-    let out = seal::seal_commit_phase2(
-        c1,
-        sector.id.prover_id(),
-        ApiSectorId::from(sector.id.number),
-    )?;
-    Ok(StageOutput::C2 {
-        proof: Bytes(out.proof),
-    })
+    let out = seal::seal_commit_phase2(c1, sector.id.prover_id(), ApiSectorId::from(sector.id.number))?;
+    Ok(StageOutput::C2 { proof: Bytes(out.proof) })
 }
 
 /// Removes the unsealed file, or with ranges to keep, punches holes into
@@ -368,22 +286,15 @@ fn release_unsealed(path: &Path, keep: &[Range]) -> Result<()> {
             _ => Ok(()),
         };
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();
-    let mut keep: Vec<(u64, u64)> = keep
-        .iter()
-        .map(|r| (padded(r.offset), padded(r.offset + r.size)))
-        .collect();
+    let mut keep: Vec<(u64, u64)> = keep.iter().map(|r| (padded(r.offset), padded(r.offset + r.size))).collect();
     keep.sort_unstable();
     let mut cursor = 0;
     for (start, end) in keep.into_iter().chain(std::iter::once((len, len))) {
         if start > cursor {
-            punch_hole(&file, cursor, start.min(len) - cursor).with_context(|| {
-                format!("releasing bytes {cursor}..{start} of {}", path.display())
-            })?;
+            punch_hole(&file, cursor, start.min(len) - cursor)
+                .with_context(|| format!("releasing bytes {cursor}..{start} of {}", path.display()))?;
         }
         cursor = cursor.max(end);
     }
@@ -428,18 +339,13 @@ fn api_pieces(pieces: &[PieceInfo]) -> Result<Vec<ApiPieceInfo>> {
     pieces
         .iter()
         .map(|piece| {
-            let commitment = Commitment::Data
-                .from_cid(&piece.piece_cid)
-                .map_err(|e| anyhow!(e))?;
+            let commitment = Commitment::Data.from_cid(&piece.piece_cid).map_err(|e| anyhow!(e))?;
             ensure!(
                 piece.size.is_power_of_two() && piece.size >= 128,
                 "piece size {} is not a padded piece size",
                 piece.size
             );
-            Ok(ApiPieceInfo {
-                commitment,
-                size: UnpaddedBytesAmount(piece.size / 128 * 127),
-            })
+            Ok(ApiPieceInfo { commitment, size: UnpaddedBytesAmount(piece.size / 128 * 127) })
         })
         .collect()
 }
@@ -449,11 +355,7 @@ fn api_pieces(pieces: &[PieceInfo]) -> Result<Vec<ApiPieceInfo>> {
 /// readable reason.
 pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), String> {
     let sector = task.sector;
-    let size = sector
-        .proof_type
-        .info()
-        .map(|i| i.sector_size)
-        .ok_or("unknown proof type")?;
+    let size = sector.proof_type.info().map(|i| i.sector_size).ok_or("unknown proof type")?;
     let file = |path: std::path::PathBuf, what: &str| {
         if path.exists() {
             Ok(())
@@ -467,20 +369,12 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
         if total == size.0 {
             Ok(())
         } else {
-            Err(format!(
-                "pieces add up to {total} padded bytes, the sector holds {}",
-                size.0
-            ))
+            Err(format!("pieces add up to {total} padded bytes, the sector holds {}", size.0))
         }
     };
-    let len32 =
-        |bytes: &Bytes, what: &str| bytes32(bytes, what).map(|_| ()).map_err(|e| e.to_string());
+    let len32 = |bytes: &Bytes, what: &str| bytes32(bytes, what).map(|_| ()).map_err(|e| e.to_string());
     match &task.task {
-        Task::Ap {
-            existing_piece_sizes,
-            piece_size,
-            data,
-        } => {
+        Task::Ap { existing_piece_sizes, piece_size, data } => {
             let total: u64 = existing_piece_sizes.iter().sum::<u64>() + piece_size;
             if *piece_size == 0 || total > size.unpadded() {
                 return Err(format!(
@@ -507,12 +401,7 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
             file(sealing.cache(sector.id), "cache directory")?;
             file(sealing.sealed(sector.id), "sealed file")
         }
-        Task::C1 {
-            ticket,
-            seed,
-            pieces,
-            cids,
-        } => {
+        Task::C1 { ticket, seed, pieces, cids } => {
             len32(ticket, "ticket")?;
             len32(seed, "seed")?;
             pieces_fill_sector(pieces)?;
@@ -522,9 +411,7 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
             file(sealing.cache(sector.id), "cache directory")?;
             file(sealing.sealed(sector.id), "sealed file")
         }
-        Task::C2 { c1_out } => parse_c1_out(c1_out)
-            .map(|_| ())
-            .map_err(|e| format!("{e:#}")),
+        Task::C2 { c1_out } => parse_c1_out(c1_out).map(|_| ()).map_err(|e| format!("{e:#}")),
         Task::Fin {} => file(sealing.cache(sector.id), "cache directory"),
         Task::Ru { .. } => Ok(()),
     }

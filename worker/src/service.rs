@@ -31,8 +31,8 @@ use lapin::types::FieldTable;
 use sealfarm_schemas::messages::{now_ms, RunningJob};
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{
-    CallError, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage,
-    SectorSize, Stage, TaskMessage, SCHEMA_VERSION,
+    CallError, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage, SectorSize, Stage,
+    TaskMessage, SCHEMA_VERSION,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -71,11 +71,7 @@ impl WorkerConfig {
         let mut queues: Vec<String> = self
             .stages
             .iter()
-            .flat_map(|stage| {
-                self.sector_sizes
-                    .iter()
-                    .map(move |size| topology::task_queue(*stage, *size))
-            })
+            .flat_map(|stage| self.sector_sizes.iter().map(move |size| topology::task_queue(*stage, *size)))
             .collect();
         queues.push(topology::worker_queue(&self.worker_id));
         queues
@@ -95,10 +91,7 @@ struct Worker {
 /// Runs the worker until `shutdown` fires.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     let store = JobStore::open(&config.state_dir)?;
-    let link = BrokerLink::new(
-        config.amqp_url.clone(),
-        format!("sealfarm-worker {}", config.worker_id),
-    );
+    let link = BrokerLink::new(config.amqp_url.clone(), format!("sealfarm-worker {}", config.worker_id));
     let executor = Executor::new(config.sealing.clone())?;
     let worker = Arc::new(Worker {
         executor,
@@ -148,14 +141,10 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     }
 
     tracing::info!(running = worker.running.lock().unwrap().len(), grace = ?worker.config.shutdown_grace, "stopping: no new tasks");
-    let drained = tokio::time::timeout(worker.config.shutdown_grace, async {
-        while jobs.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(worker.config.shutdown_grace, async { while jobs.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            "jobs still running after the grace period stay claimed and resume at the next start"
-        );
+        tracing::warn!("jobs still running after the grace period stay claimed and resume at the next start");
     }
     heartbeat.abort();
     worker.executor.stop().await;
@@ -171,9 +160,7 @@ impl Worker {
         // One delivery per queue at a time: a task waits in its queue, where
         // other workers can take it, rather than here.
         channel.basic_qos(1, BasicQosOptions::default()).await?;
-        QueueSpec::work(topology::worker_queue(&self.config.worker_id))
-            .declare(&channel)
-            .await?;
+        QueueSpec::work(topology::worker_queue(&self.config.worker_id)).declare(&channel).await?;
         let mut streams = Vec::new();
         for queue in self.config.queues() {
             let consumer = channel
@@ -222,11 +209,7 @@ impl Worker {
     async fn handle_delivery(self: Arc<Self>, queue: String, delivery: Delivery) {
         let task = match self.check(&queue, &delivery.data) {
             Ok(task) => task,
-            Err((reason, task)) => {
-                return self
-                    .dead_letter(&queue, delivery, reason, task.as_ref())
-                    .await
-            }
+            Err((reason, task)) => return self.dead_letter(&queue, delivery, reason, task.as_ref()).await,
         };
         let Some(permit) = self.slot().await else {
             return;
@@ -241,12 +224,7 @@ impl Worker {
             }
             Err(err) => {
                 tracing::error!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot record the job; returning the task to its queue");
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
                 return;
             }
         }
@@ -269,31 +247,16 @@ impl Worker {
 
     /// Parses and checks a delivery; a rejection carries the reason and, when
     /// the message parsed, the task (so its call can be failed).
-    fn check(
-        &self,
-        queue: &str,
-        body: &[u8],
-    ) -> Result<TaskMessage, (DeadLetterReason, Option<TaskMessage>)> {
-        let value: serde_json::Value = serde_json::from_slice(body)
-            .map_err(|e| (DeadLetterReason::malformed(format!("not JSON: {e}")), None))?;
+    fn check(&self, queue: &str, body: &[u8]) -> Result<TaskMessage, (DeadLetterReason, Option<TaskMessage>)> {
+        let value: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| (DeadLetterReason::malformed(format!("not JSON: {e}")), None))?;
         match value.get("schema").and_then(|v| v.as_u64()) {
             Some(version) if version == u64::from(SCHEMA_VERSION) => {}
-            Some(version) => {
-                return Err((DeadLetterReason::unsupported_schema(version as u32), None))
-            }
-            None => {
-                return Err((
-                    DeadLetterReason::malformed("no \"schema\" version field"),
-                    None,
-                ))
-            }
+            Some(version) => return Err((DeadLetterReason::unsupported_schema(version as u32), None)),
+            None => return Err((DeadLetterReason::malformed("no \"schema\" version field"), None)),
         }
-        let task: TaskMessage = serde_json::from_value(value).map_err(|e| {
-            (
-                DeadLetterReason::malformed(format!("not a task message: {e}")),
-                None,
-            )
-        })?;
+        let task: TaskMessage = serde_json::from_value(value)
+            .map_err(|e| (DeadLetterReason::malformed(format!("not a task message: {e}")), None))?;
         let reject = |reason| Err((reason, Some(task.clone())));
         let Some(info) = task.sector.proof_type.info() else {
             return reject(DeadLetterReason::unknown_proof_type(format!(
@@ -312,11 +275,7 @@ impl Worker {
             )));
         }
         if let Some(expected) = self.config.stages.iter().find_map(|s| {
-            self.config
-                .sector_sizes
-                .iter()
-                .find(|z| topology::task_queue(*s, **z) == queue)
-                .map(|z| (*s, *z))
+            self.config.sector_sizes.iter().find(|z| topology::task_queue(*s, **z) == queue).map(|z| (*s, *z))
         }) {
             if expected != (stage, info.sector_size) {
                 return reject(DeadLetterReason::wrong_sector_size(format!(
@@ -332,23 +291,14 @@ impl Worker {
             )));
         }
         if let Err(problem) = proofs::check_inputs(&self.config.sealing, &task) {
-            return reject(DeadLetterReason::missing_input(format!(
-                "{stage} of {}: {problem}",
-                task.sector.id
-            )));
+            return reject(DeadLetterReason::missing_input(format!("{stage} of {}: {problem}", task.sector.id)));
         }
         Ok(task)
     }
 
     /// Moves a task to `sealfarm.dead` with its reason, fails its call, and
     /// acknowledges it. If the broker cannot take it, the task stays queued.
-    async fn dead_letter(
-        &self,
-        queue: &str,
-        delivery: Delivery,
-        reason: DeadLetterReason,
-        task: Option<&TaskMessage>,
-    ) {
+    async fn dead_letter(&self, queue: &str, delivery: Delivery, reason: DeadLetterReason, task: Option<&TaskMessage>) {
         tracing::warn!(queue, reason = %reason, call_id = ?task.map(|t| t.call_id), "dead-lettering a task");
         let headers = [
             (topology::REASON_HEADER, reason.to_string()),
@@ -357,26 +307,14 @@ impl Worker {
         ];
         let published = async {
             let broker = self.link.get().await?;
-            broker
-                .publish_bytes(
-                    topology::DEAD_LETTER_EXCHANGE,
-                    queue,
-                    &delivery.data,
-                    &headers,
-                )
-                .await?;
+            broker.publish_bytes(topology::DEAD_LETTER_EXCHANGE, queue, &delivery.data, &headers).await?;
             if let Some(task) = task {
                 let error = CallError::new(
                     ErrorCode::UNKNOWN,
-                    format!(
-                        "task rejected by sealfarm worker {}: {reason}",
-                        self.config.worker_id
-                    ),
+                    format!("task rejected by sealfarm worker {}: {reason}", self.config.worker_id),
                 );
                 let result = self.result(task, now_ms(), Outcome::Failed(error));
-                broker
-                    .publish_json("", topology::RESULTS_QUEUE, &result, &[])
-                    .await?;
+                broker.publish_json("", topology::RESULTS_QUEUE, &result, &[]).await?;
             }
             anyhow::Ok(())
         };
@@ -386,12 +324,7 @@ impl Worker {
             }
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "cannot dead-letter; returning the task to its queue");
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             }
         }
     }
@@ -403,7 +336,11 @@ impl Worker {
             Err(err) => Outcome::Failed(CallError::new(ErrorCode::TEMP_UNKNOWN, format!("job store failed: {err:#}"))),
             Ok(runs) if runs > MAX_RUNS => Outcome::Failed(CallError::new(
                 ErrorCode::UNKNOWN,
-                format!("{} of {} was started {runs} times without finishing; it keeps stopping the worker", task.stage(), task.sector.id),
+                format!(
+                    "{} of {} was started {runs} times without finishing; it keeps stopping the worker",
+                    task.stage(),
+                    task.sector.id
+                ),
             )),
             Ok(_) => {
                 let running = RunningJob {
@@ -450,11 +387,7 @@ impl Worker {
                 Ok(runs) => {
                     return Outcome::Failed(CallError::new(
                         ErrorCode::UNKNOWN,
-                        format!(
-                            "{} of {} lost its executor {runs} times",
-                            task.stage(),
-                            task.sector.id
-                        ),
+                        format!("{} of {} lost its executor {runs} times", task.stage(), task.sector.id),
                     ))
                 }
                 Err(err) => {
@@ -482,11 +415,7 @@ impl Worker {
     }
 
     async fn publish_result(&self, key: &str, result: ResultMessage) {
-        match self
-            .link
-            .publish_until_confirmed("", topology::RESULTS_QUEUE, &result, &self.shutdown)
-            .await
-        {
+        match self.link.publish_until_confirmed("", topology::RESULTS_QUEUE, &result, &self.shutdown).await {
             Ok(()) => {
                 if let Err(err) = self.store.done(key) {
                     tracing::error!(call_id = %result.call_id, error = %format!("{err:#}"), "result published but not marked done");
@@ -502,9 +431,7 @@ impl Worker {
         let message = EventMessage::new(&self.config.worker_id, event);
         let sent = async {
             let broker = self.link.get().await?;
-            broker
-                .publish_event(topology::EVENTS_EXCHANGE, &message.routing_key(), &message)
-                .await
+            broker.publish_event(topology::EVENTS_EXCHANGE, &message.routing_key(), &message).await
         };
         if let Err(err) = sent.await {
             tracing::debug!(error = %format!("{err:#}"), "event not sent");
@@ -529,9 +456,5 @@ impl Worker {
 }
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
 }

@@ -1,0 +1,135 @@
+//! The worker's command line as an operator meets it: parameter fetching
+//! with digest checks against a local HTTP server, and clear refusals.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Command;
+
+fn worker() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sealfarm-worker"))
+}
+
+/// Serves `files` (URL path → body) over HTTP/1.1 until the test ends.
+fn serve(files: Vec<(String, Vec<u8>)>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                    break;
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            match files.iter().find(|(p, _)| *p == path) {
+                Some((_, body)) => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(body);
+                }
+                None => {
+                    let _ = write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                }
+            }
+        }
+    });
+    format!("http://{address}/ipfs/")
+}
+
+fn digest(bytes: &[u8]) -> String {
+    blake2b_simd::Params::new().hash_length(64).hash(bytes).to_hex()[..32].to_string()
+}
+
+#[test]
+fn params_fetch_keeps_good_files_and_removes_corrupted_ones() {
+    let good = b"good parameter bytes".repeat(1000);
+    let corrupted = b"these bytes do not match the manifest".to_vec();
+    let gateway = serve(vec![("/ipfs/QmGood".to_string(), good.clone()), ("/ipfs/QmBad".to_string(), corrupted)]);
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("parameters.json");
+    std::fs::write(
+        &manifest,
+        serde_json::json!({
+            "v28-test-good.params": {"cid": "QmGood", "digest": digest(&good), "sector_size": 2048},
+            "v28-test-bad.params": {"cid": "QmBad", "digest": digest(b"what was published"), "sector_size": 2048},
+            "v28-test-other-size.params": {"cid": "QmNone", "digest": "00", "sector_size": 8388608}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let cache = dir.path().join("cache");
+    let out = worker()
+        .args(["params", "fetch", "--sector-size", "2KiB", "--manifest"])
+        .arg(&manifest)
+        .env("IPFS_GATEWAY", &gateway)
+        .env("FIL_PROOFS_PARAMETER_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a corrupted download must fail the command:\n{stderr}");
+    assert!(stderr.contains("v28-test-bad.params") && stderr.contains("digest mismatch"), "{stderr}");
+    assert_eq!(std::fs::read(cache.join("v28-test-good.params")).unwrap(), good);
+    let left: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "only the good file stays: {left:?}");
+
+    // A second run finds the good file in place and still refuses the bad one.
+    let again = worker()
+        .args(["params", "fetch", "--sector-size", "2KiB", "--manifest"])
+        .arg(&manifest)
+        .env("IPFS_GATEWAY", &gateway)
+        .env("FIL_PROOFS_PARAMETER_CACHE", &cache)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("v28-test-good.params: present, digest ok"), "{stderr}");
+    assert!(!again.status.success());
+}
+
+#[test]
+fn params_generate_refuses_real_sector_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = worker()
+        .args(["params", "generate", "--sector-size", "32GiB"])
+        .env("FIL_PROOFS_PARAMETER_CACHE", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refusing") && stderr.contains("params fetch --sector-size 32GiB"), "{stderr}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing was written");
+}
+
+#[test]
+fn a_c2_worker_without_parameters_refuses_to_start_and_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = worker()
+        .args(["run", "--stages", "c2", "--sector-sizes", "2KiB", "--amqp", "amqp://127.0.0.1:1/%2f"])
+        .arg("--sealing-path")
+        .arg(dir.path().join("sealing"))
+        .env("FIL_PROOFS_PARAMETER_CACHE", dir.path().join("empty"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("params generate --sector-size 2KiB"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_name_the_problem() {
+    let out = worker().args(["run", "--sector-sizes", "3KiB"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("not a Filecoin sector size"), "{stderr}");
+    let out = worker().args(["run", "--stages", "pc3"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown stage"));
+}
