@@ -125,7 +125,7 @@ pub enum Task {
         ticket: Bytes,
         seed: Bytes,
         pieces: Vec<PieceInfo>,
-        cids: SectorCids,
+        cids: Box<SectorCids>,
     },
     C2 {
         /// The C1 output exactly as the miner holds it.

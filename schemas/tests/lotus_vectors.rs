@@ -86,15 +86,30 @@ fn reader_stream_wire_form_parses() {
     assert_eq!(stream.kind, "null");
 }
 
+/// Checks the output slot of a `Return*` call.
+type Check = fn(&Value);
+
 #[test]
 fn return_calls_round_trip() {
-    let outputs: [(&str, fn(&Value)); 6] = [
-        ("ReturnAddPiece", |v| drop(round_trip::<PieceInfo>(v))),
-        ("ReturnSealPreCommit1", |v| drop(round_trip::<Bytes>(v))),
-        ("ReturnSealPreCommit2", |v| drop(round_trip::<SectorCids>(v))),
-        ("ReturnSealCommit1", |v| drop(round_trip::<Bytes>(v))),
-        ("ReturnSealCommit2", |v| drop(round_trip::<Bytes>(v))),
-        ("ReturnDataCid", |v| drop(round_trip::<PieceInfo>(v))),
+    let outputs: [(&str, Check); 6] = [
+        ("ReturnAddPiece", |v| {
+            round_trip::<PieceInfo>(v);
+        }),
+        ("ReturnSealPreCommit1", |v| {
+            round_trip::<Bytes>(v);
+        }),
+        ("ReturnSealPreCommit2", |v| {
+            round_trip::<SectorCids>(v);
+        }),
+        ("ReturnSealCommit1", |v| {
+            round_trip::<Bytes>(v);
+        }),
+        ("ReturnSealCommit2", |v| {
+            round_trip::<Bytes>(v);
+        }),
+        ("ReturnDataCid", |v| {
+            round_trip::<PieceInfo>(v);
+        }),
     ];
     for (method, check_output) in outputs {
         let params = &vector(method, "miner")["params"];

@@ -22,10 +22,16 @@ use sealfarm_schemas::{ResultMessage, TaskMessage};
 /// The RabbitMQ the tests use.
 pub const BROKER: &str = "127.0.0.1:5672";
 
-/// Directory of the built binaries (next to the test executable's `deps/`).
+/// Directory of the built binaries: `target/<profile>/`, where a binary of
+/// this crate lives and above the `deps/` folder of the test executables.
 pub fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// Path of a workspace binary; fails clearly when it was not built.
@@ -334,7 +340,7 @@ pub mod cc {
                 ticket: Bytes(ticket.to_vec()),
                 seed: Bytes(seed.to_vec()),
                 pieces: vec![piece.clone()],
-                cids: cids.clone(),
+                cids: Box::new(cids.clone()),
             },
         )
     }

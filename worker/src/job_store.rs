@@ -21,7 +21,7 @@ pub enum JobState {
     /// run of it was started (a job that keeps killing the worker stops).
     Claimed { runs: u32 },
     /// Computed; the result is not yet confirmed by the broker.
-    Finished { result: ResultMessage },
+    Finished { result: Box<ResultMessage> },
     /// The broker confirmed the result.
     Done { finished_at_ms: u64 },
 }
@@ -99,7 +99,7 @@ impl JobStore {
     pub fn finish(&self, result: &ResultMessage) -> Result<()> {
         let key = format!("{}/{}", result.call_id, result.attempt);
         let mut record = self.get(&key)?.with_context(|| format!("job {key} is not in the store"))?;
-        record.state = JobState::Finished { result: result.clone() };
+        record.state = JobState::Finished { result: Box::new(result.clone()) };
         self.update(&key, record)
     }
 
@@ -144,7 +144,10 @@ impl JobStore {
     pub fn all(&self) -> Result<Vec<JobRecord>> {
         self.jobs
             .iter()
-            .map(|entry| Ok(serde_json::from_slice(&entry?.1).context("a job record is corrupt")?))
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                serde_json::from_slice(&bytes).context("a job record is corrupt")
+            })
             .collect()
     }
 

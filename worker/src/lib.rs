@@ -7,9 +7,11 @@
 //! * [`proofs`] — each stage as the library call lotus makes;
 //! * [`job_store`] — the durable record of claimed jobs (sled);
 //! * [`broker`] — the RabbitMQ link with confirms and reconnection;
+//! * [`bench`] — the same execution code, timed, without a broker;
 //! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
 //! * [`sector_files`] — the lotus layout of a sealing path.
 
+pub mod bench;
 pub mod broker;
 pub mod executor;
 pub mod job_store;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::service::{self, WorkerConfig};
-use sealfarm_worker::{broker, executor, job_store, paramgen, params, proofs, shutdown};
+use sealfarm_worker::{bench, broker, executor, job_store, paramgen, params, proofs, shutdown};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.
@@ -49,6 +49,25 @@ enum Command {
     Executor {
         #[arg(long)]
         sealing_path: PathBuf,
+    },
+    /// Seal sectors on this machine with the worker's own execution code (no
+    /// broker) and print each stage's time.
+    ///
+    /// Example: sealfarm-worker bench --sector-size 2KiB --stages ap,pc1,pc2,c1 --repeat 5
+    Bench {
+        #[arg(long, default_value = "2KiB")]
+        sector_size: SectorSize,
+        /// Stages to run, from ap on (ap,pc1,pc2,c1,c2).
+        #[arg(long, value_delimiter = ',', default_value = "ap,pc1,pc2,c1")]
+        stages: Vec<Stage>,
+        #[arg(long, default_value_t = 1)]
+        repeat: u32,
+        /// Scratch sealing directory. Default: a temporary folder.
+        #[arg(long)]
+        sealing_path: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// List the jobs recorded in a worker's state directory.
     Jobs {
@@ -135,8 +154,9 @@ fn main() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,lapin=warn,amq_protocol=warn,sled=warn,storage_proofs_core::parameter_cache=warn".into()
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -152,6 +172,23 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run_worker(args),
         Command::Params(command) => run_params(command),
+        Command::Bench { sector_size, stages, repeat, sealing_path, json } => {
+            if stages.contains(&Stage::C2) {
+                params::require_seal_params(&[sector_size])?;
+            }
+            let scratch = tempfile::tempdir()?;
+            let sealing = SealingPath::open(sealing_path.as_deref().unwrap_or(scratch.path()))?;
+            let timings = bench::run(&sealing, sector_size, &stages, repeat.max(1))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&timings)?);
+            } else {
+                println!("{:<8} {:<6} {:>12}", "sector", "stage", "ms");
+                for t in &timings {
+                    println!("{:<8} {:<6} {:>12.1}", t.sector, t.stage.as_str(), t.millis);
+                }
+            }
+            Ok(())
+        }
         Command::Executor { sealing_path } => executor::serve(SealingPath::open(&sealing_path)?),
         Command::Jobs { state_dir } => {
             let store = job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;

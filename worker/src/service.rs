@@ -119,7 +119,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             JobState::Finished { result } => {
                 tracing::info!(call_id = %result.call_id, "republishing a result the broker never confirmed");
                 let worker = worker.clone();
-                jobs.spawn(async move { worker.publish_result(&key, result).await });
+                jobs.spawn(async move { worker.publish_result(&key, *result).await });
             }
             JobState::Done { .. } => {}
         }
@@ -209,7 +209,9 @@ impl Worker {
     async fn handle_delivery(self: Arc<Self>, queue: String, delivery: Delivery) {
         let task = match self.check(&queue, &delivery.data) {
             Ok(task) => task,
-            Err((reason, task)) => return self.dead_letter(&queue, delivery, reason, task.as_ref()).await,
+            Err(Rejection { reason, task }) => {
+                return self.dead_letter(&queue, delivery, reason, task.as_deref()).await
+            }
         };
         let Some(permit) = self.slot().await else {
             return;
@@ -247,17 +249,17 @@ impl Worker {
 
     /// Parses and checks a delivery; a rejection carries the reason and, when
     /// the message parsed, the task (so its call can be failed).
-    fn check(&self, queue: &str, body: &[u8]) -> Result<TaskMessage, (DeadLetterReason, Option<TaskMessage>)> {
+    fn check(&self, queue: &str, body: &[u8]) -> Result<TaskMessage, Rejection> {
         let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| (DeadLetterReason::malformed(format!("not JSON: {e}")), None))?;
+            serde_json::from_slice(body).map_err(|e| DeadLetterReason::malformed(format!("not JSON: {e}")))?;
         match value.get("schema").and_then(|v| v.as_u64()) {
             Some(version) if version == u64::from(SCHEMA_VERSION) => {}
-            Some(version) => return Err((DeadLetterReason::unsupported_schema(version as u32), None)),
-            None => return Err((DeadLetterReason::malformed("no \"schema\" version field"), None)),
+            Some(version) => return Err(DeadLetterReason::unsupported_schema(version as u32).into()),
+            None => return Err(DeadLetterReason::malformed("no \"schema\" version field").into()),
         }
         let task: TaskMessage = serde_json::from_value(value)
-            .map_err(|e| (DeadLetterReason::malformed(format!("not a task message: {e}")), None))?;
-        let reject = |reason| Err((reason, Some(task.clone())));
+            .map_err(|e| DeadLetterReason::malformed(format!("not a task message: {e}")))?;
+        let reject = |reason| Err(Rejection { reason, task: Some(Box::new(task.clone())) });
         let Some(info) = task.sector.proof_type.info() else {
             return reject(DeadLetterReason::unknown_proof_type(format!(
                 "sector {} names seal proof type {}, which lotus does not define (known: 0-19)",
@@ -452,6 +454,18 @@ impl Worker {
             })
             .await;
         }
+    }
+}
+
+/// Why a delivery is dead-lettered, with its task when it parsed.
+struct Rejection {
+    reason: DeadLetterReason,
+    task: Option<Box<TaskMessage>>,
+}
+
+impl From<DeadLetterReason> for Rejection {
+    fn from(reason: DeadLetterReason) -> Self {
+        Rejection { reason, task: None }
     }
 }
 

@@ -133,3 +133,14 @@ fn bad_flags_name_the_problem() {
     let out = worker().args(["run", "--stages", "pc3"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown stage"));
 }
+
+#[test]
+fn bench_times_every_stage_it_runs_with_the_worker_code() {
+    let out =
+        worker().args(["bench", "--sector-size", "2KiB", "--stages", "ap,pc1,pc2,c1", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let timings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let stages: Vec<&str> = timings.iter().map(|t| t["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["ap", "pc1", "pc2", "c1"]);
+    assert!(timings.iter().all(|t| t["millis"].as_f64().unwrap() > 0.0), "{timings:?}");
+}
