@@ -399,6 +399,48 @@ impl Client {
         Ok(Client { _connection: connection, sender, pending })
     }
 
+    /// Waits until each named worker has sent a heartbeat (it consumes then).
+    pub async fn wait_for_workers(&self, workers: &[&str], timeout: Duration) -> Result<()> {
+        let channel = self._connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology::EVENTS_EXCHANGE.into(),
+                "worker.*.heartbeat".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut events = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut missing: Vec<&str> = workers.to_vec();
+        let deadline = Instant::now() + timeout;
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(Ok(delivery))) = tokio::time::timeout(left, events.next()).await else {
+                bail!("no heartbeat from {missing:?} within {timeout:?}");
+            };
+            if let Ok(event) = serde_json::from_slice::<sealfarm_schemas::EventMessage>(&delivery.data) {
+                missing.retain(|w| *w != event.worker);
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(())
+    }
+
     /// Publishes a task and waits for its result.
     pub async fn call(&self, task: &TaskMessage, timeout: Duration) -> Result<ResultMessage> {
         let (sender, receiver) = tokio::sync::oneshot::channel();

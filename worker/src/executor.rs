@@ -71,6 +71,16 @@ impl Executor {
         Ok(Executor { program, sealing, running: tokio::sync::Mutex::new(None), pending: Pending::default() })
     }
 
+    /// Starts the executor ahead of the first job, so that job does not wait
+    /// for a process to start.
+    pub async fn warm(&self) -> Result<()> {
+        let mut running = self.running.lock().await;
+        if running.is_none() {
+            *running = Some(self.spawn()?);
+        }
+        Ok(())
+    }
+
     /// Runs a task in the executor and returns its outcome, or `ExecutorLost`
     /// if the executor ended first (the caller runs the job again).
     pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {

@@ -93,6 +93,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     let store = JobStore::open(&config.state_dir)?;
     let link = BrokerLink::new(config.amqp_url.clone(), format!("sealfarm-worker {}", config.worker_id));
     let executor = Executor::new(config.sealing.clone())?;
+    executor.warm().await?;
     let worker = Arc::new(Worker {
         executor,
         slots: Arc::new(Semaphore::new(config.slots.max(1))),
@@ -175,6 +176,8 @@ impl Worker {
             streams.push(consumer.map(move |delivery| (queue.clone(), delivery)));
         }
         tracing::info!(worker = %self.config.worker_id, queues = ?self.config.queues(), "consuming");
+        // Announce at once: a heartbeat also tells watchers this worker now takes tasks.
+        self.heartbeat().await;
         *delay = Duration::from_millis(200);
         let mut deliveries = futures_util::stream::select_all(streams);
         let mut shutdown = self.shutdown.clone();
@@ -444,16 +447,20 @@ impl Worker {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         loop {
             tick.tick().await;
-            let running = self.running.lock().unwrap().values().cloned().collect();
-            self.event(EventKind::Heartbeat {
-                hostname: self.config.hostname.clone(),
-                stages: self.config.stages.clone(),
-                sector_sizes: self.config.sector_sizes.clone(),
-                slots: self.config.slots as u32,
-                running,
-            })
-            .await;
+            self.heartbeat().await;
         }
+    }
+
+    async fn heartbeat(&self) {
+        let running = self.running.lock().unwrap().values().cloned().collect();
+        self.event(EventKind::Heartbeat {
+            hostname: self.config.hostname.clone(),
+            stages: self.config.stages.clone(),
+            sector_sizes: self.config.sector_sizes.clone(),
+            slots: self.config.slots as u32,
+            running,
+        })
+        .await;
     }
 }
 
