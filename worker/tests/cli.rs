@@ -144,3 +144,24 @@ fn bench_times_every_stage_it_runs_with_the_worker_code() {
     assert_eq!(stages, ["ap", "pc1", "pc2", "c1"]);
     assert!(timings.iter().all(|t| t["millis"].as_f64().unwrap() > 0.0), "{timings:?}");
 }
+
+#[test]
+fn params_status_lists_what_the_cache_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "v28-stacked-proof-of-replication-merkletree-poseidon_hasher-8-0-0-sha256_hasher-032d3138d22506ec0082ed72b2dcba18df18477904e35bafee82b3793b06832f.vk";
+    std::fs::write(dir.path().join(name), b"not the published key").unwrap();
+    let out =
+        worker().args(["params", "status", "--verify"]).env("FIL_PROOFS_PARAMETER_CACHE", dir.path()).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |size: &str, kind: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(size) && l.split_whitespace().nth(1) == Some(kind))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("2KiB", "vk").contains("local"), "a file that is not the published one is flagged:\n{stdout}");
+    assert!(line("2KiB", "params").contains("missing"), "{stdout}");
+    assert!(line("32GiB", "params").contains("missing"), "{stdout}");
+}
