@@ -6,15 +6,20 @@
 //! * [`messages`] — the AMQP messages between bridge and workers: tasks,
 //!   results and events, each carrying [`messages::SCHEMA_VERSION`].
 //! * [`topology`] — the broker topology as data (exchange and queue names and
-//!   their arguments) and an idempotent declaration of it.
+//!   their arguments) and an idempotent declaration of it;
+//! * [`broker`] — the confirmed, reconnecting RabbitMQ link every process
+//!   uses to put these messages on the wire, and [`shutdown`], the signal
+//!   that stops it.
 //!
 //! The bridge and the worker both depend on this crate; neither defines a
 //! wire type of its own.
 
+pub mod broker;
 pub mod commitment;
 pub mod json_schema;
 pub mod lotus;
 pub mod messages;
+pub mod shutdown;
 pub mod topology;
 
 pub use lotus::{

@@ -6,13 +6,11 @@
 //!   library panic;
 //! * [`proofs`] — each stage as the library call lotus makes;
 //! * [`job_store`] — the durable record of claimed jobs (sled);
-//! * [`broker`] — the RabbitMQ link with confirms and reconnection;
 //! * [`bench`] — the same execution code, timed, without a broker;
 //! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
 //! * [`sector_files`] — the lotus layout of a sealing path.
 
 pub mod bench;
-pub mod broker;
 pub mod executor;
 pub mod job_store;
 pub mod paramgen;
@@ -20,7 +18,6 @@ pub mod params;
 pub mod proofs;
 pub mod sector_files;
 pub mod service;
-pub mod shutdown;
 
 /// This machine's host name.
 pub fn hostname() -> String {

@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::service::{self, WorkerConfig};
-use sealfarm_worker::{bench, broker, executor, job_store, paramgen, params, proofs, shutdown};
+use sealfarm_worker::{bench, executor, job_store, paramgen, params, proofs};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.

@@ -37,12 +37,12 @@ use sealfarm_schemas::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::broker::BrokerLink;
 use crate::executor::Executor;
 use crate::job_store::{Claim, JobState, JobStore};
 use crate::proofs;
 use crate::sector_files::SealingPath;
-use crate::shutdown::Shutdown;
+use sealfarm_schemas::broker::BrokerLink;
+use sealfarm_schemas::shutdown::Shutdown;
 
 /// A job started this many times without finishing is failed instead of
 /// started again: it is taking the worker down with it.

@@ -1,4 +1,4 @@
-//! The worker's link to RabbitMQ: one connection, a publishing channel in
+//! A process's link to RabbitMQ (bridge and workers alike): one connection, a publishing channel in
 //! confirm mode, and reconnection with backoff when the broker goes away.
 //!
 //! Every publish waits for the broker's confirm; a message the broker could
@@ -11,11 +11,11 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use sealfarm_schemas::topology;
 use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::shutdown::Shutdown;
+use crate::topology;
 
 /// One open connection with its confirm-mode publishing channel.
 pub struct Broker {
@@ -165,7 +165,7 @@ impl BrokerLink {
 
     pub async fn close(&self) {
         if let Some(broker) = self.current.lock().await.take() {
-            let _ = broker.connection.close(200, "sealfarm worker stopping".into()).await;
+            let _ = broker.connection.close(200, "sealfarm stopping".into()).await;
         }
     }
 }
