@@ -1,4 +1,149 @@
+//! `sealfarm-bridge`: parse arguments, wire the parts, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sealfarm_bridge::api_info::MinerApiInfo;
+use sealfarm_bridge::call_store::CallStore;
+use sealfarm_bridge::calls::Calls;
+use sealfarm_bridge::registration::Miner;
+use sealfarm_bridge::server::{self, Api};
+use sealfarm_bridge::storage::StoragePath;
+use sealfarm_schemas::broker::{self, BrokerLink};
+use sealfarm_schemas::shutdown;
+
+/// sealfarm's bridge to lotus-miner: it registers with the miner as one
+/// lotus-worker and runs every sealing call the miner sends on the farm's
+/// workers through RabbitMQ.
+///
+/// Point it at the miner the way lotus-worker is pointed at it:
+///   export MINER_API_INFO=$(lotus-miner auth api-info --perm admin | cut -d= -f2)
+///   sealfarm-bridge run --listen 10.0.0.9:3456 --storage /mnt/shared/sealing
+#[derive(Parser, Debug)]
+#[command(name = "sealfarm-bridge", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Register with the miner and serve its calls until SIGTERM/Ctrl-C.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The miner's API: TOKEN:MULTIADDR, from `lotus-miner auth api-info --perm admin`.
+    #[arg(long, env = "MINER_API_INFO", hide_env_values = true)]
+    miner_api_info: String,
+    /// Address the worker API listens on; the miner calls back here.
+    #[arg(long, env = "SEALFARM_LISTEN", default_value = "0.0.0.0:3456")]
+    listen: SocketAddr,
+    /// RabbitMQ URL (amqp:// or amqps://).
+    #[arg(long = "amqp", env = "SEALFARM_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    amqp_url: String,
+    /// Where the bridge keeps its call store. Default: ~/.sealfarm/bridge.
+    #[arg(long, env = "SEALFARM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Sealing storage that every worker also mounts (shared-storage mode). Repeatable.
+    #[arg(long, required = true)]
+    storage: Vec<PathBuf>,
+}
+
 fn main() {
-    eprintln!("sealfarm-bridge: not built yet (see the bridge issue)");
-    std::process::exit(2)
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let Command::Run(args) = cli.command;
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    if let Err(err) = runtime.block_on(run(args)) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    let info = MinerApiInfo::parse(&args.miner_api_info)?;
+    let storage = args
+        .storage
+        .iter()
+        .map(|p| StoragePath::open(p).with_context(|| format!("cannot use storage path {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let advertised = advertised_address(&args.listen, &info).await?;
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
+    });
+    let store = CallStore::open(&state_dir)?;
+    let (trigger, shutdown) = shutdown::channel();
+    let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}")));
+    let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
+    link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
+    let calls = Arc::new(Calls { store, link: link.clone(), miner: miner.clone(), shutdown: shutdown.clone() });
+    let api = Arc::new(Api {
+        session: uuid::Uuid::new_v4(),
+        hostname: hostname(),
+        calls: calls.clone(),
+        miner: miner.clone(),
+    });
+    eprintln!("sealfarm-bridge");
+    eprintln!("  miner        {}", info.url);
+    eprintln!("  listen       {} (advertised as http://{advertised})", args.listen);
+    eprintln!("  broker       {}", broker::redact(&args.amqp_url));
+    eprintln!("  state dir    {}", state_dir.display());
+    for path in &miner.storage {
+        eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, server::router(api)).with_graceful_shutdown(async move { server_shutdown.wait().await }).await
+    });
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received; stopping");
+        trigger.fire();
+    });
+
+    miner.check_version(&shutdown).await?;
+    miner.attach_storage().await?;
+    calls.redeliver_pending().await?;
+    tokio::spawn(calls.clone().consume_results());
+    let session = miner.connect().await?;
+    let keeper = {
+        let miner = miner.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { miner.keep_registered(session, shutdown).await })
+    };
+    let _ = server.await;
+    keeper.abort();
+    link.close().await;
+    Ok(())
+}
+
+/// The address the miner reaches the bridge at: the listen address, or, when
+/// that is unspecified (0.0.0.0), this host's address on the route to the miner.
+async fn advertised_address(listen: &SocketAddr, miner: &MinerApiInfo) -> Result<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return Ok(*listen);
+    }
+    let stream = tokio::net::TcpStream::connect(&miner.address)
+        .await
+        .with_context(|| format!("cannot reach the miner at {} to find this host's address", miner.address))?;
+    Ok(SocketAddr::new(stream.local_addr()?.ip(), listen.port()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "sealfarm-bridge".into())
 }

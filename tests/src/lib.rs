@@ -6,6 +6,8 @@
 //! 127.0.0.1:5672 (the test command starts it), workers are the built
 //! binaries, proofs are real.
 
+pub mod devminer;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +20,11 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{ResultMessage, TaskMessage};
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_local_address() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
 
 /// The RabbitMQ the tests use.
 pub const BROKER: &str = "127.0.0.1:5672";
@@ -225,7 +232,7 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
     }
 }
 
-/// A running `sealfarm-worker run` process; killed when dropped.
+/// A running sealfarm process (worker or bridge); killed when dropped.
 pub struct WorkerProcess {
     child: Option<Child>,
     pub log: PathBuf,
@@ -250,6 +257,36 @@ impl WorkerProcess {
             .spawn()
             .expect("start sealfarm-worker");
         WorkerProcess { child: Some(child), log }
+    }
+
+    /// Starts `sealfarm-bridge run` on `vhost`, talking to the miner at
+    /// `api_info`, listening on `listen`, with shared storage `dir/sealing`.
+    pub fn start_bridge(vhost: &TestVhost, dir: &Path, api_info: &str, listen: std::net::SocketAddr) -> Self {
+        let log = dir.join("bridge.log");
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(binary("sealfarm-bridge"))
+            .args(["run", "--listen", &listen.to_string()])
+            .arg("--storage")
+            .arg(dir.join("sealing"))
+            .arg("--state-dir")
+            .arg(dir.join("state-bridge"))
+            .env("MINER_API_INFO", api_info)
+            .env("SEALFARM_AMQP_URL", vhost.url())
+            .env("RUST_LOG", "info,lapin=warn")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("start sealfarm-bridge");
+        WorkerProcess { child: Some(child), log }
+    }
+
+    /// SIGKILL, no clean-up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn pid(&self) -> u32 {

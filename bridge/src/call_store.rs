@@ -1,0 +1,144 @@
+//! The bridge's durable record of every call the miner made (sled).
+//!
+//! A call is written here before its `CallID` is answered, its result is
+//! written here before the result message is acknowledged, and it is marked
+//! returned once the miner accepted the matching `Return*`. A bridge restart
+//! therefore loses nothing: calls with a result not yet returned are returned
+//! again at start. A call the miner re-issues with the same sector, stage and
+//! inputs (lotus does after errors 101/102, or after its own restart) finds
+//! the open call by its input digest and attaches to it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::{CallId, Outcome, SectorRef, TaskMessage};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a call asks for: a farm stage, or a bridge-local no-op in shared storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CallKind {
+    /// Computed by the farm; the task as published.
+    Task { task: Box<TaskMessage> },
+    /// `Fetch`: the files are already in shared storage.
+    Fetch,
+    /// `MoveStorage`: nothing moves in shared storage.
+    MoveStorage,
+}
+
+/// Where a call stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum CallState {
+    /// Accepted; the task may not have reached the broker yet.
+    Accepted,
+    /// The broker confirmed the task.
+    Dispatched,
+    /// The farm answered; the miner has not accepted the Return yet.
+    Resulted { outcome: Box<Outcome>, worker: String },
+    /// The miner accepted the Return.
+    Returned { at_ms: u64 },
+}
+
+/// One miner call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Call {
+    pub call_id: CallId,
+    pub sector: SectorRef,
+    /// The lotus method that made the call (`SealPreCommit1`, …).
+    pub method: String,
+    pub kind: CallKind,
+    /// Digest of method, sector and inputs: a re-issued call has the same one.
+    pub input_digest: String,
+    pub arrived_at_ms: u64,
+    pub updated_at_ms: u64,
+    #[serde(flatten)]
+    pub state: CallState,
+}
+
+/// The digest that recognises a re-issued call.
+pub fn input_digest(method: &str, sector: &SectorRef, inputs: &serde_json::Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(serde_json::to_vec(sector).unwrap_or_default());
+    hasher.update(serde_json::to_vec(inputs).unwrap_or_default());
+    hex::encode(hasher.finalize())
+}
+
+#[derive(Clone)]
+pub struct CallStore {
+    db: sled::Db,
+    calls: sled::Tree,
+    open_by_digest: sled::Tree,
+}
+
+impl CallStore {
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let path = state_dir.join("calls.sled");
+        let db = sled::open(&path)
+            .with_context(|| format!("cannot open call store {} (is another bridge using it?)", path.display()))?;
+        Ok(CallStore { calls: db.open_tree("calls")?, open_by_digest: db.open_tree("open-by-digest")?, db })
+    }
+
+    /// The open (not yet returned) call with this input digest, if any.
+    pub fn open_call_with_digest(&self, digest: &str) -> Result<Option<Call>> {
+        match self.open_by_digest.get(digest.as_bytes())? {
+            Some(id) => self.get(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a new call durably.
+    pub fn insert(&self, call: &Call) -> Result<()> {
+        self.calls.insert(call.call_id.id.to_string().as_bytes(), serde_json::to_vec(call)?)?;
+        self.open_by_digest.insert(call.input_digest.as_bytes(), call.call_id.id.to_string().as_bytes())?;
+        self.flush()
+    }
+
+    /// Forgets a call that never reached the broker (the miner got an error).
+    pub fn remove(&self, call: &Call) -> Result<()> {
+        self.calls.remove(call.call_id.id.to_string().as_bytes())?;
+        self.open_by_digest.remove(call.input_digest.as_bytes())?;
+        self.flush()
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Call>> {
+        match self.calls.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("call {id} is corrupt"))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Moves a call to `state`; a returned call leaves the digest index.
+    pub fn set_state(&self, id: &str, state: CallState) -> Result<Call> {
+        let mut call = self.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
+        if let CallState::Returned { .. } = state {
+            self.open_by_digest.remove(call.input_digest.as_bytes())?;
+        }
+        call.state = state;
+        call.updated_at_ms = now_ms();
+        self.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
+        self.flush()?;
+        Ok(call)
+    }
+
+    /// Every call, oldest first.
+    pub fn all(&self) -> Result<Vec<Call>> {
+        let mut calls = Vec::new();
+        for entry in self.calls.iter() {
+            let (_, bytes) = entry?;
+            calls.push(serde_json::from_slice::<Call>(&bytes).context("a call record is corrupt")?);
+        }
+        calls.sort_by_key(|c| c.arrived_at_ms);
+        Ok(calls)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().context("flushing the call store")?;
+        Ok(())
+    }
+}

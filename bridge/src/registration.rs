@@ -1,0 +1,186 @@
+//! The bridge's side of lotus-worker registration (PROTOCOL.md §4, §5, §9.3):
+//! check the miner's API version, attach the storage paths, declare sector
+//! files, heartbeat the paths' health, `WorkerConnect`, and watch the miner's
+//! session to register again after a miner restart. Also the miner-facing
+//! bookkeeping after each call: declaring new sector files, verifying the
+//! tokens the miner presents.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sealfarm_schemas::shutdown::Shutdown;
+use sealfarm_schemas::{SectorRef, StageOutput};
+use serde_json::{json, Value};
+
+use crate::api_info::MinerApiInfo;
+use crate::rpc::{CallFailure, RpcClient};
+use crate::storage::StoragePath;
+
+/// The miner API version lotus-worker requires (1.5.0).
+pub const MINER_API_VERSION: u64 = 66816;
+/// How often the storage health and the miner session are checked (lotus: 10 s).
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// How long a token the miner verified stays trusted without asking again.
+const TOKEN_CACHE: Duration = Duration::from_secs(60);
+
+/// The miner as the bridge knows it.
+pub struct Miner {
+    client: RpcClient,
+    pub info: MinerApiInfo,
+    pub storage: Vec<StoragePath>,
+    /// `http://<advertised host:port>`, the base of `/rpc/v0` and `/remote`.
+    pub advertised: String,
+    tokens: Mutex<HashMap<String, (Vec<String>, Instant)>>,
+}
+
+impl Miner {
+    pub fn new(info: MinerApiInfo, storage: Vec<StoragePath>, advertised: String) -> Self {
+        Miner {
+            client: RpcClient::new(info.url.clone(), info.token.clone()),
+            info,
+            storage,
+            advertised,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn client(&self) -> &RpcClient {
+        &self.client
+    }
+
+    /// The permissions of a token, as the miner's `AuthVerify` says (cached briefly).
+    pub async fn verify_token(&self, token: &str) -> Option<Vec<String>> {
+        if let Some((perms, at)) = self.tokens.lock().unwrap().get(token) {
+            if at.elapsed() < TOKEN_CACHE {
+                return Some(perms.clone());
+            }
+        }
+        match self.client.call::<Vec<String>>("AuthVerify", json!([token])).await {
+            Ok(perms) => {
+                self.tokens.lock().unwrap().insert(token.to_string(), (perms.clone(), Instant::now()));
+                Some(perms)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "the miner did not verify a token");
+                None
+            }
+        }
+    }
+
+    /// Checks the miner's API version, retrying while the miner is away.
+    pub async fn check_version(&self, shutdown: &Shutdown) -> Result<()> {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match self.client.call::<Value>("Version", json!([])).await {
+                Ok(version) => {
+                    let api = version.get("APIVersion").and_then(Value::as_u64).unwrap_or(0);
+                    if api != MINER_API_VERSION {
+                        bail!(
+                            "the miner at {} speaks API version {} ({}), sealfarm-bridge needs {} (1.5.0, as lotus-worker does)",
+                            self.info.url,
+                            version_text(api),
+                            version.get("Version").and_then(Value::as_str).unwrap_or("?"),
+                            version_text(MINER_API_VERSION)
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(CallFailure::Unauthorized { .. }) => {
+                    bail!("the miner at {} refused the MINER_API_INFO token (HTTP 401)", self.info.url)
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?delay, "waiting for the miner");
+                    if shutdown.wait_for(delay).await {
+                        bail!("stopped while waiting for the miner");
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Attaches every storage path and declares the sector files on it.
+    pub async fn attach_storage(&self) -> Result<()> {
+        let remote = format!("{}/remote", self.advertised);
+        for path in &self.storage {
+            self.client
+                .call::<Value>("StorageAttach", json!([path.storage_info(&remote), path.fs_stat()]))
+                .await
+                .with_context(|| format!("StorageAttach of {}", path.path.display()))?;
+            for (sector, file_type) in path.sector_files() {
+                self.client
+                    .call::<Value>("StorageDeclareSector", json!([path.meta.id, sector, file_type, false]))
+                    .await
+                    .with_context(|| format!("declaring {sector} on {}", path.path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `WorkerConnect`: the miner calls back Version, Session, Info and
+    /// TaskTypes before it answers, so the server must already run.
+    pub async fn connect(&self) -> Result<String> {
+        let session: String = self.client.call("Session", json!([])).await.context("miner Session")?;
+        let url = format!("{}/rpc/v0", self.advertised);
+        self.client.call::<Value>("WorkerConnect", json!([url])).await.context("WorkerConnect")?;
+        tracing::info!(miner = %self.info.url, worker_url = %url, "registered with the miner");
+        Ok(session)
+    }
+
+    /// Health heartbeats and the session watch, until shutdown.
+    pub async fn keep_registered(&self, mut session: String, shutdown: Shutdown) {
+        loop {
+            if shutdown.wait_for(HEARTBEAT).await {
+                return;
+            }
+            for path in &self.storage {
+                let health = json!({"Stat": path.fs_stat(), "Err": ""});
+                if let Err(err) = self.client.call::<Value>("StorageReportHealth", json!([path.meta.id, health])).await {
+                    tracing::warn!(error = %err, "storage health report failed");
+                }
+            }
+            match self.client.call::<String>("Session", json!([])).await {
+                Ok(now) if now == session => {}
+                Ok(now) => {
+                    tracing::warn!(old = %session, new = %now, "the miner restarted; registering again");
+                    let again = async {
+                        self.attach_storage().await?;
+                        self.connect().await
+                    };
+                    match again.await {
+                        Ok(new_session) => session = new_session,
+                        Err(err) => tracing::warn!(error = %format!("{err:#}"), "registration failed; retrying"),
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "miner unreachable"),
+            }
+        }
+    }
+
+    /// Declares the files a finished stage created, drops the ones it removed.
+    pub async fn declare_outputs(&self, sector: SectorRef, output: &StageOutput) {
+        let Some(path) = self.storage.first() else { return };
+        let (method, types): (&str, &[u64]) = match output {
+            StageOutput::Ap { .. } => ("StorageDeclareSector", &[1]),
+            StageOutput::Pc1 { .. } => ("StorageDeclareSector", &[2, 4]),
+            StageOutput::Ru {} => ("StorageDropSector", &[1]),
+            _ => return,
+        };
+        for file_type in types {
+            let params = if method == "StorageDeclareSector" {
+                json!([path.meta.id, sector.id, file_type, false])
+            } else {
+                json!([path.meta.id, sector.id, file_type])
+            };
+            if let Err(err) = self.client.call::<Value>(method, params).await {
+                tracing::warn!(sector = %sector.id, error = %err, method, "sector index update failed");
+            }
+        }
+    }
+}
+
+fn version_text(v: u64) -> String {
+    format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
+}

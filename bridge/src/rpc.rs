@@ -1,0 +1,197 @@
+//! JSON-RPC 2.0 over HTTP as lotus speaks it (go-jsonrpc, PROTOCOL.md §2):
+//! positional params with strict counts, `Filecoin.`-prefixed method names,
+//! method errors with code 1 and HTTP 200, protocol errors with HTTP 500
+//! (400 for an invalid request), `null` results for error-only methods.
+//!
+//! Both sides live here: [`serve`] turns a request body into a response for
+//! a dispatch function, and [`RpcClient`] calls a remote server over HTTP POST
+//! with a bearer token. The bridge uses both; so does the devminer.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub const PARSE_ERROR: i64 = -32700;
+pub const INVALID_REQUEST: i64 = -32600;
+pub const METHOD_NOT_FOUND: i64 = -32601;
+pub const INVALID_PARAMS: i64 = -32602;
+/// What go-jsonrpc gives an error returned by a method implementation.
+pub const METHOD_ERROR: i64 = 1;
+
+/// One request as the Go client sends it (`meta` and other fields ignored).
+#[derive(Debug, Deserialize)]
+pub struct Request {
+    #[serde(default)]
+    pub id: Value,
+    pub method: String,
+    #[serde(default)]
+    pub params: Option<Value>,
+}
+
+impl Request {
+    /// The positional params, checked to be exactly `count` (absent or
+    /// `null` params count as none).
+    pub fn params(&self, count: usize) -> Result<Vec<Value>, RpcError> {
+        let params = match &self.params {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items.clone(),
+            Some(_) => return Err(RpcError::new(INVALID_PARAMS, "params must be a positional array")),
+        };
+        if params.len() != count {
+            return Err(RpcError::new(
+                INVALID_PARAMS,
+                format!("wrong param count (method '{}'): {} != {count}", self.method, params.len()),
+            ));
+        }
+        Ok(params)
+    }
+
+    /// Decodes param `index` of `params`.
+    pub fn arg<T: DeserializeOwned>(&self, params: &[Value], index: usize) -> Result<T, RpcError> {
+        serde_json::from_value(params[index].clone()).map_err(|e| {
+            RpcError::new(INVALID_PARAMS, format!("unmarshaling params for '{}' (param: {index}): {e}", self.method))
+        })
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into() }
+    }
+
+    /// An error of the method itself (code 1).
+    pub fn method(message: impl Into<String>) -> Self {
+        RpcError::new(METHOD_ERROR, message)
+    }
+
+    pub fn not_found(method: &str) -> Self {
+        RpcError::new(METHOD_NOT_FOUND, format!("method '{method}' not found"))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self.code {
+            INVALID_REQUEST => StatusCode::BAD_REQUEST,
+            PARSE_ERROR | METHOD_NOT_FOUND | INVALID_PARAMS => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::OK,
+        }
+    }
+}
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JSON-RPC error {}: {}", self.code, self.message)
+    }
+}
+
+/// Answers one HTTP request body by calling `dispatch` with the parsed request.
+pub async fn serve<F, Fut>(body: &[u8], dispatch: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Result<Value, RpcError>>,
+{
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(value) => value,
+        Err(e) => return reply(Value::Null, Err(RpcError::new(PARSE_ERROR, format!("parse error: {e}")))),
+    };
+    let request: Request = match serde_json::from_value(value) {
+        Ok(request) => request,
+        Err(e) => return reply(Value::Null, Err(RpcError::new(INVALID_REQUEST, format!("invalid request: {e}")))),
+    };
+    let id = request.id.clone();
+    reply(id, dispatch(request).await)
+}
+
+fn reply(id: Value, result: Result<Value, RpcError>) -> Response {
+    match result {
+        Ok(result) => (StatusCode::OK, axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result}))).into_response(),
+        Err(err) => {
+            let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": err.code, "message": err.message}});
+            (err.status(), axum::Json(body)).into_response()
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallFailure {
+    #[error("cannot reach {url}: {detail}")]
+    Unreachable { url: String, detail: String },
+    #[error("{url} refused the token (HTTP 401)")]
+    Unauthorized { url: String },
+    #[error("{0}")]
+    Rpc(RpcError),
+    #[error("unexpected answer from {url}: {detail}")]
+    BadAnswer { url: String, detail: String },
+}
+
+/// A JSON-RPC client over HTTP POST with a bearer token.
+pub struct RpcClient {
+    http: reqwest::Client,
+    url: String,
+    token: Option<String>,
+    next_id: AtomicU64,
+}
+
+impl RpcClient {
+    pub fn new(url: impl Into<String>, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("HTTP client");
+        RpcClient { http, url: url.into(), token, next_id: AtomicU64::new(1) }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Calls `Filecoin.<method>` with positional `params`.
+    pub async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CallFailure> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": format!("Filecoin.{method}"), "params": params});
+        let mut request = self.http.post(&self.url).json(&body);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let url = self.url.clone();
+        let response =
+            request.send().await.map_err(|e| CallFailure::Unreachable { url: url.clone(), detail: e.to_string() })?;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(CallFailure::Unauthorized { url });
+        }
+        if status.as_u16() > 400 && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR {
+            return Err(CallFailure::Unreachable { url, detail: format!("HTTP {status}") });
+        }
+        let answer: Value =
+            response.json().await.map_err(|e| CallFailure::BadAnswer { url: url.clone(), detail: e.to_string() })?;
+        if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
+            return Err(CallFailure::Rpc(RpcError::new(
+                error.get("code").and_then(Value::as_i64).unwrap_or(0),
+                error.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
+            )));
+        }
+        let result = answer.get("result").cloned().unwrap_or(Value::Null);
+        serde_json::from_value(result).map_err(|e| CallFailure::BadAnswer { url, detail: format!("{method}: {e}") })
+    }
+}
+
+/// The bearer token of a request: `Authorization: Bearer …` or `?token=…`.
+pub fn bearer_token(headers: &axum::http::HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(token) = value.strip_prefix("Bearer ") {
+            return Some(token.trim().to_string());
+        }
+    }
+    query?.split('&').find_map(|pair| pair.strip_prefix("token=")).map(str::to_string)
+}

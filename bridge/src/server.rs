@@ -1,0 +1,248 @@
+//! The worker API the miner calls (PROTOCOL.md §6.2) on `POST /rpc/v0`.
+//!
+//! Every incoming token is verified through the miner's `AuthVerify` and must
+//! carry `admin`, as lotus-worker requires: a token the miner rejects gets an
+//! HTTP 401, a request without one gets lotus' "missing permission" error.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use sealfarm_schemas::lotus::{Range, ReaderStream};
+use sealfarm_schemas::messages::PieceData;
+use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, Task, TaskType};
+use serde_json::{json, Value};
+
+use crate::call_store::CallKind;
+use crate::calls::Calls;
+use crate::registration::Miner;
+use crate::rpc::{self, Request, RpcError};
+
+/// The worker API version the miner requires (1.7.0).
+pub const WORKER_API_VERSION: u64 = 67328;
+
+/// Task types the bridge advertises: what the farm computes, plus the
+/// location-bound types the miner expects of a worker holding files.
+pub const TASK_TYPES: [TaskType; 8] = [
+    TaskType::AddPiece,
+    TaskType::PreCommit1,
+    TaskType::PreCommit2,
+    TaskType::Commit1,
+    TaskType::Commit2,
+    TaskType::Finalize,
+    TaskType::FinalizeUnsealed,
+    TaskType::Fetch,
+];
+
+/// Worker methods that exist in lotus but that the bridge does not serve yet.
+const UNSUPPORTED: [&str; 16] = [
+    "DataCid",
+    "UnsealPiece",
+    "ReplicaUpdate",
+    "ProveReplicaUpdate1",
+    "ProveReplicaUpdate2",
+    "GenerateSectorKeyFromData",
+    "FinalizeReplicaUpdate",
+    "DownloadSectorData",
+    "GenerateWinningPoSt",
+    "GenerateWindowPoSt",
+    "Remove",
+    "StorageAddLocal",
+    "StorageDetachLocal",
+    "StorageDetachAll",
+    "StorageRedeclareLocal",
+    "StorageLocal",
+];
+
+/// What the handlers share.
+pub struct Api {
+    pub session: uuid::Uuid,
+    pub hostname: String,
+    pub calls: Arc<Calls>,
+    pub miner: Arc<Miner>,
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new().route("/rpc/v0", post(rpc_v0)).with_state(api)
+}
+
+async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    let perms = match rpc::bearer_token(&headers, query.as_deref()) {
+        None => vec!["read".to_string()],
+        Some(token) => match api.miner.verify_token(&token).await {
+            Some(perms) => perms,
+            None => return StatusCode::UNAUTHORIZED.into_response(),
+        },
+    };
+    rpc::serve(&body, |request| async move { api.dispatch(request, &perms).await }).await
+}
+
+impl Api {
+    async fn dispatch(&self, request: Request, perms: &[String]) -> Result<Value, RpcError> {
+        let Some(name) = request.method.strip_prefix("Filecoin.") else {
+            return Err(RpcError::not_found(&request.method));
+        };
+        let name = name.to_string();
+        if !is_worker_method(&name) {
+            return Err(RpcError::not_found(&request.method));
+        }
+        if !perms.iter().any(|p| p == "admin") {
+            return Err(RpcError::method(format!("missing permission to invoke '{name}' (need 'admin')")));
+        }
+        let calls = &self.calls;
+        let call_id = |id| serde_json::to_value(id).map_err(|e| RpcError::method(e.to_string()));
+        match name.as_str() {
+            "Version" => {
+                request.params(0)?;
+                Ok(json!(WORKER_API_VERSION))
+            }
+            "Session" | "ProcessSession" => {
+                request.params(0)?;
+                Ok(json!(self.session))
+            }
+            "Enabled" => {
+                request.params(0)?;
+                Ok(json!(true))
+            }
+            "Info" => {
+                request.params(0)?;
+                Ok(self.info())
+            }
+            "TaskTypes" => {
+                request.params(0)?;
+                let map: serde_json::Map<String, Value> = TASK_TYPES
+                    .iter()
+                    .map(|t| (serde_json::to_value(t).unwrap().as_str().unwrap().to_string(), json!({})))
+                    .collect();
+                Ok(Value::Object(map))
+            }
+            "Paths" => {
+                request.params(0)?;
+                Ok(Value::Array(self.miner.storage.iter().map(|p| p.worker_path()).collect()))
+            }
+            "AddPiece" => {
+                let p = request.params(4)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                let existing: Option<Vec<u64>> = request.arg(&p, 1)?;
+                let piece_size: u64 = request.arg(&p, 2)?;
+                let data: ReaderStream = request.arg(&p, 3)?;
+                if data.kind != "null" {
+                    return Err(RpcError::method(format!(
+                        "sealfarm-bridge takes piece data of type \"null\" (CC sectors) only so far, not {:?}",
+                        data.kind
+                    )));
+                }
+                let task =
+                    Task::Ap { existing_piece_sizes: existing.unwrap_or_default(), piece_size, data: PieceData::Null };
+                call_id(calls.accept(&name, sector, task).await?)
+            }
+            "SealPreCommit1" => {
+                let p = request.params(3)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                let task = Task::Pc1 { ticket: request.arg(&p, 1)?, pieces: request.arg::<Vec<PieceInfo>>(&p, 2)? };
+                call_id(calls.accept(&name, sector, task).await?)
+            }
+            "SealPreCommit2" => {
+                let p = request.params(2)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                let task = Task::Pc2 { pc1_out: request.arg::<LotusBytes>(&p, 1)? };
+                call_id(calls.accept(&name, sector, task).await?)
+            }
+            "SealCommit1" => {
+                let p = request.params(5)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                let task = Task::C1 {
+                    ticket: request.arg(&p, 1)?,
+                    seed: request.arg(&p, 2)?,
+                    pieces: request.arg(&p, 3)?,
+                    cids: Box::new(request.arg::<SectorCids>(&p, 4)?),
+                };
+                call_id(calls.accept(&name, sector, task).await?)
+            }
+            "SealCommit2" => {
+                let p = request.params(2)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                let task = Task::C2 { c1_out: request.arg(&p, 1)? };
+                call_id(calls.accept(&name, sector, task).await?)
+            }
+            "FinalizeSector" => {
+                let p = request.params(1)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                call_id(calls.accept(&name, sector, Task::Fin {}).await?)
+            }
+            "ReleaseUnsealed" => {
+                let p = request.params(2)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                let keep: Option<Vec<Range>> = request.arg(&p, 1)?;
+                call_id(calls.accept(&name, sector, Task::Ru { keep_unsealed: keep }).await?)
+            }
+            "Fetch" => {
+                let p = request.params(4)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                call_id(calls.accept_local(&name, sector, CallKind::Fetch)?)
+            }
+            "MoveStorage" => {
+                let p = request.params(2)?;
+                let sector: SectorRef = request.arg(&p, 0)?;
+                call_id(calls.accept_local(&name, sector, CallKind::MoveStorage)?)
+            }
+            other => Err(RpcError::method(format!("sealfarm-bridge does not support {other} yet"))),
+        }
+    }
+
+    /// `storiface.WorkerInfo` for the farm (PROTOCOL.md §6.1).
+    fn info(&self) -> Value {
+        let (physical, available, swap, swap_free) = meminfo();
+        json!({
+            "Hostname": self.hostname,
+            "IgnoreResources": true,
+            "Resources": {
+                "MemPhysical": physical, "MemUsed": physical.saturating_sub(available),
+                "MemSwap": swap, "MemSwapUsed": swap.saturating_sub(swap_free),
+                "CPUs": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "GPUs": [], "Resources": null
+            }
+        })
+    }
+}
+
+fn is_worker_method(name: &str) -> bool {
+    const SERVED: [&str; 17] = [
+        "Version",
+        "Session",
+        "ProcessSession",
+        "Enabled",
+        "Info",
+        "TaskTypes",
+        "Paths",
+        "AddPiece",
+        "SealPreCommit1",
+        "SealPreCommit2",
+        "SealCommit1",
+        "SealCommit2",
+        "FinalizeSector",
+        "ReleaseUnsealed",
+        "Fetch",
+        "MoveStorage",
+        "WaitQuiet",
+    ];
+    SERVED.contains(&name) || UNSUPPORTED.contains(&name) || ["SetEnabled", "TaskEnable", "TaskDisable", "Shutdown"].contains(&name)
+}
+
+/// (MemTotal, MemAvailable, SwapTotal, SwapFree) in bytes from /proc/meminfo.
+fn meminfo() -> (u64, u64, u64, u64) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("MemTotal:"), field("MemAvailable:"), field("SwapTotal:"), field("SwapFree:"))
+}

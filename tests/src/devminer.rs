@@ -1,0 +1,384 @@
+//! devminer: a lotus-miner stand-in that speaks the miner's side of the
+//! worker protocol (PROTOCOL.md §4–§9), for tests and the main job.
+//!
+//! It serves `POST /rpc/v0` with real HS256 JWTs (`AuthNew`/`AuthVerify`),
+//! `Version` (API 1.5.0), `Session`, the actor methods, the sector-index
+//! methods a worker uses (recorded), `WorkerConnect` with the synchronous
+//! call-backs (`Version`, `Session`, `Info`, `TaskTypes`), and every
+//! `Return*` (recorded, each CallID once). Its driver then walks CC sectors
+//! through the pipeline as lotus does: AddPiece → PC1 → PC2 → C1 → C2 →
+//! finalize → release-unsealed, checking CommD and verifying every proof.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sealfarm_bridge::rpc::{self, Request, RpcClient, RpcError};
+use sealfarm_schemas::{CallId, SectorId, SectorRef};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use tokio::sync::Notify;
+
+/// The miner actor this stand-in plays.
+pub const MINER_ID: u64 = 1000;
+
+/// A `Return*` the miner received.
+#[derive(Clone, Debug)]
+pub struct Returned {
+    pub method: String,
+    pub params: Vec<Value>,
+    pub at: Instant,
+}
+
+/// A sector-index call the miner received (`StorageDeclareSector`, …).
+#[derive(Clone, Debug)]
+pub struct IndexCall {
+    pub method: String,
+    pub params: Vec<Value>,
+}
+
+/// A worker that registered with `WorkerConnect`.
+pub struct ConnectedWorker {
+    pub url: String,
+    pub session: String,
+    pub info: Value,
+    pub task_types: Value,
+    pub client: RpcClient,
+}
+
+#[derive(Default)]
+struct Inner {
+    returns: HashMap<uuid::Uuid, Returned>,
+    duplicate_returns: Vec<Returned>,
+    index: Vec<IndexCall>,
+    workers: Vec<Arc<ConnectedWorker>>,
+}
+
+/// The miner stand-in.
+pub struct DevMiner {
+    secret: [u8; 32],
+    session: uuid::Uuid,
+    sector_size: u64,
+    inner: Mutex<Inner>,
+    changed: Notify,
+    /// While true, every request gets HTTP 503 (the miner is "away").
+    pub away: std::sync::atomic::AtomicBool,
+}
+
+impl DevMiner {
+    pub fn new(sector_size: u64) -> Arc<Self> {
+        let mut secret = [0u8; 32];
+        secret[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        Arc::new(DevMiner {
+            secret,
+            session: uuid::Uuid::new_v4(),
+            sector_size,
+            inner: Mutex::new(Inner::default()),
+            changed: Notify::new(),
+            away: Default::default(),
+        })
+    }
+
+    /// Serves the miner API on `listen`; returns the bound address.
+    pub async fn serve(self: &Arc<Self>, listen: SocketAddr) -> Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let address = listener.local_addr()?;
+        let router = axum::Router::new().route("/rpc/v0", post(handle)).with_state(self.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Ok(address)
+    }
+
+    /// `MINER_API_INFO` for a token with every permission, as
+    /// `lotus-miner auth api-info --perm admin` prints it.
+    pub fn api_info(&self, address: SocketAddr) -> String {
+        let token = self.mint(&["read", "write", "sign", "admin"]);
+        format!("{token}:/ip4/{}/tcp/{}/http", address.ip(), address.port())
+    }
+
+    /// An HS256 JWT with payload `{"Allow": perms}`.
+    pub fn mint(&self, perms: &[&str]) -> String {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+        let payload = b64.encode(serde_json::to_vec(&json!({ "Allow": perms })).unwrap());
+        let signing_input = format!("{header}.{payload}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("any key length");
+        mac.update(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64.encode(mac.finalize().into_bytes()))
+    }
+
+    /// The permissions of a valid token, or None.
+    pub fn verify(&self, token: &str) -> Option<Vec<String>> {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (signing_input, signature) = token.rsplit_once('.')?;
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).ok()?;
+        mac.update(signing_input.as_bytes());
+        mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
+        let payload: Value = serde_json::from_slice(&b64.decode(signing_input.split_once('.')?.1).ok()?).ok()?;
+        serde_json::from_value(payload.get("Allow")?.clone()).ok()
+    }
+
+    pub fn workers(&self) -> Vec<Arc<ConnectedWorker>> {
+        self.inner.lock().unwrap().workers.clone()
+    }
+
+    pub fn index_calls(&self) -> Vec<IndexCall> {
+        self.inner.lock().unwrap().index.clone()
+    }
+
+    /// Every `Return*` that named an already-returned CallID.
+    pub fn duplicate_returns(&self) -> Vec<Returned> {
+        self.inner.lock().unwrap().duplicate_returns.clone()
+    }
+
+    pub fn returned(&self, call: &CallId) -> Option<Returned> {
+        self.inner.lock().unwrap().returns.get(&call.id).cloned()
+    }
+
+    /// Waits for a worker to register.
+    pub async fn wait_for_worker(&self, timeout: Duration) -> Result<Arc<ConnectedWorker>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(worker) = self.inner.lock().unwrap().workers.last().cloned() {
+                return Ok(worker);
+            }
+            if tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified).await.is_err() {
+                bail!("no worker called WorkerConnect within {timeout:?}");
+            }
+        }
+    }
+
+    /// Waits for the `Return*` of a call.
+    pub async fn wait_for_return(&self, call: &CallId, timeout: Duration) -> Result<Returned> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if let Some(returned) = self.returned(call) {
+                return Ok(returned);
+            }
+            if tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), notified).await.is_err() {
+                bail!("no Return for call {} of sector {} within {timeout:?}", call.id, call.sector);
+            }
+        }
+    }
+
+    async fn dispatch(self: &Arc<Self>, request: Request, perms: &[String]) -> Result<Value, RpcError> {
+        let name = request.method.strip_prefix("Filecoin.").unwrap_or("").to_string();
+        let read_only = ["Version", "Session", "AuthVerify", "ActorAddress", "ActorSectorSize"];
+        let need = if read_only.contains(&name.as_str()) { "read" } else { "admin" };
+        if !perms.iter().any(|p| p == need) {
+            return Err(RpcError::method(format!("missing permission to invoke '{name}' (need '{need}')")));
+        }
+        match name.as_str() {
+            "Version" => {
+                request.params(0)?;
+                Ok(json!({"Version": "devminer+sealfarm", "APIVersion": 66816, "BlockDelay": 30, "Agent": "devminer"}))
+            }
+            "Session" => {
+                request.params(0)?;
+                Ok(json!(self.session))
+            }
+            "AuthNew" => {
+                let p = request.params(1)?;
+                let perms: Vec<String> = request.arg(&p, 0)?;
+                Ok(json!(self.mint(&perms.iter().map(String::as_str).collect::<Vec<_>>())))
+            }
+            "AuthVerify" => {
+                let p = request.params(1)?;
+                let token: String = request.arg(&p, 0)?;
+                self.verify(&token).map(|p| json!(p)).ok_or_else(|| RpcError::method("JWT Verification failed"))
+            }
+            "ActorAddress" => {
+                request.params(0)?;
+                Ok(json!(format!("t0{MINER_ID}")))
+            }
+            "ActorSectorSize" => {
+                request.params(1)?;
+                Ok(json!(self.sector_size))
+            }
+            "StorageAttach" | "StorageDeclareSector" | "StorageDropSector" | "StorageReportHealth" => {
+                let count = match name.as_str() {
+                    "StorageDeclareSector" => 4,
+                    "StorageDropSector" => 3,
+                    _ => 2,
+                };
+                let params = request.params(count)?;
+                self.inner.lock().unwrap().index.push(IndexCall { method: name, params });
+                Ok(Value::Null)
+            }
+            "WorkerConnect" => {
+                let p = request.params(1)?;
+                let url: String = request.arg(&p, 0)?;
+                self.connect_worker(url).await.map_err(|e| RpcError::method(format!("{e:#}")))?;
+                Ok(Value::Null)
+            }
+            method if method.starts_with("Return") => {
+                let params = request.params(if return_has_output(method) { 3 } else { 2 })?;
+                let call: CallId = request.arg(&params, 0)?;
+                let returned = Returned { method: method.to_string(), params, at: Instant::now() };
+                let mut inner = self.inner.lock().unwrap();
+                if inner.returns.contains_key(&call.id) {
+                    inner.duplicate_returns.push(returned);
+                    return Err(RpcError::method(format!("result for call {} already reported", call.id)));
+                }
+                inner.returns.insert(call.id, returned);
+                drop(inner);
+                self.changed.notify_waiters();
+                Ok(Value::Null)
+            }
+            _ => Err(RpcError::not_found(&request.method)),
+        }
+    }
+
+    /// What the miner does inside `WorkerConnect` (PROTOCOL.md §5.1).
+    async fn connect_worker(&self, url: String) -> Result<()> {
+        let client = RpcClient::new(url.clone(), Some(self.mint(&["admin"])));
+        let version: u64 = client.call("Version", json!([])).await.context("worker Version")?;
+        if version & 0xffff00 != 67328 & 0xffff00 {
+            bail!("worker API version {version} is not 1.7");
+        }
+        let session: String = client.call("Session", json!([])).await.context("worker Session")?;
+        if session == "00000000-0000-0000-0000-000000000000" {
+            bail!("worker is shutting down");
+        }
+        let info: Value = client.call("Info", json!([])).await.context("worker Info")?;
+        let task_types: Value = client.call("TaskTypes", json!([])).await.context("worker TaskTypes")?;
+        let worker = Arc::new(ConnectedWorker { url, session, info, task_types, client });
+        self.inner.lock().unwrap().workers.push(worker);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+fn return_has_output(method: &str) -> bool {
+    matches!(
+        method,
+        "ReturnDataCid"
+            | "ReturnAddPiece"
+            | "ReturnSealPreCommit1"
+            | "ReturnSealPreCommit2"
+            | "ReturnSealCommit1"
+            | "ReturnSealCommit2"
+            | "ReturnReplicaUpdate"
+            | "ReturnProveReplicaUpdate1"
+            | "ReturnProveReplicaUpdate2"
+            | "ReturnReadPiece"
+    )
+}
+
+async fn handle(State(miner): State<Arc<DevMiner>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+    if miner.away.load(std::sync::atomic::Ordering::SeqCst) {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let perms = match rpc::bearer_token(&headers, query.as_deref()) {
+        None => vec!["read".to_string()],
+        Some(token) => match miner.verify(&token) {
+            Some(perms) => perms,
+            None => return StatusCode::UNAUTHORIZED.into_response(),
+        },
+    };
+    rpc::serve(&body, |request| async move { miner.dispatch(request, &perms).await }).await
+}
+
+/// One sector of the driver's pledge.
+pub fn sector_ref(number: u64, proof: sealfarm_schemas::RegisteredSealProof) -> SectorRef {
+    SectorRef { id: SectorId { miner: MINER_ID, number }, proof_type: proof }
+}
+
+/// What sealing one sector through the worker API gave.
+#[derive(Debug)]
+pub struct SealReport {
+    pub sector: SectorRef,
+    /// Method and time from the call to its `Return*`.
+    pub calls: Vec<(String, Duration)>,
+    pub verified: bool,
+}
+
+impl DevMiner {
+    /// Makes an async call on a worker and waits for its `Return*`; the
+    /// output slot (or `null` for error-only returns) on success.
+    pub async fn call(
+        &self,
+        worker: &ConnectedWorker,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        report: &mut SealReport,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let call: CallId = worker.client.call(method, params).await.with_context(|| format!("{method} call"))?;
+        let returned = self.wait_for_return(&call, timeout).await?;
+        report.calls.push((method.to_string(), started.elapsed()));
+        let (output, error) = match returned.params.len() {
+            3 => (returned.params[1].clone(), returned.params[2].clone()),
+            _ => (Value::Null, returned.params[1].clone()),
+        };
+        if !error.is_null() {
+            bail!("{method} of sector {} failed: {error}", call.sector);
+        }
+        Ok(output)
+    }
+
+    /// Walks one CC sector through the pipeline in lotus' order and encoding
+    /// (PROTOCOL.md §9.7), checking CommD and verifying the proof.
+    pub async fn seal_cc(&self, worker: &ConnectedWorker, sector: SectorRef, timeout: Duration) -> Result<SealReport> {
+        use filecoin_proofs_api::seal::verify_seal;
+        use sealfarm_schemas::commitment::Commitment;
+        use sealfarm_schemas::{PieceInfo, SectorCids};
+
+        let mut report = SealReport { sector, calls: Vec::new(), verified: false };
+        let size = sector.proof_type.info().context("known proof type")?.sector_size;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let (ticket, seed) = (crate::cc::randomness(), crate::cc::randomness());
+        let unpadded = size.unpadded();
+
+        let piece = self
+            .call(worker, "AddPiece", json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]), timeout, &mut report)
+            .await?;
+        let piece: PieceInfo = serde_json::from_value(piece).context("ReturnAddPiece output")?;
+        if piece.size != size.0 {
+            bail!("AddPiece returned a piece of {} bytes for a {size} sector", piece.size);
+        }
+        self.call(worker, "Fetch", json!([sector, 1, "sealing", "move"]), timeout, &mut report).await?;
+        let pc1_out = self.call(worker, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), timeout, &mut report).await?;
+        self.call(worker, "Fetch", json!([sector, 6, "sealing", "move"]), timeout, &mut report).await?;
+        let cids = self.call(worker, "SealPreCommit2", json!([sector, pc1_out]), timeout, &mut report).await?;
+        let cids: SectorCids = serde_json::from_value(cids).context("ReturnSealPreCommit2 output")?;
+        // One CC piece fills the sector: CommD is that piece's CommP.
+        if cids.unsealed.as_ref() != Some(&piece.piece_cid) {
+            bail!("CommD {:?} of sector {} does not match its piece {}", cids.unsealed, sector.id, piece.piece_cid);
+        }
+        self.call(worker, "Fetch", json!([sector, 6, "sealing", "move"]), timeout, &mut report).await?;
+        let c1_out = self
+            .call(worker, "SealCommit1", json!([sector, b64(&ticket), b64(&seed), [piece], cids]), timeout, &mut report)
+            .await?;
+        let proof = self.call(worker, "SealCommit2", json!([sector, c1_out]), timeout, &mut report).await?;
+        let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().context("proof is base64")?)?;
+        let api = sealfarm_worker::proofs::api_proof(sector.proof_type).context("known proof")?;
+        let comm_r = Commitment::Replica.from_cid(cids.sealed.as_ref().context("CommR")?).map_err(anyhow::Error::msg)?;
+        let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().context("CommD")?).map_err(anyhow::Error::msg)?;
+        report.verified = verify_seal(
+            api,
+            comm_r,
+            comm_d,
+            sector.id.prover_id(),
+            filecoin_proofs_api::SectorId::from(sector.id.number),
+            ticket,
+            seed,
+            &proof,
+        )?;
+        self.call(worker, "ReleaseUnsealed", json!([sector, null]), timeout, &mut report).await?;
+        self.call(worker, "FinalizeSector", json!([sector]), timeout, &mut report).await?;
+        Ok(report)
+    }
+}
