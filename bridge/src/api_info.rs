@@ -16,7 +16,10 @@ pub struct MinerApiInfo {
 impl std::fmt::Debug for MinerApiInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The token is a secret: never print it.
-        f.debug_struct("MinerApiInfo").field("url", &self.url).field("token", &self.token.as_ref().map(|_| "***")).finish()
+        f.debug_struct("MinerApiInfo")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 
@@ -41,7 +44,9 @@ impl MinerApiInfo {
                 .strip_prefix("http://")
                 .or_else(|| address.strip_prefix("ws://"))
                 .map(|r| (r, false))
-                .or_else(|| address.strip_prefix("https://").or_else(|| address.strip_prefix("wss://")).map(|r| (r, true)))
+                .or_else(|| {
+                    address.strip_prefix("https://").or_else(|| address.strip_prefix("wss://")).map(|r| (r, true))
+                })
                 .with_context(|| format!("MINER_API_INFO address {address:?} is neither a multiaddr nor a URL"))?;
             (rest.trim_end_matches('/').trim_end_matches("/rpc/v0").to_string(), tls)
         };

@@ -17,7 +17,9 @@ use sealfarm_schemas::broker::BrokerLink;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{CallError, CallId, Outcome, ResultMessage, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
+use sealfarm_schemas::{
+    CallError, CallId, Outcome, ResultMessage, SectorCids, SectorRef, StageOutput, Task, TaskMessage,
+};
 use serde_json::{json, Value};
 
 use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore};
@@ -43,7 +45,10 @@ impl Calls {
             return Ok(open.call_id);
         }
         let Some(info) = sector.proof_type.info() else {
-            return Err(RpcError::method(format!("unknown seal proof type {} for sector {}", sector.proof_type.0, sector.id)));
+            return Err(RpcError::method(format!(
+                "unknown seal proof type {} for sector {}",
+                sector.proof_type.0, sector.id
+            )));
         };
         let call_id = CallId::new(sector.id);
         let message = TaskMessage {
@@ -93,7 +98,10 @@ impl Calls {
             input_digest: format!("local:{}", call_id.id),
             arrived_at_ms: now,
             updated_at_ms: now,
-            state: CallState::Resulted { outcome: Box::new(Outcome::Done(StageOutput::Fin {})), worker: "bridge".into() },
+            state: CallState::Resulted {
+                outcome: Box::new(Outcome::Done(StageOutput::Fin {})),
+                worker: "bridge".into(),
+            },
         };
         self.store.insert(&call).map_err(internal)?;
         let this = self.clone();
@@ -235,14 +243,59 @@ pub fn return_call(call: &Call, outcome: &Outcome) -> (&'static str, Value) {
     };
     use sealfarm_schemas::Stage::*;
     match method {
-        Ap => ("ReturnAddPiece", json!([id, output.and_then(|o| match o { StageOutput::Ap { piece } => Some(piece), _ => None }), error])),
-        Pc1 => ("ReturnSealPreCommit1", json!([id, output.and_then(|o| match o { StageOutput::Pc1 { pc1_out } => Some(pc1_out), _ => None }), error])),
+        Ap => (
+            "ReturnAddPiece",
+            json!([
+                id,
+                output.and_then(|o| match o {
+                    StageOutput::Ap { piece } => Some(piece),
+                    _ => None,
+                }),
+                error
+            ]),
+        ),
+        Pc1 => (
+            "ReturnSealPreCommit1",
+            json!([
+                id,
+                output.and_then(|o| match o {
+                    StageOutput::Pc1 { pc1_out } => Some(pc1_out),
+                    _ => None,
+                }),
+                error
+            ]),
+        ),
         Pc2 => {
-            let cids = output.and_then(|o| match o { StageOutput::Pc2 { cids } => Some(cids), _ => None }).unwrap_or_else(SectorCids::default);
+            let cids = output
+                .and_then(|o| match o {
+                    StageOutput::Pc2 { cids } => Some(cids),
+                    _ => None,
+                })
+                .unwrap_or_else(SectorCids::default);
             ("ReturnSealPreCommit2", json!([id, cids, error]))
         }
-        C1 => ("ReturnSealCommit1", json!([id, output.and_then(|o| match o { StageOutput::C1 { c1_out } => Some(c1_out), _ => None }), error])),
-        C2 => ("ReturnSealCommit2", json!([id, output.and_then(|o| match o { StageOutput::C2 { proof } => Some(proof), _ => None }), error])),
+        C1 => (
+            "ReturnSealCommit1",
+            json!([
+                id,
+                output.and_then(|o| match o {
+                    StageOutput::C1 { c1_out } => Some(c1_out),
+                    _ => None,
+                }),
+                error
+            ]),
+        ),
+        C2 => (
+            "ReturnSealCommit2",
+            json!([
+                id,
+                output.and_then(|o| match o {
+                    StageOutput::C2 { proof } => Some(proof),
+                    _ => None,
+                }),
+                error
+            ]),
+        ),
         Fin => ("ReturnFinalizeSector", json!([id, error])),
         Ru => ("ReturnReleaseUnsealed", json!([id, error])),
     }

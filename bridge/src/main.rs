@@ -44,7 +44,12 @@ struct RunArgs {
     #[arg(long, env = "SEALFARM_LISTEN", default_value = "0.0.0.0:3456")]
     listen: SocketAddr,
     /// RabbitMQ URL (amqp:// or amqps://).
-    #[arg(long = "amqp", env = "SEALFARM_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long = "amqp",
+        env = "SEALFARM_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     amqp_url: String,
     /// Where the bridge keeps its call store. Default: ~/.sealfarm/bridge.
     #[arg(long, env = "SEALFARM_STATE_DIR")]
@@ -104,10 +109,13 @@ async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, server::router(api)).with_graceful_shutdown(async move { server_shutdown.wait().await }).await
+        axum::serve(listener, server::router(api))
+            .with_graceful_shutdown(async move { server_shutdown.wait().await })
+            .await
     });
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -145,5 +153,7 @@ async fn advertised_address(listen: &SocketAddr, miner: &MinerApiInfo) -> Result
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "sealfarm-bridge".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "sealfarm-bridge".into())
 }

@@ -137,7 +137,8 @@ impl Miner {
             }
             for path in &self.storage {
                 let health = json!({"Stat": path.fs_stat(), "Err": ""});
-                if let Err(err) = self.client.call::<Value>("StorageReportHealth", json!([path.meta.id, health])).await {
+                if let Err(err) = self.client.call::<Value>("StorageReportHealth", json!([path.meta.id, health])).await
+                {
                     tracing::warn!(error = %err, "storage health report failed");
                 }
             }

@@ -116,7 +116,9 @@ where
 
 fn reply(id: Value, result: Result<Value, RpcError>) -> Response {
     match result {
-        Ok(result) => (StatusCode::OK, axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result}))).into_response(),
+        Ok(result) => {
+            (StatusCode::OK, axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result}))).into_response()
+        }
         Err(err) => {
             let body = json!({"jsonrpc": "2.0", "id": id, "error": {"code": err.code, "message": err.message}});
             (err.status(), axum::Json(body)).into_response()

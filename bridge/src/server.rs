@@ -230,7 +230,9 @@ fn is_worker_method(name: &str) -> bool {
         "MoveStorage",
         "WaitQuiet",
     ];
-    SERVED.contains(&name) || UNSUPPORTED.contains(&name) || ["SetEnabled", "TaskEnable", "TaskDisable", "Shutdown"].contains(&name)
+    SERVED.contains(&name)
+        || UNSUPPORTED.contains(&name)
+        || ["SetEnabled", "TaskEnable", "TaskDisable", "Shutdown"].contains(&name)
 }
 
 /// (MemTotal, MemAvailable, SwapTotal, SwapFree) in bytes from /proc/meminfo.

@@ -72,6 +72,8 @@ pub struct DevMiner {
     changed: Notify,
     /// While true, every request gets HTTP 503 (the miner is "away").
     pub away: std::sync::atomic::AtomicBool,
+    /// Print each call as its Return arrives.
+    pub progress: std::sync::atomic::AtomicBool,
 }
 
 impl DevMiner {
@@ -86,6 +88,7 @@ impl DevMiner {
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             away: Default::default(),
+            progress: Default::default(),
         })
     }
 
@@ -276,7 +279,12 @@ fn return_has_output(method: &str) -> bool {
     )
 }
 
-async fn handle(State(miner): State<Arc<DevMiner>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(miner): State<Arc<DevMiner>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if miner.away.load(std::sync::atomic::Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
@@ -299,8 +307,8 @@ pub fn sector_ref(number: u64, proof: sealfarm_schemas::RegisteredSealProof) -> 
 #[derive(Debug)]
 pub struct SealReport {
     pub sector: SectorRef,
-    /// Method and time from the call to its `Return*`.
-    pub calls: Vec<(String, Duration)>,
+    /// Method, CallID and time from the call to its `Return*`.
+    pub calls: Vec<(String, CallId, Duration)>,
     pub verified: bool,
 }
 
@@ -318,7 +326,15 @@ impl DevMiner {
         let started = Instant::now();
         let call: CallId = worker.client.call(method, params).await.with_context(|| format!("{method} call"))?;
         let returned = self.wait_for_return(&call, timeout).await?;
-        report.calls.push((method.to_string(), started.elapsed()));
+        report.calls.push((method.to_string(), call, started.elapsed()));
+        if self.progress.load(std::sync::atomic::Ordering::Relaxed) {
+            println!(
+                "{:<14} {:<16} returned after {:>8} ms",
+                call.sector.to_string(),
+                method,
+                started.elapsed().as_millis()
+            );
+        }
         let (output, error) = match returned.params.len() {
             3 => (returned.params[1].clone(), returned.params[2].clone()),
             _ => (Value::Null, returned.params[1].clone()),
@@ -343,14 +359,21 @@ impl DevMiner {
         let unpadded = size.unpadded();
 
         let piece = self
-            .call(worker, "AddPiece", json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]), timeout, &mut report)
+            .call(
+                worker,
+                "AddPiece",
+                json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]),
+                timeout,
+                &mut report,
+            )
             .await?;
         let piece: PieceInfo = serde_json::from_value(piece).context("ReturnAddPiece output")?;
         if piece.size != size.0 {
             bail!("AddPiece returned a piece of {} bytes for a {size} sector", piece.size);
         }
         self.call(worker, "Fetch", json!([sector, 1, "sealing", "move"]), timeout, &mut report).await?;
-        let pc1_out = self.call(worker, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), timeout, &mut report).await?;
+        let pc1_out =
+            self.call(worker, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), timeout, &mut report).await?;
         self.call(worker, "Fetch", json!([sector, 6, "sealing", "move"]), timeout, &mut report).await?;
         let cids = self.call(worker, "SealPreCommit2", json!([sector, pc1_out]), timeout, &mut report).await?;
         let cids: SectorCids = serde_json::from_value(cids).context("ReturnSealPreCommit2 output")?;
@@ -365,7 +388,8 @@ impl DevMiner {
         let proof = self.call(worker, "SealCommit2", json!([sector, c1_out]), timeout, &mut report).await?;
         let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().context("proof is base64")?)?;
         let api = sealfarm_worker::proofs::api_proof(sector.proof_type).context("known proof")?;
-        let comm_r = Commitment::Replica.from_cid(cids.sealed.as_ref().context("CommR")?).map_err(anyhow::Error::msg)?;
+        let comm_r =
+            Commitment::Replica.from_cid(cids.sealed.as_ref().context("CommR")?).map_err(anyhow::Error::msg)?;
         let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().context("CommD")?).map_err(anyhow::Error::msg)?;
         report.verified = verify_seal(
             api,

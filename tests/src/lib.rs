@@ -396,96 +396,46 @@ pub mod cc {
     }
 }
 
-/// A client that runs many calls at once: publishes tasks and routes each
-/// result to the call waiting for it (what the bridge does for the miner).
-pub struct Client {
-    _connection: Connection,
-    sender: TaskSender,
-    pending: std::sync::Arc<
-        std::sync::Mutex<std::collections::HashMap<uuid::Uuid, tokio::sync::oneshot::Sender<ResultMessage>>>,
-    >,
-}
-
-impl Client {
-    pub async fn connect(vhost: &TestVhost) -> Result<Self> {
-        let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
-        let sender = TaskSender::open(&connection).await?;
-        let mut results = sender
-            .channel
-            .basic_consume(
-                topology::RESULTS_QUEUE.into(),
-                "client-results".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let pending: std::sync::Arc<
-            std::sync::Mutex<std::collections::HashMap<_, tokio::sync::oneshot::Sender<ResultMessage>>>,
-        > = Default::default();
-        let routes = pending.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(delivery)) = results.next().await {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-                if let Ok(result) = serde_json::from_slice::<ResultMessage>(&delivery.data) {
-                    if let Some(sender) = routes.lock().unwrap().remove(&result.call_id) {
-                        let _ = sender.send(result);
-                    }
-                }
-            }
-        });
-        Ok(Client { _connection: connection, sender, pending })
-    }
-
-    /// Waits until each named worker has sent a heartbeat (it consumes then).
-    pub async fn wait_for_workers(&self, workers: &[&str], timeout: Duration) -> Result<()> {
-        let channel = self._connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                topology::EVENTS_EXCHANGE.into(),
-                "worker.*.heartbeat".into(),
-                Default::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let mut events = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut missing: Vec<&str> = workers.to_vec();
-        let deadline = Instant::now() + timeout;
-        while !missing.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some(Ok(delivery))) = tokio::time::timeout(left, events.next()).await else {
-                bail!("no heartbeat from {missing:?} within {timeout:?}");
-            };
-            if let Ok(event) = serde_json::from_slice::<sealfarm_schemas::EventMessage>(&delivery.data) {
-                missing.retain(|w| *w != event.worker);
-            }
+/// Waits until each named worker has sent a heartbeat (it consumes then).
+pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Duration) -> Result<()> {
+    let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    topology::declare(&channel).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology::EVENTS_EXCHANGE.into(),
+            "worker.*.heartbeat".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut events = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions { no_ack: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut missing: Vec<&str> = workers.to_vec();
+    let deadline = Instant::now() + timeout;
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(delivery))) = tokio::time::timeout(left, events.next()).await else {
+            bail!("no heartbeat from {missing:?} within {timeout:?}");
+        };
+        if let Ok(event) = serde_json::from_slice::<sealfarm_schemas::EventMessage>(&delivery.data) {
+            missing.retain(|w| *w != event.worker);
         }
-        let _ = channel.close(200, "done".into()).await;
-        Ok(())
     }
-
-    /// Publishes a task and waits for its result.
-    pub async fn call(&self, task: &TaskMessage, timeout: Duration) -> Result<ResultMessage> {
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        self.pending.lock().unwrap().insert(task.call_id, sender);
-        self.sender.publish(task).await?;
-        tokio::time::timeout(timeout, receiver)
-            .await
-            .with_context(|| format!("no result for {} of {} within {timeout:?}", task.stage(), task.sector.id))?
-            .context("results consumer ended")
-    }
+    let _ = channel.close(200, "done".into()).await;
+    Ok(())
 }

@@ -16,14 +16,23 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
     let dir = tempfile::tempdir().unwrap();
     let miner = DevMiner::new(2048);
     let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut bridge = WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), free_local_address());
+    let mut bridge =
+        WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), free_local_address());
     let _sealer = WorkerProcess::start(&vhost, dir.path(), "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
     let _prover = WorkerProcess::start(&vhost, dir.path(), "proving-box", "c2", "2KiB");
 
-    let worker = miner.wait_for_worker(Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}\n{}", bridge.log_text()));
+    let worker =
+        miner.wait_for_worker(Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}\n{}", bridge.log_text()));
     // What the miner learnt inside WorkerConnect.
     assert_eq!(worker.info["IgnoreResources"], json!(true));
-    for task in ["seal/v0/addpiece", "seal/v0/precommit/1", "seal/v0/commit/1", "seal/v0/finalize", "seal/v0/finalizeunsealed", "seal/v0/fetch"] {
+    for task in [
+        "seal/v0/addpiece",
+        "seal/v0/precommit/1",
+        "seal/v0/commit/1",
+        "seal/v0/finalize",
+        "seal/v0/finalizeunsealed",
+        "seal/v0/fetch",
+    ] {
         assert!(worker.task_types.get(task).is_some(), "TaskTypes lacks {task}: {}", worker.task_types);
     }
     let index = miner.index_calls();
@@ -76,26 +85,47 @@ async fn the_bridge_checks_tokens_and_params_as_lotus_does() {
     let admin = Some(miner.mint(&["admin"]));
 
     // No-arg calls accept [] and a missing params field alike.
-    for body in [json!({"jsonrpc":"2.0","id":1,"method":"Filecoin.Version","params":[]}), json!({"jsonrpc":"2.0","id":2,"method":"Filecoin.Version"})] {
+    for body in [
+        json!({"jsonrpc":"2.0","id":1,"method":"Filecoin.Version","params":[]}),
+        json!({"jsonrpc":"2.0","id":2,"method":"Filecoin.Version"}),
+    ] {
         let answer: serde_json::Value = post(admin.clone(), body).await.unwrap().json().await.unwrap();
         assert_eq!(answer["result"], json!(67328));
     }
     // A token the miner did not mint: HTTP 401, empty body.
-    let forged = post(Some("eyJhbGciOiJIUzI1NiJ9.eyJBbGxvdyI6WyJhZG1pbiJdfQ.AAAA".into()), json!({"jsonrpc":"2.0","id":3,"method":"Filecoin.Version","params":[]})).await.unwrap();
+    let forged = post(
+        Some("eyJhbGciOiJIUzI1NiJ9.eyJBbGxvdyI6WyJhZG1pbiJdfQ.AAAA".into()),
+        json!({"jsonrpc":"2.0","id":3,"method":"Filecoin.Version","params":[]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(forged.status(), 401);
     // No token, or a token without admin: lotus' permission error.
     for token in [None, Some(miner.mint(&["read", "write"]))] {
-        let answer: serde_json::Value = post(token, json!({"jsonrpc":"2.0","id":4,"method":"Filecoin.Session","params":[]})).await.unwrap().json().await.unwrap();
+        let answer: serde_json::Value =
+            post(token, json!({"jsonrpc":"2.0","id":4,"method":"Filecoin.Session","params":[]}))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
         assert_eq!(answer["error"]["code"], json!(1));
-        assert!(answer["error"]["message"].as_str().unwrap().contains("missing permission to invoke 'Session' (need 'admin')"));
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing permission to invoke 'Session' (need 'admin')"));
     }
     // Wrong param count: -32602 with HTTP 500.
-    let wrong = post(admin.clone(), json!({"jsonrpc":"2.0","id":5,"method":"Filecoin.FinalizeSector","params":[]})).await.unwrap();
+    let wrong = post(admin.clone(), json!({"jsonrpc":"2.0","id":5,"method":"Filecoin.FinalizeSector","params":[]}))
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 500);
     let answer: serde_json::Value = wrong.json().await.unwrap();
     assert_eq!(answer["error"]["code"], json!(-32602));
     // Unknown method: -32601 with HTTP 500.
-    let unknown = post(admin.clone(), json!({"jsonrpc":"2.0","id":6,"method":"Filecoin.NoSuchMethod","params":[]})).await.unwrap();
+    let unknown = post(admin.clone(), json!({"jsonrpc":"2.0","id":6,"method":"Filecoin.NoSuchMethod","params":[]}))
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 500);
     let answer: serde_json::Value = unknown.json().await.unwrap();
     assert_eq!(answer["error"]["code"], json!(-32601));
