@@ -233,52 +233,52 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 }
 
 /// A running sealfarm process (worker or bridge); killed when dropped.
-pub struct WorkerProcess {
+pub struct FarmProcess {
     child: Option<Child>,
     pub log: PathBuf,
 }
 
-impl WorkerProcess {
+impl FarmProcess {
     /// Starts a worker on `vhost` with its sealing path and state under `dir`.
     pub fn start(vhost: &TestVhost, dir: &Path, id: &str, stages: &str, sizes: &str) -> Self {
         let log = dir.join(format!("{id}.log"));
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(binary("sealfarm-worker"))
+        let mut command = Command::new(binary("sealfarm-worker"));
+        command
             .args(["run", "--worker-id", id, "--stages", stages, "--sector-sizes", sizes, "--heartbeat-interval", "1s"])
             .arg("--sealing-path")
             .arg(dir.join("sealing"))
             .arg("--state-dir")
-            .arg(dir.join(format!("state-{id}")))
+            .arg(dir.join(format!("state-{id}")));
+        Self::spawn(command, vhost, log)
+    }
+
+    /// Runs `command` on `vhost` with its output appended to `log`.
+    fn spawn(mut command: Command, vhost: &TestVhost, log: PathBuf) -> Self {
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = command
             .env("SEALFARM_AMQP_URL", vhost.url())
             .env("RUST_LOG", "info,lapin=warn")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
-            .expect("start sealfarm-worker");
-        WorkerProcess { child: Some(child), log }
+            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+        FarmProcess { child: Some(child), log }
     }
 
     /// Starts `sealfarm-bridge run` on `vhost`, talking to the miner at
     /// `api_info`, listening on `listen`, with shared storage `dir/sealing`.
     pub fn start_bridge(vhost: &TestVhost, dir: &Path, api_info: &str, listen: std::net::SocketAddr) -> Self {
         let log = dir.join("bridge.log");
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(binary("sealfarm-bridge"))
+        let mut command = Command::new(binary("sealfarm-bridge"));
+        command
             .args(["run", "--listen", &listen.to_string()])
             .arg("--storage")
             .arg(dir.join("sealing"))
             .arg("--state-dir")
             .arg(dir.join("state-bridge"))
-            .env("MINER_API_INFO", api_info)
-            .env("SEALFARM_AMQP_URL", vhost.url())
-            .env("RUST_LOG", "info,lapin=warn")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .spawn()
-            .expect("start sealfarm-bridge");
-        WorkerProcess { child: Some(child), log }
+            .env("MINER_API_INFO", api_info);
+        Self::spawn(command, vhost, log)
     }
 
     /// SIGKILL, no clean-up.
@@ -320,7 +320,7 @@ impl WorkerProcess {
     }
 }
 
-impl Drop for WorkerProcess {
+impl Drop for FarmProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -397,7 +397,9 @@ pub mod cc {
 }
 
 /// Waits until each named worker has sent a heartbeat (it consumes then).
-pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Duration) -> Result<()> {
+/// A private queue on `sealfarm.events` bound with `routing_key`
+/// (`worker.*.heartbeat`, `worker.*.claim`, …); keep the connection alive.
+pub async fn subscribe_events(vhost: &TestVhost, routing_key: &str) -> Result<(Connection, Consumer)> {
     let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     topology::declare(&channel).await?;
@@ -412,12 +414,12 @@ pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Dura
         .queue_bind(
             queue.name().clone(),
             topology::EVENTS_EXCHANGE.into(),
-            "worker.*.heartbeat".into(),
+            routing_key.into(),
             Default::default(),
             FieldTable::default(),
         )
         .await?;
-    let mut events = channel
+    let events = channel
         .basic_consume(
             queue.name().clone(),
             "".into(),
@@ -425,6 +427,11 @@ pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Dura
             FieldTable::default(),
         )
         .await?;
+    Ok((connection, events))
+}
+
+pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Duration) -> Result<()> {
+    let (connection, mut events) = subscribe_events(vhost, "worker.*.heartbeat").await?;
     let mut missing: Vec<&str> = workers.to_vec();
     let deadline = Instant::now() + timeout;
     while !missing.is_empty() {
@@ -436,6 +443,6 @@ pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Dura
             missing.retain(|w| *w != event.worker);
         }
     }
-    let _ = channel.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }

@@ -9,7 +9,7 @@ use sealfarm_schemas::topology::task_queue;
 use sealfarm_schemas::{
     Bytes, ErrorCode, Outcome, RegisteredSealProof, SectorSize, Stage, StageOutput, Task, TaskMessage,
 };
-use sealfarm_tests::{cc, Publisher, TestVhost, WorkerProcess};
+use sealfarm_tests::{cc, FarmProcess, Publisher, TestVhost};
 
 /// CommD/CommP of an all-zero 2 KiB sector.
 const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
@@ -20,7 +20,7 @@ async fn bad_tasks_are_dead_lettered_with_reasons_and_a_good_one_completes() {
     let vhost = TestVhost::new("bad-input");
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = Publisher::connect(&vhost).await.unwrap();
-    let mut worker = WorkerProcess::start(&vhost, dir.path(), "w-bad", "ap,pc2", "2KiB");
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-bad", "ap,pc2", "2KiB");
 
     let ap_queue = task_queue(Stage::Ap, SectorSize::KIB2);
     // 1. not JSON at all
@@ -88,7 +88,7 @@ async fn a_panic_in_the_proofs_library_fails_only_that_job() {
     let vhost = TestVhost::new("panic");
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = Publisher::connect(&vhost).await.unwrap();
-    let mut worker = WorkerProcess::start(&vhost, dir.path(), "w-panic", "ap,pc1,pc2", "2KiB");
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-panic", "ap,pc1,pc2", "2KiB");
 
     let sector = cc::sector(10, P2K);
     let ap = cc::add_piece(sector);

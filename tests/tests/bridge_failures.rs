@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sealfarm_schemas::{CallId, RegisteredSealProof};
 use sealfarm_tests::devminer::{sector_ref, DevMiner};
-use sealfarm_tests::{free_local_address, TestVhost, WorkerProcess};
+use sealfarm_tests::{free_local_address, FarmProcess, TestVhost};
 use serde_json::json;
 
 const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
@@ -44,18 +44,18 @@ async fn a_bridge_killed_with_calls_in_flight_returns_each_exactly_once_after_re
     let dir = tempfile::tempdir().unwrap();
     let miner = DevMiner::new(2048);
     let address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut bridge = WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
+    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
     miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
 
     // Calls accepted while no worker runs: their tasks wait in the queue.
     let calls = add_pieces(&miner, 3).await;
     bridge.kill();
     // The farm computes while the bridge is dead; results wait in sealfarm.results.
-    let _worker = WorkerProcess::start(&vhost, dir.path(), "w-kill", "ap", "2KiB");
+    let _worker = FarmProcess::start(&vhost, dir.path(), "w-kill", "ap", "2KiB");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(calls.iter().all(|c| miner.returned(c).is_none()), "nothing can return while the bridge is dead");
 
-    let mut bridge = WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
+    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
     assert_returned_once(&miner, &calls).await;
     assert!(bridge.terminate(Duration::from_secs(30)).success());
 }
@@ -66,17 +66,17 @@ async fn results_wait_for_a_miner_that_is_away_and_survive_a_bridge_kill_meanwhi
     let dir = tempfile::tempdir().unwrap();
     let miner = DevMiner::new(2048);
     let address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut bridge = WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
+    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
     miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
     let calls = add_pieces(&miner, 3).await;
 
     // The miner goes away; the farm finishes the calls; the bridge holds the results.
     miner.away.store(true, Ordering::SeqCst);
-    let _worker = WorkerProcess::start(&vhost, dir.path(), "w-away", "ap", "2KiB");
+    let _worker = FarmProcess::start(&vhost, dir.path(), "w-away", "ap", "2KiB");
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The bridge dies while holding them; a new one starts while the miner is still away.
     bridge.kill();
-    let mut bridge = WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
+    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(calls.iter().all(|c| miner.returned(c).is_none()));
 

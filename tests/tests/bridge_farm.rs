@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sealfarm_schemas::RegisteredSealProof;
 use sealfarm_tests::devminer::{sector_ref, DevMiner};
-use sealfarm_tests::{free_local_address, TestVhost, WorkerProcess};
+use sealfarm_tests::{free_local_address, FarmProcess, TestVhost};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -17,9 +17,9 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
     let miner = DevMiner::new(2048);
     let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let mut bridge =
-        WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), free_local_address());
-    let _sealer = WorkerProcess::start(&vhost, dir.path(), "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
-    let _prover = WorkerProcess::start(&vhost, dir.path(), "proving-box", "c2", "2KiB");
+        FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), free_local_address());
+    let _sealer = FarmProcess::start(&vhost, dir.path(), "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
+    let _prover = FarmProcess::start(&vhost, dir.path(), "proving-box", "c2", "2KiB");
 
     let worker =
         miner.wait_for_worker(Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}\n{}", bridge.log_text()));
@@ -71,7 +71,7 @@ async fn the_bridge_checks_tokens_and_params_as_lotus_does() {
     let miner = DevMiner::new(2048);
     let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let listen = free_local_address();
-    let _bridge = WorkerProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
+    let _bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
     miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
     let url = format!("http://{listen}/rpc/v0");
     let http = reqwest::Client::new();
@@ -115,6 +115,18 @@ async fn the_bridge_checks_tokens_and_params_as_lotus_does() {
             .unwrap()
             .contains("missing permission to invoke 'Session' (need 'admin')"));
     }
+    // The no-arg methods the miner calls answer in the shape of lotus' examples.
+    let vectors: Vec<serde_json::Value> =
+        serde_json::from_str(include_str!("../../schemas/tests/data/lotus-vectors.json")).unwrap();
+    for method in ["Version", "Session", "Info", "TaskTypes", "Paths", "Enabled"] {
+        let example = vectors
+            .iter()
+            .find(|v| v["method"] == format!("Filecoin.{method}") && v["api"] == "worker")
+            .unwrap_or_else(|| panic!("no vector for {method}"));
+        let body = json!({"jsonrpc":"2.0","id":7,"method":format!("Filecoin.{method}"),"params":[]});
+        let answer: serde_json::Value = post(admin.clone(), body).await.unwrap().json().await.unwrap();
+        assert_same_shape(method, &example["result"], &answer["result"]);
+    }
     // Wrong param count: -32602 with HTTP 500.
     let wrong = post(admin.clone(), json!({"jsonrpc":"2.0","id":5,"method":"Filecoin.FinalizeSector","params":[]}))
         .await
@@ -129,4 +141,31 @@ async fn the_bridge_checks_tokens_and_params_as_lotus_does() {
     assert_eq!(unknown.status(), 500);
     let answer: serde_json::Value = unknown.json().await.unwrap();
     assert_eq!(answer["error"]["code"], json!(-32601));
+}
+
+/// Same JSON type at every key of `example` (objects: every key of the
+/// example is present; arrays: the first element's shape).
+fn assert_same_shape(path: &str, example: &serde_json::Value, actual: &serde_json::Value) {
+    use serde_json::Value::*;
+    match (example, actual) {
+        (Object(want), Object(got)) => {
+            for (key, value) in want {
+                // Maps keyed by data (task types, proof numbers) only need the same value shape.
+                if key.contains('/') || key.parse::<u64>().is_ok() {
+                    continue;
+                }
+                let got = got.get(key).unwrap_or_else(|| panic!("{path}.{key} missing in {actual}"));
+                assert_same_shape(&format!("{path}.{key}"), value, got);
+            }
+        }
+        (Array(want), Array(got)) => {
+            if let (Some(w), Some(g)) = (want.first(), got.first()) {
+                assert_same_shape(&format!("{path}[0]"), w, g);
+            }
+        }
+        // lotus sends null for an empty resource table or GPU list.
+        (_, Null) | (Null, _) => {}
+        (Number(_), Number(_)) | (String(_), String(_)) | (Bool(_), Bool(_)) => {}
+        _ => panic!("{path}: expected the shape of {example}, got {actual}"),
+    }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sealfarm_schemas::{Outcome, RegisteredSealProof, StageOutput};
-use sealfarm_tests::{binary, cc, Publisher, TestVhost, WorkerProcess};
+use sealfarm_tests::{binary, cc, FarmProcess, Publisher, TestVhost};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_worker_takes_the_next_task_and_runs_nothing_twice() {
@@ -13,7 +13,7 @@ async fn a_restarted_worker_takes_the_next_task_and_runs_nothing_twice() {
     let mut publisher = Publisher::connect(&vhost).await.unwrap();
     let p2k = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
 
-    let mut worker = WorkerProcess::start(&vhost, dir.path(), "w-restart", "ap", "2KiB");
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-restart", "ap", "2KiB");
     let first = cc::add_piece(cc::sector(1, p2k));
     publisher.publish(&first).await.unwrap();
     let (result, _) = publisher.result_of(&first, Duration::from_secs(60)).await.unwrap();
@@ -27,7 +27,7 @@ async fn a_restarted_worker_takes_the_next_task_and_runs_nothing_twice() {
     // The first task delivered again (as after a lost ack) must not run again.
     publisher.publish(&first).await.unwrap();
 
-    let mut worker = WorkerProcess::start(&vhost, dir.path(), "w-restart", "ap", "2KiB");
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-restart", "ap", "2KiB");
     let (result, others) = publisher.result_of(&second, Duration::from_secs(60)).await.unwrap();
     assert!(matches!(result.outcome, Outcome::Done(StageOutput::Ap { .. })), "{:?}", result.outcome);
     let mut late = others;

@@ -10,7 +10,7 @@ use filecoin_proofs_api::seal::verify_seal;
 use filecoin_proofs_api::SectorId as ApiSectorId;
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::{Outcome, RegisteredSealProof, ResultMessage, SectorRef, StageOutput, Task, TaskMessage};
-use sealfarm_tests::{cc, Publisher, TestVhost, WorkerProcess};
+use sealfarm_tests::{cc, FarmProcess, Publisher, TestVhost};
 use sealfarm_worker::proofs::api_proof;
 
 const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
@@ -32,7 +32,7 @@ async fn a_2kib_cc_sector_seals_through_rabbitmq_and_its_proof_verifies() {
     let vhost = TestVhost::new("spine");
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = Publisher::connect(&vhost).await.unwrap();
-    let mut worker = WorkerProcess::start(&vhost, dir.path(), "w-spine", "ap,pc1,pc2,c1,c2,fin,ru", "2KiB");
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-spine", "ap,pc1,pc2,c1,c2,fin,ru", "2KiB");
     let sector: SectorRef = cc::sector(1, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
     let (ticket, seed) = (cc::randomness(), cc::randomness());
     let mut timings = Vec::new();

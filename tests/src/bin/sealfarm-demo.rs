@@ -16,12 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
-use sealfarm_schemas::{topology, EventKind, EventMessage, RegisteredSealProof};
+use sealfarm_schemas::{EventKind, EventMessage, RegisteredSealProof};
 use sealfarm_tests::devminer::{sector_ref, DevMiner, SealReport};
-use sealfarm_tests::{free_local_address, wait_for_workers, TestVhost, WorkerProcess};
+use sealfarm_tests::{free_local_address, subscribe_events, wait_for_workers, FarmProcess, TestVhost};
 
 const COLUMNS: [(&str, &str); 7] = [
     ("AddPiece", "AP"),
@@ -60,9 +57,9 @@ async fn main() -> Result<()> {
     let api_info = miner.api_info(miner_address);
     println!("farm: devminer on {miner_address}; MINER_API_INFO={}…", &api_info[..20]);
     let claims = watch_claims(&vhost).await?;
-    let _bridge = WorkerProcess::start_bridge(&vhost, &run_dir, &api_info, free_local_address());
-    let _sealer = WorkerProcess::start(&vhost, &run_dir, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
-    let _prover = WorkerProcess::start(&vhost, &run_dir, "proving-box", "c2", "2KiB");
+    let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, free_local_address());
+    let _sealer = FarmProcess::start(&vhost, &run_dir, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
+    let _prover = FarmProcess::start(&vhost, &run_dir, "proving-box", "c2", "2KiB");
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     println!("farm: sealfarm-bridge registered with the miner as {}", worker.info["Hostname"]);
     wait_for_workers(&vhost, &["sealing-box", "proving-box"], Duration::from_secs(60)).await?;
@@ -79,7 +76,7 @@ async fn main() -> Result<()> {
     println!();
     print!("{:<14}", "sector");
     for (_, short) in COLUMNS {
-        print!("{short:>20}");
+        print!("{short:>22}");
     }
     println!("  proof");
     for report in &reports {
@@ -89,7 +86,7 @@ async fn main() -> Result<()> {
                 let worker = claims.get(&call.id).map(String::as_str).unwrap_or("bridge");
                 format!("{} ms {worker}", took.as_millis())
             });
-            print!("{:>20}", cell.unwrap_or_default());
+            print!("{:>22}", cell.unwrap_or_default());
         }
         println!("  {}", if report.verified { "verified" } else { "INVALID" });
     }
@@ -107,29 +104,7 @@ async fn main() -> Result<()> {
 
 /// CallID → the worker that claimed it, from the workers' claim events.
 async fn watch_claims(vhost: &TestVhost) -> Result<Arc<Mutex<HashMap<uuid::Uuid, String>>>> {
-    let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
-    let channel = connection.create_channel().await?;
-    topology::declare(&channel).await?;
-    let queue = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology::EVENTS_EXCHANGE.into(),
-            "worker.*.claim".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut events = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions { no_ack: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
+    let (connection, mut events) = subscribe_events(vhost, "worker.*.claim").await?;
     let claims: Arc<Mutex<HashMap<uuid::Uuid, String>>> = Default::default();
     let map = claims.clone();
     tokio::spawn(async move {
