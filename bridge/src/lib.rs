@@ -3,17 +3,21 @@
 //!
 //! * [`server`] — the worker API the miner calls (`POST /rpc/v0`);
 //! * [`calls`] — accepting calls as tasks, returning results as `Return*`;
+//! * [`pieces`] — piece data the miner pushes or links for AddPiece;
 //! * [`call_store`] — the durable record of every call (sled);
 //! * [`registration`] — version check, storage attach, `WorkerConnect`,
 //!   session watch, token verification;
 //! * [`storage`] — the sealing paths declared to the miner;
+//! * [`remote`] — `/remote`, the sector files served to the miner;
 //! * [`rpc`] — lotus' JSON-RPC over HTTP, both directions;
 //! * [`api_info`] — `MINER_API_INFO` parsing.
 
 pub mod api_info;
 pub mod call_store;
 pub mod calls;
+pub mod pieces;
 pub mod registration;
+pub mod remote;
 pub mod rpc;
 pub mod server;
 pub mod storage;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use sealfarm_bridge::api_info::MinerApiInfo;
 use sealfarm_bridge::call_store::CallStore;
 use sealfarm_bridge::calls::Calls;
+use sealfarm_bridge::pieces::PieceInbox;
 use sealfarm_bridge::registration::Miner;
 use sealfarm_bridge::server::{self, Api};
 use sealfarm_bridge::storage::StoragePath;
@@ -94,6 +95,7 @@ async fn run(args: RunArgs) -> Result<()> {
         hostname: hostname(),
         calls: calls.clone(),
         miner: miner.clone(),
+        pieces: Arc::new(PieceInbox::new(&miner.storage[0].path).context("cannot prepare the piece inbox")?),
     });
     eprintln!("sealfarm-bridge");
     eprintln!("  miner        {}", info.url);

@@ -64,10 +64,16 @@ pub struct Api {
     pub hostname: String,
     pub calls: Arc<Calls>,
     pub miner: Arc<Miner>,
+    pub pieces: Arc<crate::pieces::PieceInbox>,
 }
 
+/// `/rpc/v0`, `/rpc/streams/v0/push` and `/remote`.
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new().route("/rpc/v0", post(rpc_v0)).with_state(api)
+    Router::new()
+        .route("/rpc/v0", post(rpc_v0))
+        .with_state(api.clone())
+        .merge(crate::pieces::router(api.pieces.clone()))
+        .merge(crate::remote::router(api))
 }
 
 async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
@@ -130,14 +136,23 @@ impl Api {
                 let existing: Option<Vec<u64>> = request.arg(&p, 1)?;
                 let piece_size: u64 = request.arg(&p, 2)?;
                 let data: ReaderStream = request.arg(&p, 3)?;
-                if data.kind != "null" {
-                    return Err(RpcError::method(format!(
-                        "sealfarm-bridge takes piece data of type \"null\" (CC sectors) only so far, not {:?}",
-                        data.kind
-                    )));
-                }
-                let task =
-                    Task::Ap { existing_piece_sizes: existing.unwrap_or_default(), piece_size, data: PieceData::Null };
+                let data = match data.kind.as_str() {
+                    "null" => PieceData::Null,
+                    "push" => {
+                        let id: uuid::Uuid = data
+                            .info
+                            .parse()
+                            .map_err(|_| RpcError::method(format!("push stream id {:?} is not a UUID", data.info)))?;
+                        let path = self.pieces.wait_for_push(id).await.map_err(RpcError::method)?;
+                        PieceData::File { path: path.display().to_string() }
+                    }
+                    "http" => {
+                        let path = self.pieces.fetch(&data.info).await.map_err(RpcError::method)?;
+                        PieceData::File { path: path.display().to_string() }
+                    }
+                    other => return Err(RpcError::method(format!("unknown piece data type {other:?}"))),
+                };
+                let task = Task::Ap { existing_piece_sizes: existing.unwrap_or_default(), piece_size, data };
                 call_id(calls.accept(&name, sector, task).await?)
             }
             "SealPreCommit1" => {

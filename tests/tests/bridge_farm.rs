@@ -16,8 +16,8 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
     let dir = tempfile::tempdir().unwrap();
     let miner = DevMiner::new(2048);
     let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut bridge =
-        FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), free_local_address());
+    let listen = free_local_address();
+    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
     let _sealer = FarmProcess::start(&vhost, dir.path(), "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
     let _prover = FarmProcess::start(&vhost, dir.path(), "proving-box", "c2", "2KiB");
 
@@ -61,6 +61,35 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
             assert!(declared.contains(&(number, file_type)), "sector {number} type {file_type} declared: {declared:?}");
         }
     }
+
+    // The miner fetches the finished sector from /remote as from a lotus-worker.
+    let http = reqwest::Client::new();
+    let token = miner.mint(&["admin"]);
+    let remote = |path: &str| format!("http://{listen}/remote/{path}");
+    let sealed = http.get(remote("sealed/s-t01000-1")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(sealed.status(), 200);
+    let on_disk = std::fs::read(dir.path().join("sealing/sealed/s-t01000-1")).unwrap();
+    assert_eq!(sealed.bytes().await.unwrap().to_vec(), on_disk, "the sealed replica arrives byte for byte");
+    let cache = http.get(remote("cache/s-t01000-1")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(cache.status(), 200);
+    assert_eq!(cache.headers()["content-type"], "application/x-tar");
+    let tar_bytes = cache.bytes().await.unwrap();
+    let mut archive = tar::Archive::new(&tar_bytes[..]);
+    let names: Vec<String> =
+        archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
+    assert!(names.contains(&"p_aux".to_string()) && names.iter().any(|n| n.contains("tree-r-last")), "{names:?}");
+    assert!(names.iter().all(|n| n == "p_aux" || n == "t_aux" || n.starts_with("sc-02-data-")), "{names:?}");
+    let anonymous = http.get(remote("sealed/s-t01000-1")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // After moving it, the miner deletes the bridge's copy.
+    let deleted = http.delete(remote("sealed/s-t01000-2?keep=elsewhere")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(deleted.status(), 200);
+    assert!(!dir.path().join("sealing/sealed/s-t01000-2").exists());
+    assert!(miner
+        .index_calls()
+        .iter()
+        .any(|c| c.method == "StorageDropSector" && c.params[1]["Number"] == 2 && c.params[2] == 2));
+
     assert!(bridge.terminate(Duration::from_secs(30)).success());
 }
 
@@ -168,4 +197,56 @@ fn assert_same_shape(path: &str, example: &serde_json::Value, actual: &serde_jso
         (Number(_), Number(_)) | (String(_), String(_)) | (Bool(_), Bool(_)) => {}
         _ => panic!("{path}: expected the shape of {example}, got {actual}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn piece_data_the_miner_pushes_is_what_the_sector_holds() {
+    use filecoin_proofs_api::seal::generate_piece_commitment;
+    use sealfarm_schemas::commitment::Commitment;
+
+    let vhost = TestVhost::new("bridge-push");
+    let dir = tempfile::tempdir().unwrap();
+    let miner = DevMiner::new(2048);
+    let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let listen = free_local_address();
+    let _bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
+    let _worker = FarmProcess::start(&vhost, dir.path(), "w-push", "ap", "2KiB");
+    let worker = miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+
+    // A deal's bytes (fr32-safe: the top bits of every 32-byte chunk clear).
+    let mut data = vec![0u8; 2032];
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte = (i * 7 % 251) as u8 & 0x3f;
+    }
+    let proof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
+    let api = sealfarm_worker::proofs::api_proof(proof).unwrap();
+    let expected = generate_piece_commitment(api, &data[..], filecoin_proofs_api::UnpaddedBytesAmount(2032)).unwrap();
+
+    // lotus pushes the bytes and makes the call concurrently, in either order.
+    let stream = uuid::Uuid::new_v4();
+    let push_url = format!("http://{listen}/rpc/streams/v0/push/{stream}");
+    let pushed = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let http = reqwest::Client::new();
+        assert_eq!(http.head(&push_url).send().await.unwrap().status(), 200);
+        http.post(&push_url)
+            .header("Content-Type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let sector = sector_ref(5, proof);
+    let call: sealfarm_schemas::CallId = worker
+        .client
+        .call("AddPiece", json!([sector, [], 2032, {"Type": "push", "Info": stream.to_string()}]))
+        .await
+        .unwrap();
+    assert_eq!(pushed.await.unwrap(), 200);
+    let returned = miner.wait_for_return(&call, Duration::from_secs(60)).await.unwrap();
+    assert!(returned.params[2].is_null(), "{:?}", returned.params[2]);
+    let piece: sealfarm_schemas::PieceInfo = serde_json::from_value(returned.params[1].clone()).unwrap();
+    assert_eq!(piece.size, 2048);
+    assert_eq!(Commitment::Data.from_cid(&piece.piece_cid).unwrap(), expected.commitment, "CommP of the pushed bytes");
 }

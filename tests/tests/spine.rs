@@ -75,7 +75,16 @@ async fn a_2kib_cc_sector_seals_through_rabbitmq_and_its_proof_verifies() {
 
     // Finalize trims the cache to what proving needs; release removes the unsealed copy.
     let cache = dir.path().join("sealing/cache").join(sector.id.file_name());
-    let before = std::fs::read_dir(&cache).unwrap().count();
+    let names = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    // lotus' tar extractor rejects any cache file the proofs library did not write.
+    let sealing_files = names(&cache);
+    assert!(
+        sealing_files.iter().all(|f| f == "p_aux" || f == "t_aux" || f.starts_with("sc-02-data-")),
+        "foreign files in the cache directory: {sealing_files:?}"
+    );
+    let before = sealing_files.len();
     run(&mut publisher, TaskMessage::new(sector, Task::Fin {}), &mut timings).await;
     let left: Vec<String> =
         std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();

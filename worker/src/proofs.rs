@@ -25,8 +25,10 @@ use crate::sector_files::SealingPath;
 
 /// Key lotus adds to a PC1 output: the ticket, base64 (PROTOCOL.md §9.7).
 const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
-/// File in a sector's cache directory naming the ticket its layers belong to.
-const TICKET_MARKER: &str = "sealfarm-ticket";
+/// Folder of the sealing path that records, per sector, the ticket its
+/// cache layers belong to. Outside `cache/`: lotus rejects a cache directory
+/// holding any file the proofs library did not write (PROTOCOL.md §9.4).
+const TICKET_MARKERS: &str = "sealfarm/tickets";
 
 /// The library's proof type for a lotus proof number.
 pub fn api_proof(proof: sealfarm_schemas::RegisteredSealProof) -> Option<filecoin_proofs_api::RegisteredSealProof> {
@@ -168,7 +170,8 @@ fn precommit1(
     let ticket32 = bytes32(ticket, "ticket")?;
     let pieces = api_pieces(pieces)?;
     let cache = sealing.cache(sector.id);
-    prepare_cache_for_ticket(&cache, &ticket32)?;
+    let marker = sealing.root().join(TICKET_MARKERS).join(sector.id.file_name());
+    prepare_cache_for_ticket(&cache, &marker, &ticket32)?;
     let sealed = sealing.sealed(sector.id);
     File::create(&sealed).with_context(|| format!("creating sealed file {}", sealed.display()))?;
     let output = seal::seal_pre_commit_phase1(
@@ -189,11 +192,13 @@ fn precommit1(
 /// A sector's cache directory must hold layers of one ticket only: the
 /// library reuses any layer file of the right length. Layers of another
 /// ticket (a sector re-sealed after a failure) are removed.
-fn prepare_cache_for_ticket(cache: &Path, ticket: &[u8; 32]) -> Result<()> {
-    let marker = cache.join(TICKET_MARKER);
+fn prepare_cache_for_ticket(cache: &Path, marker: &Path, ticket: &[u8; 32]) -> Result<()> {
     let wanted = hex::encode(ticket);
-    match std::fs::read_to_string(&marker) {
-        Ok(found) if found.trim() == wanted => return Ok(()),
+    match std::fs::read_to_string(marker) {
+        Ok(found) if found.trim() == wanted => {
+            std::fs::create_dir_all(cache).with_context(|| format!("creating cache directory {}", cache.display()))?;
+            return Ok(());
+        }
         Ok(_) => {
             tracing::warn!(cache = %cache.display(), "cache holds layers of another ticket; removing them");
             std::fs::remove_dir_all(cache).with_context(|| format!("clearing {}", cache.display()))?;
@@ -204,7 +209,10 @@ fn prepare_cache_for_ticket(cache: &Path, ticket: &[u8; 32]) -> Result<()> {
         Err(_) => {}
     }
     std::fs::create_dir_all(cache).with_context(|| format!("creating cache directory {}", cache.display()))?;
-    std::fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
+    if let Some(folder) = marker.parent() {
+        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+    }
+    std::fs::write(marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
     Ok(())
 }
 
