@@ -66,7 +66,7 @@ struct Inner {
 /// The miner stand-in.
 pub struct DevMiner {
     secret: [u8; 32],
-    session: uuid::Uuid,
+    session: Mutex<uuid::Uuid>,
     sector_size: u64,
     inner: Mutex<Inner>,
     changed: Notify,
@@ -83,7 +83,7 @@ impl DevMiner {
         secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         Arc::new(DevMiner {
             secret,
-            session: uuid::Uuid::new_v4(),
+            session: Mutex::new(uuid::Uuid::new_v4()),
             sector_size,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
@@ -128,6 +128,16 @@ impl DevMiner {
         mac.verify_slice(&b64.decode(signature).ok()?).ok()?;
         let payload: Value = serde_json::from_slice(&b64.decode(signing_input.split_once('.')?.1).ok()?).ok()?;
         serde_json::from_value(payload.get("Allow")?.clone()).ok()
+    }
+
+    /// Acts as a miner restart: a new session, no registered workers, an
+    /// empty sector index (returns already received are kept, as lotus keeps
+    /// its call tracker).
+    pub fn restart(&self) {
+        *self.session.lock().unwrap() = uuid::Uuid::new_v4();
+        let mut inner = self.inner.lock().unwrap();
+        inner.workers.clear();
+        inner.index.clear();
     }
 
     pub fn workers(&self) -> Vec<Arc<ConnectedWorker>> {
@@ -189,7 +199,7 @@ impl DevMiner {
             }
             "Session" => {
                 request.params(0)?;
-                Ok(json!(self.session))
+                Ok(json!(*self.session.lock().unwrap()))
             }
             "AuthNew" => {
                 let p = request.params(1)?;

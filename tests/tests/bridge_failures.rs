@@ -84,3 +84,22 @@ async fn results_wait_for_a_miner_that_is_away_and_survive_a_bridge_kill_meanwhi
     assert_returned_once(&miner, &calls).await;
     assert!(bridge.terminate(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_registers_again_when_the_miner_restarts() {
+    let vhost = TestVhost::new("miner-restart");
+    let dir = tempfile::tempdir().unwrap();
+    let miner = DevMiner::new(2048);
+    let address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let _bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
+    let first = miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+
+    miner.restart();
+    // The bridge watches the miner's session every 10 s (as lotus-worker does).
+    let again = miner.wait_for_worker(Duration::from_secs(40)).await.unwrap();
+    assert_eq!(again.session, first.session, "the same bridge process registered again");
+    assert!(miner.index_calls().iter().any(|c| c.method == "StorageAttach"), "storage attached again");
+    let _worker = FarmProcess::start(&vhost, dir.path(), "w-restart", "ap", "2KiB");
+    let calls = add_pieces(&miner, 1).await;
+    assert_returned_once(&miner, &calls).await;
+}
