@@ -446,3 +446,51 @@ pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Dura
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
+
+/// A miner stand-in and a bridge registered with it, on a private vhost:
+/// the starting point of every bridge test.
+pub struct BridgeFarm {
+    pub vhost: TestVhost,
+    pub dir: tempfile::TempDir,
+    pub miner: std::sync::Arc<devminer::DevMiner>,
+    pub miner_address: std::net::SocketAddr,
+    /// Where the current bridge listens.
+    pub listen: std::net::SocketAddr,
+    pub bridge: FarmProcess,
+    /// The bridge as the miner registered it.
+    pub worker: std::sync::Arc<devminer::ConnectedWorker>,
+}
+
+impl BridgeFarm {
+    /// Starts devminer (2 KiB sectors) and a bridge, and waits for the registration.
+    pub async fn start(label: &str) -> Self {
+        let vhost = TestVhost::new(label);
+        let dir = tempfile::tempdir().unwrap();
+        let miner = devminer::DevMiner::new(2048);
+        let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let listen = free_local_address();
+        let bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
+        let worker = miner
+            .wait_for_worker(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\nbridge log:\n{}", bridge.log_text()));
+        BridgeFarm { vhost, dir, miner, miner_address, listen, bridge, worker }
+    }
+
+    /// Starts a worker for 2 KiB sectors on the bridge's shared storage.
+    pub fn start_worker(&self, id: &str, stages: &str) -> FarmProcess {
+        FarmProcess::start(&self.vhost, self.dir.path(), id, stages, "2KiB")
+    }
+
+    /// Starts a new bridge process (same state directory, a new port); the
+    /// old one should be dead already.
+    pub fn start_bridge_again(&mut self) {
+        self.listen = free_local_address();
+        self.bridge = FarmProcess::start_bridge(
+            &self.vhost,
+            self.dir.path(),
+            &self.miner.api_info(self.miner_address),
+            self.listen,
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sealfarm_schemas::{CallId, RegisteredSealProof};
 use sealfarm_tests::devminer::{sector_ref, DevMiner};
-use sealfarm_tests::{free_local_address, FarmProcess, TestVhost};
+use sealfarm_tests::BridgeFarm;
 use serde_json::json;
 
 const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
@@ -40,66 +40,52 @@ async fn assert_returned_once(miner: &DevMiner, calls: &[CallId]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bridge_killed_with_calls_in_flight_returns_each_exactly_once_after_restart() {
-    let vhost = TestVhost::new("bridge-kill");
-    let dir = tempfile::tempdir().unwrap();
-    let miner = DevMiner::new(2048);
-    let address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
-    miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+    let mut farm = BridgeFarm::start("bridge-kill").await;
 
     // Calls accepted while no worker runs: their tasks wait in the queue.
-    let calls = add_pieces(&miner, 3).await;
-    bridge.kill();
+    let calls = add_pieces(&farm.miner, 3).await;
+    farm.bridge.kill();
     // The farm computes while the bridge is dead; results wait in sealfarm.results.
-    let _worker = FarmProcess::start(&vhost, dir.path(), "w-kill", "ap", "2KiB");
+    let _worker = farm.start_worker("w-kill", "ap");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(calls.iter().all(|c| miner.returned(c).is_none()), "nothing can return while the bridge is dead");
+    assert!(calls.iter().all(|c| farm.miner.returned(c).is_none()), "nothing can return while the bridge is dead");
 
-    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
-    assert_returned_once(&miner, &calls).await;
-    assert!(bridge.terminate(Duration::from_secs(30)).success());
+    farm.start_bridge_again();
+    assert_returned_once(&farm.miner, &calls).await;
+    assert!(farm.bridge.terminate(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn results_wait_for_a_miner_that_is_away_and_survive_a_bridge_kill_meanwhile() {
-    let vhost = TestVhost::new("miner-away");
-    let dir = tempfile::tempdir().unwrap();
-    let miner = DevMiner::new(2048);
-    let address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
-    miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
-    let calls = add_pieces(&miner, 3).await;
+    let mut farm = BridgeFarm::start("miner-away").await;
+    let calls = add_pieces(&farm.miner, 3).await;
 
     // The miner goes away; the farm finishes the calls; the bridge holds the results.
-    miner.away.store(true, Ordering::SeqCst);
-    let _worker = FarmProcess::start(&vhost, dir.path(), "w-away", "ap", "2KiB");
+    farm.miner.away.store(true, Ordering::SeqCst);
+    let _worker = farm.start_worker("w-away", "ap");
     tokio::time::sleep(Duration::from_secs(5)).await;
     // The bridge dies while holding them; a new one starts while the miner is still away.
-    bridge.kill();
-    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
+    farm.bridge.kill();
+    farm.start_bridge_again();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(calls.iter().all(|c| miner.returned(c).is_none()));
+    assert!(calls.iter().all(|c| farm.miner.returned(c).is_none()));
 
-    miner.away.store(false, Ordering::SeqCst);
-    assert_returned_once(&miner, &calls).await;
-    assert!(bridge.terminate(Duration::from_secs(30)).success());
+    farm.miner.away.store(false, Ordering::SeqCst);
+    assert_returned_once(&farm.miner, &calls).await;
+    assert!(farm.bridge.terminate(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bridge_registers_again_when_the_miner_restarts() {
-    let vhost = TestVhost::new("miner-restart");
-    let dir = tempfile::tempdir().unwrap();
-    let miner = DevMiner::new(2048);
-    let address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let _bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(address), free_local_address());
-    let first = miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+    let farm = BridgeFarm::start("miner-restart").await;
+    let (miner, first) = (&farm.miner, &farm.worker);
 
     miner.restart();
     // The bridge watches the miner's session every 10 s (as lotus-worker does).
     let again = miner.wait_for_worker(Duration::from_secs(40)).await.unwrap();
     assert_eq!(again.session, first.session, "the same bridge process registered again");
     assert!(miner.index_calls().iter().any(|c| c.method == "StorageAttach"), "storage attached again");
-    let _worker = FarmProcess::start(&vhost, dir.path(), "w-restart", "ap", "2KiB");
-    let calls = add_pieces(&miner, 1).await;
-    assert_returned_once(&miner, &calls).await;
+    let _worker = farm.start_worker("w-restart", "ap");
+    let calls = add_pieces(miner, 1).await;
+    assert_returned_once(miner, &calls).await;
 }

@@ -6,23 +6,17 @@
 use std::time::Duration;
 
 use sealfarm_schemas::RegisteredSealProof;
-use sealfarm_tests::devminer::{sector_ref, DevMiner};
-use sealfarm_tests::{free_local_address, FarmProcess, TestVhost};
+use sealfarm_tests::devminer::sector_ref;
+use sealfarm_tests::BridgeFarm;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
-    let vhost = TestVhost::new("bridge");
-    let dir = tempfile::tempdir().unwrap();
-    let miner = DevMiner::new(2048);
-    let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let listen = free_local_address();
-    let mut bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
-    let _sealer = FarmProcess::start(&vhost, dir.path(), "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
-    let _prover = FarmProcess::start(&vhost, dir.path(), "proving-box", "c2", "2KiB");
+    let mut farm = BridgeFarm::start("bridge").await;
+    let _sealer = farm.start_worker("sealing-box", "ap,pc1,pc2,c1,fin,ru");
+    let _prover = farm.start_worker("proving-box", "c2");
+    let (miner, worker, listen, dir) = (farm.miner.clone(), farm.worker.clone(), farm.listen, farm.dir.path());
 
-    let worker =
-        miner.wait_for_worker(Duration::from_secs(60)).await.unwrap_or_else(|e| panic!("{e}\n{}", bridge.log_text()));
     // What the miner learnt inside WorkerConnect.
     assert_eq!(worker.info["IgnoreResources"], json!(true));
     for task in [
@@ -44,7 +38,7 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
         miner.seal_cc(&worker, sector_ref(2, proof), Duration::from_secs(600)),
     );
     for report in [one, two] {
-        let report = report.unwrap_or_else(|e| panic!("{e:#}\n{}", bridge.log_text()));
+        let report = report.unwrap_or_else(|e| panic!("{e:#}\n{}", farm.bridge.log_text()));
         assert!(report.verified, "the proof of {} verifies", report.sector.id);
         assert_eq!(report.calls.len(), 10, "{:?}", report.calls);
     }
@@ -68,7 +62,7 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
     let remote = |path: &str| format!("http://{listen}/remote/{path}");
     let sealed = http.get(remote("sealed/s-t01000-1")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(sealed.status(), 200);
-    let on_disk = std::fs::read(dir.path().join("sealing/sealed/s-t01000-1")).unwrap();
+    let on_disk = std::fs::read(dir.join("sealing/sealed/s-t01000-1")).unwrap();
     assert_eq!(sealed.bytes().await.unwrap().to_vec(), on_disk, "the sealed replica arrives byte for byte");
     let cache = http.get(remote("cache/s-t01000-1")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(cache.status(), 200);
@@ -84,24 +78,19 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
     // After moving it, the miner deletes the bridge's copy.
     let deleted = http.delete(remote("sealed/s-t01000-2?keep=elsewhere")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(deleted.status(), 200);
-    assert!(!dir.path().join("sealing/sealed/s-t01000-2").exists());
+    assert!(!dir.join("sealing/sealed/s-t01000-2").exists());
     assert!(miner
         .index_calls()
         .iter()
         .any(|c| c.method == "StorageDropSector" && c.params[1]["Number"] == 2 && c.params[2] == 2));
 
-    assert!(bridge.terminate(Duration::from_secs(30)).success());
+    assert!(farm.bridge.terminate(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bridge_checks_tokens_and_params_as_lotus_does() {
-    let vhost = TestVhost::new("bridge-auth");
-    let dir = tempfile::tempdir().unwrap();
-    let miner = DevMiner::new(2048);
-    let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let listen = free_local_address();
-    let _bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
-    miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+    let farm = BridgeFarm::start("bridge-auth").await;
+    let (miner, listen) = (&farm.miner, farm.listen);
     let url = format!("http://{listen}/rpc/v0");
     let http = reqwest::Client::new();
     let post = |token: Option<String>, body: serde_json::Value| {
@@ -204,14 +193,9 @@ async fn piece_data_the_miner_pushes_is_what_the_sector_holds() {
     use filecoin_proofs_api::seal::generate_piece_commitment;
     use sealfarm_schemas::commitment::Commitment;
 
-    let vhost = TestVhost::new("bridge-push");
-    let dir = tempfile::tempdir().unwrap();
-    let miner = DevMiner::new(2048);
-    let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let listen = free_local_address();
-    let _bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
-    let _worker = FarmProcess::start(&vhost, dir.path(), "w-push", "ap", "2KiB");
-    let worker = miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+    let farm = BridgeFarm::start("bridge-push").await;
+    let _worker = farm.start_worker("w-push", "ap");
+    let (miner, worker, listen) = (&farm.miner, &farm.worker, farm.listen);
 
     // A deal's bytes (fr32-safe: the top bits of every 32-byte chunk clear).
     let mut data = vec![0u8; 2032];
