@@ -317,8 +317,9 @@ pub fn sector_ref(number: u64, proof: sealfarm_schemas::RegisteredSealProof) -> 
 #[derive(Debug)]
 pub struct SealReport {
     pub sector: SectorRef,
-    /// Method, CallID and time from the call to its `Return*`.
-    pub calls: Vec<(String, CallId, Duration)>,
+    /// Method, CallID, when the call was made (Unix ms) and the time from
+    /// the call to its `Return*`.
+    pub calls: Vec<(String, CallId, u64, Duration)>,
     pub verified: bool,
 }
 
@@ -334,9 +335,10 @@ impl DevMiner {
         report: &mut SealReport,
     ) -> Result<Value> {
         let started = Instant::now();
+        let called_at_ms = sealfarm_schemas::messages::now_ms();
         let call: CallId = worker.client.call(method, params).await.with_context(|| format!("{method} call"))?;
         let returned = self.wait_for_return(&call, timeout).await?;
-        report.calls.push((method.to_string(), call, started.elapsed()));
+        report.calls.push((method.to_string(), call, called_at_ms, started.elapsed()));
         if self.progress.load(std::sync::atomic::Ordering::Relaxed) {
             println!(
                 "{:<14} {:<16} returned after {:>8} ms",

@@ -82,8 +82,8 @@ async fn main() -> Result<()> {
     for report in &reports {
         print!("{:<14}", report.sector.id.to_string());
         for (method, _) in COLUMNS {
-            let cell = report.calls.iter().find(|(m, _, _)| m == method).map(|(_, call, took)| {
-                let worker = claims.get(&call.id).map(String::as_str).unwrap_or("bridge");
+            let cell = report.calls.iter().find(|(m, _, _, _)| m == method).map(|(_, call, _, took)| {
+                let worker = claims.get(&call.id).map(|(worker, _)| worker.as_str()).unwrap_or("bridge");
                 format!("{} ms {worker}", took.as_millis())
             });
             print!("{:>22}", cell.unwrap_or_default());
@@ -95,6 +95,19 @@ async fn main() -> Result<()> {
         reports.len(),
         elapsed.as_secs_f64()
     );
+    println!("\ndispatch: miner call → a worker claimed the task (ms, per sector)");
+    for (method, short) in COLUMNS {
+        let waits: Vec<String> = reports
+            .iter()
+            .filter_map(|r| r.calls.iter().find(|(m, _, _, _)| m == method))
+            .filter_map(|(_, call, called_at, _)| {
+                claims.get(&call.id).map(|(_, at)| at.saturating_sub(*called_at).to_string())
+            })
+            .collect();
+        if !waits.is_empty() {
+            println!("  {short:<4} {}", waits.join(", "));
+        }
+    }
     if reports.iter().all(|r| r.verified) {
         Ok(())
     } else {
@@ -102,18 +115,18 @@ async fn main() -> Result<()> {
     }
 }
 
-/// CallID → the worker that claimed it, from the workers' claim events.
-async fn watch_claims(vhost: &TestVhost) -> Result<Arc<Mutex<HashMap<uuid::Uuid, String>>>> {
+/// CallID → the worker that claimed it and when (Unix ms), from the workers' claim events.
+async fn watch_claims(vhost: &TestVhost) -> Result<Arc<Mutex<HashMap<uuid::Uuid, (String, u64)>>>> {
     let (connection, mut events) = subscribe_events(vhost, "worker.*.claim").await?;
-    let claims: Arc<Mutex<HashMap<uuid::Uuid, String>>> = Default::default();
+    let claims: Arc<Mutex<HashMap<uuid::Uuid, (String, u64)>>> = Default::default();
     let map = claims.clone();
     tokio::spawn(async move {
         let _connection = connection;
         while let Some(Ok(delivery)) = events.next().await {
-            if let Ok(EventMessage { worker, event: EventKind::Claim { call_id, .. }, .. }) =
+            if let Ok(EventMessage { worker, at_ms, event: EventKind::Claim { call_id, .. }, .. }) =
                 serde_json::from_slice(&delivery.data)
             {
-                map.lock().unwrap().insert(call_id, worker);
+                map.lock().unwrap().insert(call_id, (worker, at_ms));
             }
         }
     });
