@@ -58,6 +58,10 @@ struct RunArgs {
     /// Sealing storage that every worker also mounts (shared-storage mode). Repeatable.
     #[arg(long, required = true)]
     storage: Vec<PathBuf>,
+    /// How many calls of a stage the miner may have running at once on the
+    /// farm, e.g. `pc1=64` (repeatable or comma-separated; default unlimited).
+    #[arg(long, env = "SEALFARM_MAX_CONCURRENT", value_delimiter = ',', value_parser = server::parse_limit)]
+    max_concurrent: Vec<(sealfarm_schemas::TaskType, u32)>,
 }
 
 fn main() {
@@ -96,6 +100,7 @@ async fn run(args: RunArgs) -> Result<()> {
         calls: calls.clone(),
         miner: miner.clone(),
         pieces: Arc::new(PieceInbox::new(&miner.storage[0].path).context("cannot prepare the piece inbox")?),
+        limits: args.max_concurrent.clone(),
     });
     eprintln!("sealfarm-bridge");
     eprintln!("  miner        {}", info.url);

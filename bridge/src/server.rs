@@ -65,6 +65,8 @@ pub struct Api {
     pub calls: Arc<Calls>,
     pub miner: Arc<Miner>,
     pub pieces: Arc<crate::pieces::PieceInbox>,
+    /// Per-stage limits the miner enforces (`MaxConcurrent`); none = unlimited.
+    pub limits: Vec<(TaskType, u32)>,
 }
 
 /// `/rpc/v0`, `/rpc/streams/v0/push` and `/remote`.
@@ -219,10 +221,41 @@ impl Api {
                 "MemPhysical": physical, "MemUsed": physical.saturating_sub(available),
                 "MemSwap": swap, "MemSwapUsed": swap.saturating_sub(swap_free),
                 "CPUs": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                "GPUs": [], "Resources": null
+                "GPUs": [], "Resources": resource_table(&self.limits)
             }
         })
     }
+}
+
+/// `WorkerResources.Resources` carrying only `MaxConcurrent` per task type and
+/// proof type: with `IgnoreResources` the miner enforces nothing else. `null`
+/// without limits (the miner then uses its own table: unlimited).
+pub fn resource_table(limits: &[(TaskType, u32)]) -> Value {
+    if limits.is_empty() {
+        return Value::Null;
+    }
+    let mut table = serde_json::Map::new();
+    for (task, limit) in limits {
+        let per_proof: serde_json::Map<String, Value> = (0..15)
+            .map(|proof: i64| {
+                let row = json!({"MinMemory": 0, "MaxMemory": 0, "GPUUtilization": 0.0, "MaxParallelism": 0,
+                                 "MaxParallelismGPU": 0, "BaseMinMemory": 0, "MaxConcurrent": limit});
+                (proof.to_string(), row)
+            })
+            .collect();
+        let name = serde_json::to_value(task).expect("task types are strings");
+        table.insert(name.as_str().expect("task types are strings").to_string(), Value::Object(per_proof));
+    }
+    Value::Object(table)
+}
+
+/// Parses `--max-concurrent` values: `<stage>=<n>` (`pc1=64`).
+pub fn parse_limit(text: &str) -> Result<(TaskType, u32), String> {
+    let (stage, limit) =
+        text.split_once('=').ok_or_else(|| format!("{text:?}: expected <stage>=<number>, e.g. pc1=64"))?;
+    let stage: sealfarm_schemas::Stage = stage.parse()?;
+    let limit = limit.trim().parse().map_err(|_| format!("{text:?}: {limit:?} is not a number"))?;
+    Ok((stage.task_type(), limit))
 }
 
 fn is_worker_method(name: &str) -> bool {
@@ -262,4 +295,19 @@ fn meminfo() -> (u64, u64, u64, u64) {
             * 1024
     };
     (field("MemTotal:"), field("MemAvailable:"), field("SwapTotal:"), field("SwapFree:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_limits_parse_like_operators_write_them() {
+        assert_eq!(parse_limit("pc1=64"), Ok((TaskType::PreCommit1, 64)));
+        assert_eq!(parse_limit("C2=1"), Ok((TaskType::Commit2, 1)));
+        assert!(parse_limit("pc1").unwrap_err().contains("<stage>=<number>"));
+        assert!(parse_limit("pc9=1").unwrap_err().contains("unknown stage"));
+        assert!(parse_limit("pc1=lots").unwrap_err().contains("not a number"));
+        assert_eq!(resource_table(&[]), Value::Null);
+    }
 }

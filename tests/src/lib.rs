@@ -268,7 +268,13 @@ impl FarmProcess {
 
     /// Starts `sealfarm-bridge run` on `vhost`, talking to the miner at
     /// `api_info`, listening on `listen`, with shared storage `dir/sealing`.
-    pub fn start_bridge(vhost: &TestVhost, dir: &Path, api_info: &str, listen: std::net::SocketAddr) -> Self {
+    pub fn start_bridge(
+        vhost: &TestVhost,
+        dir: &Path,
+        api_info: &str,
+        listen: std::net::SocketAddr,
+        extra_args: &[&str],
+    ) -> Self {
         let log = dir.join("bridge.log");
         let mut command = Command::new(binary("sealfarm-bridge"));
         command
@@ -277,6 +283,7 @@ impl FarmProcess {
             .arg(dir.join("sealing"))
             .arg("--state-dir")
             .arg(dir.join("state-bridge"))
+            .args(extra_args)
             .env("MINER_API_INFO", api_info);
         Self::spawn(command, vhost, log)
     }
@@ -464,12 +471,17 @@ pub struct BridgeFarm {
 impl BridgeFarm {
     /// Starts devminer (2 KiB sectors) and a bridge, and waits for the registration.
     pub async fn start(label: &str) -> Self {
+        Self::start_with(label, &[]).await
+    }
+
+    /// As [`BridgeFarm::start`], with more `sealfarm-bridge run` arguments.
+    pub async fn start_with(label: &str, bridge_args: &[&str]) -> Self {
         let vhost = TestVhost::new(label);
         let dir = tempfile::tempdir().unwrap();
         let miner = devminer::DevMiner::new(2048);
         let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let listen = free_local_address();
-        let bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen);
+        let bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen, bridge_args);
         let worker = miner
             .wait_for_worker(Duration::from_secs(60))
             .await
@@ -491,6 +503,7 @@ impl BridgeFarm {
             self.dir.path(),
             &self.miner.api_info(self.miner_address),
             self.listen,
+            &[],
         );
     }
 }

@@ -89,8 +89,13 @@ async fn devminer_seals_two_sectors_through_the_bridge_and_two_workers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bridge_checks_tokens_and_params_as_lotus_does() {
-    let farm = BridgeFarm::start("bridge-auth").await;
+    let farm = BridgeFarm::start_with("bridge-auth", &["--max-concurrent", "pc1=3,c2=1"]).await;
     let (miner, listen) = (&farm.miner, farm.listen);
+    // Per-stage limits reach the miner as MaxConcurrent (the only check left with IgnoreResources).
+    let resources = &farm.worker.info["Resources"]["Resources"];
+    assert_eq!(resources["seal/v0/precommit/1"]["5"]["MaxConcurrent"], json!(3), "{resources}");
+    assert_eq!(resources["seal/v0/commit/2"]["8"]["MaxConcurrent"], json!(1));
+    assert!(resources.get("seal/v0/addpiece").is_none(), "stages without a limit are left to the miner's table");
     let url = format!("http://{listen}/rpc/v0");
     let http = reqwest::Client::new();
     let post = |token: Option<String>, body: serde_json::Value| {

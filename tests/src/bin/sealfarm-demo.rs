@@ -57,7 +57,7 @@ async fn main() -> Result<()> {
     let api_info = miner.api_info(miner_address);
     println!("farm: devminer on {miner_address}; MINER_API_INFO={}…", &api_info[..20]);
     let claims = watch_claims(&vhost).await?;
-    let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, free_local_address());
+    let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, free_local_address(), &[]);
     let _sealer = FarmProcess::start(&vhost, &run_dir, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
     let _prover = FarmProcess::start(&vhost, &run_dir, "proving-box", "c2", "2KiB");
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
