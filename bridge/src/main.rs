@@ -48,7 +48,7 @@ struct RunArgs {
     #[arg(
         long = "amqp",
         env = "SEALFARM_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        default_value = broker::DEFAULT_AMQP_URL,
         hide_env_values = true
     )]
     amqp_url: String,

@@ -17,6 +17,10 @@ use tokio::sync::Mutex;
 use crate::shutdown::Shutdown;
 use crate::topology;
 
+/// The broker every sealfarm process uses unless told otherwise: a local
+/// RabbitMQ with its default account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// One open connection with its confirm-mode publishing channel.
 pub struct Broker {
     pub connection: Connection,
