@@ -54,6 +54,9 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Outcome>>>>;
 struct Running {
     child: Child,
     stdin: ChildStdin,
+    /// Jobs handed to this child and not answered yet. Each child has its
+    /// own: when one ends, only the jobs it held are lost.
+    pending: Pending,
 }
 
 /// The worker's handle on its executor process, started on first use and
@@ -62,13 +65,12 @@ pub struct Executor {
     program: PathBuf,
     sealing: SealingPath,
     running: tokio::sync::Mutex<Option<Running>>,
-    pending: Pending,
 }
 
 impl Executor {
     pub fn new(sealing: SealingPath) -> Result<Self> {
         let program = std::env::current_exe().context("cannot find the sealfarm-worker executable")?;
-        Ok(Executor { program, sealing, running: tokio::sync::Mutex::new(None), pending: Pending::default() })
+        Ok(Executor { program, sealing, running: tokio::sync::Mutex::new(None) })
     }
 
     /// Starts the executor ahead of the first job, so that job does not wait
@@ -85,25 +87,31 @@ impl Executor {
     /// if the executor ended first (the caller runs the job again).
     pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {
         let (sender, receiver) = oneshot::channel();
-        self.pending.lock().unwrap().insert(key.to_string(), sender);
         let mut line =
             serde_json::to_vec(&Request { key: key.to_string(), task: task.clone() }).expect("a task is JSON");
         line.push(b'\n');
-        let sent = async {
-            let mut running = self.running.lock().await;
-            if running.as_mut().is_none_or(|r| !matches!(r.child.try_wait(), Ok(None))) {
-                *running = Some(self.spawn()?);
+        let mut running = self.running.lock().await;
+        if running.as_mut().is_none_or(|r| !matches!(r.child.try_wait(), Ok(None))) {
+            match self.spawn() {
+                Ok(child) => *running = Some(child),
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "cannot start the executor");
+                    return Err(ExecutorLost);
+                }
             }
-            let stdin = &mut running.as_mut().expect("just started").stdin;
-            stdin.write_all(&line).await?;
-            stdin.flush().await?;
-            anyhow::Ok(())
+        }
+        let child = running.as_mut().expect("just started");
+        child.pending.lock().unwrap().insert(key.to_string(), sender);
+        let sent = async {
+            child.stdin.write_all(&line).await?;
+            child.stdin.flush().await
         };
         if let Err(err) = sent.await {
-            tracing::error!(error = %format!("{err:#}"), "cannot hand a job to the executor");
-            self.pending.lock().unwrap().remove(key);
+            tracing::error!(error = %err, "cannot hand a job to the executor");
+            child.pending.lock().unwrap().remove(key);
             return Err(ExecutorLost);
         }
+        drop(running);
         receiver.await.map_err(|_| ExecutorLost)
     }
 
@@ -121,7 +129,8 @@ impl Executor {
         tracing::info!(pid = child.id(), "executor started");
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
-        let pending = self.pending.clone();
+        let pending = Pending::default();
+        let routes = pending.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -130,7 +139,7 @@ impl Executor {
                         if response.panicked {
                             tracing::warn!(key = response.key, "the proofs library panicked; the executor restarts");
                         }
-                        if let Some(sender) = pending.lock().unwrap().remove(&response.key) {
+                        if let Some(sender) = routes.lock().unwrap().remove(&response.key) {
                             let _ = sender.send(response.outcome);
                         }
                     }
@@ -138,12 +147,12 @@ impl Executor {
                 }
             }
             // The executor ended: every job it still held is lost and will run again.
-            let lost: Vec<_> = pending.lock().unwrap().drain().collect();
+            let lost: Vec<_> = routes.lock().unwrap().drain().collect();
             if !lost.is_empty() {
                 tracing::warn!(jobs = lost.len(), "executor ended with jobs running; they run again");
             }
         });
-        Ok(Running { child, stdin })
+        Ok(Running { child, stdin, pending })
     }
 
     /// Ends the executor (jobs it still runs resume at the next start).
