@@ -17,9 +17,7 @@ use sealfarm_schemas::broker::BrokerLink;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{
-    CallError, CallId, Outcome, ResultMessage, SectorCids, SectorRef, StageOutput, Task, TaskMessage,
-};
+use sealfarm_schemas::{CallId, Outcome, ResultMessage, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
 use serde_json::{json, Value};
 
 use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore};
@@ -224,88 +222,48 @@ impl Calls {
     }
 }
 
-/// The `Return*` method and params for a call's outcome (PROTOCOL.md §7.1).
+/// The `Return*` method and params for a call's outcome (PROTOCOL.md §7.1):
+/// `[callID, output, error]`, or `[callID, error]` for error-only returns. A
+/// failed call carries `null` as output (the zero SectorCids for PC2).
 pub fn return_call(call: &Call, outcome: &Outcome) -> (&'static str, Value) {
     let id = serde_json::to_value(call.call_id).expect("CallID is JSON");
-    let error: Value = match outcome {
-        Outcome::Done(_) => Value::Null,
-        Outcome::Failed(err) => serde_json::to_value(err).expect("CallError is JSON"),
+    let (output, error) = match outcome {
+        Outcome::Done(output) => (output_slot(output), Value::Null),
+        Outcome::Failed(err) => (Value::Null, serde_json::to_value(err).expect("CallError is JSON")),
     };
-    let done = |output: Option<&StageOutput>| output.cloned();
-    let output = match outcome {
-        Outcome::Done(output) => done(Some(output)),
-        Outcome::Failed(_) => None,
-    };
-    let method = match &call.kind {
+    use sealfarm_schemas::Stage::*;
+    let stage = match &call.kind {
         CallKind::Fetch => return ("ReturnFetch", json!([id, error])),
         CallKind::MoveStorage => return ("ReturnMoveStorage", json!([id, error])),
         CallKind::Task { task } => task.stage(),
     };
-    use sealfarm_schemas::Stage::*;
-    match method {
-        Ap => (
-            "ReturnAddPiece",
-            json!([
-                id,
-                output.and_then(|o| match o {
-                    StageOutput::Ap { piece } => Some(piece),
-                    _ => None,
-                }),
-                error
-            ]),
-        ),
-        Pc1 => (
-            "ReturnSealPreCommit1",
-            json!([
-                id,
-                output.and_then(|o| match o {
-                    StageOutput::Pc1 { pc1_out } => Some(pc1_out),
-                    _ => None,
-                }),
-                error
-            ]),
-        ),
+    match stage {
+        Ap => ("ReturnAddPiece", json!([id, output, error])),
+        Pc1 => ("ReturnSealPreCommit1", json!([id, output, error])),
         Pc2 => {
-            let cids = output
-                .and_then(|o| match o {
-                    StageOutput::Pc2 { cids } => Some(cids),
-                    _ => None,
-                })
-                .unwrap_or_else(SectorCids::default);
+            let cids = if output.is_null() { json!(SectorCids::default()) } else { output };
             ("ReturnSealPreCommit2", json!([id, cids, error]))
         }
-        C1 => (
-            "ReturnSealCommit1",
-            json!([
-                id,
-                output.and_then(|o| match o {
-                    StageOutput::C1 { c1_out } => Some(c1_out),
-                    _ => None,
-                }),
-                error
-            ]),
-        ),
-        C2 => (
-            "ReturnSealCommit2",
-            json!([
-                id,
-                output.and_then(|o| match o {
-                    StageOutput::C2 { proof } => Some(proof),
-                    _ => None,
-                }),
-                error
-            ]),
-        ),
+        C1 => ("ReturnSealCommit1", json!([id, output, error])),
+        C2 => ("ReturnSealCommit2", json!([id, output, error])),
         Fin => ("ReturnFinalizeSector", json!([id, error])),
         Ru => ("ReturnReleaseUnsealed", json!([id, error])),
     }
 }
 
-fn internal(err: anyhow::Error) -> RpcError {
-    RpcError::method(format!("sealfarm-bridge call store: {err:#}"))
+/// The value a stage's output puts in its `Return*` output slot.
+fn output_slot(output: &StageOutput) -> Value {
+    let value = match output {
+        StageOutput::Ap { piece } => serde_json::to_value(piece),
+        StageOutput::Pc1 { pc1_out } => serde_json::to_value(pc1_out),
+        StageOutput::Pc2 { cids } => serde_json::to_value(cids),
+        StageOutput::C1 { c1_out } => serde_json::to_value(c1_out),
+        StageOutput::C2 { proof } => serde_json::to_value(proof),
+        StageOutput::Fin {} | StageOutput::Ru {} => Ok(Value::Null),
+    };
+    value.expect("stage outputs are JSON")
 }
 
-/// A failed call as the miner sees it.
-pub fn failed(code: sealfarm_schemas::ErrorCode, message: String) -> Outcome {
-    Outcome::Failed(CallError::new(code, message))
+fn internal(err: anyhow::Error) -> RpcError {
+    RpcError::method(format!("sealfarm-bridge call store: {err:#}"))
 }
