@@ -56,6 +56,32 @@ pub struct Call {
     pub updated_at_ms: u64,
     #[serde(flatten)]
     pub state: CallState,
+    /// The worker that claimed the current attempt, once it said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
+}
+
+/// Who holds a dispatched call's current attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub worker: String,
+    pub attempt: u32,
+    pub since_ms: u64,
+}
+
+impl Call {
+    /// The task as last dispatched, for farm calls.
+    pub fn task(&self) -> Option<&TaskMessage> {
+        match &self.kind {
+            CallKind::Task { task } => Some(task),
+            _ => None,
+        }
+    }
+
+    /// Whether the call still waits for a result from the farm.
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, CallState::Accepted | CallState::Dispatched)
+    }
 }
 
 /// The digest that recognises a re-issued call.
@@ -115,11 +141,18 @@ impl CallStore {
 
     /// Moves a call to `state`; a returned call leaves the digest index.
     pub fn set_state(&self, id: &str, state: CallState) -> Result<Call> {
-        let mut call = self.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
         if let CallState::Returned { .. } = state {
-            self.open_by_digest.remove(call.input_digest.as_bytes())?;
+            if let Some(call) = self.get(id)? {
+                self.open_by_digest.remove(call.input_digest.as_bytes())?;
+            }
         }
-        call.state = state;
+        self.modify(id, |call| call.state = state)
+    }
+
+    /// Changes a stored call and returns it as stored.
+    pub fn modify(&self, id: &str, change: impl FnOnce(&mut Call)) -> Result<Call> {
+        let mut call = self.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
+        change(&mut call);
         call.updated_at_ms = now_ms();
         self.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
         self.flush()?;

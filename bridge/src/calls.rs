@@ -6,18 +6,23 @@
 //! the miner as the matching `Return*`, retried with backoff until the miner
 //! accepts it. At start, every stored result not yet returned is delivered.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use sealfarm_schemas::broker::BrokerLink;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{CallId, Outcome, ResultMessage, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
+use sealfarm_schemas::{
+    CallError, CallId, Control, ControlMessage, ErrorCode, Outcome, ResultMessage, SectorCids, SectorRef, Stage,
+    StageOutput, Task, TaskMessage,
+};
 use serde_json::{json, Value};
 
 use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore};
@@ -30,6 +35,8 @@ pub struct Calls {
     pub link: Arc<BrokerLink>,
     pub miner: Arc<Miner>,
     pub shutdown: Shutdown,
+    /// How long after a PC1 call arrives its ticket can still land on chain.
+    pub ticket_window: Duration,
 }
 
 impl Calls {
@@ -55,7 +62,13 @@ impl Calls {
             attempt: 1,
             sector,
             issued_at_ms: now_ms(),
+            ticket_deadline_ms: None,
             task,
+        };
+        let message = TaskMessage {
+            ticket_deadline_ms: (message.stage() == Stage::Pc1)
+                .then(|| message.issued_at_ms + self.ticket_window.as_millis() as u64),
+            ..message
         };
         let call = Call {
             call_id,
@@ -66,14 +79,11 @@ impl Calls {
             arrived_at_ms: message.issued_at_ms,
             updated_at_ms: message.issued_at_ms,
             state: CallState::Accepted,
+            holder: None,
         };
         self.store.insert(&call).map_err(internal)?;
         let queue = topology::task_queue(message.stage(), info.sector_size);
-        let published = async {
-            let broker = self.link.get().await?;
-            broker.publish_json("", &queue, &message, &[]).await
-        };
-        if let Err(err) = published.await {
+        if let Err(err) = self.publish_task(&message).await {
             let _ = self.store.remove(&call);
             tracing::error!(sector = %sector.id, method, error = %format!("{err:#}"), "cannot publish the task");
             return Err(RpcError::method(format!("sealfarm-bridge cannot reach the broker: {err:#}")));
@@ -100,6 +110,7 @@ impl Calls {
                 outcome: Box::new(Outcome::Done(StageOutput::Fin {})),
                 worker: "bridge".into(),
             },
+            holder: None,
         };
         self.store.insert(&call).map_err(internal)?;
         let this = self.clone();
@@ -111,65 +122,152 @@ impl Calls {
         Ok(call_id)
     }
 
-    /// Delivers every stored result that the miner has not accepted yet.
+    /// At start: delivers every stored result the miner has not accepted
+    /// yet, and publishes every call whose task the broker never confirmed
+    /// (the bridge died in between; the miner's re-issued call attaches to it).
     pub async fn redeliver_pending(self: &Arc<Self>) -> Result<()> {
         for call in self.store.all()? {
-            if let CallState::Resulted { .. } = call.state {
-                let this = self.clone();
-                tokio::spawn(async move { this.deliver(call).await });
+            match call.state {
+                CallState::Resulted { .. } => {
+                    let this = self.clone();
+                    tokio::spawn(async move { this.deliver(call).await });
+                }
+                CallState::Accepted => {
+                    let Some(task) = call.task().cloned() else { continue };
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        match this.link.publish_until_confirmed("", &task_queue(&task), &task, &this.shutdown).await {
+                            Ok(()) => {
+                                let _ = this.store.set_state(&task.call_id.to_string(), CallState::Dispatched);
+                                tracing::info!(call_id = %task.call_id, "unconfirmed task published again");
+                            }
+                            Err(err) => tracing::warn!(error = %format!("{err:#}"), "task not published"),
+                        }
+                    });
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
-    /// Consumes `sealfarm.results` until shutdown, reconnecting as needed.
-    pub async fn consume_results(self: Arc<Self>) {
-        let mut delay = Duration::from_millis(200);
-        while !self.shutdown.is_set() {
-            match self.clone().results_session(&mut delay).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "results consumer lost the broker");
-                    if self.shutdown.wait_for(delay).await {
-                        break;
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(15));
-                }
+    /// Publishes a task to its stage queue and waits for the broker's confirm.
+    pub async fn publish_task(&self, task: &TaskMessage) -> Result<()> {
+        let broker = self.link.get().await?;
+        broker.publish_json("", &task_queue(task), task, &[]).await
+    }
+
+    /// Dispatches an open call's task again with the next attempt number (its
+    /// holder's lease expired, or the holder released it) and tells the old
+    /// holder to drop it. A PC1 whose ticket can no longer land fails instead.
+    pub async fn redispatch(self: &Arc<Self>, call: &Call, reason: &str) -> Result<()> {
+        let Some(task) = call.task() else { return Ok(()) };
+        if !call.is_open() {
+            return Ok(());
+        }
+        if let Some(deadline) = task.ticket_deadline_ms.filter(|d| now_ms() > *d) {
+            let hours = now_ms().saturating_sub(call.arrived_at_ms) as f64 / 3_600_000.0;
+            let error = CallError::new(
+                ErrorCode::UNKNOWN,
+                format!(
+                    "ticket expired: the PC1 call for {} arrived {hours:.1} h ago, past its ticket's window ({} ms ago); \
+                     not dispatching it again ({reason}) - the miner draws a new ticket",
+                    call.sector.id,
+                    now_ms() - deadline
+                ),
+            );
+            self.fail(call, task.attempt, error, "bridge");
+            return Ok(());
+        }
+        let next = task.next_attempt();
+        // Publish first: a crash before the store update only repeats this at the next lease expiry.
+        self.publish_task(&next).await?;
+        let old_holder = call.holder.clone();
+        self.store.modify(&call.call_id.id.to_string(), |c| {
+            c.kind = CallKind::Task { task: Box::new(next.clone()) };
+            c.state = CallState::Dispatched;
+            c.holder = None;
+        })?;
+        tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, stage = %next.stage(), attempt = next.attempt, reason, "task dispatched again");
+        if let Some(holder) = old_holder {
+            self.supersede(&holder.worker, next.call_id, holder.attempt, reason).await;
+        }
+        Ok(())
+    }
+
+    /// Tells a worker to drop an attempt that was dispatched again.
+    pub async fn supersede(&self, worker: &str, call_id: uuid::Uuid, attempt: u32, reason: &str) {
+        let message = ControlMessage {
+            schema: sealfarm_schemas::SCHEMA_VERSION,
+            control: Control::Supersede { call_id, attempt, reason: reason.to_string() },
+        };
+        let sent = async {
+            let broker = self.link.get().await?;
+            broker.publish_json("", &topology::worker_queue(worker), &message, &[]).await
+        };
+        if let Err(err) = sent.await {
+            tracing::warn!(worker, %call_id, error = %format!("{err:#}"), "cannot tell the worker its attempt was superseded");
+        }
+    }
+
+    /// Fails an open call (if `attempt` is still its current one) and returns
+    /// the error to the miner.
+    pub fn fail(self: &Arc<Self>, call: &Call, attempt: u32, error: CallError, by: &str) {
+        if !call.is_open() || call.task().is_some_and(|t| t.attempt != attempt) {
+            return;
+        }
+        tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, error = %error, "call failed");
+        let state = CallState::Resulted { outcome: Box::new(Outcome::Failed(error)), worker: by.to_string() };
+        match self.store.set_state(&call.call_id.id.to_string(), state) {
+            Ok(call) => {
+                let this = self.clone();
+                tokio::spawn(async move { this.deliver(call).await });
+            }
+            Err(err) => {
+                tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "cannot record a failure")
             }
         }
     }
 
-    async fn results_session(self: Arc<Self>, delay: &mut Duration) -> Result<()> {
-        let broker = self.link.get().await?;
-        let channel = broker.connection.create_channel().await?;
-        channel.basic_qos(64, BasicQosOptions::default()).await?;
-        let mut results = channel
-            .basic_consume(
-                topology::RESULTS_QUEUE.into(),
-                "sealfarm-bridge".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        *delay = Duration::from_millis(200);
-        let mut shutdown = self.shutdown.clone();
-        loop {
-            let delivery = tokio::select! {
-                _ = shutdown.wait() => return Ok(()),
-                next = results.next() => next.context("the broker closed the results consumer")??,
-            };
-            match serde_json::from_slice::<ResultMessage>(&delivery.data) {
-                Ok(result) => {
-                    // Durable first, then ack: a crash in between only repeats the store.
-                    if let Some(call) = self.record_result(&result)? {
-                        let this = self.clone();
-                        tokio::spawn(async move { this.deliver(call).await });
+    /// Consumes `sealfarm.results` until shutdown, reconnecting as needed.
+    pub async fn consume_results(self: Arc<Self>) {
+        let this = self.clone();
+        consume(&self.link, &self.shutdown, topology::RESULTS_QUEUE, 64, move |delivery| {
+            let this = this.clone();
+            async move {
+                match serde_json::from_slice::<ResultMessage>(&delivery.data) {
+                    Ok(result) => {
+                        // Durable first, then ack: a crash in between only repeats the store.
+                        if let Some(call) = this.record_result(&result)? {
+                            tokio::spawn(async move { this.deliver(call).await });
+                        }
                     }
+                    Err(err) => tracing::error!(error = %err, "unreadable result message dropped"),
                 }
-                Err(err) => tracing::error!(error = %err, "unreadable result message dropped"),
+                Ok(())
             }
-            delivery.ack(BasicAckOptions::default()).await?;
-        }
+        })
+        .await
+    }
+
+    /// Consumes the bridge's copy of every dead-lettered task: the miner gets
+    /// a CallError for a call whose task the farm gave up on.
+    pub async fn consume_dead_letters(self: Arc<Self>) {
+        let this = self.clone();
+        consume(&self.link, &self.shutdown, topology::BRIDGE_DEAD_QUEUE, 16, move |delivery| {
+            let this = this.clone();
+            async move {
+                let Ok(task) = serde_json::from_slice::<TaskMessage>(&delivery.data) else {
+                    return Ok(()); // no call to fail: the operator reads it in sealfarm.dead-letters
+                };
+                let Some(call) = this.store.get(&task.call_id.to_string())? else { return Ok(()) };
+                let reason = dead_letter_reason(&delivery);
+                let error = CallError::new(ErrorCode::UNKNOWN, format!("sealfarm dead-lettered the task: {reason}"));
+                this.fail(&call, task.attempt, error, "dead-letter");
+                Ok(())
+            }
+        })
+        .await
     }
 
     /// Stores a result unless its call already has one; returns the call to deliver.
@@ -179,13 +277,12 @@ impl Calls {
             tracing::warn!(call_id = %id, "result for a call this bridge does not know; ignored");
             return Ok(None);
         };
-        match call.state {
-            CallState::Accepted | CallState::Dispatched => {}
-            _ => {
-                tracing::info!(call_id = %id, attempt = result.attempt, "call already has a result; later one ignored");
-                return Ok(None);
-            }
+        if !call.is_open() {
+            tracing::info!(call_id = %id, attempt = result.attempt, "call already has a result; later one ignored");
+            return Ok(None);
         }
+        // Any attempt's result is taken while the call has none (a superseded
+        // attempt that finishes first saves the new one's work).
         let state = CallState::Resulted { outcome: Box::new(result.outcome.clone()), worker: result.worker.clone() };
         Ok(Some(self.store.set_state(&id, state)?))
     }
@@ -262,6 +359,81 @@ fn output_slot(output: &StageOutput) -> Value {
         StageOutput::Fin {} | StageOutput::Ru {} => Ok(Value::Null),
     };
     value.expect("stage outputs are JSON")
+}
+
+/// The stage queue a task goes to.
+fn task_queue(task: &TaskMessage) -> String {
+    let size = task.sector.proof_type.info().map(|i| i.sector_size).unwrap_or(sealfarm_schemas::SectorSize::KIB2);
+    topology::task_queue(task.stage(), size)
+}
+
+/// Why a message was dead-lettered: the consumer's own header, or the
+/// broker's `x-death` record (e.g. `delivery_limit`).
+fn dead_letter_reason(delivery: &Delivery) -> String {
+    let headers = delivery.properties.headers().as_ref();
+    let text = |value: &AMQPValue| match value {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    };
+    let find = |name: &str| headers.and_then(|h| h.inner().get(name)).and_then(text);
+    if let Some(reason) = find(topology::REASON_HEADER) {
+        return reason;
+    }
+    match (find("x-first-death-reason"), find("x-first-death-queue")) {
+        (Some(reason), Some(queue)) => {
+            format!("broker: {reason} on {queue} (delivered too often: every consumer died on it)")
+        }
+        (Some(reason), None) => format!("broker: {reason}"),
+        _ => "no reason recorded".into(),
+    }
+}
+
+/// Consumes `queue` until shutdown, reconnecting with backoff; each delivery
+/// is acknowledged after `handle` returns Ok (an Err reconnects, and the
+/// broker hands the message out again).
+pub async fn consume<F, Fut>(link: &BrokerLink, shutdown: &Shutdown, queue: &'static str, prefetch: u16, handle: F)
+where
+    F: Fn(Delivery) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut delay = Duration::from_millis(200);
+    while !shutdown.is_set() {
+        let session = async {
+            let broker = link.get().await?;
+            let channel = broker.connection.create_channel().await?;
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            let mut deliveries = channel
+                .basic_consume(
+                    queue.into(),
+                    format!("sealfarm-bridge:{queue}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            delay = Duration::from_millis(200);
+            let mut shutdown = shutdown.clone();
+            loop {
+                let delivery = tokio::select! {
+                    _ = shutdown.wait() => return anyhow::Ok(()),
+                    next = deliveries.next() => next.with_context(|| format!("the broker closed the consumer of {queue}"))??,
+                };
+                let acker = delivery.acker.clone();
+                handle(delivery).await?;
+                acker.ack(BasicAckOptions::default()).await?;
+            }
+        };
+        match session.await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(queue, error = %format!("{err:#}"), retry_in = ?delay, "consumer lost the broker; reconnecting");
+                if shutdown.wait_for(delay).await {
+                    break;
+                }
+                delay = (delay * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
 }
 
 fn internal(err: anyhow::Error) -> RpcError {

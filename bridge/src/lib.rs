@@ -15,6 +15,7 @@
 pub mod api_info;
 pub mod call_store;
 pub mod calls;
+pub mod leases;
 pub mod pieces;
 pub mod registration;
 pub mod remote;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use sealfarm_bridge::api_info::MinerApiInfo;
 use sealfarm_bridge::call_store::CallStore;
 use sealfarm_bridge::calls::Calls;
+use sealfarm_bridge::leases::Leases;
 use sealfarm_bridge::pieces::PieceInbox;
 use sealfarm_bridge::registration::Miner;
 use sealfarm_bridge::server::{self, Api};
@@ -62,6 +63,19 @@ struct RunArgs {
     /// farm, e.g. `pc1=64` (repeatable or comma-separated; default unlimited).
     #[arg(long, env = "SEALFARM_MAX_CONCURRENT", value_delimiter = ',', value_parser = server::parse_limit)]
     max_concurrent: Vec<(sealfarm_schemas::TaskType, u32)>,
+    /// How long a worker may hold a call without a sign of life (claim,
+    /// heartbeat, progress) before the bridge dispatches it to another worker.
+    /// Keep it well above the time a worker needs to restart: a worker that is
+    /// back in time resumes its jobs (a PC1 from its last finished layer).
+    #[arg(long, env = "SEALFARM_LEASE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
+    lease_timeout: std::time::Duration,
+    /// How long after a PC1 call arrives its ticket can still land on chain.
+    /// lotus draws the ticket 900 epochs (7.5 h) before it calls PC1 and
+    /// rejects a precommit whose ticket is older than 3780 epochs (31.5 h):
+    /// 24 h are left. A PC1 still pending or resuming after that is failed
+    /// (CallError) rather than run, so the miner draws a new ticket.
+    #[arg(long, env = "SEALFARM_PC1_TICKET_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pc1_ticket_window: std::time::Duration,
 }
 
 fn main() {
@@ -93,7 +107,14 @@ async fn run(args: RunArgs) -> Result<()> {
     let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}")));
     let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
-    let calls = Arc::new(Calls { store, link: link.clone(), miner: miner.clone(), shutdown: shutdown.clone() });
+    let calls = Arc::new(Calls {
+        store,
+        link: link.clone(),
+        miner: miner.clone(),
+        shutdown: shutdown.clone(),
+        ticket_window: args.pc1_ticket_window,
+    });
+    let leases = Leases::new(calls.clone(), args.lease_timeout)?;
     let api = Arc::new(Api {
         session: uuid::Uuid::new_v4(),
         hostname: hostname(),
@@ -107,6 +128,10 @@ async fn run(args: RunArgs) -> Result<()> {
     eprintln!("  listen       {} (advertised as http://{advertised})", args.listen);
     eprintln!("  broker       {}", broker::redact(&args.amqp_url));
     eprintln!("  state dir    {}", state_dir.display());
+    eprintln!(
+        "  leases       {} without a sign of life, then dispatched again",
+        humantime::format_duration(args.lease_timeout)
+    );
     for path in &miner.storage {
         eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
     }
@@ -135,6 +160,9 @@ async fn run(args: RunArgs) -> Result<()> {
     miner.attach_storage().await?;
     calls.redeliver_pending().await?;
     tokio::spawn(calls.clone().consume_results());
+    tokio::spawn(calls.clone().consume_dead_letters());
+    tokio::spawn(leases.clone().consume_events());
+    tokio::spawn(leases.clone().expire());
     let session = miner.connect().await?;
     let keeper = {
         let miner = miner.clone();

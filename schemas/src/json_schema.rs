@@ -5,7 +5,7 @@
 //! `json_schema_files_are_current` fails when a file is out of date;
 //! `SEALFARM_UPDATE_SCHEMAS=1 cargo test -p sealfarm-schemas` rewrites them.
 
-use crate::messages::{EventMessage, ResultMessage, TaskMessage};
+use crate::messages::{ControlMessage, EventMessage, ResultMessage, TaskMessage};
 
 /// `(file name, schema)` for every message kind.
 pub fn all() -> Vec<(&'static str, serde_json::Value)> {
@@ -13,6 +13,7 @@ pub fn all() -> Vec<(&'static str, serde_json::Value)> {
         ("task.schema.json", schemars::schema_for!(TaskMessage).to_value()),
         ("result.schema.json", schemars::schema_for!(ResultMessage).to_value()),
         ("event.schema.json", schemars::schema_for!(EventMessage).to_value()),
+        ("control.schema.json", schemars::schema_for!(ControlMessage).to_value()),
     ]
 }
 

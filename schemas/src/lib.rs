@@ -27,6 +27,6 @@ pub use lotus::{
     SectorSize, TaskType,
 };
 pub use messages::{
-    DeadLetterReason, EventKind, EventMessage, Outcome, ResultMessage, Stage, StageOutput, Task, TaskMessage,
-    SCHEMA_VERSION,
+    Control, ControlMessage, DeadLetterReason, EventKind, EventMessage, Outcome, ResultMessage, Stage, StageOutput,
+    Task, TaskMessage, SCHEMA_VERSION,
 };

@@ -164,6 +164,11 @@ pub struct TaskMessage {
     pub sector: SectorRef,
     /// When the bridge received the call (Unix milliseconds).
     pub issued_at_ms: u64,
+    /// PC1 only: after this moment (Unix milliseconds) the ticket is too old
+    /// for the precommit to land on chain, so the PC1 is failed instead of
+    /// run (the miner then draws a new ticket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_deadline_ms: Option<u64>,
     #[serde(flatten)]
     pub task: Task,
 }
@@ -176,12 +181,18 @@ impl TaskMessage {
             attempt: 1,
             sector,
             issued_at_ms: now_ms(),
+            ticket_deadline_ms: None,
             task,
         }
     }
 
     pub fn stage(&self) -> Stage {
         self.task.stage()
+    }
+
+    /// The same task, dispatched once more.
+    pub fn next_attempt(&self) -> Self {
+        TaskMessage { attempt: self.attempt + 1, ..self.clone() }
     }
 
     /// The key a worker stores this attempt under.
@@ -265,9 +276,28 @@ pub enum EventKind {
     },
     /// The worker recorded a task durably and acknowledged its delivery.
     Claim { call_id: Uuid, attempt: u32, sector: SectorRef, stage: Stage },
-    /// A step inside a running job (e.g. PC1 layer 2 of 11).
-    Progress { call_id: Uuid, attempt: u32, stage: Stage, step: String, done: u64, total: u64 },
-    /// The worker gives a claimed job back without a result.
+    /// A step inside a running job (e.g. PC1 layer 2 of 11 done).
+    Progress {
+        call_id: Uuid,
+        attempt: u32,
+        stage: Stage,
+        /// What is counted: `layer` for PC1.
+        step: String,
+        done: u64,
+        total: u64,
+        /// Bytes of finished output so far (PC1: layer files).
+        #[serde(default)]
+        bytes: u64,
+        /// Estimated seconds left, from the pace so far.
+        #[serde(default)]
+        eta_s: Option<u64>,
+        /// How this step was reached: `computed` in this run, or `kept` (a
+        /// checkpoint of an earlier run that verified).
+        #[serde(default)]
+        how: String,
+    },
+    /// The worker gives a claimed job back without a result, for the bridge
+    /// to dispatch again at once.
     Release { call_id: Uuid, attempt: u32, reason: String },
 }
 
@@ -303,6 +333,23 @@ impl EventMessage {
     }
 }
 
+/// An instruction from the bridge to one worker, on its own queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "control", rename_all = "lowercase")]
+pub enum Control {
+    /// This attempt was dispatched again (its lease expired or it was
+    /// released): drop it, do not resume it, and discard its result.
+    Supersede { call_id: Uuid, attempt: u32, reason: String },
+}
+
+/// A control message: told apart from a task by its `control` field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ControlMessage {
+    pub schema: u32,
+    #[serde(flatten)]
+    pub control: Control,
+}
+
 /// Why a consumer dead-lettered a message; sent as the `x-sealfarm-reason`
 /// header (`<code>: <detail>`) so an operator reads it in the queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -332,6 +379,15 @@ impl DeadLetterReason {
     }
     pub fn missing_input(detail: impl Into<String>) -> Self {
         DeadLetterReason { code: "missing-input", detail: detail.into() }
+    }
+    /// A task whose runs keep ending without a result (they take their
+    /// process down), given up after its retries.
+    pub fn poison(detail: impl Into<String>) -> Self {
+        DeadLetterReason { code: "poison", detail: detail.into() }
+    }
+    /// Dead-lettered by the broker (delivery limit, …), reason from `x-death`.
+    pub fn broker(detail: impl Into<String>) -> Self {
+        DeadLetterReason { code: "broker", detail: detail.into() }
     }
 }
 

@@ -24,6 +24,14 @@ use crate::messages::Stage;
 pub const EVENTS_EXCHANGE: &str = "sealfarm.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "sealfarm.dead";
 pub const DEAD_LETTER_QUEUE: &str = "sealfarm.dead-letters";
+/// The bridge's copy of every worker event (claims, heartbeats, progress,
+/// releases): what its leases are built from.
+pub const BRIDGE_EVENTS_QUEUE: &str = "sealfarm.bridge.events";
+/// The bridge's copy of every dead-lettered task, so the miner hears of it.
+pub const BRIDGE_DEAD_QUEUE: &str = "sealfarm.bridge.dead";
+/// Events kept for a bridge that is away; older ones are dropped first
+/// (heartbeats repeat, so only the newest matter).
+const BRIDGE_EVENTS_MAX: i64 = 100_000;
 pub const RESULTS_QUEUE: &str = "sealfarm.results";
 
 /// How often RabbitMQ may hand a work message out before dead-lettering it
@@ -74,6 +82,18 @@ impl QueueSpec {
         QueueSpec { name: name.into(), arguments: vec![("x-queue-type", text("quorum"))] }
     }
 
+    /// A durable quorum queue that keeps at most `max` messages, dropping the oldest.
+    pub fn bounded(name: impl Into<String>, max: i64) -> Self {
+        QueueSpec {
+            name: name.into(),
+            arguments: vec![
+                ("x-queue-type", text("quorum")),
+                ("x-max-length", AMQPValue::LongLongInt(max)),
+                ("x-overflow", text("drop-head")),
+            ],
+        }
+    }
+
     fn field_table(&self) -> FieldTable {
         let mut table = FieldTable::default();
         for (key, value) in &self.arguments {
@@ -101,7 +121,12 @@ fn text(value: &str) -> AMQPValue {
 
 /// Every queue of the topology except the per-worker ones.
 pub fn shared_queues() -> Vec<QueueSpec> {
-    let mut queues = vec![QueueSpec::quorum(RESULTS_QUEUE), QueueSpec::quorum(DEAD_LETTER_QUEUE)];
+    let mut queues = vec![
+        QueueSpec::quorum(RESULTS_QUEUE),
+        QueueSpec::quorum(DEAD_LETTER_QUEUE),
+        QueueSpec::quorum(BRIDGE_DEAD_QUEUE),
+        QueueSpec::bounded(BRIDGE_EVENTS_QUEUE, BRIDGE_EVENTS_MAX),
+    ];
     for stage in Stage::ALL {
         for size in SectorSize::ALL {
             queues.push(QueueSpec::work(task_queue(stage, size)));
@@ -119,15 +144,17 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
     for queue in shared_queues() {
         queue.declare(channel).await?;
     }
-    channel
-        .queue_bind(
-            DEAD_LETTER_QUEUE.into(),
-            DEAD_LETTER_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
+    let bindings = [
+        (DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, ""),
+        (BRIDGE_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, ""),
+        (BRIDGE_EVENTS_QUEUE, EVENTS_EXCHANGE, "worker.#"),
+    ];
+    for (queue, exchange, key) in bindings {
+        channel
+            .queue_bind(queue.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -141,6 +168,6 @@ mod tests {
         let spec = QueueSpec::work("q");
         assert!(spec.arguments.contains(&("x-queue-type", text("quorum"))));
         assert!(spec.arguments.contains(&("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE))));
-        assert_eq!(shared_queues().len(), 2 + 7 * 5);
+        assert_eq!(shared_queues().len(), 4 + 7 * 5);
     }
 }

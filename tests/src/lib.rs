@@ -241,6 +241,11 @@ pub struct FarmProcess {
 impl FarmProcess {
     /// Starts a worker on `vhost` with its sealing path and state under `dir`.
     pub fn start(vhost: &TestVhost, dir: &Path, id: &str, stages: &str, sizes: &str) -> Self {
+        Self::start_with(vhost, dir, id, stages, sizes, &[])
+    }
+
+    /// As [`FarmProcess::start`], with more `sealfarm-worker run` arguments.
+    pub fn start_with(vhost: &TestVhost, dir: &Path, id: &str, stages: &str, sizes: &str, extra: &[&str]) -> Self {
         let log = dir.join(format!("{id}.log"));
         let mut command = Command::new(binary("sealfarm-worker"));
         command
@@ -248,7 +253,8 @@ impl FarmProcess {
             .arg("--sealing-path")
             .arg(dir.join("sealing"))
             .arg("--state-dir")
-            .arg(dir.join(format!("state-{id}")));
+            .arg(dir.join(format!("state-{id}")))
+            .args(extra);
         Self::spawn(command, vhost, log)
     }
 
@@ -338,6 +344,17 @@ impl Drop for FarmProcess {
 
 fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+}
+
+/// The job records of a stopped worker (`sealfarm-worker jobs --json`).
+pub fn job_records(state_dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(binary("sealfarm-worker"))
+        .args(["jobs", "--json", "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "jobs failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Tasks for a committed-capacity sector, built as the bridge builds them

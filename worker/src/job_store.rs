@@ -13,6 +13,8 @@ use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{ResultMessage, TaskMessage};
 use serde::{Deserialize, Serialize};
 
+use crate::layers::LayerRecord;
+
 /// Where a job is in its life on this worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -24,6 +26,19 @@ pub enum JobState {
     Finished { result: Box<ResultMessage> },
     /// The broker confirmed the result.
     Done { finished_at_ms: u64 },
+    /// Given back without a result (SIGTERM with `--on-stop redispatch`):
+    /// the bridge dispatches it again; this worker does not resume it.
+    Released { at_ms: u64, reason: String },
+    /// The bridge dispatched this call again (this attempt's lease expired):
+    /// not resumed here, and its result, if one comes, is discarded.
+    Superseded { at_ms: u64, reason: String },
+}
+
+impl JobState {
+    /// Whether the job still needs this worker (to run it or publish its result).
+    pub fn is_open(&self) -> bool {
+        matches!(self, JobState::Claimed { .. } | JobState::Finished { .. })
+    }
 }
 
 /// One job: the task as it arrived and where it stands.
@@ -34,6 +49,13 @@ pub struct JobRecord {
     pub updated_at_ms: u64,
     #[serde(flatten)]
     pub state: JobState,
+    /// PC1: the layers finished so far, with their checksums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<LayerRecord>,
+    /// What happened to the job on this worker, one line per event
+    /// ("run 2: layer 1 verified and kept", …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<String>,
 }
 
 /// What [`JobStore::claim`] found.
@@ -76,6 +98,8 @@ impl JobStore {
             claimed_at_ms: now,
             updated_at_ms: now,
             state: JobState::Claimed { runs: 0 },
+            layers: Vec::new(),
+            history: Vec::new(),
         };
         self.put(&key, &record)?;
         Ok(Claim::New)
@@ -95,6 +119,16 @@ impl JobStore {
         Ok(runs)
     }
 
+    /// Takes back the count of a run that was stopped on purpose (worker
+    /// shutdown), so that only crashes count towards giving up.
+    pub fn forgive_run(&self, key: &str) -> Result<()> {
+        self.modify(key, |record| {
+            if let JobState::Claimed { runs } = &mut record.state {
+                *runs = runs.saturating_sub(1);
+            }
+        })
+    }
+
     /// Stores a job's result before it is published.
     pub fn finish(&self, result: &ResultMessage) -> Result<()> {
         let key = format!("{}/{}", result.call_id, result.attempt);
@@ -107,6 +141,42 @@ impl JobStore {
     pub fn done(&self, key: &str) -> Result<()> {
         let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         record.state = JobState::Done { finished_at_ms: now_ms() };
+        self.update(key, record)
+    }
+
+    /// Replaces the job's layer records (after a resume check).
+    pub fn set_layers(&self, key: &str, layers: Vec<LayerRecord>) -> Result<()> {
+        self.modify(key, |record| record.layers = layers)
+    }
+
+    /// Adds layer records (as layers finish).
+    pub fn add_layers(&self, key: &str, layers: &[LayerRecord]) -> Result<()> {
+        self.modify(key, |record| {
+            record.layers.extend_from_slice(layers);
+            record.layers.sort_by_key(|l| l.layer);
+        })
+    }
+
+    /// Adds a line to the job's history.
+    pub fn note(&self, key: &str, line: impl Into<String>) -> Result<()> {
+        let line = line.into();
+        self.modify(key, |record| record.history.push(line))
+    }
+
+    /// Ends a claimed job without a result (released or superseded); a job
+    /// already finished keeps its state. Returns whether it was claimed.
+    pub fn drop_claim(&self, key: &str, state: JobState) -> Result<bool> {
+        let Some(record) = self.get(key)? else { return Ok(false) };
+        if !matches!(record.state, JobState::Claimed { .. }) {
+            return Ok(false);
+        }
+        self.modify(key, |record| record.state = state)?;
+        Ok(true)
+    }
+
+    fn modify(&self, key: &str, change: impl FnOnce(&mut JobRecord)) -> Result<()> {
+        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
+        change(&mut record);
         self.update(key, record)
     }
 
@@ -132,7 +202,7 @@ impl JobStore {
         for entry in self.jobs.iter() {
             let (_, bytes) = entry?;
             let record: JobRecord = serde_json::from_slice(&bytes).context("a job record is corrupt")?;
-            if !matches!(record.state, JobState::Done { .. }) {
+            if record.state.is_open() {
                 records.push(record);
             }
         }

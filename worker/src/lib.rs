@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod executor;
 pub mod job_store;
+pub mod layers;
 pub mod paramgen;
 pub mod params;
 pub mod proofs;

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
-use sealfarm_worker::service::{self, WorkerConfig};
+use sealfarm_worker::service::{self, OnStop, WorkerConfig};
 use sealfarm_worker::{bench, executor, job_store, paramgen, params, proofs};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
@@ -70,11 +70,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the jobs recorded in a worker's state directory.
+    /// List the jobs recorded in a worker's state directory (stop the worker
+    /// first: the store is locked while it runs).
     Jobs {
         /// The worker's state directory.
         #[arg(long, env = "SEALFARM_STATE_DIR")]
         state_dir: Option<PathBuf>,
+        /// Print every record in full as JSON lines: task, state, PC1 layer
+        /// checksums (with the run that computed each) and history.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -110,9 +115,28 @@ struct RunArgs {
     /// How often the worker says it is alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
-    /// How long SIGTERM waits for running jobs; unfinished ones resume at the next start.
+    /// How long SIGTERM waits for running jobs before stopping them (a PC1
+    /// keeps its finished layers). What happens to them then: --on-stop.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: Duration,
+    /// Jobs still running when the grace period ends: `resume` keeps them
+    /// claimed for this worker's next start (PC1 goes on from its last finished
+    /// layer; the bridge waits for them as long as its --lease-timeout);
+    /// `redispatch` gives them back to the bridge, which sends them to another
+    /// worker at once (choose it when this machine goes away for long).
+    #[arg(long, env = "SEALFARM_ON_STOP", value_enum, default_value_t = OnStopArg::Resume)]
+    on_stop: OnStopArg,
+    /// Pause before running again a job whose last run ended without a result
+    /// (the process died under it); doubles with each run. After 3 runs the
+    /// task is dead-lettered as poison and its call fails.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_backoff: Duration,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OnStopArg {
+    Resume,
+    Redispatch,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,9 +215,13 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Executor { sealing_path } => executor::serve(SealingPath::open(&sealing_path)?),
-        Command::Jobs { state_dir } => {
+        Command::Jobs { state_dir, json } => {
             let store = job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;
             for record in store.all()? {
+                if json {
+                    println!("{}", serde_json::to_string(&record)?);
+                    continue;
+                }
                 let state = serde_json::to_value(&record.state)?;
                 println!(
                     "{}  {:<4} {:<16} attempt {}  {}",
@@ -231,6 +259,11 @@ fn run_worker(args: RunArgs) -> Result<()> {
         slots: args.slots.max(1),
         heartbeat_interval: args.heartbeat_interval,
         shutdown_grace: args.shutdown_grace,
+        on_stop: match args.on_stop {
+            OnStopArg::Resume => OnStop::Resume,
+            OnStopArg::Redispatch => OnStop::Redispatch,
+        },
+        retry_backoff: args.retry_backoff,
     };
     eprintln!("sealfarm-worker {}", config.worker_id);
     eprintln!("  broker        {}", broker::redact(&config.amqp_url));

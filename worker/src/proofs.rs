@@ -29,6 +29,10 @@ const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
 /// cache layers belong to. Outside `cache/`: lotus rejects a cache directory
 /// holding any file the proofs library did not write (PROTOCOL.md §9.4).
 const TICKET_MARKERS: &str = "sealfarm/tickets";
+/// Folder of the sealing path that marks, per sector, that a PC2 started:
+/// PC2 encodes the sealed file in place, so a second PC2 over the same file
+/// (after a crash, or a re-dispatch) first rebuilds it from the unsealed data.
+const PC2_MARKERS: &str = "sealfarm/pc2";
 
 /// The library's proof type for a lotus proof number.
 pub fn api_proof(proof: sealfarm_schemas::RegisteredSealProof) -> Option<filecoin_proofs_api::RegisteredSealProof> {
@@ -115,6 +119,7 @@ fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
         Task::C2 { c1_out } => commit2(sector, c1_out).with_context(context),
         Task::Fin {} => {
             seal::clear_cache(&sealing.cache(sector.id)).with_context(context)?;
+            remove_if_present(&pc2_marker(sealing, sector)).with_context(context)?;
             Ok(StageOutput::Fin {})
         }
         Task::Ru { keep_unsealed } => {
@@ -174,6 +179,8 @@ fn precommit1(
     prepare_cache_for_ticket(&cache, &marker, &ticket32)?;
     let sealed = sealing.sealed(sector.id);
     File::create(&sealed).with_context(|| format!("creating sealed file {}", sealed.display()))?;
+    // PC1 copies the unsealed data into the sealed file afresh: a PC2 after it starts clean.
+    remove_if_present(&pc2_marker(sealing, sector))?;
     let output = seal::seal_pre_commit_phase1(
         proof,
         &cache,
@@ -239,6 +246,16 @@ fn precommit2(
         pc1.registered_proof,
         proof
     );
+    let marker = pc2_marker(sealing, sector);
+    if marker.exists() {
+        tracing::warn!(sector = %sector.id, "an earlier PC2 of this sector started: rebuilding the sealed file before running it again");
+        restore_replica(sealing, sector)?;
+    } else {
+        if let Some(folder) = marker.parent() {
+            std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+        }
+        File::create(&marker).and_then(|f| f.sync_all()).with_context(|| format!("writing {}", marker.display()))?;
+    }
     let out = seal::seal_pre_commit_phase2(pc1, sealing.cache(sector.id), sealing.sealed(sector.id))?;
     Ok(StageOutput::Pc2 {
         cids: SectorCids {
@@ -246,6 +263,43 @@ fn precommit2(
             sealed: Some(Commitment::Replica.to_cid(&out.comm_r)),
         },
     })
+}
+
+fn pc2_marker(sealing: &SealingPath, sector: SectorRef) -> std::path::PathBuf {
+    sealing.root().join(PC2_MARKERS).join(sector.id.file_name())
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Puts the sealed file back to what PC1 left (the unsealed data, padded to
+/// the sector size) and removes the trees and aux files of the earlier PC2,
+/// so PC2 can run again over a file it had partly encoded.
+fn restore_replica(sealing: &SealingPath, sector: SectorRef) -> Result<()> {
+    let size = sector.proof_type.info().map(|i| i.sector_size.0).ok_or_else(|| anyhow!("unknown proof type"))?;
+    let (unsealed, sealed) = (sealing.unsealed(sector.id), sealing.sealed(sector.id));
+    std::fs::copy(&unsealed, &sealed)
+        .with_context(|| format!("copying {} to {}", unsealed.display(), sealed.display()))?;
+    let file = OpenOptions::new().write(true).open(&sealed)?;
+    file.set_len(size)?;
+    file.sync_all()?;
+    let cache = sealing.cache(sector.id);
+    for entry in std::fs::read_dir(&cache).with_context(|| format!("reading {}", cache.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("sc-02-data-tree-c")
+            || name.starts_with("sc-02-data-tree-r-last")
+            || name == "p_aux"
+            || name == "t_aux"
+        {
+            remove_if_present(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn commit1(
@@ -287,12 +341,7 @@ fn commit2(sector: SectorRef, c1_out: &Bytes) -> Result<StageOutput> {
 /// everything else (the file keeps its size, as lotus' partial files do).
 fn release_unsealed(path: &Path, keep: &[Range]) -> Result<()> {
     if keep.is_empty() {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("removing {}", path.display()))
-            }
-            _ => Ok(()),
-        };
+        return remove_if_present(path);
     }
     let file = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
     let len = file.metadata()?.len();

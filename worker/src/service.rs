@@ -18,7 +18,7 @@
 //! finish within the grace period, and leaves the rest claimed for the next
 //! start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +31,15 @@ use lapin::types::FieldTable;
 use sealfarm_schemas::messages::{now_ms, RunningJob};
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{
-    CallError, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage, SectorSize, Stage,
-    TaskMessage, SCHEMA_VERSION,
+    CallError, Control, ControlMessage, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage,
+    SectorSize, Stage, TaskMessage, SCHEMA_VERSION,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::executor::Executor;
 use crate::job_store::{Claim, JobState, JobStore};
+use crate::layers::{self, LayerRecord};
 use crate::proofs;
 use crate::sector_files::SealingPath;
 use sealfarm_schemas::broker::BrokerLink;
@@ -61,8 +62,24 @@ pub struct WorkerConfig {
     /// Jobs run at the same time.
     pub slots: usize,
     pub heartbeat_interval: Duration,
-    /// How long SIGTERM waits for running jobs before leaving them for the next start.
+    /// How long SIGTERM waits for running jobs before stopping them.
     pub shutdown_grace: Duration,
+    /// What happens to jobs still running when the grace period ends.
+    pub on_stop: OnStop,
+    /// Wait before the second run of a job whose run ended without a result;
+    /// doubled for each further run.
+    pub retry_backoff: Duration,
+}
+
+/// What a stopping worker does with the jobs it still holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnStop {
+    /// Keep them claimed; they resume (PC1 from its last finished layer) when
+    /// this worker starts again. The bridge re-dispatches them only if the
+    /// worker stays away longer than the lease.
+    Resume,
+    /// Give them back to the bridge, which dispatches them again at once.
+    Redispatch,
 }
 
 impl WorkerConfig {
@@ -84,7 +101,10 @@ struct Worker {
     link: BrokerLink,
     executor: Executor,
     slots: Arc<Semaphore>,
+    /// Jobs this worker holds (claimed, running or waiting for a slot), by job key.
     running: Mutex<BTreeMap<String, RunningJob>>,
+    /// Held jobs the bridge dispatched again: their results are discarded.
+    superseded: Mutex<BTreeSet<String>>,
     shutdown: Shutdown,
 }
 
@@ -101,6 +121,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         store,
         link,
         running: Mutex::new(BTreeMap::new()),
+        superseded: Mutex::new(BTreeSet::new()),
         shutdown: shutdown.clone(),
     });
     let mut jobs = JoinSet::new();
@@ -110,6 +131,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         match record.state {
             JobState::Claimed { .. } => {
                 tracing::info!(call_id = %record.task.call_id, sector = %record.task.sector.id, stage = %record.task.stage(), "resuming claimed job");
+                worker.hold(&record.task);
                 let worker = worker.clone();
                 jobs.spawn(async move {
                     if let Some(permit) = worker.slot().await {
@@ -122,7 +144,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
                 let worker = worker.clone();
                 jobs.spawn(async move { worker.publish_result(&key, *result).await });
             }
-            JobState::Done { .. } => {}
+            JobState::Done { .. } | JobState::Released { .. } | JobState::Superseded { .. } => {}
         }
     }
 
@@ -144,11 +166,12 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     tracing::info!(running = worker.running.lock().unwrap().len(), grace = ?worker.config.shutdown_grace, "stopping: no new tasks");
     let drained =
         tokio::time::timeout(worker.config.shutdown_grace, async { while jobs.join_next().await.is_some() {} }).await;
+    // Jobs still running stop here; a PC1 keeps its finished layers (checkpoints).
+    worker.executor.stop().await;
     if drained.is_err() {
-        tracing::warn!("jobs still running after the grace period stay claimed and resume at the next start");
+        worker.release_held().await;
     }
     heartbeat.abort();
-    worker.executor.stop().await;
     worker.link.close().await;
     Ok(())
 }
@@ -210,6 +233,11 @@ impl Worker {
     }
 
     async fn handle_delivery(self: Arc<Self>, queue: String, delivery: Delivery) {
+        if let Some(control) = control_message(&delivery.data) {
+            self.control(control);
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
         let task = match self.check(&queue, &delivery.data) {
             Ok(task) => task,
             Err(Rejection { reason, task }) => {
@@ -240,6 +268,7 @@ impl Worker {
             return;
         }
         tracing::info!(call_id = %task.call_id, sector = %task.sector.id, stage = %task.stage(), attempt = task.attempt, queue, "claimed");
+        self.hold(&task);
         self.event(EventKind::Claim {
             call_id: task.call_id,
             attempt: task.attempt,
@@ -334,34 +363,37 @@ impl Worker {
         }
     }
 
-    async fn run_job(&self, task: TaskMessage, permit: OwnedSemaphorePermit) {
+    /// Lists a claimed job in heartbeats (its lease is renewed) until it ends here.
+    fn hold(&self, task: &TaskMessage) {
+        let held = RunningJob {
+            call_id: task.call_id,
+            attempt: task.attempt,
+            sector: task.sector,
+            stage: task.stage(),
+            started_at_ms: now_ms(),
+        };
+        self.running.lock().unwrap().insert(task.job_key(), held);
+    }
+
+    fn is_superseded(&self, key: &str) -> bool {
+        self.superseded.lock().unwrap().contains(key)
+    }
+
+    async fn run_job(self: &Arc<Self>, task: TaskMessage, permit: OwnedSemaphorePermit) {
         let key = task.job_key();
         let started = now_ms();
-        let outcome = match self.store.start_run(&key) {
-            Err(err) => Outcome::Failed(CallError::new(ErrorCode::TEMP_UNKNOWN, format!("job store failed: {err:#}"))),
-            Ok(runs) if runs > MAX_RUNS => Outcome::Failed(CallError::new(
-                ErrorCode::UNKNOWN,
-                format!(
-                    "{} of {} was started {runs} times without finishing; it keeps stopping the worker",
-                    task.stage(),
-                    task.sector.id
-                ),
-            )),
-            Ok(_) => {
-                let running = RunningJob {
-                    call_id: task.call_id,
-                    attempt: task.attempt,
-                    sector: task.sector,
-                    stage: task.stage(),
-                    started_at_ms: started,
-                };
-                self.running.lock().unwrap().insert(key.clone(), running);
-                let outcome = self.execute(&key, &task).await;
-                self.running.lock().unwrap().remove(&key);
-                outcome
-            }
-        };
+        let outcome = self.execute(&key, &task).await;
         drop(permit);
+        let Some(outcome) = outcome else {
+            // Superseded, or stopping: nothing to publish.
+            self.running.lock().unwrap().remove(&key);
+            return;
+        };
+        if self.is_superseded(&key) {
+            tracing::info!(call_id = %task.call_id, attempt = task.attempt, "job finished after it was dispatched again; result discarded");
+            self.running.lock().unwrap().remove(&key);
+            return;
+        }
         let elapsed = now_ms().saturating_sub(started);
         match &outcome {
             Outcome::Done(_) => {
@@ -375,31 +407,262 @@ impl Worker {
         if let Err(err) = self.store.finish(&result) {
             tracing::error!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot store the result; publishing it anyway");
         }
+        self.running.lock().unwrap().remove(&key);
         self.publish_result(&key, result).await;
     }
 
-    /// Runs the job in the executor; if the executor ends under it (another
-    /// job made the library panic), runs it again, up to `MAX_RUNS` starts.
-    async fn execute(&self, key: &str, task: &TaskMessage) -> Outcome {
+    /// Runs the job in the executor until it has an outcome. A run that ends
+    /// without one (the executor or the whole worker died under it) is
+    /// started again after a growing pause; after `MAX_RUNS` starts the task
+    /// is poison: dead-lettered, and its call failed. `None`: the job ended
+    /// here without an outcome (superseded, or the worker is stopping).
+    async fn execute(self: &Arc<Self>, key: &str, task: &TaskMessage) -> Option<Outcome> {
         loop {
-            if let Ok(outcome) = self.executor.run(key, task).await {
-                return outcome;
+            if self.is_superseded(key) || self.shutdown.is_set() {
+                return None;
             }
-            match self.store.start_run(key) {
-                Ok(runs) if runs <= MAX_RUNS => {
-                    tracing::warn!(call_id = %task.call_id, run = runs, "executor ended under the job; running it again")
+            let runs = match self.store.start_run(key) {
+                Ok(runs) => runs,
+                Err(err) => return Some(store_failure(err)),
+            };
+            if runs > MAX_RUNS {
+                return Some(self.give_up(task, runs - 1).await);
+            }
+            if runs > 1 {
+                let pause = self.config.retry_backoff * 2u32.pow(runs - 2);
+                tracing::warn!(call_id = %task.call_id, run = runs, ?pause, "the last run of this job ended without a result; running it again after a pause");
+                if self.shutdown.wait_for(pause).await {
+                    return None;
                 }
-                Ok(runs) => {
-                    return Outcome::Failed(CallError::new(
-                        ErrorCode::UNKNOWN,
-                        format!("{} of {} lost its executor {runs} times", task.stage(), task.sector.id),
-                    ))
+            }
+            if let Some(deadline) = task.ticket_deadline_ms.filter(|d| now_ms() > *d) {
+                return Some(Outcome::Failed(ticket_expired(task, deadline)));
+            }
+            let watcher = if task.stage() == Stage::Pc1 {
+                if let Err(err) = self.check_layers(key, task, runs).await {
+                    return Some(Outcome::Failed(CallError::new(
+                        ErrorCode::TEMP_WORKER_RESTART,
+                        format!("cannot check the PC1 checkpoints of {}: {err:#}", task.sector.id),
+                    )));
                 }
+                Some(tokio::spawn(self.clone().watch_layers(key.to_string(), task.clone(), runs, now_ms())))
+            } else {
+                None
+            };
+            let run_started_ms = now_ms();
+            let ran = self.executor.run(key, task).await;
+            if let Some(watcher) = watcher {
+                watcher.abort();
+                let _ = watcher.await;
+                // Layers finished between the last look and the end of the run.
+                self.record_layers(key, task, runs, run_started_ms).await;
+            }
+            match ran {
+                Ok(outcome) => return Some(outcome),
+                Err(_) if self.shutdown.is_set() => {
+                    // Stopped on purpose: this run does not count against the job.
+                    let _ = self.store.note(key, format!("run {runs}: stopped with the worker"));
+                    let _ = self.store.forgive_run(key);
+                    return None;
+                }
+                Err(_) => {
+                    let _ = self.store.note(key, format!("run {runs}: ended without a result (executor lost)"));
+                    tracing::warn!(call_id = %task.call_id, run = runs, "the executor ended under the job");
+                }
+            }
+        }
+    }
+
+    /// Before a PC1 run: keeps the layers whose checksums still match and
+    /// removes the rest, so the library resumes from the last good layer.
+    async fn check_layers(&self, key: &str, task: &TaskMessage, run: u32) -> Result<()> {
+        let record = self.store.get(key)?.context("job not in the store")?;
+        let cache = self.config.sealing.cache(task.sector.id);
+        let total = layer_total(task);
+        let records = record.layers.clone();
+        let check = {
+            let cache = cache.clone();
+            tokio::task::spawn_blocking(move || layers::check_for_resume(&cache, &records, total)).await??
+        };
+        let mut lines = Vec::new();
+        if !check.kept.is_empty() {
+            let kept: Vec<String> = check.kept.iter().map(|l| l.layer.to_string()).collect();
+            lines.push(format!("run {run}: layers {} verified (blake3) and kept", kept.join(", ")));
+        }
+        for (layer, why) in &check.removed {
+            lines.push(format!("run {run}: layer {layer} removed and recomputed: {why}"));
+        }
+        for line in &lines {
+            tracing::info!(call_id = %task.call_id, sector = %task.sector.id, "{line}");
+            self.store.note(key, line.clone())?;
+        }
+        self.store.set_layers(key, check.kept.clone())?;
+        for layer in &check.kept {
+            self.progress(task, layer, total, None, "kept").await;
+        }
+        Ok(())
+    }
+
+    /// While PC1 runs: checksums and records each layer as the library
+    /// finishes it, and reports progress.
+    async fn watch_layers(self: Arc<Self>, key: String, task: TaskMessage, run: u32, run_started_ms: u64) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            let (recorded, total) = self.record_layers(&key, &task, run, run_started_ms).await;
+            if recorded >= u64::from(total) {
+                return;
+            }
+        }
+    }
+
+    /// Records the layers that appeared since the last look; returns how
+    /// many layers are recorded and the total.
+    async fn record_layers(&self, key: &str, task: &TaskMessage, run: u32, run_started_ms: u64) -> (u64, u32) {
+        let total = layer_total(task);
+        let Ok(Some(record)) = self.store.get(key) else { return (0, total) };
+        let cache = self.config.sealing.cache(task.sector.id);
+        let known = record.layers.clone();
+        let found = tokio::task::spawn_blocking(move || layers::record_new(&cache, &known, total, run)).await;
+        let new = match found {
+            Ok(Ok(new)) => new,
+            Ok(Err(err)) => {
+                tracing::warn!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot checksum a layer");
+                return (record.layers.len() as u64, total);
+            }
+            Err(_) => return (record.layers.len() as u64, total),
+        };
+        if new.is_empty() {
+            return (record.layers.len() as u64, total);
+        }
+        if let Err(err) = self.store.add_layers(key, &new) {
+            tracing::error!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot record a layer checksum");
+            return (record.layers.len() as u64, total);
+        }
+        // ETA from the pace of this run: time per layer computed in it.
+        let computed_here = record.layers.iter().chain(&new).filter(|l| l.computed_in_run == run).count() as u64;
+        let done = (record.layers.len() + new.len()) as u64;
+        let per_layer_ms = now_ms().saturating_sub(run_started_ms) / computed_here.max(1);
+        let eta_s = per_layer_ms * u64::from(total).saturating_sub(done) / 1000;
+        for layer in &new {
+            let _ = self.store.note(key, format!("run {run}: layer {} computed ({} bytes)", layer.layer, layer.bytes));
+            tracing::info!(call_id = %task.call_id, sector = %task.sector.id, layer = layer.layer, total, run, "PC1 layer finished");
+            self.progress(task, layer, total, Some(eta_s), "computed").await;
+        }
+        (done, total)
+    }
+
+    async fn progress(&self, task: &TaskMessage, layer: &LayerRecord, total: u32, eta_s: Option<u64>, how: &str) {
+        self.event(EventKind::Progress {
+            call_id: task.call_id,
+            attempt: task.attempt,
+            stage: task.stage(),
+            step: "layer".into(),
+            done: u64::from(layer.layer),
+            total: u64::from(total),
+            bytes: layer.bytes * u64::from(layer.layer),
+            eta_s,
+            how: how.into(),
+        })
+        .await;
+    }
+
+    /// A task whose runs keep ending without a result: dead-lettered with
+    /// its reason, and its call failed.
+    async fn give_up(&self, task: &TaskMessage, runs: u32) -> Outcome {
+        let reason = DeadLetterReason::poison(format!(
+            "{} of {} was started {runs} times and every run ended without a result (the process running it died)",
+            task.stage(),
+            task.sector.id
+        ));
+        tracing::error!(call_id = %task.call_id, reason = %reason, "giving up on a task");
+        let queue = task.sector.proof_type.info().map(|i| topology::task_queue(task.stage(), i.sector_size));
+        let queue = queue.unwrap_or_default();
+        let headers = [
+            (topology::REASON_HEADER, reason.to_string()),
+            (topology::SOURCE_QUEUE_HEADER, queue.clone()),
+            (topology::WORKER_HEADER, self.config.worker_id.clone()),
+        ];
+        let body = serde_json::to_vec(task).expect("a task is JSON");
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let sent = async {
+                let broker = self.link.get().await?;
+                broker.publish_bytes(topology::DEAD_LETTER_EXCHANGE, &queue, &body, &headers).await
+            };
+            match sent.await {
+                Ok(()) => break,
                 Err(err) => {
-                    return Outcome::Failed(CallError::new(
-                        ErrorCode::TEMP_UNKNOWN,
-                        format!("job store failed: {err:#}"),
-                    ))
+                    tracing::warn!(error = %format!("{err:#}"), "cannot dead-letter yet; retrying");
+                    if self.shutdown.wait_for(delay).await {
+                        break;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+        Outcome::Failed(CallError::new(
+            ErrorCode::UNKNOWN,
+            format!("sealfarm worker {}: task dead-lettered: {reason}", self.config.worker_id),
+        ))
+    }
+
+    /// A control message from the bridge.
+    fn control(&self, message: ControlMessage) {
+        match message.control {
+            Control::Supersede { call_id, attempt, reason } => {
+                let key = format!("{call_id}/{attempt}");
+                let state = JobState::Superseded { at_ms: now_ms(), reason: reason.clone() };
+                match self.store.drop_claim(&key, state) {
+                    Ok(true) => {
+                        tracing::warn!(%call_id, attempt, reason, "this attempt was dispatched again elsewhere; dropping it")
+                    }
+                    Ok(false) => tracing::info!(%call_id, attempt, "superseded attempt is not held here"),
+                    Err(err) => {
+                        tracing::error!(%call_id, error = %format!("{err:#}"), "cannot record a superseded job")
+                    }
+                }
+                self.superseded.lock().unwrap().insert(key.clone());
+                self.running.lock().unwrap().remove(&key);
+            }
+        }
+    }
+
+    /// At stop, after the grace period: with `--on-stop redispatch`, gives
+    /// every held job back to the bridge; otherwise they stay claimed.
+    async fn release_held(&self) {
+        let held: Vec<(String, RunningJob)> =
+            self.running.lock().unwrap().iter().map(|(k, j)| (k.clone(), j.clone())).collect();
+        if self.config.on_stop == OnStop::Resume {
+            if !held.is_empty() {
+                tracing::warn!(
+                    jobs = held.len(),
+                    "jobs still running after the grace period stay claimed and resume at the next start"
+                );
+            }
+            return;
+        }
+        for (key, job) in held {
+            let reason = format!("worker {} stopped (SIGTERM) before the job finished", self.config.worker_id);
+            let state = JobState::Released { at_ms: now_ms(), reason: reason.clone() };
+            if !matches!(self.store.drop_claim(&key, state), Ok(true)) {
+                continue;
+            }
+            let message = EventMessage::new(
+                &self.config.worker_id,
+                EventKind::Release { call_id: job.call_id, attempt: job.attempt, reason },
+            );
+            let released = tokio::time::timeout(Duration::from_secs(10), async {
+                let broker = self.link.get().await?;
+                broker.publish_json(topology::EVENTS_EXCHANGE, &message.routing_key(), &message, &[]).await
+            })
+            .await;
+            match released {
+                Ok(Ok(())) => {
+                    tracing::info!(call_id = %job.call_id, attempt = job.attempt, "released to the bridge for dispatch elsewhere")
+                }
+                _ => {
+                    tracing::warn!(call_id = %job.call_id, "could not tell the bridge; it dispatches the job again when the lease expires")
                 }
             }
         }
@@ -461,6 +724,43 @@ impl Worker {
             running,
         })
         .await;
+    }
+}
+
+/// The number of SDR layers of a task's sector.
+fn layer_total(task: &TaskMessage) -> u32 {
+    task.sector.proof_type.info().map_or(2, |i| layers::layer_count(i.sector_size))
+}
+
+fn store_failure(err: anyhow::Error) -> Outcome {
+    // 101: lotus re-issues the call.
+    Outcome::Failed(CallError::new(ErrorCode::TEMP_WORKER_RESTART, format!("worker job store failed: {err:#}")))
+}
+
+fn ticket_expired(task: &TaskMessage, deadline_ms: u64) -> CallError {
+    let hours = |ms: u64| ms as f64 / 3_600_000.0;
+    CallError::new(
+        ErrorCode::UNKNOWN,
+        format!(
+            "ticket expired: the PC1 call for {} arrived {:.1} h ago and its ticket stopped being usable {:.1} h ago \
+             (a precommit would be rejected); not sealing it - the miner draws a new ticket",
+            task.sector.id,
+            hours(now_ms().saturating_sub(task.issued_at_ms)),
+            hours(now_ms().saturating_sub(deadline_ms)),
+        ),
+    )
+}
+
+/// A control message, if the body is one (it has a `control` field).
+fn control_message(body: &[u8]) -> Option<ControlMessage> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("control")?;
+    match serde_json::from_value(value) {
+        Ok(message) => Some(message),
+        Err(err) => {
+            tracing::warn!(error = %err, "unreadable control message ignored");
+            None
+        }
     }
 }
 

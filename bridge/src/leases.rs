@@ -1,0 +1,176 @@
+//! Leases: which worker holds each dispatched call, and for how long.
+//!
+//! A worker claims a task (records it, acks it) and says so with a `claim`
+//! event; its heartbeats list every job it holds, and PC1 progress events
+//! come as layers finish. Each of these renews the holder's lease on that
+//! call. A lease that is not renewed within `--lease-timeout` expires: the
+//! bridge dispatches the task again with the next attempt number and tells
+//! the old holder to drop its copy. A `release` event (a worker stopping with
+//! `--on-stop redispatch`) re-dispatches at once. Leases live in memory; the
+//! holder is also in the call store, so after a bridge restart every held
+//! call gets a fresh lease.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::topology;
+use sealfarm_schemas::{EventKind, EventMessage};
+use uuid::Uuid;
+
+use crate::call_store::{Call, CallState, Holder};
+use crate::calls::{consume, Calls};
+
+/// What the bridge knows of a held call.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub worker: String,
+    pub attempt: u32,
+    pub expires: Instant,
+    /// The last progress reported, e.g. "layer 1/2".
+    pub progress: Option<String>,
+}
+
+pub struct Leases {
+    calls: Arc<Calls>,
+    timeout: Duration,
+    held: Mutex<HashMap<Uuid, Lease>>,
+    /// Superseded attempts already told to their worker: (call, attempt).
+    told: Mutex<std::collections::HashSet<(Uuid, u32)>>,
+}
+
+impl Leases {
+    /// Leases for every call the store says is held, each fresh from now.
+    pub fn new(calls: Arc<Calls>, timeout: Duration) -> Result<Arc<Self>> {
+        let mut held = HashMap::new();
+        for call in calls.store.all()? {
+            if let (CallState::Dispatched, Some(holder)) = (&call.state, &call.holder) {
+                held.insert(
+                    call.call_id.id,
+                    Lease {
+                        worker: holder.worker.clone(),
+                        attempt: holder.attempt,
+                        expires: Instant::now() + timeout,
+                        progress: None,
+                    },
+                );
+            }
+        }
+        if !held.is_empty() {
+            tracing::info!(calls = held.len(), ?timeout, "held calls from the last run get fresh leases");
+        }
+        Ok(Arc::new(Leases { calls, timeout, held: Mutex::new(held), told: Default::default() }))
+    }
+
+    /// Consumes worker events until shutdown.
+    pub async fn consume_events(self: Arc<Self>) {
+        let this = self.clone();
+        consume(&self.calls.link, &self.calls.shutdown, topology::BRIDGE_EVENTS_QUEUE, 256, move |delivery| {
+            let this = this.clone();
+            async move {
+                match serde_json::from_slice::<EventMessage>(&delivery.data) {
+                    Ok(event) => this.on_event(event).await?,
+                    Err(err) => tracing::debug!(error = %err, "unreadable event ignored"),
+                }
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn on_event(self: &Arc<Self>, event: EventMessage) -> Result<()> {
+        let worker = event.worker.clone();
+        match event.event {
+            EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, None).await,
+            EventKind::Heartbeat { running, .. } => {
+                for job in running {
+                    self.renew(&worker, job.call_id, job.attempt, None).await?;
+                }
+                Ok(())
+            }
+            EventKind::Progress { call_id, attempt, step, done, total, .. } => {
+                self.renew(&worker, call_id, attempt, Some(format!("{step} {done}/{total}"))).await
+            }
+            EventKind::Release { call_id, attempt, reason } => {
+                let Some(call) = self.current(call_id, attempt)? else { return Ok(()) };
+                self.held.lock().unwrap().remove(&call_id);
+                self.calls.redispatch(&call, &format!("released by worker {worker}: {reason}")).await
+            }
+        }
+    }
+
+    /// The call, if `attempt` is its current, open attempt.
+    fn current(&self, call_id: Uuid, attempt: u32) -> Result<Option<Call>> {
+        let Some(call) = self.calls.store.get(&call_id.to_string())? else { return Ok(None) };
+        let current = call.task().map(|t| t.attempt);
+        Ok((call.is_open() && current == Some(attempt)).then_some(call))
+    }
+
+    /// A sign of life from `worker` for one attempt of a call.
+    async fn renew(&self, worker: &str, call_id: Uuid, attempt: u32, progress: Option<String>) -> Result<()> {
+        let Some(call) = self.calls.store.get(&call_id.to_string())? else { return Ok(()) };
+        let current = call.task().map(|t| t.attempt).unwrap_or(attempt);
+        if attempt < current && call.is_open() {
+            // An old attempt still running somewhere: tell it once to stop.
+            if self.told.lock().unwrap().insert((call_id, attempt)) {
+                self.calls.supersede(worker, call_id, attempt, &format!("attempt {current} was dispatched")).await;
+            }
+            return Ok(());
+        }
+        if attempt != current || !matches!(call.state, CallState::Dispatched) {
+            return Ok(());
+        }
+        if call.holder.as_ref().is_none_or(|h| h.worker != worker || h.attempt != attempt) {
+            let holder = Holder { worker: worker.to_string(), attempt, since_ms: now_ms() };
+            self.calls.store.modify(&call_id.to_string(), |c| c.holder = Some(holder))?;
+        }
+        let mut held = self.held.lock().unwrap();
+        let lease = held.entry(call_id).or_insert_with(|| Lease {
+            worker: worker.to_string(),
+            attempt,
+            expires: Instant::now(),
+            progress: None,
+        });
+        lease.worker = worker.to_string();
+        lease.attempt = attempt;
+        lease.expires = Instant::now() + self.timeout;
+        if progress.is_some() {
+            lease.progress = progress;
+        }
+        Ok(())
+    }
+
+    /// Re-dispatches the calls whose leases expired, until shutdown.
+    pub async fn expire(self: Arc<Self>) {
+        let every = (self.timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        while !self.calls.shutdown.wait_for(every).await {
+            let expired: Vec<(Uuid, Lease)> = {
+                let mut held = self.held.lock().unwrap();
+                let now = Instant::now();
+                let ids: Vec<Uuid> = held.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
+                ids.into_iter().filter_map(|id| held.remove(&id).map(|l| (id, l))).collect()
+            };
+            for (call_id, lease) in expired {
+                let Ok(Some(call)) = self.current(call_id, lease.attempt) else { continue };
+                let reason = format!(
+                    "worker {} held attempt {} and sent no sign of life for {}",
+                    lease.worker,
+                    lease.attempt,
+                    humantime::format_duration(self.timeout)
+                );
+                if let Err(err) = self.calls.redispatch(&call, &reason).await {
+                    tracing::warn!(%call_id, error = %format!("{err:#}"), "cannot dispatch again yet; retrying soon");
+                    let mut held = self.held.lock().unwrap();
+                    held.insert(call_id, Lease { expires: Instant::now() + every, ..lease });
+                }
+            }
+        }
+    }
+
+    /// The leases now held, for operator views.
+    pub fn snapshot(&self) -> Vec<(Uuid, Lease)> {
+        self.held.lock().unwrap().iter().map(|(id, l)| (*id, l.clone())).collect()
+    }
+}

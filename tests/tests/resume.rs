@@ -1,0 +1,183 @@
+//! PC1 resumes from its last finished layer after a SIGKILL of the worker,
+//! and a damaged layer is found and computed again. 8 MiB sectors (2 SDR
+//! layers, ~5 s of PC1), real proofs; each resumed sector must reach the same
+//! CommR as an uninterrupted seal of the same sector and ticket, and pass C1
+//! (the proofs library verifies the vanilla PoRep proofs it makes there).
+
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sealfarm_schemas::{
+    Bytes, EventKind, EventMessage, Outcome, PieceInfo, RegisteredSealProof, SectorCids, SectorRef, StageOutput,
+    TaskMessage,
+};
+use sealfarm_tests::{cc, job_records, subscribe_events, FarmProcess, Publisher, TestVhost};
+
+const P8M: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_8MIB_V1_1;
+const STAGES: &str = "ap,pc1,pc2,c1";
+
+async fn run(publisher: &mut Publisher, task: &TaskMessage, worker: &FarmProcess) -> StageOutput {
+    publisher.publish(task).await.unwrap();
+    let (result, _) = publisher
+        .result_of(task, Duration::from_secs(180))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nworker log:\n{}", worker.log_text()));
+    match result.outcome {
+        Outcome::Done(output) => output,
+        Outcome::Failed(err) => panic!("{} failed: {err}\nworker log:\n{}", task.stage(), worker.log_text()),
+    }
+}
+
+async fn add_piece(publisher: &mut Publisher, sector: SectorRef, worker: &FarmProcess) -> PieceInfo {
+    match run(publisher, &cc::add_piece(sector), worker).await {
+        StageOutput::Ap { piece } => piece,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn pc2_and_c1(
+    publisher: &mut Publisher,
+    sector: SectorRef,
+    ticket: [u8; 32],
+    piece: &PieceInfo,
+    pc1_out: &Bytes,
+    worker: &FarmProcess,
+) -> SectorCids {
+    let StageOutput::Pc2 { cids } = run(publisher, &cc::precommit2(sector, pc1_out), worker).await else {
+        panic!("PC2 output expected")
+    };
+    let StageOutput::C1 { c1_out } =
+        run(publisher, &cc::commit1(sector, ticket, cc::randomness(), piece, &cids), worker).await
+    else {
+        panic!("C1 output expected")
+    };
+    assert!(!c1_out.0.is_empty());
+    cids
+}
+
+/// CommR/CommD of the same sector and ticket sealed without interruption,
+/// on a farm of its own.
+async fn uninterrupted(sector: SectorRef, ticket: [u8; 32]) -> SectorCids {
+    let vhost = TestVhost::new("resume-reference");
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = Publisher::connect(&vhost).await.unwrap();
+    let worker = FarmProcess::start(&vhost, dir.path(), "w-reference", STAGES, "8MiB");
+    let piece = add_piece(&mut publisher, sector, &worker).await;
+    let StageOutput::Pc1 { pc1_out } = run(&mut publisher, &cc::precommit1(sector, ticket, &piece), &worker).await
+    else {
+        panic!("PC1 output expected")
+    };
+    let StageOutput::Pc2 { cids } = run(&mut publisher, &cc::precommit2(sector, &pc1_out), &worker).await else {
+        panic!("PC2 output expected")
+    };
+    cids
+}
+
+/// Starts PC1 and SIGKILLs the worker as soon as it reports layer 1 done.
+async fn kill_after_layer_1(vhost: &TestVhost, publisher: &Publisher, pc1: &TaskMessage, worker: &mut FarmProcess) {
+    let (_connection, mut events) = subscribe_events(vhost, "worker.*.progress").await.unwrap();
+    publisher.publish(pc1).await.unwrap();
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(120), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no layer progress\n{}", worker.log_text()))
+            .unwrap()
+            .unwrap();
+        let event: EventMessage = serde_json::from_slice(&delivery.data).unwrap();
+        if let EventKind::Progress { call_id, done: 1, total: 2, how, .. } = event.event {
+            if call_id == pc1.call_id && how == "computed" {
+                worker.kill();
+                return;
+            }
+        }
+    }
+}
+
+fn pc1_record(state_dir: &Path, pc1: &TaskMessage) -> serde_json::Value {
+    job_records(state_dir)
+        .into_iter()
+        .find(|r| r["task"]["call_id"] == pc1.call_id.to_string())
+        .expect("the PC1 job is recorded")
+}
+
+/// (layer, run that computed it) from a job record.
+fn layer_runs(record: &serde_json::Value) -> Vec<(u64, u64)> {
+    record["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["layer"].as_u64().unwrap(), l["computed_in_run"].as_u64().unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pc1_killed_after_layer_1_resumes_from_layer_2_and_the_sector_verifies() {
+    let vhost = TestVhost::new("resume");
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = Publisher::connect(&vhost).await.unwrap();
+    let sector = cc::sector(21, P8M);
+    let ticket = cc::randomness();
+    let reference = tokio::spawn(uninterrupted(sector, ticket));
+
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-resume", STAGES, "8MiB");
+    let piece = add_piece(&mut publisher, sector, &worker).await;
+    let pc1 = cc::precommit1(sector, ticket, &piece);
+    kill_after_layer_1(&vhost, &publisher, &pc1, &mut worker).await;
+
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-resume", STAGES, "8MiB");
+    let (result, _) = publisher.result_of(&pc1, Duration::from_secs(180)).await.unwrap();
+    let Outcome::Done(StageOutput::Pc1 { pc1_out }) = result.outcome else {
+        panic!("PC1 failed: {:?}\n{}", result.outcome, worker.log_text())
+    };
+    let cids = pc2_and_c1(&mut publisher, sector, ticket, &piece, &pc1_out, &worker).await;
+    assert_eq!(cids, reference.await.unwrap(), "the resumed sector must equal an uninterrupted seal");
+    let log = worker.log_text();
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+
+    // The job's own record: layer 1 from the first run, kept; layer 2 from the second.
+    let record = pc1_record(&dir.path().join("state-w-resume"), &pc1);
+    assert_eq!(layer_runs(&record), vec![(1, 1), (2, 2)], "{record:#}");
+    let history: Vec<&str> = record["history"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(history.contains(&"run 2: layers 1 verified (blake3) and kept"), "{history:?}");
+    // And the proofs library's own word for it.
+    assert!(log.contains("skipping layer 1, already generated"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_layer_is_found_on_resume_and_computed_again() {
+    let vhost = TestVhost::new("resume-damaged");
+    let dir = tempfile::tempdir().unwrap();
+    let mut publisher = Publisher::connect(&vhost).await.unwrap();
+    let sector = cc::sector(22, P8M);
+    let ticket = cc::randomness();
+    let reference = tokio::spawn(uninterrupted(sector, ticket));
+
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-damaged", STAGES, "8MiB");
+    let piece = add_piece(&mut publisher, sector, &worker).await;
+    let pc1 = cc::precommit1(sector, ticket, &piece);
+    kill_after_layer_1(&vhost, &publisher, &pc1, &mut worker).await;
+
+    // Flip bytes in the middle of layer 1, keeping its length (all the library checks).
+    let layer = dir.path().join("sealing/cache").join(sector.id.file_name()).join("sc-02-data-layer-1.dat");
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let middle = bytes.len() / 2;
+    for b in &mut bytes[middle..middle + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&layer, &bytes).unwrap();
+
+    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-damaged", STAGES, "8MiB");
+    let (result, _) = publisher.result_of(&pc1, Duration::from_secs(180)).await.unwrap();
+    let Outcome::Done(StageOutput::Pc1 { pc1_out }) = result.outcome else {
+        panic!("PC1 failed: {:?}\n{}", result.outcome, worker.log_text())
+    };
+    let cids = pc2_and_c1(&mut publisher, sector, ticket, &piece, &pc1_out, &worker).await;
+    assert_eq!(cids, reference.await.unwrap(), "the damaged layer must not reach the replica");
+    assert!(worker.terminate(Duration::from_secs(30)).success());
+
+    let record = pc1_record(&dir.path().join("state-w-damaged"), &pc1);
+    assert_eq!(layer_runs(&record), vec![(1, 2), (2, 2)], "both layers computed in run 2: {record:#}");
+    let history = record["history"].to_string();
+    assert!(history.contains("run 2: layer 1 removed and recomputed: checksum mismatch"), "{history}");
+}
