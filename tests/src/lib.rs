@@ -197,7 +197,19 @@ impl Publisher {
 
     /// Dead letters currently queued, with their `x-sealfarm-reason` header.
     pub async fn dead_letters(&self, expected: usize, timeout: Duration) -> Result<Vec<(String, Delivery)>> {
-        let channel = self.connection.create_channel().await?;
+        dead_letters(&self.connection, expected, timeout).await
+    }
+}
+
+/// Takes up to `expected` dead letters from `sealfarm.dead-letters`, with
+/// their `x-sealfarm-reason` header.
+pub async fn dead_letters(
+    connection: &Connection,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Vec<(String, Delivery)>> {
+    {
+        let channel = connection.create_channel().await?;
         let mut consumer = channel
             .basic_consume(
                 topology::DEAD_LETTER_QUEUE.into(),
@@ -220,6 +232,21 @@ impl Publisher {
         }
         Ok(out)
     }
+}
+
+/// Process ids whose parent is `parent` (the executor of a worker).
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after the last ')'.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// A string header of a delivery.
@@ -493,9 +520,14 @@ impl BridgeFarm {
 
     /// As [`BridgeFarm::start`], with more `sealfarm-bridge run` arguments.
     pub async fn start_with(label: &str, bridge_args: &[&str]) -> Self {
+        Self::start_sized(label, sealfarm_schemas::SectorSize::KIB2, bridge_args).await
+    }
+
+    /// As [`BridgeFarm::start_with`], for a miner of another sector size.
+    pub async fn start_sized(label: &str, size: sealfarm_schemas::SectorSize, bridge_args: &[&str]) -> Self {
         let vhost = TestVhost::new(label);
         let dir = tempfile::tempdir().unwrap();
-        let miner = devminer::DevMiner::new(2048);
+        let miner = devminer::DevMiner::new(size.0);
         let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let listen = free_local_address();
         let bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen, bridge_args);
@@ -509,6 +541,11 @@ impl BridgeFarm {
     /// Starts a worker for 2 KiB sectors on the bridge's shared storage.
     pub fn start_worker(&self, id: &str, stages: &str) -> FarmProcess {
         FarmProcess::start(&self.vhost, self.dir.path(), id, stages, "2KiB")
+    }
+
+    /// Starts a worker on the bridge's shared storage with its sizes and more arguments.
+    pub fn start_worker_with(&self, id: &str, stages: &str, sizes: &str, extra: &[&str]) -> FarmProcess {
+        FarmProcess::start_with(&self.vhost, self.dir.path(), id, stages, sizes, extra)
     }
 
     /// Starts a new bridge process (same state directory, a new port); the
