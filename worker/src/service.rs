@@ -417,6 +417,7 @@ impl Worker {
     /// is poison: dead-lettered, and its call failed. `None`: the job ended
     /// here without an outcome (superseded, or the worker is stopping).
     async fn execute(self: &Arc<Self>, key: &str, task: &TaskMessage) -> Option<Outcome> {
+        let mut first = true;
         loop {
             if self.is_superseded(key) || self.shutdown.is_set() {
                 return None;
@@ -428,7 +429,9 @@ impl Worker {
             if runs > MAX_RUNS {
                 return Some(self.give_up(task, runs - 1).await);
             }
-            if runs > 1 {
+            // A rerun in this process waits, longer each time; a job resumed
+            // at start does not (the restart was the pause).
+            if runs > 1 && !first {
                 let pause = self.config.retry_backoff * 2u32.pow(runs - 2);
                 tracing::warn!(call_id = %task.call_id, run = runs, ?pause, "the last run of this job ended without a result; running it again after a pause");
                 if self.shutdown.wait_for(pause).await {
@@ -450,6 +453,7 @@ impl Worker {
                 None
             };
             let run_started_ms = now_ms();
+            first = false;
             let ran = self.executor.run(key, task).await;
             if let Some(watcher) = watcher {
                 watcher.abort();
