@@ -252,7 +252,7 @@ pub struct ResultMessage {
     pub outcome: Outcome,
 }
 
-/// A job a worker is running, as its heartbeat reports it.
+/// A job a worker holds (running or waiting for a slot), as its heartbeat reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RunningJob {
     pub call_id: Uuid,
@@ -260,6 +260,21 @@ pub struct RunningJob {
     pub sector: SectorRef,
     pub stage: Stage,
     pub started_at_ms: u64,
+    /// The last progress of the job (PC1: layers), if it reports any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+}
+
+/// How far a job is: `done` of `total` steps (PC1: layers).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct JobProgress {
+    pub step: String,
+    pub done: u64,
+    pub total: u64,
+    /// Bytes of finished output (PC1: layer files).
+    pub bytes: u64,
+    /// Estimated seconds left.
+    pub eta_s: Option<u64>,
 }
 
 /// What an event says.

@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use sealfarm_schemas::messages::{now_ms, RunningJob};
+use sealfarm_schemas::messages::{now_ms, JobProgress, RunningJob};
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{
     CallError, Control, ControlMessage, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage,
@@ -371,6 +371,7 @@ impl Worker {
             sector: task.sector,
             stage: task.stage(),
             started_at_ms: now_ms(),
+            progress: None,
         };
         self.running.lock().unwrap().insert(task.job_key(), held);
     }
@@ -557,6 +558,16 @@ impl Worker {
     }
 
     async fn progress(&self, task: &TaskMessage, layer: &LayerRecord, total: u32, eta_s: Option<u64>, how: &str) {
+        let progress = JobProgress {
+            step: "layer".into(),
+            done: u64::from(layer.layer),
+            total: u64::from(total),
+            bytes: layer.bytes * u64::from(layer.layer),
+            eta_s,
+        };
+        if let Some(job) = self.running.lock().unwrap().get_mut(&task.job_key()) {
+            job.progress = Some(progress);
+        }
         self.event(EventKind::Progress {
             call_id: task.call_id,
             attempt: task.attempt,
