@@ -111,32 +111,58 @@ fn layer_runs(record: &serde_json::Value) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// A farm whose worker was SIGKILLed right after PC1 layer 1 of an 8 MiB
+/// sector, with the CommR an uninterrupted seal of that sector reaches.
+struct Interrupted {
+    vhost: TestVhost,
+    dir: tempfile::TempDir,
+    publisher: Publisher,
+    sector: SectorRef,
+    ticket: [u8; 32],
+    piece: PieceInfo,
+    pc1: TaskMessage,
+    worker_id: &'static str,
+    reference: tokio::task::JoinHandle<SectorCids>,
+}
+
+impl Interrupted {
+    async fn new(label: &str, number: u64, worker_id: &'static str) -> Self {
+        let vhost = TestVhost::new(label);
+        let dir = tempfile::tempdir().unwrap();
+        let mut publisher = Publisher::connect(&vhost).await.unwrap();
+        let sector = cc::sector(number, P8M);
+        let ticket = cc::randomness();
+        let reference = tokio::spawn(uninterrupted(sector, ticket));
+        let mut worker = FarmProcess::start(&vhost, dir.path(), worker_id, STAGES, "8MiB");
+        let piece = add_piece(&mut publisher, sector, &worker).await;
+        let pc1 = cc::precommit1(sector, ticket, &piece);
+        kill_after_layer_1(&vhost, &publisher, &pc1, &mut worker).await;
+        Interrupted { vhost, dir, publisher, sector, ticket, piece, pc1, worker_id, reference }
+    }
+
+    /// Starts the worker again, lets it finish PC1, runs PC2 and C1, checks
+    /// CommR against the uninterrupted seal, stops the worker; returns its
+    /// log and the PC1 job record.
+    async fn resume_and_finish(mut self) -> (String, serde_json::Value) {
+        let mut worker = FarmProcess::start(&self.vhost, self.dir.path(), self.worker_id, STAGES, "8MiB");
+        let (result, _) = self.publisher.result_of(&self.pc1, Duration::from_secs(180)).await.unwrap();
+        let Outcome::Done(StageOutput::Pc1 { pc1_out }) = result.outcome else {
+            panic!("PC1 failed: {:?}\n{}", result.outcome, worker.log_text())
+        };
+        let cids = pc2_and_c1(&mut self.publisher, self.sector, self.ticket, &self.piece, &pc1_out, &worker).await;
+        assert_eq!(cids, self.reference.await.unwrap(), "the resumed sector must equal an uninterrupted seal");
+        let log = worker.log_text();
+        assert!(worker.terminate(Duration::from_secs(30)).success());
+        (log, pc1_record(&self.dir.path().join(format!("state-{}", self.worker_id)), &self.pc1))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pc1_killed_after_layer_1_resumes_from_layer_2_and_the_sector_verifies() {
-    let vhost = TestVhost::new("resume");
-    let dir = tempfile::tempdir().unwrap();
-    let mut publisher = Publisher::connect(&vhost).await.unwrap();
-    let sector = cc::sector(21, P8M);
-    let ticket = cc::randomness();
-    let reference = tokio::spawn(uninterrupted(sector, ticket));
-
-    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-resume", STAGES, "8MiB");
-    let piece = add_piece(&mut publisher, sector, &worker).await;
-    let pc1 = cc::precommit1(sector, ticket, &piece);
-    kill_after_layer_1(&vhost, &publisher, &pc1, &mut worker).await;
-
-    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-resume", STAGES, "8MiB");
-    let (result, _) = publisher.result_of(&pc1, Duration::from_secs(180)).await.unwrap();
-    let Outcome::Done(StageOutput::Pc1 { pc1_out }) = result.outcome else {
-        panic!("PC1 failed: {:?}\n{}", result.outcome, worker.log_text())
-    };
-    let cids = pc2_and_c1(&mut publisher, sector, ticket, &piece, &pc1_out, &worker).await;
-    assert_eq!(cids, reference.await.unwrap(), "the resumed sector must equal an uninterrupted seal");
-    let log = worker.log_text();
-    assert!(worker.terminate(Duration::from_secs(30)).success());
+    let interrupted = Interrupted::new("resume", 21, "w-resume").await;
+    let (log, record) = interrupted.resume_and_finish().await;
 
     // The job's own record: layer 1 from the first run, kept; layer 2 from the second.
-    let record = pc1_record(&dir.path().join("state-w-resume"), &pc1);
     assert_eq!(layer_runs(&record), vec![(1, 1), (2, 2)], "{record:#}");
     let history: Vec<&str> = record["history"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     assert!(history.contains(&"run 2: layers 1 verified (blake3) and kept"), "{history:?}");
@@ -146,20 +172,11 @@ async fn pc1_killed_after_layer_1_resumes_from_layer_2_and_the_sector_verifies()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_layer_is_found_on_resume_and_computed_again() {
-    let vhost = TestVhost::new("resume-damaged");
-    let dir = tempfile::tempdir().unwrap();
-    let mut publisher = Publisher::connect(&vhost).await.unwrap();
-    let sector = cc::sector(22, P8M);
-    let ticket = cc::randomness();
-    let reference = tokio::spawn(uninterrupted(sector, ticket));
-
-    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-damaged", STAGES, "8MiB");
-    let piece = add_piece(&mut publisher, sector, &worker).await;
-    let pc1 = cc::precommit1(sector, ticket, &piece);
-    kill_after_layer_1(&vhost, &publisher, &pc1, &mut worker).await;
+    let interrupted = Interrupted::new("resume-damaged", 22, "w-damaged").await;
 
     // Flip bytes in the middle of layer 1, keeping its length (all the library checks).
-    let layer = dir.path().join("sealing/cache").join(sector.id.file_name()).join("sc-02-data-layer-1.dat");
+    let cache = interrupted.dir.path().join("sealing/cache").join(interrupted.sector.id.file_name());
+    let layer = cache.join("sc-02-data-layer-1.dat");
     let mut bytes = std::fs::read(&layer).unwrap();
     let middle = bytes.len() / 2;
     for b in &mut bytes[middle..middle + 64] {
@@ -167,16 +184,7 @@ async fn a_damaged_layer_is_found_on_resume_and_computed_again() {
     }
     std::fs::write(&layer, &bytes).unwrap();
 
-    let mut worker = FarmProcess::start(&vhost, dir.path(), "w-damaged", STAGES, "8MiB");
-    let (result, _) = publisher.result_of(&pc1, Duration::from_secs(180)).await.unwrap();
-    let Outcome::Done(StageOutput::Pc1 { pc1_out }) = result.outcome else {
-        panic!("PC1 failed: {:?}\n{}", result.outcome, worker.log_text())
-    };
-    let cids = pc2_and_c1(&mut publisher, sector, ticket, &piece, &pc1_out, &worker).await;
-    assert_eq!(cids, reference.await.unwrap(), "the damaged layer must not reach the replica");
-    assert!(worker.terminate(Duration::from_secs(30)).success());
-
-    let record = pc1_record(&dir.path().join("state-w-damaged"), &pc1);
+    let (_, record) = interrupted.resume_and_finish().await;
     assert_eq!(layer_runs(&record), vec![(1, 2), (2, 2)], "both layers computed in run 2: {record:#}");
     let history = record["history"].to_string();
     assert!(history.contains("run 2: layer 1 removed and recomputed: checksum mismatch"), "{history}");
