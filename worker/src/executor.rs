@@ -54,6 +54,9 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Outcome>>>>;
 struct Running {
     child: Child,
     stdin: ChildStdin,
+    /// Set when the child reported a library panic: it is about to exit and
+    /// must not be handed another job (it could hang in the poisoned library).
+    spent: Arc<std::sync::atomic::AtomicBool>,
     /// Jobs handed to this child and not answered yet. Each child has its
     /// own: when one ends, only the jobs it held are lost.
     pending: Pending,
@@ -91,7 +94,14 @@ impl Executor {
             serde_json::to_vec(&Request { key: key.to_string(), task: task.clone() }).expect("a task is JSON");
         line.push(b'\n');
         let mut running = self.running.lock().await;
-        if running.as_mut().is_none_or(|r| !matches!(r.child.try_wait(), Ok(None))) {
+        let usable = |r: &mut Running| {
+            !r.spent.load(std::sync::atomic::Ordering::SeqCst) && matches!(r.child.try_wait(), Ok(None))
+        };
+        if !running.as_mut().is_some_and(usable) {
+            if let Some(mut old) = running.take() {
+                // A spent child may still be exiting; make sure it is gone.
+                let _ = old.child.start_kill();
+            }
             match self.spawn() {
                 Ok(child) => *running = Some(child),
                 Err(err) => {
@@ -131,12 +141,15 @@ impl Executor {
         let stdout = child.stdout.take().expect("piped stdout");
         let pending = Pending::default();
         let routes = pending.clone();
+        let spent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spent_flag = spent.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 match serde_json::from_str::<Response>(&line) {
                     Ok(response) => {
                         if response.panicked {
+                            spent_flag.store(true, std::sync::atomic::Ordering::SeqCst);
                             tracing::warn!(key = response.key, "the proofs library panicked; the executor restarts");
                         }
                         if let Some(sender) = routes.lock().unwrap().remove(&response.key) {
@@ -152,7 +165,7 @@ impl Executor {
                 tracing::warn!(jobs = lost.len(), "executor ended with jobs running; they run again");
             }
         });
-        Ok(Running { child, stdin, pending })
+        Ok(Running { child, stdin, spent, pending })
     }
 
     /// Ends the executor (jobs it still runs resume at the next start).
@@ -189,7 +202,9 @@ pub fn serve(sealing: SealingPath) -> Result<()> {
             let _ = out.write_all(b"\n");
             let _ = out.flush();
             if execution.panicked {
-                std::process::exit(EXIT_AFTER_PANIC);
+                // _exit: no exit handlers, which could wait on the poisoned library's threads.
+                // SAFETY: ends the process; nothing after it runs.
+                unsafe { libc::_exit(EXIT_AFTER_PANIC) };
             }
         });
     }
