@@ -1,13 +1,14 @@
 //! PC1 resumes from its last finished layer after a SIGKILL of the worker,
 //! and a damaged layer is found and computed again. 8 MiB sectors (2 SDR
-//! layers, ~5 s of PC1), real proofs; each resumed sector must reach the same
-//! CommR as an uninterrupted seal of the same sector and ticket, and pass C1
-//! (the proofs library verifies the vanilla PoRep proofs it makes there).
+//! layers, ~3-5 s of PC1), real proofs; each resumed sector must reach the
+//! same CommR as an uninterrupted seal of the same sector and ticket, and its
+//! C2 proof must verify (8 MiB Groth parameters: `scripts/setup` makes them).
 
 use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::{
     Bytes, EventKind, EventMessage, Outcome, PieceInfo, RegisteredSealProof, SectorCids, SectorRef, StageOutput,
     TaskMessage,
@@ -15,7 +16,7 @@ use sealfarm_schemas::{
 use sealfarm_tests::{cc, job_records, subscribe_events, FarmProcess, Publisher, TestVhost};
 
 const P8M: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_8MIB_V1_1;
-const STAGES: &str = "ap,pc1,pc2,c1";
+const STAGES: &str = "ap,pc1,pc2,c1,c2";
 
 async fn run(publisher: &mut Publisher, task: &TaskMessage, worker: &FarmProcess) -> StageOutput {
     publisher.publish(task).await.unwrap();
@@ -36,7 +37,9 @@ async fn add_piece(publisher: &mut Publisher, sector: SectorRef, worker: &FarmPr
     }
 }
 
-async fn pc2_and_c1(
+/// PC2, C1 and C2 of a sector after its PC1; returns its CIDs once its
+/// proof verified.
+async fn finish_sector(
     publisher: &mut Publisher,
     sector: SectorRef,
     ticket: [u8; 32],
@@ -47,12 +50,28 @@ async fn pc2_and_c1(
     let StageOutput::Pc2 { cids } = run(publisher, &cc::precommit2(sector, pc1_out), worker).await else {
         panic!("PC2 output expected")
     };
-    let StageOutput::C1 { c1_out } =
-        run(publisher, &cc::commit1(sector, ticket, cc::randomness(), piece, &cids), worker).await
+    let seed = cc::randomness();
+    let StageOutput::C1 { c1_out } = run(publisher, &cc::commit1(sector, ticket, seed, piece, &cids), worker).await
     else {
         panic!("C1 output expected")
     };
-    assert!(!c1_out.0.is_empty());
+    let StageOutput::C2 { proof } = run(publisher, &cc::commit2(sector, &c1_out), worker).await else {
+        panic!("C2 output expected")
+    };
+    let comm_r = Commitment::Replica.from_cid(cids.sealed.as_ref().unwrap()).unwrap();
+    let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().unwrap()).unwrap();
+    let verified = filecoin_proofs_api::seal::verify_seal(
+        sealfarm_worker::proofs::api_proof(sector.proof_type).unwrap(),
+        comm_r,
+        comm_d,
+        sector.id.prover_id(),
+        filecoin_proofs_api::SectorId::from(sector.id.number),
+        ticket,
+        seed,
+        &proof.0,
+    )
+    .unwrap();
+    assert!(verified, "the proof of the resumed sector must verify");
     cids
 }
 
@@ -62,7 +81,7 @@ async fn uninterrupted(sector: SectorRef, ticket: [u8; 32]) -> SectorCids {
     let vhost = TestVhost::new("resume-reference");
     let dir = tempfile::tempdir().unwrap();
     let mut publisher = Publisher::connect(&vhost).await.unwrap();
-    let worker = FarmProcess::start(&vhost, dir.path(), "w-reference", STAGES, "8MiB");
+    let worker = FarmProcess::start(&vhost, dir.path(), "w-reference", "ap,pc1,pc2", "8MiB");
     let piece = add_piece(&mut publisher, sector, &worker).await;
     let StageOutput::Pc1 { pc1_out } = run(&mut publisher, &cc::precommit1(sector, ticket, &piece), &worker).await
     else {
@@ -149,7 +168,7 @@ impl Interrupted {
         let Outcome::Done(StageOutput::Pc1 { pc1_out }) = result.outcome else {
             panic!("PC1 failed: {:?}\n{}", result.outcome, worker.log_text())
         };
-        let cids = pc2_and_c1(&mut self.publisher, self.sector, self.ticket, &self.piece, &pc1_out, &worker).await;
+        let cids = finish_sector(&mut self.publisher, self.sector, self.ticket, &self.piece, &pc1_out, &worker).await;
         assert_eq!(cids, self.reference.await.unwrap(), "the resumed sector must equal an uninterrupted seal");
         let log = worker.log_text();
         assert!(worker.terminate(Duration::from_secs(30)).success());
