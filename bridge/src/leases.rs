@@ -9,6 +9,12 @@
 //! `--on-stop redispatch`) re-dispatches at once. Leases live in memory; the
 //! holder is also in the call store, so after a bridge restart every held
 //! call gets a fresh lease.
+//!
+//! Silence from the whole farm is not taken as the death of every worker: a
+//! broker outage or a cut link looks the same. While the bridge hears no
+//! event at all, no lease expires; when events come back after such a
+//! silence, every lease gets a short grace so that live workers renew theirs
+//! before anything is dispatched twice.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,10 +39,17 @@ pub struct Lease {
     pub progress: Option<String>,
 }
 
+/// No event from any worker for this long: the bridge is cut off, not the farm dead.
+const SILENCE: Duration = Duration::from_secs(15);
+/// What every lease gets when events come back after a silence.
+const GRACE: Duration = Duration::from_secs(30);
+
 pub struct Leases {
     calls: Arc<Calls>,
     timeout: Duration,
     held: Mutex<HashMap<Uuid, Lease>>,
+    /// When the last event from any worker arrived.
+    last_event: Mutex<Instant>,
     /// Superseded attempts already told to their worker: (call, attempt).
     told: Mutex<std::collections::HashSet<(Uuid, u32)>>,
 }
@@ -61,7 +74,13 @@ impl Leases {
         if !held.is_empty() {
             tracing::info!(calls = held.len(), ?timeout, "held calls from the last run get fresh leases");
         }
-        Ok(Arc::new(Leases { calls, timeout, held: Mutex::new(held), told: Default::default() }))
+        Ok(Arc::new(Leases {
+            calls,
+            timeout,
+            held: Mutex::new(held),
+            last_event: Mutex::new(Instant::now()),
+            told: Default::default(),
+        }))
     }
 
     /// Consumes worker events until shutdown.
@@ -80,18 +99,34 @@ impl Leases {
         .await
     }
 
+    /// Notes that the farm is heard; after a silence, grants every lease a grace.
+    fn heard(&self) {
+        let mut last = self.last_event.lock().unwrap();
+        if last.elapsed() > SILENCE {
+            let floor = Instant::now() + GRACE.min(self.timeout);
+            for lease in self.held.lock().unwrap().values_mut() {
+                lease.expires = lease.expires.max(floor);
+            }
+            tracing::info!(silent_for = ?last.elapsed(), "worker events again after a silence; leases get a grace");
+        }
+        *last = Instant::now();
+    }
+
     async fn on_event(self: &Arc<Self>, event: EventMessage) -> Result<()> {
+        self.heard();
         let worker = event.worker.clone();
+        // An old event (queued while the bridge was away) renews only for what is left of it.
+        let age = Duration::from_millis(now_ms().saturating_sub(event.at_ms)).min(self.timeout);
         match event.event {
-            EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, None).await,
+            EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age, None).await,
             EventKind::Heartbeat { running, .. } => {
                 for job in running {
-                    self.renew(&worker, job.call_id, job.attempt, None).await?;
+                    self.renew(&worker, job.call_id, job.attempt, age, None).await?;
                 }
                 Ok(())
             }
             EventKind::Progress { call_id, attempt, step, done, total, .. } => {
-                self.renew(&worker, call_id, attempt, Some(format!("{step} {done}/{total}"))).await
+                self.renew(&worker, call_id, attempt, age, Some(format!("{step} {done}/{total}"))).await
             }
             EventKind::Release { call_id, attempt, reason } => {
                 let Some(call) = self.current(call_id, attempt)? else { return Ok(()) };
@@ -109,7 +144,14 @@ impl Leases {
     }
 
     /// A sign of life from `worker` for one attempt of a call.
-    async fn renew(&self, worker: &str, call_id: Uuid, attempt: u32, progress: Option<String>) -> Result<()> {
+    async fn renew(
+        &self,
+        worker: &str,
+        call_id: Uuid,
+        attempt: u32,
+        age: Duration,
+        progress: Option<String>,
+    ) -> Result<()> {
         let Some(call) = self.calls.store.get(&call_id.to_string())? else { return Ok(()) };
         let current = call.task().map(|t| t.attempt).unwrap_or(attempt);
         if attempt < current && call.is_open() {
@@ -135,7 +177,7 @@ impl Leases {
         });
         lease.worker = worker.to_string();
         lease.attempt = attempt;
-        lease.expires = Instant::now() + self.timeout;
+        lease.expires = lease.expires.max(Instant::now() + (self.timeout - age));
         if progress.is_some() {
             lease.progress = progress;
         }
@@ -146,6 +188,9 @@ impl Leases {
     pub async fn expire(self: Arc<Self>) {
         let every = (self.timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
         while !self.calls.shutdown.wait_for(every).await {
+            if self.last_event.lock().unwrap().elapsed() > SILENCE {
+                continue; // cut off from the farm: no lease can be judged
+            }
             let expired: Vec<(Uuid, Lease)> = {
                 let mut held = self.held.lock().unwrap();
                 let now = Instant::now();

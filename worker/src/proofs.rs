@@ -181,6 +181,10 @@ fn precommit1(
     File::create(&sealed).with_context(|| format!("creating sealed file {}", sealed.display()))?;
     // PC1 copies the unsealed data into the sealed file afresh: a PC2 after it starts clean.
     remove_if_present(&pc2_marker(sealing, sector))?;
+    // The library reuses any tree-d file it finds without checking it, and a
+    // run killed while building it leaves a partial one (then PC1 fails with
+    // "pieces and comm_d do not match"). It is cheap next to the layers: rebuild it.
+    remove_if_present(&cache.join("sc-02-data-tree-d.dat"))?;
     let output = seal::seal_pre_commit_phase1(
         proof,
         &cache,

@@ -169,8 +169,10 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     // Jobs still running stop here; a PC1 keeps its finished layers (checkpoints).
     worker.executor.stop().await;
     if drained.is_err() {
-        worker.release_held().await;
+        // Give the stopped jobs a moment to notice (their executor is gone).
+        let _ = tokio::time::timeout(Duration::from_secs(2), async { while jobs.join_next().await.is_some() {} }).await;
     }
+    worker.release_held().await;
     heartbeat.abort();
     worker.link.close().await;
     Ok(())
@@ -386,8 +388,11 @@ impl Worker {
         let outcome = self.execute(&key, &task).await;
         drop(permit);
         let Some(outcome) = outcome else {
-            // Superseded, or stopping: nothing to publish.
-            self.running.lock().unwrap().remove(&key);
+            // Superseded (dropped), or stopping: then it stays held, for
+            // `release_held` to give back or keep for the next start.
+            if !self.shutdown.is_set() || self.is_superseded(&key) {
+                self.running.lock().unwrap().remove(&key);
+            }
             return;
         };
         if self.is_superseded(&key) {
