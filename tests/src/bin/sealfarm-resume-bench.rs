@@ -7,10 +7,10 @@
 //!    through its last layer (timed from the uninterrupted run's layer pace)
 //!    and started again at once.
 //!
-//! It prints both times and their ratio per run. Without resume the ratio
-//! would be about (time at the kill + a full PC1) / a full PC1, i.e. ~1.75
-//! for a kill halfway through the last of 2 layers; with resume only the
-//! last layer's half is lost. Not a test: run it by hand (`scripts/bench-resume`).
+//! It prints both times and their ratio per run. `--no-resume` deletes the
+//! layer files after the kill, as a restart without resume would start over
+//! (lotus-worker wipes the cache before PC1): the baseline to compare with.
+//! Not a test: run it by hand (`scripts/bench-resume`).
 
 use std::time::{Duration, Instant};
 
@@ -23,12 +23,16 @@ use sealfarm_tests::{cc, subscribe_events, FarmProcess, Publisher, TestVhost};
 async fn main() -> Result<()> {
     let mut size = SectorSize::MIB8;
     let mut runs = 3u32;
+    let mut resume = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--size" => size = args.next().context("--size needs a value")?.parse().map_err(anyhow::Error::msg)?,
             "--runs" => runs = args.next().context("--runs needs a value")?.parse()?,
-            other => bail!("unknown argument {other}; usage: sealfarm-resume-bench [--size 8MiB|512MiB] [--runs N]"),
+            "--no-resume" => resume = false,
+            other => bail!(
+                "unknown argument {other}; usage: sealfarm-resume-bench [--size 8MiB|512MiB] [--runs N] [--no-resume]"
+            ),
         }
     }
     let proof = RegisteredSealProof::v1_1_for(size);
@@ -93,6 +97,17 @@ async fn main() -> Result<()> {
         let kill_at = started.elapsed();
         let killed_ms = sealfarm_schemas::messages::now_ms();
         worker.kill();
+        if !resume {
+            // The baseline: what a restart costs without resume (lotus-worker
+            // wipes the cache before PC1): the layers are gone.
+            let cache = dir.path().join("sealing/cache").join(sector.id.file_name());
+            for entry in std::fs::read_dir(&cache)? {
+                let path = entry?.path();
+                if path.file_name().is_some_and(|n| n.to_string_lossy().contains("layer")) {
+                    std::fs::remove_file(path)?;
+                }
+            }
+        }
         worker = start();
         let (result, _) = publisher.result_of(&pc1, Duration::from_secs(7200)).await?;
         ensure_done(&result.outcome)?;
