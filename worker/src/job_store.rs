@@ -105,7 +105,8 @@ impl JobStore {
         Ok(Claim::New)
     }
 
-    /// Counts one more start of a claimed job and returns how many there were.
+    /// Counts one more start of a claimed job and returns how many there were
+    /// (0: the job is not claimed here any more).
     pub fn start_run(&self, key: &str) -> Result<u32> {
         let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         let runs = match &mut record.state {

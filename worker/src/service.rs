@@ -429,6 +429,7 @@ impl Worker {
                 return None;
             }
             let runs = match self.store.start_run(key) {
+                Ok(0) => return None, // no longer claimed here (released or superseded)
                 Ok(runs) => runs,
                 Err(err) => return Some(store_failure(err)),
             };
@@ -441,6 +442,7 @@ impl Worker {
                 let pause = self.config.retry_backoff * 2u32.pow(runs - 2);
                 tracing::warn!(call_id = %task.call_id, run = runs, ?pause, "the last run of this job ended without a result; running it again after a pause");
                 if self.shutdown.wait_for(pause).await {
+                    let _ = self.store.forgive_run(key); // this run never started
                     return None;
                 }
             }
