@@ -360,8 +360,6 @@ impl DevMiner {
     /// Walks one CC sector through the pipeline in lotus' order and encoding
     /// (PROTOCOL.md §9.7), checking CommD and verifying the proof.
     pub async fn seal_cc(&self, worker: &ConnectedWorker, sector: SectorRef, timeout: Duration) -> Result<SealReport> {
-        use filecoin_proofs_api::seal::verify_seal;
-        use sealfarm_schemas::commitment::Commitment;
         use sealfarm_schemas::{PieceInfo, SectorCids};
 
         let mut report = SealReport { sector, calls: Vec::new(), verified: false };
@@ -399,20 +397,7 @@ impl DevMiner {
             .await?;
         let proof = self.call(worker, "SealCommit2", json!([sector, c1_out]), timeout, &mut report).await?;
         let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().context("proof is base64")?)?;
-        let api = sealfarm_worker::proofs::api_proof(sector.proof_type).context("known proof")?;
-        let comm_r =
-            Commitment::Replica.from_cid(cids.sealed.as_ref().context("CommR")?).map_err(anyhow::Error::msg)?;
-        let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().context("CommD")?).map_err(anyhow::Error::msg)?;
-        report.verified = verify_seal(
-            api,
-            comm_r,
-            comm_d,
-            sector.id.prover_id(),
-            filecoin_proofs_api::SectorId::from(sector.id.number),
-            ticket,
-            seed,
-            &proof,
-        )?;
+        report.verified = crate::verify_sector_proof(sector, &cids, ticket, seed, &proof)?;
         self.call(worker, "ReleaseUnsealed", json!([sector, null]), timeout, &mut report).await?;
         self.call(worker, "FinalizeSector", json!([sector]), timeout, &mut report).await?;
         Ok(report)

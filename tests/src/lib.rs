@@ -373,6 +373,22 @@ fn send_signal(pid: u32, signal: &str) {
     let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
 }
 
+/// Whether `proof` is a valid seal proof of `sector` with these CIDs, ticket and seed.
+pub fn verify_sector_proof(
+    sector: sealfarm_schemas::SectorRef,
+    cids: &sealfarm_schemas::SectorCids,
+    ticket: [u8; 32],
+    seed: [u8; 32],
+    proof: &[u8],
+) -> Result<bool> {
+    use sealfarm_schemas::commitment::Commitment;
+    let api = sealfarm_worker::proofs::api_proof(sector.proof_type).context("known proof type")?;
+    let comm_r = Commitment::Replica.from_cid(cids.sealed.as_ref().context("CommR")?).map_err(anyhow::Error::msg)?;
+    let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().context("CommD")?).map_err(anyhow::Error::msg)?;
+    let id = filecoin_proofs_api::SectorId::from(sector.id.number);
+    filecoin_proofs_api::seal::verify_seal(api, comm_r, comm_d, sector.id.prover_id(), id, ticket, seed, proof)
+}
+
 /// The job records of a stopped worker (`sealfarm-worker jobs --json`).
 pub fn job_records(state_dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(binary("sealfarm-worker"))

@@ -8,12 +8,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::{
     Bytes, EventKind, EventMessage, Outcome, PieceInfo, RegisteredSealProof, SectorCids, SectorRef, StageOutput,
     TaskMessage,
 };
-use sealfarm_tests::{cc, job_records, subscribe_events, FarmProcess, Publisher, TestVhost};
+use sealfarm_tests::{cc, job_records, subscribe_events, verify_sector_proof, FarmProcess, Publisher, TestVhost};
 
 const P8M: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_8MIB_V1_1;
 const STAGES: &str = "ap,pc1,pc2,c1,c2";
@@ -58,19 +57,7 @@ async fn finish_sector(
     let StageOutput::C2 { proof } = run(publisher, &cc::commit2(sector, &c1_out), worker).await else {
         panic!("C2 output expected")
     };
-    let comm_r = Commitment::Replica.from_cid(cids.sealed.as_ref().unwrap()).unwrap();
-    let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().unwrap()).unwrap();
-    let verified = filecoin_proofs_api::seal::verify_seal(
-        sealfarm_worker::proofs::api_proof(sector.proof_type).unwrap(),
-        comm_r,
-        comm_d,
-        sector.id.prover_id(),
-        filecoin_proofs_api::SectorId::from(sector.id.number),
-        ticket,
-        seed,
-        &proof.0,
-    )
-    .unwrap();
+    let verified = verify_sector_proof(sector, &cids, ticket, seed, &proof.0).unwrap();
     assert!(verified, "the proof of the resumed sector must verify");
     cids
 }
