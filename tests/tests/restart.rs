@@ -18,6 +18,8 @@ async fn a_restarted_worker_takes_the_next_task_and_runs_nothing_twice() {
     publisher.publish(&first).await.unwrap();
     let (result, _) = publisher.result_of(&first, Duration::from_secs(60)).await.unwrap();
     assert!(matches!(result.outcome, Outcome::Done(StageOutput::Ap { .. })));
+    // Its start-up table shows the probe (PoCL's CPU device: scripts/setup installs it).
+    assert!(worker.log_text().contains("Portable Computing Language"), "{}", worker.log_text());
     let status = worker.terminate(Duration::from_secs(30));
     assert!(status.success(), "SIGTERM should stop the worker cleanly, got {status}");
 

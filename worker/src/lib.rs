@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod executor;
+pub mod hardware;
 pub mod job_store;
 pub mod layers;
 pub mod paramgen;

@@ -9,7 +9,7 @@ use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::service::{self, OnStop, WorkerConfig};
-use sealfarm_worker::{bench, executor, job_store, paramgen, params, proofs};
+use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.
@@ -67,6 +67,18 @@ enum Command {
         #[arg(long)]
         sealing_path: Option<PathBuf>,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what this machine has: cores, memory, swap, OpenCL devices (GPUs)
+    /// and the free space of the given paths.
+    ///
+    /// Example: sealfarm-worker probe --path /mnt/nvme/sealing --json
+    Probe {
+        /// A storage path to report the free space of (repeatable).
+        #[arg(long)]
+        path: Vec<PathBuf>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -214,6 +226,18 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Probe { path, json } => {
+            let paths: Vec<&std::path::Path> = path.iter().map(|p| p.as_path()).collect();
+            let hw = hardware::probe(&paths);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hw)?);
+            } else {
+                for line in hardware::describe(&hw) {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
         Command::Executor { sealing_path } => executor::serve(SealingPath::open(&sealing_path)?),
         Command::Jobs { state_dir, json } => {
             let store = job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;
@@ -272,6 +296,10 @@ fn run_worker(args: RunArgs) -> Result<()> {
     eprintln!("  parameters    {}", params::cache_dir().display());
     eprintln!("  slots         {}", config.slots);
     eprintln!("  queues        {}", config.queues().join(", "));
+    let hw = hardware::probe_in_child(&[config.sealing.root(), &config.state_dir]);
+    for line in hardware::describe(&hw) {
+        eprintln!("  {line}");
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (trigger, shutdown) = shutdown::channel();

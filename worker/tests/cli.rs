@@ -165,3 +165,38 @@ fn params_status_lists_what_the_cache_holds() {
     assert!(line("2KiB", "params").contains("missing"), "{stdout}");
     assert!(line("32GiB", "params").contains("missing"), "{stdout}");
 }
+
+fn probe(ocl_icd_vendors: Option<&std::path::Path>) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = worker();
+    command.args(["probe", "--json", "--path"]).arg(dir.path());
+    if let Some(vendors) = ocl_icd_vendors {
+        command.env("OCL_ICD_VENDORS", vendors);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    let hw: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(hw["cores"].as_u64().unwrap() >= 1 && hw["memory_bytes"].as_u64().unwrap() > 0, "{hw:#}");
+    assert_eq!(hw["storage"][0]["path"], dir.path().to_str().unwrap());
+    assert!(hw["storage"][0]["available_bytes"].as_u64().unwrap() > 0);
+    hw
+}
+
+#[test]
+fn probe_lists_the_pocl_opencl_device_scripts_setup_installs() {
+    let hw = probe(None);
+    let devices = hw["opencl_devices"].as_array().unwrap();
+    assert!(
+        devices.iter().any(|d| d["platform"] == "Portable Computing Language" && d["kind"] == "cpu"),
+        "PoCL (pocl-opencl-icd) should give one CPU device: {hw:#}"
+    );
+}
+
+#[test]
+fn probe_without_any_opencl_icd_reports_no_devices_and_says_why() {
+    let empty = tempfile::tempdir().unwrap();
+    let hw = probe(Some(empty.path()));
+    assert_eq!(hw["opencl_devices"], serde_json::json!([]), "{hw:#}");
+    let note = hw["opencl_note"].as_str().unwrap();
+    assert!(note.contains("OpenCL"), "{note}");
+}
