@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use sealfarm_schemas::broker::BrokerLink;
+use lapin::types::FieldTable;
+use sealfarm_schemas::broker::{header, BrokerLink};
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
@@ -56,19 +56,16 @@ impl Calls {
             )));
         };
         let call_id = CallId::new(sector.id);
+        let issued_at_ms = now_ms();
         let message = TaskMessage {
             schema: sealfarm_schemas::SCHEMA_VERSION,
             call_id: call_id.id,
             attempt: 1,
             sector,
-            issued_at_ms: now_ms(),
-            ticket_deadline_ms: None,
+            issued_at_ms,
+            ticket_deadline_ms: (task.stage() == Stage::Pc1)
+                .then(|| issued_at_ms + self.ticket_window.as_millis() as u64),
             task,
-        };
-        let message = TaskMessage {
-            ticket_deadline_ms: (message.stage() == Stage::Pc1)
-                .then(|| message.issued_at_ms + self.ticket_window.as_millis() as u64),
-            ..message
         };
         let call = Call {
             call_id,
@@ -136,7 +133,8 @@ impl Calls {
                     let Some(task) = call.task().cloned() else { continue };
                     let this = self.clone();
                     tokio::spawn(async move {
-                        match this.link.publish_until_confirmed("", &task_queue(&task), &task, &this.shutdown).await {
+                        let queue = topology::queue_of(&task).unwrap_or_default();
+                        match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
                             Ok(()) => {
                                 let _ = this.store.set_state(&task.call_id.to_string(), CallState::Dispatched);
                                 tracing::info!(call_id = %task.call_id, "unconfirmed task published again");
@@ -153,8 +151,8 @@ impl Calls {
 
     /// Publishes a task to its stage queue and waits for the broker's confirm.
     pub async fn publish_task(&self, task: &TaskMessage) -> Result<()> {
-        let broker = self.link.get().await?;
-        broker.publish_json("", &task_queue(task), task, &[]).await
+        let queue = topology::queue_of(task).context("a task for an unknown proof type")?;
+        self.link.publish_json("", &queue, task, &[]).await
     }
 
     /// Dispatches an open call's task again with the next attempt number (its
@@ -201,11 +199,7 @@ impl Calls {
             schema: sealfarm_schemas::SCHEMA_VERSION,
             control: Control::Supersede { call_id, attempt, reason: reason.to_string() },
         };
-        let sent = async {
-            let broker = self.link.get().await?;
-            broker.publish_json("", &topology::worker_queue(worker), &message, &[]).await
-        };
-        if let Err(err) = sent.await {
+        if let Err(err) = self.link.publish_json("", &topology::worker_queue(worker), &message, &[]).await {
             tracing::warn!(worker, %call_id, error = %format!("{err:#}"), "cannot tell the worker its attempt was superseded");
         }
     }
@@ -362,21 +356,10 @@ fn output_slot(output: &StageOutput) -> Value {
 }
 
 /// The stage queue a task goes to.
-fn task_queue(task: &TaskMessage) -> String {
-    let size = task.sector.proof_type.info().map(|i| i.sector_size).unwrap_or(sealfarm_schemas::SectorSize::KIB2);
-    topology::task_queue(task.stage(), size)
-}
-
 /// Why a message was dead-lettered: the consumer's own header, or the
 /// broker's `x-death` record (e.g. `delivery_limit`).
 fn dead_letter_reason(delivery: &Delivery) -> String {
-    let headers = delivery.properties.headers().as_ref();
-    let text = |value: &AMQPValue| match value {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    };
-    let find = |name: &str| headers.and_then(|h| h.inner().get(name)).and_then(text);
+    let find = |name: &str| header(delivery, name);
     if let Some(reason) = find(topology::REASON_HEADER) {
         return reason;
     }

@@ -139,6 +139,17 @@ impl BrokerLink {
         Ok(broker)
     }
 
+    /// Publishes JSON once on the current connection (connecting if needed).
+    pub async fn publish_json<T: Serialize>(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: &T,
+        headers: &[(&str, String)],
+    ) -> Result<()> {
+        self.get().await?.publish_json(exchange, routing_key, message, headers).await
+    }
+
     /// Publishes, reconnecting and retrying with backoff until it succeeds or
     /// `give_up` says stop (shutdown).
     pub async fn publish_until_confirmed<T: Serialize>(
@@ -146,15 +157,12 @@ impl BrokerLink {
         exchange: &str,
         routing_key: &str,
         message: &T,
+        headers: &[(&str, String)],
         give_up: &Shutdown,
     ) -> Result<()> {
         let mut delay = Duration::from_millis(200);
         loop {
-            let attempt = async {
-                let broker = self.get().await?;
-                broker.publish_json(exchange, routing_key, message, &[]).await
-            };
-            match attempt.await {
+            match self.publish_json(exchange, routing_key, message, headers).await {
                 Ok(()) => return Ok(()),
                 Err(err) => {
                     tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "publish failed; retrying");
@@ -175,6 +183,15 @@ impl BrokerLink {
 }
 
 /// A URL without its password, for logs and errors.
+/// A string header of a delivery.
+pub fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

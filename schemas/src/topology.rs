@@ -19,7 +19,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 
 use crate::lotus::SectorSize;
-use crate::messages::Stage;
+use crate::messages::{Stage, TaskMessage};
 
 pub const EVENTS_EXCHANGE: &str = "sealfarm.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "sealfarm.dead";
@@ -48,6 +48,11 @@ pub const WORKER_HEADER: &str = "x-sealfarm-worker";
 /// The shared queue for one stage and sector size.
 pub fn task_queue(stage: Stage, size: SectorSize) -> String {
     format!("sealfarm.task.{stage}.{size}")
+}
+
+/// The shared queue a task goes to; `None` for a proof type lotus does not define.
+pub fn queue_of(task: &TaskMessage) -> Option<String> {
+    task.sector.proof_type.info().map(|info| task_queue(task.stage(), info.sector_size))
 }
 
 /// A worker's own queue for location-bound stages.

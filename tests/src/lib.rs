@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{ResultMessage, TaskMessage};
@@ -126,8 +126,8 @@ impl TaskSender {
 
     /// Publishes a task to the shared queue of its stage and sector size.
     pub async fn publish(&self, task: &TaskMessage) -> Result<()> {
-        let size = task.sector.proof_type.info().context("known proof type")?.sector_size;
-        self.publish_raw(&topology::task_queue(task.stage(), size), &serde_json::to_vec(task)?).await
+        let queue = topology::queue_of(task).context("known proof type")?;
+        self.publish_raw(&queue, &serde_json::to_vec(task)?).await
     }
 }
 
@@ -249,15 +249,7 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
     out
 }
 
-/// A string header of a delivery.
-pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(s.to_string()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
+pub use sealfarm_schemas::broker::header;
 
 /// A running sealfarm process (worker or bridge); killed when dropped.
 pub struct FarmProcess {

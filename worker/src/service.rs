@@ -336,11 +336,7 @@ impl Worker {
     /// acknowledges it. If the broker cannot take it, the task stays queued.
     async fn dead_letter(&self, queue: &str, delivery: Delivery, reason: DeadLetterReason, task: Option<&TaskMessage>) {
         tracing::warn!(queue, reason = %reason, call_id = ?task.map(|t| t.call_id), "dead-lettering a task");
-        let headers = [
-            (topology::REASON_HEADER, reason.to_string()),
-            (topology::SOURCE_QUEUE_HEADER, queue.to_string()),
-            (topology::WORKER_HEADER, self.config.worker_id.clone()),
-        ];
+        let headers = self.dead_letter_headers(&reason, queue);
         let published = async {
             let broker = self.link.get().await?;
             broker.publish_bytes(topology::DEAD_LETTER_EXCHANGE, queue, &delivery.data, &headers).await?;
@@ -589,6 +585,15 @@ impl Worker {
         .await;
     }
 
+    /// The headers of a task this worker dead-letters: why, from where, by whom.
+    fn dead_letter_headers(&self, reason: &DeadLetterReason, queue: &str) -> [(&'static str, String); 3] {
+        [
+            (topology::REASON_HEADER, reason.to_string()),
+            (topology::SOURCE_QUEUE_HEADER, queue.to_string()),
+            (topology::WORKER_HEADER, self.config.worker_id.clone()),
+        ]
+    }
+
     /// A task whose runs keep ending without a result: dead-lettered with
     /// its reason, and its call failed.
     async fn give_up(&self, task: &TaskMessage, runs: u32) -> Outcome {
@@ -598,30 +603,14 @@ impl Worker {
             task.sector.id
         ));
         tracing::error!(call_id = %task.call_id, reason = %reason, "giving up on a task");
-        let queue = task.sector.proof_type.info().map(|i| topology::task_queue(task.stage(), i.sector_size));
-        let queue = queue.unwrap_or_default();
-        let headers = [
-            (topology::REASON_HEADER, reason.to_string()),
-            (topology::SOURCE_QUEUE_HEADER, queue.clone()),
-            (topology::WORKER_HEADER, self.config.worker_id.clone()),
-        ];
-        let body = serde_json::to_vec(task).expect("a task is JSON");
-        let mut delay = Duration::from_millis(200);
-        loop {
-            let sent = async {
-                let broker = self.link.get().await?;
-                broker.publish_bytes(topology::DEAD_LETTER_EXCHANGE, &queue, &body, &headers).await
-            };
-            match sent.await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(error = %format!("{err:#}"), "cannot dead-letter yet; retrying");
-                    if self.shutdown.wait_for(delay).await {
-                        break;
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(15));
-                }
-            }
+        let queue = topology::queue_of(task).unwrap_or_default();
+        let headers = self.dead_letter_headers(&reason, &queue);
+        let sent = self
+            .link
+            .publish_until_confirmed(topology::DEAD_LETTER_EXCHANGE, &queue, task, &headers, &self.shutdown)
+            .await;
+        if let Err(err) = sent {
+            tracing::warn!(error = %format!("{err:#}"), "task not dead-lettered");
         }
         Outcome::Failed(CallError::new(
             ErrorCode::UNKNOWN,
@@ -674,10 +663,10 @@ impl Worker {
                 &self.config.worker_id,
                 EventKind::Release { call_id: job.call_id, attempt: job.attempt, reason },
             );
-            let released = tokio::time::timeout(Duration::from_secs(10), async {
-                let broker = self.link.get().await?;
-                broker.publish_json(topology::EVENTS_EXCHANGE, &message.routing_key(), &message, &[]).await
-            })
+            let released = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.link.publish_json(topology::EVENTS_EXCHANGE, &message.routing_key(), &message, &[]),
+            )
             .await;
             match released {
                 Ok(Ok(())) => {
@@ -705,7 +694,7 @@ impl Worker {
     }
 
     async fn publish_result(&self, key: &str, result: ResultMessage) {
-        match self.link.publish_until_confirmed("", topology::RESULTS_QUEUE, &result, &self.shutdown).await {
+        match self.link.publish_until_confirmed("", topology::RESULTS_QUEUE, &result, &[], &self.shutdown).await {
             Ok(()) => {
                 if let Err(err) = self.store.done(key) {
                     tracing::error!(call_id = %result.call_id, error = %format!("{err:#}"), "result published but not marked done");
