@@ -35,8 +35,6 @@ pub struct Lease {
     pub worker: String,
     pub attempt: u32,
     pub expires: Instant,
-    /// The last progress reported, e.g. "layer 1/2".
-    pub progress: Option<String>,
 }
 
 /// No event from any worker for this long: the bridge is cut off, not the farm dead.
@@ -62,12 +60,7 @@ impl Leases {
             if let (CallState::Dispatched, Some(holder)) = (&call.state, &call.holder) {
                 held.insert(
                     call.call_id.id,
-                    Lease {
-                        worker: holder.worker.clone(),
-                        attempt: holder.attempt,
-                        expires: Instant::now() + timeout,
-                        progress: None,
-                    },
+                    Lease { worker: holder.worker.clone(), attempt: holder.attempt, expires: Instant::now() + timeout },
                 );
             }
         }
@@ -118,16 +111,14 @@ impl Leases {
         // An old event (queued while the bridge was away) renews only for what is left of it.
         let age = Duration::from_millis(now_ms().saturating_sub(event.at_ms)).min(self.timeout);
         match event.event {
-            EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age, None).await,
+            EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age).await,
             EventKind::Heartbeat { running, .. } => {
                 for job in running {
-                    self.renew(&worker, job.call_id, job.attempt, age, None).await?;
+                    self.renew(&worker, job.call_id, job.attempt, age).await?;
                 }
                 Ok(())
             }
-            EventKind::Progress { call_id, attempt, step, done, total, .. } => {
-                self.renew(&worker, call_id, attempt, age, Some(format!("{step} {done}/{total}"))).await
-            }
+            EventKind::Progress { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age).await,
             EventKind::Release { call_id, attempt, reason } => {
                 let Some(call) = self.current(call_id, attempt)? else { return Ok(()) };
                 self.held.lock().unwrap().remove(&call_id);
@@ -144,14 +135,7 @@ impl Leases {
     }
 
     /// A sign of life from `worker` for one attempt of a call.
-    async fn renew(
-        &self,
-        worker: &str,
-        call_id: Uuid,
-        attempt: u32,
-        age: Duration,
-        progress: Option<String>,
-    ) -> Result<()> {
+    async fn renew(&self, worker: &str, call_id: Uuid, attempt: u32, age: Duration) -> Result<()> {
         let Some(call) = self.calls.store.get(&call_id.to_string())? else { return Ok(()) };
         let current = call.task().map(|t| t.attempt).unwrap_or(attempt);
         if attempt < current && call.is_open() {
@@ -173,14 +157,10 @@ impl Leases {
             worker: worker.to_string(),
             attempt,
             expires: Instant::now(),
-            progress: None,
         });
         lease.worker = worker.to_string();
         lease.attempt = attempt;
         lease.expires = lease.expires.max(Instant::now() + (self.timeout - age));
-        if progress.is_some() {
-            lease.progress = progress;
-        }
         Ok(())
     }
 
@@ -212,10 +192,5 @@ impl Leases {
                 }
             }
         }
-    }
-
-    /// The leases now held, for operator views.
-    pub fn snapshot(&self) -> Vec<(Uuid, Lease)> {
-        self.held.lock().unwrap().iter().map(|(id, l)| (*id, l.clone())).collect()
     }
 }
