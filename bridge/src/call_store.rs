@@ -12,7 +12,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::messages::now_ms;
-use sealfarm_schemas::{CallId, Outcome, SectorRef, TaskMessage};
+use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, TaskMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -93,11 +93,24 @@ pub fn input_digest(method: &str, sector: &SectorRef, inputs: &serde_json::Value
     hex::encode(hasher.finalize())
 }
 
+/// Where a sector's files are: the worker that created them (AddPiece,
+/// PC1) and the storage it keeps them in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub worker: String,
+    /// The worker's sealing-path id; a bridge storage path with this id is shared storage.
+    pub storage_id: Option<String>,
+    /// The worker's file server, in worker-local storage.
+    pub files_url: Option<String>,
+    pub since_ms: u64,
+}
+
 #[derive(Clone)]
 pub struct CallStore {
     db: sled::Db,
     calls: sled::Tree,
     open_by_digest: sled::Tree,
+    locations: sled::Tree,
 }
 
 impl CallStore {
@@ -107,7 +120,12 @@ impl CallStore {
         let path = state_dir.join("calls.sled");
         let db = sled::open(&path)
             .with_context(|| format!("cannot open call store {} (is another bridge using it?)", path.display()))?;
-        Ok(CallStore { calls: db.open_tree("calls")?, open_by_digest: db.open_tree("open-by-digest")?, db })
+        Ok(CallStore {
+            calls: db.open_tree("calls")?,
+            open_by_digest: db.open_tree("open-by-digest")?,
+            locations: db.open_tree("sector-locations")?,
+            db,
+        })
     }
 
     /// The open (not yet returned) call with this input digest, if any.
@@ -168,6 +186,19 @@ impl CallStore {
         }
         calls.sort_by_key(|c| c.arrived_at_ms);
         Ok(calls)
+    }
+
+    /// Where a sector's files are, if a worker created them.
+    pub fn location(&self, sector: SectorId) -> Result<Option<Location>> {
+        match self.locations.get(sector.file_name().as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).context("a sector location is corrupt")?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn set_location(&self, sector: SectorId, location: &Location) -> Result<()> {
+        self.locations.insert(sector.file_name().as_bytes(), serde_json::to_vec(location)?)?;
+        self.flush()
     }
 
     fn flush(&self) -> Result<()> {

@@ -25,7 +25,8 @@ use sealfarm_schemas::{
 };
 use serde_json::{json, Value};
 
-use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore};
+use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore, Location};
+use crate::farm::Farm;
 use crate::registration::Miner;
 use crate::rpc::RpcError;
 
@@ -37,6 +38,10 @@ pub struct Calls {
     pub shutdown: Shutdown,
     /// How long after a PC1 call arrives its ticket can still land on chain.
     pub ticket_window: Duration,
+    /// The live workers, from their heartbeats.
+    pub farm: Arc<Farm>,
+    /// Ids of the storage paths the bridge mounts itself (shared storage).
+    pub shared_storage: Vec<String>,
 }
 
 impl Calls {
@@ -78,9 +83,25 @@ impl Calls {
             state: CallState::Accepted,
             holder: None,
         };
+        let queue = match self.route(&message) {
+            Ok(queue) => queue,
+            Err(error) => {
+                // The miner hears it as the call's result: its FSM handles failed stages.
+                tracing::warn!(sector = %sector.id, method, error = %error, "call cannot run on the farm");
+                let state = CallState::Resulted { outcome: Box::new(Outcome::Failed(error)), worker: "bridge".into() };
+                let call = Call { state, ..call };
+                self.store.insert(&call).map_err(internal)?;
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    this.deliver(call).await;
+                });
+                return Ok(call_id);
+            }
+        };
+        let _ = info;
         self.store.insert(&call).map_err(internal)?;
-        let queue = topology::task_queue(message.stage(), info.sector_size);
-        if let Err(err) = self.publish_task(&message).await {
+        if let Err(err) = self.publish_to(&queue, &message).await {
             let _ = self.store.remove(&call);
             tracing::error!(sector = %sector.id, method, error = %format!("{err:#}"), "cannot publish the task");
             return Err(RpcError::method(format!("sealfarm-bridge cannot reach the broker: {err:#}")));
@@ -133,7 +154,10 @@ impl Calls {
                     let Some(task) = call.task().cloned() else { continue };
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let queue = topology::queue_of(&task).unwrap_or_default();
+                        let queue = match this.route(&task) {
+                            Ok(queue) => queue,
+                            Err(error) => return this.fail(&call, task.attempt, error, "bridge"),
+                        };
                         match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
                             Ok(()) => {
                                 let _ = this.store.set_state(&task.call_id.to_string(), CallState::Dispatched);
@@ -149,10 +173,75 @@ impl Calls {
         Ok(())
     }
 
-    /// Publishes a task to its stage queue and waits for the broker's confirm.
+    /// Where a task goes. C2 and every task of a sector whose files no
+    /// worker created yet: the stage's shared queue. A location-bound task
+    /// (AddPiece of a further piece, PC1, PC2, C1, finalize, release): the
+    /// own queue of the worker holding the sector's files, while it is alive
+    /// and takes that stage; else, in shared storage (the bridge mounts the
+    /// worker's sealing path), the shared queue. In worker-local storage a
+    /// holder that is gone or does not take the stage fails the call: the
+    /// files are nowhere else, so the miner must seal the sector again.
+    pub fn route(&self, task: &TaskMessage) -> Result<String, CallError> {
+        let Some(info) = task.sector.proof_type.info() else {
+            let message = format!("unknown seal proof type {}", task.sector.proof_type.0);
+            return Err(CallError::new(ErrorCode::UNKNOWN, message));
+        };
+        let (shared, size) = (topology::task_queue(task.stage(), info.sector_size), info.sector_size);
+        if task.stage() == Stage::C2 {
+            return Ok(shared);
+        }
+        let location = match self.store.location(task.sector.id) {
+            Ok(Some(location)) => location,
+            Ok(None) => return Ok(shared),
+            Err(err) => {
+                return Err(CallError::new(
+                    ErrorCode::TEMP_WORKER_RESTART,
+                    format!("sealfarm-bridge call store: {err:#}"),
+                ))
+            }
+        };
+        let holder = &location.worker;
+        let gone = self.farm.is_gone(holder);
+        // A holder not heard of since the bridge started is taken at its word.
+        let takes = self.farm.get(holder).is_none_or(|w| w.slots(task.stage(), size) > 0);
+        if !gone && takes {
+            return Ok(topology::worker_queue(holder));
+        }
+        if location.storage_id.as_ref().is_some_and(|id| self.shared_storage.contains(id)) {
+            return Ok(shared);
+        }
+        let stage = task.stage();
+        let sector = task.sector.id;
+        let message = if gone {
+            let silent = self.farm.silent_for(holder).map_or("since the bridge started".to_string(), |d| {
+                format!("for {}", humantime::format_duration(Duration::from_secs(d.as_secs())))
+            });
+            format!(
+                "sealfarm: the files of sector {sector} are on worker {holder} (worker-local storage), which has sent \
+                 no heartbeat {silent}: {stage} cannot run anywhere else and the sector must be sealed again"
+            )
+        } else {
+            format!(
+                "sealfarm: the files of sector {sector} are on worker {holder} (worker-local storage), which does not \
+                 take {stage} of {size} sectors: in worker-local storage every stage from AddPiece to finalize runs \
+                 where the files are, so let {holder} take {stage} (or use shared storage)"
+            )
+        };
+        Err(CallError::new(ErrorCode::UNKNOWN, message))
+    }
+
+    /// Publishes a task where [`Calls::route`] sends it and waits for the
+    /// broker's confirm; a task that can no longer run is an Err.
     pub async fn publish_task(&self, task: &TaskMessage) -> Result<()> {
-        let queue = topology::queue_of(task).context("a task for an unknown proof type")?;
-        self.link.publish_json("", &queue, task, &[]).await
+        let queue = self.route(task).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        self.publish_to(&queue, task).await
+    }
+
+    async fn publish_to(&self, queue: &str, task: &TaskMessage) -> Result<()> {
+        if queue.starts_with("sealfarm.worker.") {
+            self.link.get().await?.declare_queue(&topology::QueueSpec::work(queue)).await?;
+        }
+        self.link.publish_json("", queue, task, &[]).await
     }
 
     /// Dispatches an open call's task again with the next attempt number (its
@@ -178,8 +267,16 @@ impl Calls {
             return Ok(());
         }
         let next = task.next_attempt();
+        let queue = match self.route(&next) {
+            Ok(queue) => queue,
+            Err(error) => {
+                let message = format!("{} ({reason})", error.message);
+                self.fail(call, task.attempt, CallError::new(error.code, message), "bridge");
+                return Ok(());
+            }
+        };
         // Publish first: a crash before the store update only repeats this at the next lease expiry.
-        self.publish_task(&next).await?;
+        self.publish_to(&queue, &next).await?;
         let old_holder = call.holder.clone();
         self.store.modify(&call.call_id.id.to_string(), |c| {
             c.kind = CallKind::Task { task: Box::new(next.clone()) };
@@ -274,6 +371,17 @@ impl Calls {
         if !call.is_open() {
             tracing::info!(call_id = %id, attempt = result.attempt, "call already has a result; later one ignored");
             return Ok(None);
+        }
+        if let Outcome::Done(StageOutput::Ap { .. } | StageOutput::Pc1 { .. }) = &result.outcome {
+            // The worker created the sector's files: later stages go there.
+            let view = self.farm.get(&result.worker);
+            let location = Location {
+                worker: result.worker.clone(),
+                storage_id: view.as_ref().and_then(|w| w.storage_id.clone()),
+                files_url: view.as_ref().and_then(|w| w.files_url.clone()),
+                since_ms: now_ms(),
+            };
+            self.store.set_location(result.sector.id, &location)?;
         }
         // Any attempt's result is taken while the call has none (a superseded
         // attempt that finishes first saves the new one's work).

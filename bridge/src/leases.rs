@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::call_store::{Call, CallState, Holder};
 use crate::calls::{consume, Calls};
+use crate::farm::WorkerView;
 
 /// What the bridge knows of a held call.
 #[derive(Clone, Debug)]
@@ -112,7 +113,17 @@ impl Leases {
         let age = Duration::from_millis(now_ms().saturating_sub(event.at_ms)).min(self.timeout);
         match event.event {
             EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age).await,
-            EventKind::Heartbeat { running, .. } => {
+            EventKind::Heartbeat { hostname, running, capacity, hardware, storage_id, files_url, .. } => {
+                self.calls.farm.heartbeat(WorkerView {
+                    id: worker.clone(),
+                    hostname,
+                    last_seen: Instant::now() - age,
+                    capacity,
+                    hardware,
+                    storage_id,
+                    files_url,
+                    running: running.clone(),
+                });
                 for job in running {
                     self.renew(&worker, job.call_id, job.attempt, age).await?;
                 }

@@ -3,6 +3,7 @@
 //!
 //! * [`server`] — the worker API the miner calls (`POST /rpc/v0`);
 //! * [`calls`] — accepting calls as tasks, returning results as `Return*`;
+//! * [`farm`] — the live workers, from their heartbeats (routing, capacity);
 //! * [`pieces`] — piece data the miner pushes or links for AddPiece;
 //! * [`call_store`] — the durable record of every call (sled);
 //! * [`registration`] — version check, storage attach, `WorkerConnect`,
@@ -15,6 +16,7 @@
 pub mod api_info;
 pub mod call_store;
 pub mod calls;
+pub mod farm;
 pub mod leases;
 pub mod pieces;
 pub mod registration;

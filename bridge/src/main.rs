@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use sealfarm_bridge::api_info::MinerApiInfo;
 use sealfarm_bridge::call_store::CallStore;
 use sealfarm_bridge::calls::Calls;
+use sealfarm_bridge::farm::Farm;
 use sealfarm_bridge::leases::Leases;
 use sealfarm_bridge::pieces::PieceInbox;
 use sealfarm_bridge::registration::Miner;
@@ -76,6 +77,11 @@ struct RunArgs {
     /// (CallError) rather than run, so the miner draws a new ticket.
     #[arg(long, env = "SEALFARM_PC1_TICKET_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pc1_ticket_window: std::time::Duration,
+    /// The secret the workers' file servers expect (worker-local storage:
+    /// `/remote` fetches a sector's files from the worker that holds them).
+    /// The same value as the workers' SEALFARM_FILES_TOKEN.
+    #[arg(long, env = "SEALFARM_FILES_TOKEN", hide_env_values = true)]
+    files_token: Option<String>,
 }
 
 fn main() {
@@ -113,6 +119,8 @@ async fn run(args: RunArgs) -> Result<()> {
         miner: miner.clone(),
         shutdown: shutdown.clone(),
         ticket_window: args.pc1_ticket_window,
+        farm: Arc::new(Farm::new(args.lease_timeout)),
+        shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
     });
     let leases = Leases::new(calls.clone(), args.lease_timeout)?;
     let api = Arc::new(Api {
@@ -122,6 +130,7 @@ async fn run(args: RunArgs) -> Result<()> {
         miner: miner.clone(),
         pieces: Arc::new(PieceInbox::new(&miner.storage[0].path).context("cannot prepare the piece inbox")?),
         limits: args.max_concurrent.clone(),
+        files_token: args.files_token.clone(),
     });
     eprintln!("sealfarm-bridge");
     eprintln!("  miner        {}", info.url);

@@ -23,7 +23,8 @@ use serde_json::json;
 
 use crate::rpc;
 use crate::server::Api;
-use crate::storage::{parse_sector_name, FILE_TYPES};
+use crate::storage::FILE_TYPES;
+use sealfarm_schemas::sector_store::{file_type_bit, flat_tar, parse_sector_name};
 
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
@@ -76,7 +77,29 @@ async fn fetch(
         return error(StatusCode::BAD_REQUEST, format!("no sector file {file_type}/{name}"));
     };
     let Some((_, path)) = copies.into_iter().next() else {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("sector file {file_type}/{name} not found"));
+        // Worker-local storage: the worker that made the file serves it.
+        return match from_holder(&api, reqwest::Method::GET, &file_type, &name).await {
+            Ok(answer) if answer.status().is_success() => {
+                let kind = answer.headers().get(header::CONTENT_TYPE).cloned();
+                let length = answer.headers().get(header::CONTENT_LENGTH).cloned();
+                let mut response = Body::from_stream(answer.bytes_stream()).into_response();
+                for (name, value) in [(header::CONTENT_TYPE, kind), (header::CONTENT_LENGTH, length)] {
+                    if let Some(value) = value {
+                        response.headers_mut().insert(name, value);
+                    }
+                }
+                response
+            }
+            Ok(answer) => {
+                let status = answer.status();
+                let text = answer.text().await.unwrap_or_default();
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the worker holding {file_type}/{name} answered {status}: {text}"),
+                )
+            }
+            Err(refusal) => refusal.into_response(),
+        };
     };
     if path.is_dir() {
         let tarred = tokio::task::spawn_blocking(move || flat_tar(&path)).await;
@@ -95,17 +118,39 @@ async fn fetch(
     }
 }
 
-/// A tar of a directory's files, names without the directory (as lotus writes it).
-fn flat_tar(dir: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        if entry.file_type()?.is_file() {
-            builder.append_path_with_name(entry.path(), entry.file_name())?;
-        }
+/// Sends a request for a sector file to the file server of the worker that
+/// holds the sector (worker-local storage); an Err is the answer to give.
+async fn from_holder(
+    api: &Api,
+    method: reqwest::Method,
+    file_type: &str,
+    name: &str,
+) -> Result<reqwest::Response, (StatusCode, String)> {
+    let not_found = |why: String| Err((StatusCode::INTERNAL_SERVER_ERROR, why));
+    let sector = parse_sector_name(name).expect("checked by copies");
+    let location = match api.calls.store.location(sector) {
+        Ok(Some(location)) => location,
+        Ok(None) => return not_found(format!("sector file {file_type}/{name} not found")),
+        Err(e) => return not_found(format!("sealfarm-bridge call store: {e:#}")),
+    };
+    let url = api.calls.farm.get(&location.worker).and_then(|w| w.files_url).or(location.files_url);
+    let Some(url) = url else {
+        return not_found(format!(
+            "sector file {file_type}/{name} not found in the bridge's storage, and worker {} (which made it) serves no files",
+            location.worker
+        ));
+    };
+    let Some(token) = &api.files_token else {
+        return not_found(format!(
+            "{file_type}/{name} is on worker {}; set SEALFARM_FILES_TOKEN on the bridge to fetch it",
+            location.worker
+        ));
+    };
+    let target = format!("{}/files/{file_type}/{name}", url.trim_end_matches('/'));
+    match reqwest::Client::new().request(method, &target).bearer_auth(token).send().await {
+        Ok(answer) => Ok(answer),
+        Err(e) => not_found(format!("cannot reach worker {} at {url}: {e}", location.worker)),
     }
-    builder.into_inner()
 }
 
 async fn remove(
@@ -128,7 +173,29 @@ async fn remove(
         return error(StatusCode::BAD_REQUEST, format!("no sector file {file_type}/{name}"));
     };
     let sector = parse_sector_name(&name).expect("checked by copies");
-    let mask = FILE_TYPES.iter().find(|(_, folder)| *folder == file_type).map(|(m, _)| *m).unwrap_or(0);
+    let mask = file_type_bit(&file_type).unwrap_or(0);
+    let declared_as = api.miner.storage.first().map(|p| p.meta.id.clone()).unwrap_or_default();
+    if copies.is_empty() && !keep.contains(&declared_as) {
+        // Worker-local storage: the holder deletes its copy.
+        match from_holder(&api, reqwest::Method::DELETE, &file_type, &name).await {
+            Ok(answer) if answer.status().is_success() => {}
+            Ok(answer) => {
+                let status = answer.status();
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("the worker holding {file_type}/{name} answered {status}"),
+                );
+            }
+            Err(refusal) => return refusal.into_response(),
+        }
+        if let Err(e) =
+            api.miner.client().call::<serde_json::Value>("StorageDropSector", json!([declared_as, sector, mask])).await
+        {
+            tracing::warn!(error = %e, %sector, "StorageDropSector after a remote delete failed");
+        }
+        tracing::info!(%sector, file_type, "removed from its worker at the miner's request");
+        return StatusCode::OK.into_response();
+    }
     for (id, path) in copies.into_iter().filter(|(id, _)| !keep.contains(id)) {
         let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         if let Err(e) = removed {

@@ -14,7 +14,7 @@ use axum::routing::post;
 use axum::Router;
 use sealfarm_schemas::lotus::{Range, ReaderStream};
 use sealfarm_schemas::messages::PieceData;
-use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, Task, TaskType};
+use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
 use serde_json::{json, Value};
 
 use crate::call_store::CallKind;
@@ -65,9 +65,20 @@ pub struct Api {
     pub calls: Arc<Calls>,
     pub miner: Arc<Miner>,
     pub pieces: Arc<crate::pieces::PieceInbox>,
-    /// Per-stage limits the miner enforces (`MaxConcurrent`); none = unlimited.
+    /// Per-stage limits the operator set (`--max-concurrent`); none: the
+    /// live workers' slots.
     pub limits: Vec<(TaskType, u32)>,
+    /// What the workers' file servers expect (worker-local storage).
+    pub files_token: Option<String>,
 }
+
+/// A worker heard from within this long counts towards the farm's capacity.
+pub const LIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Stages advertised only while a live worker takes them; C1, finalize,
+/// release-unsealed and fetch are always advertised: the miner sends them
+/// only to the worker that holds the sector's files (PROTOCOL.md §8.1).
+const COMPUTE_STAGES: [Stage; 4] = [Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C2];
 
 /// `/rpc/v0`, `/rpc/streams/v0/push` and `/remote`.
 pub fn router(api: Arc<Api>) -> Router {
@@ -122,7 +133,8 @@ impl Api {
             }
             "TaskTypes" => {
                 request.params(0)?;
-                let map: serde_json::Map<String, Value> = TASK_TYPES
+                let map: serde_json::Map<String, Value> = self
+                    .task_types()
                     .iter()
                     .map(|t| (serde_json::to_value(t).unwrap().as_str().unwrap().to_string(), json!({})))
                     .collect();
@@ -211,40 +223,83 @@ impl Api {
         }
     }
 
-    /// `storiface.WorkerInfo` for the farm (PROTOCOL.md §6.1).
+    /// The task types the farm takes now: the compute stages some live
+    /// worker takes, and the location-bound ones a file holder must list.
+    pub fn task_types(&self) -> Vec<TaskType> {
+        let capacity = self.calls.farm.capacity(LIVE);
+        TASK_TYPES
+            .into_iter()
+            .filter(|t| {
+                let compute = COMPUTE_STAGES.iter().find(|s| s.task_type() == *t);
+                compute.is_none_or(|stage| capacity.iter().any(|((s, _), slots)| s == stage && *slots > 0))
+            })
+            .collect()
+    }
+
+    /// `storiface.WorkerInfo` for the farm (PROTOCOL.md §6.1): the live
+    /// workers' cores, memory and GPUs added up, and per task and proof
+    /// type the slots they have (`MaxConcurrent`; the operator's
+    /// `--max-concurrent` instead when given).
     fn info(&self) -> Value {
-        let (physical, available, swap, swap_free) = meminfo();
+        let workers = self.calls.farm.live(LIVE);
+        let hardware: Vec<_> = workers.iter().filter_map(|w| w.hardware.as_ref()).collect();
+        let (physical, used, swap, swap_used, cores) = if hardware.is_empty() {
+            let (physical, available, swap, swap_free) = meminfo();
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            (physical, physical.saturating_sub(available), swap, swap.saturating_sub(swap_free), cores)
+        } else {
+            let sum = |f: fn(&&sealfarm_schemas::hardware::Hardware) -> u64| hardware.iter().map(f).sum::<u64>();
+            (
+                sum(|h| h.memory_bytes),
+                sum(|h| h.memory_used_bytes),
+                sum(|h| h.swap_bytes),
+                sum(|h| h.swap_used_bytes),
+                hardware.iter().map(|h| h.cores).sum(),
+            )
+        };
+        let gpus: Vec<String> = hardware.iter().flat_map(|h| h.gpus().map(|g| g.name.clone())).collect();
+        let limits: Vec<(TaskType, SectorSize, u32)> = if self.limits.is_empty() {
+            self.calls
+                .farm
+                .capacity(LIVE)
+                .into_iter()
+                .map(|((stage, size), slots)| (stage.task_type(), size, slots))
+                .collect()
+        } else {
+            self.limits
+                .iter()
+                .flat_map(|(task, limit)| SectorSize::ALL.into_iter().map(move |size| (*task, size, *limit)))
+                .collect()
+        };
         json!({
             "Hostname": self.hostname,
             "IgnoreResources": true,
             "Resources": {
-                "MemPhysical": physical, "MemUsed": physical.saturating_sub(available),
-                "MemSwap": swap, "MemSwapUsed": swap.saturating_sub(swap_free),
-                "CPUs": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-                "GPUs": [], "Resources": resource_table(&self.limits)
+                "MemPhysical": physical, "MemUsed": used, "MemSwap": swap, "MemSwapUsed": swap_used,
+                "CPUs": cores.max(1), "GPUs": gpus, "Resources": resource_table(&limits)
             }
         })
     }
 }
 
 /// `WorkerResources.Resources` carrying only `MaxConcurrent` per task type and
-/// proof type: with `IgnoreResources` the miner enforces nothing else. `null`
-/// without limits (the miner then uses its own table: unlimited).
-pub fn resource_table(limits: &[(TaskType, u32)]) -> Value {
+/// proof type (sector size): with `IgnoreResources` the miner enforces
+/// nothing else. `null` without limits (the miner then uses its own table:
+/// unlimited).
+pub fn resource_table(limits: &[(TaskType, SectorSize, u32)]) -> Value {
     if limits.is_empty() {
         return Value::Null;
     }
     let mut table = serde_json::Map::new();
-    for (task, limit) in limits {
-        let per_proof: serde_json::Map<String, Value> = (0..15)
-            .map(|proof: i64| {
-                let row = json!({"MinMemory": 0, "MaxMemory": 0, "GPUUtilization": 0.0, "MaxParallelism": 0,
-                                 "MaxParallelismGPU": 0, "BaseMinMemory": 0, "MaxConcurrent": limit});
-                (proof.to_string(), row)
-            })
-            .collect();
+    for (task, size, limit) in limits {
         let name = serde_json::to_value(task).expect("task types are strings");
-        table.insert(name.as_str().expect("task types are strings").to_string(), Value::Object(per_proof));
+        let rows = table.entry(name.as_str().expect("task types are strings").to_string()).or_insert(json!({}));
+        // Proof types 0-14 are the five sizes in order, three times (V1, V1_1, synthetic).
+        for proof in (0..15i64).filter(|p| SectorSize::ALL[*p as usize % 5] == *size) {
+            let row = json!({"MinMemory": 0, "MaxMemory": 0, "GPUUtilization": 0.0, "MaxParallelism": 0,
+                             "MaxParallelismGPU": 0, "BaseMinMemory": 0, "MaxConcurrent": limit});
+            rows[proof.to_string()] = row;
+        }
     }
     Value::Object(table)
 }

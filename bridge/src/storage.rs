@@ -10,21 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::SectorId;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// `storiface.LocalStorageMeta`, the content of `sectorstore.json`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct StorageMeta {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub weight: u64,
-    pub can_seal: bool,
-    pub can_store: bool,
-    #[serde(default)]
-    pub max_storage: u64,
-}
+pub use sealfarm_schemas::sector_store::{parse_sector_name, StorageMeta, FILE_TYPES};
 
 /// A storage path and its meta.
 #[derive(Clone, Debug)]
@@ -33,9 +21,6 @@ pub struct StoragePath {
     pub meta: StorageMeta,
 }
 
-/// lotus' file types (bit mask) and their folder names.
-pub const FILE_TYPES: [(u64, &str); 3] = [(1, "unsealed"), (2, "sealed"), (4, "cache")];
-
 impl StoragePath {
     /// Opens a path, creating its folders and `sectorstore.json` if needed.
     pub fn open(path: &Path) -> Result<Self> {
@@ -43,23 +28,7 @@ impl StoragePath {
             std::fs::create_dir_all(path.join(folder))
                 .with_context(|| format!("cannot create {}", path.join(folder).display()))?;
         }
-        let meta_path = path.join("sectorstore.json");
-        let meta = match std::fs::read(&meta_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a lotus sectorstore.json", meta_path.display()))?,
-            Err(_) => {
-                let meta = StorageMeta {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    weight: 10,
-                    can_seal: true,
-                    can_store: false,
-                    max_storage: 0,
-                };
-                std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta)?)
-                    .with_context(|| format!("cannot write {}", meta_path.display()))?;
-                meta
-            }
-        };
+        let meta = sealfarm_schemas::sector_store::open_meta(path)?;
         Ok(StoragePath { path: path.to_path_buf(), meta })
     }
 
@@ -99,13 +68,6 @@ impl StoragePath {
     }
 }
 
-/// `s-t0<miner>-<number>` → the sector.
-pub fn parse_sector_name(name: &str) -> Option<SectorId> {
-    let rest = name.strip_prefix("s-t0")?;
-    let (miner, number) = rest.split_once('-')?;
-    Some(SectorId { miner: miner.parse().ok()?, number: number.parse().ok()? })
-}
-
 fn statvfs(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -131,6 +93,5 @@ mod tests {
         assert!(first.meta.can_seal && !first.meta.can_store);
         std::fs::write(dir.path().join("sealed/s-t01000-7"), b"").unwrap();
         assert_eq!(first.sector_files(), vec![(SectorId { miner: 1000, number: 7 }, 2)]);
-        assert_eq!(parse_sector_name("s-t01000-x"), None);
     }
 }

@@ -40,6 +40,12 @@ impl Broker {
         Ok(Broker { connection, publisher })
     }
 
+    /// Declares a queue (idempotent), e.g. a worker's own queue before the
+    /// first task is routed to it.
+    pub async fn declare_queue(&self, queue: &topology::QueueSpec) -> Result<()> {
+        queue.declare(&self.publisher).await.with_context(|| format!("declaring queue {}", queue.name))
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
     }

@@ -7,6 +7,9 @@
 //!   results and events, each carrying [`messages::SCHEMA_VERSION`].
 //! * [`topology`] — the broker topology as data (exchange and queue names and
 //!   their arguments) and an idempotent declaration of it;
+//! * [`hardware`] — what a worker's machine has, as heartbeats carry it;
+//! * [`sector_store`] — lotus' `sectorstore.json`, sector file names and the
+//!   flat tar a cache directory travels as;
 //! * [`broker`] — the confirmed, reconnecting RabbitMQ link every process
 //!   uses to put these messages on the wire, and [`shutdown`], the signal
 //!   that stops it.
@@ -16,9 +19,11 @@
 
 pub mod broker;
 pub mod commitment;
+pub mod hardware;
 pub mod json_schema;
 pub mod lotus;
 pub mod messages;
+pub mod sector_store;
 pub mod shutdown;
 pub mod topology;
 

@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::hardware::Hardware;
 use crate::lotus::{Bytes, CallError, PieceInfo, Range, SectorCids, SectorRef, SectorSize, TaskType};
 
 /// Version of every message format in this module. A consumer dead-letters a
@@ -277,6 +278,14 @@ pub struct JobProgress {
     pub eta_s: Option<u64>,
 }
 
+/// How many jobs of one stage and sector size a worker runs at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StageSlots {
+    pub stage: Stage,
+    pub sector_size: SectorSize,
+    pub slots: u32,
+}
+
 /// What an event says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -288,6 +297,21 @@ pub enum EventKind {
         sector_sizes: Vec<SectorSize>,
         slots: u32,
         running: Vec<RunningJob>,
+        /// Jobs of each stage and sector size it runs at once (its prefetch
+        /// on that stage's queue).
+        #[serde(default)]
+        capacity: Vec<StageSlots>,
+        /// The machine: cores, memory in use, GPUs, free space.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hardware: Option<Hardware>,
+        /// The id (`sectorstore.json`) of the sealing path it keeps sector
+        /// files in; workers that mount one shared path report the same id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        storage_id: Option<String>,
+        /// Where it serves its sector files (worker-local storage), e.g.
+        /// `http://10.0.0.5:3457`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        files_url: Option<String>,
     },
     /// The worker recorded a task durably and acknowledged its delivery.
     Claim { call_id: Uuid, attempt: u32, sector: SectorRef, stage: Stage },

@@ -10,6 +10,7 @@ pub mod devminer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -19,7 +20,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, 
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{ResultMessage, TaskMessage};
+use sealfarm_schemas::{ResultMessage, Stage, TaskMessage};
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_local_address() -> std::net::SocketAddr {
@@ -269,11 +270,13 @@ impl FarmProcess {
         let mut command = Command::new(binary("sealfarm-worker"));
         command
             .args(["run", "--worker-id", id, "--stages", stages, "--sector-sizes", sizes, "--heartbeat-interval", "1s"])
-            .arg("--sealing-path")
-            .arg(dir.join("sealing"))
-            .arg("--state-dir")
-            .arg(dir.join(format!("state-{id}")))
-            .args(extra);
+            // Test machines have no GPU: C2 runs on the CPU, which the operator must allow.
+            .arg("--cpu-proving");
+        if !extra.contains(&"--sealing-path") {
+            // The bridge's shared storage.
+            command.arg("--sealing-path").arg(dir.join("sealing"));
+        }
+        command.arg("--state-dir").arg(dir.join(format!("state-{id}"))).args(extra);
         Self::spawn(command, vhost, log)
     }
 
@@ -487,6 +490,24 @@ pub async fn subscribe_events(vhost: &TestVhost, routing_key: &str) -> Result<(C
         )
         .await?;
     Ok((connection, events))
+}
+
+/// Every task claim of the farm, as (worker, stage, sector number), collected
+/// in the background from the claim events.
+pub async fn collect_claims(vhost: &TestVhost) -> Result<(Connection, Arc<Mutex<Vec<(String, Stage, u64)>>>)> {
+    let (connection, mut events) = subscribe_events(vhost, "worker.*.claim").await?;
+    let claims = Arc::new(Mutex::new(Vec::new()));
+    let sink = claims.clone();
+    tokio::spawn(async move {
+        while let Some(Ok(delivery)) = events.next().await {
+            if let Ok(event) = serde_json::from_slice::<sealfarm_schemas::EventMessage>(&delivery.data) {
+                if let sealfarm_schemas::EventKind::Claim { stage, sector, .. } = event.event {
+                    sink.lock().unwrap().push((event.worker, stage, sector.id.number));
+                }
+            }
+        }
+    });
+    Ok((connection, claims))
 }
 
 pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Duration) -> Result<()> {

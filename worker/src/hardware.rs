@@ -10,56 +10,12 @@
 //! loaded into (PoCL's did: SIGTERM then killed the worker instead of
 //! draining it) and a broken driver could crash it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use opencl3::device::{Device, CL_DEVICE_TYPE_ACCELERATOR, CL_DEVICE_TYPE_ALL, CL_DEVICE_TYPE_CPU, CL_DEVICE_TYPE_GPU};
-use serde::{Deserialize, Serialize};
 use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 
-/// One probe of the machine.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hardware {
-    /// Logical CPUs this process may use.
-    pub cores: usize,
-    /// Physical cores, when the OS tells.
-    pub physical_cores: Option<usize>,
-    pub memory_bytes: u64,
-    pub memory_used_bytes: u64,
-    pub swap_bytes: u64,
-    pub swap_used_bytes: u64,
-    /// Every OpenCL device of every platform.
-    pub opencl_devices: Vec<OpenClDevice>,
-    /// Why there are no OpenCL devices, when the probe could not list any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub opencl_note: Option<String>,
-    pub storage: Vec<StorageSpace>,
-}
-
-/// An OpenCL device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenClDevice {
-    pub platform: String,
-    pub name: String,
-    pub vendor: String,
-    /// `gpu`, `cpu`, `accelerator` or `other`.
-    pub kind: String,
-    pub memory_bytes: u64,
-}
-
-/// Size and free space of a path's file system.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StorageSpace {
-    pub path: PathBuf,
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-}
-
-impl Hardware {
-    /// The OpenCL devices that are GPUs.
-    pub fn gpus(&self) -> impl Iterator<Item = &OpenClDevice> {
-        self.opencl_devices.iter().filter(|d| d.kind == "gpu")
-    }
-}
+pub use sealfarm_schemas::hardware::{Hardware, OpenClDevice, StorageSpace};
 
 /// Probes the machine in a child process (`sealfarm-worker probe --json`);
 /// if that fails, probes without OpenCL and says why.
@@ -102,6 +58,13 @@ fn probe_without_opencl(paths: &[&Path]) -> Hardware {
         opencl_note: None,
         storage: paths.iter().filter_map(|p| space(p)).collect(),
     }
+}
+
+/// `hw` with memory, swap and free space probed again (cheap: no OpenCL),
+/// for `paths`.
+pub fn refresh(hw: &Hardware, paths: &[&Path]) -> Hardware {
+    let now = probe_without_opencl(paths);
+    Hardware { opencl_devices: hw.opencl_devices.clone(), opencl_note: hw.opencl_note.clone(), ..now }
 }
 
 /// Probes the machine, OpenCL included, in this process (the `probe`

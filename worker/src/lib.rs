@@ -12,12 +12,14 @@
 
 pub mod bench;
 pub mod executor;
+pub mod files;
 pub mod hardware;
 pub mod job_store;
 pub mod layers;
 pub mod paramgen;
 pub mod params;
 pub mod proofs;
+pub mod resources;
 pub mod sector_files;
 pub mod service;
 

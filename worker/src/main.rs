@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sealfarm_schemas::messages::StageSlots;
 use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
-use sealfarm_worker::service::{self, OnStop, WorkerConfig};
-use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs};
+use sealfarm_worker::service::{self, FilesConfig, OnStop, WorkerConfig};
+use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs, resources};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.
@@ -41,7 +42,7 @@ enum Command {
     ///
     /// Example (a box for the small stages of 32 GiB sectors):
     ///   sealfarm-worker run --sealing-path /mnt/nvme/sealing --stages ap,pc1,pc2,c1,fin,ru --sector-sizes 32GiB
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Groth parameters: generate (test sizes), fetch (published), status.
     #[command(subcommand)]
     Params(ParamsCommand),
@@ -82,6 +83,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show what `run` would take on this machine: every stage and sector size
+    /// with its slots (jobs at once) and the reason, from the hardware, lotus'
+    /// resource table and your overrides (PC1_32G_MAX_CONCURRENT=4 style
+    /// environment variables, the config file, the stage switches).
+    ///
+    /// Example: PC1_32G_MAX_CONCURRENT=4 sealfarm-worker resources --sector-sizes 32GiB --pc2=false
+    Resources {
+        #[command(flatten)]
+        placement: PlacementArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the jobs recorded in a worker's state directory (stop the worker
     /// first: the store is locked while it runs).
     Jobs {
@@ -112,18 +126,25 @@ struct RunArgs {
     /// Where the worker keeps its job store. Default: ~/.sealfarm/worker.
     #[arg(long, env = "SEALFARM_STATE_DIR")]
     state_dir: Option<PathBuf>,
-    /// Stages to take, comma-separated: ap, pc1, pc2, c1, c2, fin, ru.
-    #[arg(long, env = "SEALFARM_STAGES", value_delimiter = ',', default_value = "ap,pc1,pc2,c1,c2,fin,ru")]
-    stages: Vec<Stage>,
-    /// Sector sizes to take, comma-separated: 2KiB, 8MiB, 512MiB, 32GiB, 64GiB.
-    #[arg(long, env = "SEALFARM_SECTOR_SIZES", value_delimiter = ',', default_value = "32GiB,64GiB")]
-    sector_sizes: Vec<SectorSize>,
+    #[command(flatten)]
+    placement: PlacementArgs,
     /// This worker's id: names its own queue and appears in results. Default: the host name.
     #[arg(long, env = "SEALFARM_WORKER_ID")]
     worker_id: Option<String>,
-    /// Jobs this worker runs at the same time.
-    #[arg(long, env = "SEALFARM_SLOTS", default_value_t = 1)]
-    slots: usize,
+    /// Worker-local storage: serve this worker's sector files over HTTP on
+    /// this address (the bridge fetches them for the miner through its
+    /// `/remote`). Needs SEALFARM_FILES_TOKEN. Without it the sealing path
+    /// must be shared storage that the bridge mounts too.
+    #[arg(long, env = "SEALFARM_FILES_LISTEN")]
+    files_listen: Option<std::net::SocketAddr>,
+    /// The URL the bridge reaches the file server at. Default:
+    /// http://<--files-listen>, with this host's name when it listens on 0.0.0.0.
+    #[arg(long, env = "SEALFARM_FILES_URL")]
+    files_url: Option<String>,
+    /// The secret the bridge presents to the file server (the same value on
+    /// the bridge and every worker).
+    #[arg(long, env = "SEALFARM_FILES_TOKEN", hide_env_values = true)]
+    files_token: Option<String>,
     /// How often the worker says it is alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -143,6 +164,97 @@ struct RunArgs {
     /// task is dead-lettered as poison and its call fails.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     retry_backoff: Duration,
+}
+
+/// What the worker takes: stages and sector sizes the operator allows,
+/// narrowed at start to what this machine fits (see `sealfarm-worker resources`).
+#[derive(Args, Debug, Clone)]
+struct PlacementArgs {
+    /// Config file (TOML): `stages`, `sector_sizes`, `cpu_proving` and a
+    /// `[resources]` table of lotus-style overrides (PC1_32G_MAX_CONCURRENT = 4).
+    /// Flags and environment variables beat it.
+    #[arg(long, env = "SEALFARM_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Stages this worker may take, comma-separated: ap, pc1, pc2, c1, c2,
+    /// fin, ru. Default: all (or the config file's `stages`).
+    #[arg(long, env = "SEALFARM_STAGES", value_delimiter = ',')]
+    stages: Option<Vec<Stage>>,
+    /// Sector sizes to take, comma-separated: 2KiB, 8MiB, 512MiB, 32GiB,
+    /// 64GiB. Default: 32GiB,64GiB (or the config file's `sector_sizes`).
+    #[arg(long, env = "SEALFARM_SECTOR_SIZES", value_delimiter = ',')]
+    sector_sizes: Option<Vec<SectorSize>>,
+    /// Take AddPiece (lotus-worker --addpiece); --ap=false drops it.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ap: Option<bool>,
+    /// Take PreCommit1 (lotus-worker --precommit1).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pc1: Option<bool>,
+    /// Take PreCommit2 (lotus-worker --precommit2).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pc2: Option<bool>,
+    /// Take Commit1.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    c1: Option<bool>,
+    /// Take Commit2, the SNARK (lotus-worker --commit).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    c2: Option<bool>,
+    /// Take FinalizeSector.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    fin: Option<bool>,
+    /// Take ReleaseUnsealed.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    ru: Option<bool>,
+    /// Run stages that use a GPU in lotus' table (C2; PC2 of 32/64 GiB) on
+    /// the CPU when this machine has no GPU. Off by default: a CPU C2 of a
+    /// 32 GiB sector takes hours.
+    #[arg(long, env = "SEALFARM_CPU_PROVING")]
+    cpu_proving: bool,
+}
+
+impl PlacementArgs {
+    /// Flags over config file over defaults.
+    fn wanted(&self) -> Result<resources::Wanted> {
+        let file = match &self.config {
+            Some(path) => resources::ConfigFile::load(path)?,
+            None => resources::ConfigFile::default(),
+        };
+        let mut stages = self.stages.clone().or(file.stages.clone()).unwrap_or_else(|| Stage::ALL.to_vec());
+        let switches = [
+            (Stage::Ap, self.ap),
+            (Stage::Pc1, self.pc1),
+            (Stage::Pc2, self.pc2),
+            (Stage::C1, self.c1),
+            (Stage::C2, self.c2),
+            (Stage::Fin, self.fin),
+            (Stage::Ru, self.ru),
+        ];
+        for (stage, switch) in switches {
+            match switch {
+                Some(false) => stages.retain(|s| *s != stage),
+                Some(true) if !stages.contains(&stage) => stages.push(stage),
+                _ => {}
+            }
+        }
+        let sector_sizes = self
+            .sector_sizes
+            .clone()
+            .or(file.sector_sizes.clone())
+            .unwrap_or_else(|| vec![SectorSize::GIB32, SectorSize::GIB64]);
+        if stages.is_empty() || sector_sizes.is_empty() {
+            bail!("no stage or no sector size left to take: check --stages, --sector-sizes and the stage switches");
+        }
+        Ok(resources::Wanted {
+            stages,
+            sector_sizes,
+            cpu_proving: self.cpu_proving || file.cpu_proving.unwrap_or(false),
+            file_overrides: file.overrides(),
+        })
+    }
+
+    /// The decisions for this machine.
+    fn plan(&self, hw: &hardware::Hardware) -> Result<Vec<resources::StagePlan>> {
+        resources::plan(hw, &self.wanted()?, &|name| std::env::var(name).ok())
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -207,7 +319,7 @@ fn home_path(sub: &str) -> PathBuf {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Run(args) => run_worker(args),
+        Command::Run(args) => run_worker(*args),
         Command::Params(command) => run_params(command),
         Command::Bench { sector_size, stages, repeat, sealing_path, json } => {
             if stages.contains(&Stage::C2) {
@@ -238,6 +350,18 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Resources { placement, json } => {
+            let hw = hardware::probe_in_child(&[]);
+            let plan = placement.plan(&hw)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                for line in resources::describe(&plan) {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
         Command::Executor { sealing_path } => executor::serve(SealingPath::open(&sealing_path)?),
         Command::Jobs { state_dir, json } => {
             let store = job_store::JobStore::open(&state_dir.unwrap_or_else(|| home_path("worker")))?;
@@ -262,25 +386,50 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn run_worker(args: RunArgs) -> Result<()> {
-    if args.stages.is_empty() || args.sector_sizes.is_empty() {
-        bail!("--stages and --sector-sizes must each name at least one");
-    }
-    if args.stages.contains(&Stage::C2) {
-        params::require_seal_params(&args.sector_sizes)?;
-    }
     let sealing_dir = args.sealing_path.unwrap_or_else(|| home_path("sealing"));
     let sealing = SealingPath::open(&sealing_dir)
         .with_context(|| format!("cannot use sealing path {}", sealing_dir.display()))?;
+    let storage = sealfarm_schemas::sector_store::open_meta(sealing.root())
+        .with_context(|| format!("cannot use sealing path {}", sealing_dir.display()))?;
+    let state_dir = args.state_dir.unwrap_or_else(|| home_path("worker"));
+    let _ = std::fs::create_dir_all(&state_dir);
+    let hw = hardware::probe_in_child(&[sealing.root(), &state_dir]);
+    let plan = args.placement.plan(&hw)?;
+    let capacity: Vec<StageSlots> = plan
+        .iter()
+        .filter(|p| p.slots > 0)
+        .map(|p| StageSlots { stage: p.stage, sector_size: p.sector_size, slots: p.slots })
+        .collect();
+    if capacity.is_empty() {
+        let table = resources::describe(&plan).join("\n  ");
+        bail!("this machine fits none of the stages it may take:\n  {table}");
+    }
+    let c2_sizes: Vec<SectorSize> = capacity.iter().filter(|c| c.stage == Stage::C2).map(|c| c.sector_size).collect();
+    if !c2_sizes.is_empty() {
+        params::require_seal_params(&c2_sizes)?;
+    }
     let hostname = sealfarm_worker::hostname();
+    let files = match (args.files_listen, args.files_token) {
+        (None, _) => None,
+        (Some(_), None) => bail!("--files-listen needs SEALFARM_FILES_TOKEN (the secret the bridge presents)"),
+        (Some(listen), Some(token)) => {
+            let url = args.files_url.unwrap_or_else(|| {
+                let host = if listen.ip().is_unspecified() { hostname.clone() } else { listen.ip().to_string() };
+                format!("http://{host}:{}", listen.port())
+            });
+            Some(FilesConfig { listen, url, token })
+        }
+    };
     let config = WorkerConfig {
         worker_id: args.worker_id.unwrap_or_else(|| hostname.clone()),
         hostname,
         amqp_url: args.amqp_url,
         sealing,
-        state_dir: args.state_dir.unwrap_or_else(|| home_path("worker")),
-        stages: args.stages,
-        sector_sizes: args.sector_sizes,
-        slots: args.slots.max(1),
+        storage_id: storage.id,
+        state_dir,
+        capacity,
+        hardware: hw,
+        files,
         heartbeat_interval: args.heartbeat_interval,
         shutdown_grace: args.shutdown_grace,
         on_stop: match args.on_stop {
@@ -291,15 +440,21 @@ fn run_worker(args: RunArgs) -> Result<()> {
     };
     eprintln!("sealfarm-worker {}", config.worker_id);
     eprintln!("  broker        {}", broker::redact(&config.amqp_url));
-    eprintln!("  sealing path  {}", config.sealing.root().display());
+    eprintln!("  sealing path  {} (storage {})", config.sealing.root().display(), config.storage_id);
+    match &config.files {
+        Some(files) => eprintln!("  files         worker-local, served on {} as {}", files.listen, files.url),
+        None => eprintln!("  files         shared storage (the bridge mounts the sealing path too)"),
+    }
     eprintln!("  state dir     {}", config.state_dir.display());
     eprintln!("  parameters    {}", params::cache_dir().display());
-    eprintln!("  slots         {}", config.slots);
-    eprintln!("  queues        {}", config.queues().join(", "));
-    let hw = hardware::probe_in_child(&[config.sealing.root(), &config.state_dir]);
-    for line in hardware::describe(&hw) {
+    for line in hardware::describe(&config.hardware) {
         eprintln!("  {line}");
     }
+    eprintln!("  what this worker takes (slots = jobs at once; see `sealfarm-worker resources`):");
+    for line in resources::describe(&plan) {
+        eprintln!("    {line}");
+    }
+    eprintln!("  queues        {}", config.queues().join(", "));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (trigger, shutdown) = shutdown::channel();

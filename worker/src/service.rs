@@ -28,7 +28,8 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use sealfarm_schemas::messages::{now_ms, JobProgress, RunningJob};
+use sealfarm_schemas::hardware::Hardware;
+use sealfarm_schemas::messages::{now_ms, JobProgress, RunningJob, StageSlots};
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{
     CallError, Control, ControlMessage, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage,
@@ -56,11 +57,15 @@ pub struct WorkerConfig {
     pub hostname: String,
     pub amqp_url: String,
     pub sealing: SealingPath,
+    /// The id of the sealing path (its `sectorstore.json`).
+    pub storage_id: String,
     pub state_dir: PathBuf,
-    pub stages: Vec<Stage>,
-    pub sector_sizes: Vec<SectorSize>,
-    /// Jobs run at the same time.
-    pub slots: usize,
+    /// Each stage and sector size this worker takes, with its slots (jobs at once).
+    pub capacity: Vec<StageSlots>,
+    /// The probe at start; memory in use and free space are refreshed for each heartbeat.
+    pub hardware: Hardware,
+    /// Worker-local storage: the file server. None: shared storage.
+    pub files: Option<FilesConfig>,
     pub heartbeat_interval: Duration,
     /// How long SIGTERM waits for running jobs before stopping them.
     pub shutdown_grace: Duration,
@@ -69,6 +74,16 @@ pub struct WorkerConfig {
     /// Wait before the second run of a job whose run ended without a result;
     /// doubled for each further run.
     pub retry_backoff: Duration,
+}
+
+/// The file server of a worker with worker-local storage.
+#[derive(Clone, Debug)]
+pub struct FilesConfig {
+    pub listen: std::net::SocketAddr,
+    /// How the bridge reaches it.
+    pub url: String,
+    /// The secret the bridge presents.
+    pub token: String,
 }
 
 /// What a stopping worker does with the jobs it still holds.
@@ -82,16 +97,41 @@ pub enum OnStop {
     Redispatch,
 }
 
+/// How many location-bound tasks may wait on this worker's own queue for a
+/// delivery at once; they are claimed at once and wait for their slot here.
+const OWN_QUEUE_PREFETCH: u16 = 32;
+
 impl WorkerConfig {
-    /// The queues this worker consumes: one per served stage and size, and its own.
-    pub fn queues(&self) -> Vec<String> {
-        let mut queues: Vec<String> = self
-            .stages
+    /// The queues this worker consumes, each with its prefetch: one per
+    /// stage and size it takes (prefetch = slots), and its own.
+    pub fn queue_prefetch(&self) -> Vec<(String, u16)> {
+        let mut queues: Vec<(String, u16)> = self
+            .capacity
             .iter()
-            .flat_map(|stage| self.sector_sizes.iter().map(move |size| topology::task_queue(*stage, *size)))
+            .map(|c| (topology::task_queue(c.stage, c.sector_size), c.slots.clamp(1, u32::from(u16::MAX)) as u16))
             .collect();
-        queues.push(topology::worker_queue(&self.worker_id));
+        queues.push((topology::worker_queue(&self.worker_id), OWN_QUEUE_PREFETCH));
         queues
+    }
+
+    /// The queues this worker consumes.
+    pub fn queues(&self) -> Vec<String> {
+        self.queue_prefetch().into_iter().map(|(q, _)| q).collect()
+    }
+
+    /// The slots of a stage and size; 0 when this worker does not take it.
+    pub fn slots(&self, stage: Stage, size: SectorSize) -> u32 {
+        self.capacity.iter().find(|c| c.stage == stage && c.sector_size == size).map_or(0, |c| c.slots)
+    }
+
+    /// The stages it takes, in stage order.
+    pub fn stages(&self) -> Vec<Stage> {
+        Stage::ALL.into_iter().filter(|s| self.capacity.iter().any(|c| c.stage == *s)).collect()
+    }
+
+    /// The sector sizes it takes.
+    pub fn sector_sizes(&self) -> Vec<SectorSize> {
+        SectorSize::ALL.into_iter().filter(|z| self.capacity.iter().any(|c| c.sector_size == *z)).collect()
     }
 }
 
@@ -100,7 +140,8 @@ struct Worker {
     store: JobStore,
     link: BrokerLink,
     executor: Executor,
-    slots: Arc<Semaphore>,
+    /// One per stage and sector size taken, with its slots.
+    slots: BTreeMap<(Stage, SectorSize), Arc<Semaphore>>,
     /// Jobs this worker holds (claimed, running or waiting for a slot), by job key.
     running: Mutex<BTreeMap<String, RunningJob>>,
     /// Held jobs the bridge dispatched again: their results are discarded.
@@ -116,7 +157,11 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     executor.warm().await?;
     let worker = Arc::new(Worker {
         executor,
-        slots: Arc::new(Semaphore::new(config.slots.max(1))),
+        slots: config
+            .capacity
+            .iter()
+            .map(|c| ((c.stage, c.sector_size), Arc::new(Semaphore::new(c.slots.max(1) as usize))))
+            .collect(),
         config,
         store,
         link,
@@ -134,7 +179,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
                 worker.hold(&record.task);
                 let worker = worker.clone();
                 jobs.spawn(async move {
-                    if let Some(permit) = worker.slot().await {
+                    if let Some(permit) = worker.slot(&record.task).await {
                         worker.run_job(record.task, permit).await;
                     }
                 });
@@ -148,6 +193,9 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         }
     }
 
+    if let Some(files) = &worker.config.files {
+        crate::files::serve(files, &worker.config.sealing, shutdown.clone()).await?;
+    }
     let heartbeat = tokio::spawn(worker.clone().heartbeats());
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_set() {
@@ -182,13 +230,16 @@ impl Worker {
     /// One consuming session on one connection; returns Ok at shutdown.
     async fn consume(self: Arc<Self>, jobs: &mut JoinSet<()>, delay: &mut Duration) -> Result<()> {
         let broker = self.link.get().await?;
-        let channel = broker.connection.create_channel().await?;
-        // One delivery per queue at a time: a task waits in its queue, where
-        // other workers can take it, rather than here.
-        channel.basic_qos(1, BasicQosOptions::default()).await?;
-        QueueSpec::work(topology::worker_queue(&self.config.worker_id)).declare(&channel).await?;
+        // A channel per queue, its prefetch the queue's slots: a task waits
+        // in its queue, where other workers can take it, rather than here.
+        let mut channels = Vec::new();
         let mut streams = Vec::new();
-        for queue in self.config.queues() {
+        for (queue, prefetch) in self.config.queue_prefetch() {
+            let channel = broker.connection.create_channel().await?;
+            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+            if queue == topology::worker_queue(&self.config.worker_id) {
+                QueueSpec::work(&queue).declare(&channel).await?;
+            }
             let consumer = channel
                 .basic_consume(
                     queue.as_str().into(),
@@ -199,6 +250,7 @@ impl Worker {
                 .await
                 .with_context(|| format!("consuming {queue}"))?;
             streams.push(consumer.map(move |delivery| (queue.clone(), delivery)));
+            channels.push(channel);
         }
         tracing::info!(worker = %self.config.worker_id, queues = ?self.config.queues(), "consuming");
         // Announce at once: a heartbeat also tells watchers this worker now takes tasks.
@@ -210,7 +262,9 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.wait() => {
                     // Deliveries not yet claimed go back to their queues.
-                    let _ = channel.close(200, "worker stopping".into()).await;
+                    for channel in &channels {
+                        let _ = channel.close(200, "worker stopping".into()).await;
+                    }
                     return Ok(());
                 }
                 next = deliveries.next() => match next {
@@ -226,10 +280,13 @@ impl Worker {
         }
     }
 
-    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+    /// Waits for a slot of the task's stage and size (None: stopping).
+    async fn slot(&self, task: &TaskMessage) -> Option<OwnedSemaphorePermit> {
+        let size = task.sector.proof_type.info()?.sector_size;
+        let semaphore = self.slots.get(&(task.stage(), size))?.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
-            permit = self.slots.clone().acquire_owned() => permit.ok(),
+            permit = semaphore.acquire_owned() => permit.ok(),
             _ = shutdown.wait() => None,
         }
     }
@@ -246,8 +303,17 @@ impl Worker {
                 return self.dead_letter(&queue, delivery, reason, task.as_deref()).await
             }
         };
-        let Some(permit) = self.slot().await else {
-            return;
+        // A task on a stage queue waits for its slot before it is claimed (it
+        // stays where other workers can take it); one on this worker's own
+        // queue is bound to this worker's files: claimed at once, then it waits.
+        let own = queue == topology::worker_queue(&self.config.worker_id);
+        let permit = if own {
+            None
+        } else {
+            match self.slot(&task).await {
+                Some(permit) => Some(permit),
+                None => return,
+            }
         };
         let key = task.job_key();
         match self.store.claim(&task) {
@@ -278,6 +344,13 @@ impl Worker {
             stage: task.stage(),
         })
         .await;
+        let permit = match permit {
+            Some(permit) => permit,
+            None => match self.slot(&task).await {
+                Some(permit) => permit,
+                None => return, // stopping: stays claimed
+            },
+        };
         self.run_job(task, permit).await;
     }
 
@@ -301,29 +374,33 @@ impl Worker {
             )));
         };
         let stage = task.stage();
-        if !self.config.sector_sizes.contains(&info.sector_size) {
+        let sizes = self.config.sector_sizes();
+        if !sizes.contains(&info.sector_size) {
             return reject(DeadLetterReason::wrong_sector_size(format!(
                 "sector {} is a {} sector ({}); this worker serves {}",
                 task.sector.id,
                 info.sector_size,
                 info.name,
-                list(&self.config.sector_sizes)
+                list(&sizes)
             )));
         }
-        if let Some(expected) = self.config.stages.iter().find_map(|s| {
-            self.config.sector_sizes.iter().find(|z| topology::task_queue(*s, **z) == queue).map(|z| (*s, *z))
-        }) {
-            if expected != (stage, info.sector_size) {
+        if let Some(expected) =
+            self.config.capacity.iter().find(|c| topology::task_queue(c.stage, c.sector_size) == queue)
+        {
+            if (expected.stage, expected.sector_size) != (stage, info.sector_size) {
                 return reject(DeadLetterReason::wrong_sector_size(format!(
                     "a {stage} task for a {} sector arrived on {queue}, the queue for {} {} tasks",
-                    info.sector_size, expected.0, expected.1
+                    info.sector_size, expected.stage, expected.sector_size
                 )));
             }
         }
-        if !self.config.stages.contains(&stage) {
+        if self.config.slots(stage, info.sector_size) == 0 {
+            let takes: Vec<String> =
+                self.config.capacity.iter().map(|c| format!("{} {}", c.stage, c.sector_size)).collect();
             return reject(DeadLetterReason::wrong_stage(format!(
-                "{stage} is not a stage this worker serves ({})",
-                list(&self.config.stages)
+                "{stage} of {} sectors is not a stage this worker takes (it takes {})",
+                info.sector_size,
+                takes.join(", ")
             )));
         }
         if let Err(problem) = proofs::check_inputs(&self.config.sealing, &task) {
@@ -729,12 +806,25 @@ impl Worker {
         let running = self.running.lock().unwrap().values().cloned().collect();
         self.event(EventKind::Heartbeat {
             hostname: self.config.hostname.clone(),
-            stages: self.config.stages.clone(),
-            sector_sizes: self.config.sector_sizes.clone(),
-            slots: self.config.slots as u32,
+            stages: self.config.stages(),
+            sector_sizes: self.config.sector_sizes(),
+            slots: self.config.capacity.iter().map(|c| c.slots).sum(),
             running,
+            capacity: self.config.capacity.clone(),
+            hardware: Some(self.hardware_now()),
+            storage_id: Some(self.config.storage_id.clone()),
+            files_url: self.config.files.as_ref().map(|f| f.url.clone()),
         })
         .await;
+    }
+}
+
+impl Worker {
+    /// The start-up probe with memory in use and free space as they are now
+    /// (the GPUs are not probed again).
+    fn hardware_now(&self) -> Hardware {
+        let paths = [self.config.sealing.root(), self.config.state_dir.as_path()];
+        crate::hardware::refresh(&self.config.hardware, &paths)
     }
 }
 

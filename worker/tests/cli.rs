@@ -113,7 +113,7 @@ fn params_generate_refuses_real_sector_sizes() {
 fn a_c2_worker_without_parameters_refuses_to_start_and_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = worker()
-        .args(["run", "--stages", "c2", "--sector-sizes", "2KiB", "--amqp", "amqp://127.0.0.1:1/%2f"])
+        .args(["run", "--stages", "c2", "--sector-sizes", "2KiB", "--cpu-proving", "--amqp", "amqp://127.0.0.1:1/%2f"])
         .arg("--sealing-path")
         .arg(dir.path().join("sealing"))
         .env("FIL_PROOFS_PARAMETER_CACHE", dir.path().join("empty"))
@@ -199,4 +199,77 @@ fn probe_without_any_opencl_icd_reports_no_devices_and_says_why() {
     assert_eq!(hw["opencl_devices"], serde_json::json!([]), "{hw:#}");
     let note = hw["opencl_note"].as_str().unwrap();
     assert!(note.contains("OpenCL"), "{note}");
+}
+
+/// `sealfarm-worker resources --json` with extra arguments and environment.
+fn plan(args: &[&str], env: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    let mut command = worker();
+    command.args(["resources", "--json", "--sector-sizes", "2KiB"]).args(args);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn entry<'a>(plan: &'a [serde_json::Value], stage: &str) -> &'a serde_json::Value {
+    plan.iter().find(|p| p["stage"] == stage).unwrap_or_else(|| panic!("no {stage} in {plan:#?}"))
+}
+
+#[test]
+fn without_a_gpu_c2_is_refused_unless_cpu_proving_is_allowed() {
+    let plan1 = plan(&["--stages", "pc1,c2"], &[]);
+    assert_eq!(entry(&plan1, "c2")["slots"], 0);
+    assert!(entry(&plan1, "c2")["why"].as_str().unwrap().contains("needs a GPU"), "{plan1:#?}");
+    assert!(entry(&plan1, "pc1")["slots"].as_u64().unwrap() >= 1);
+    let plan2 = plan(&["--stages", "pc1,c2", "--cpu-proving"], &[]);
+    assert!(entry(&plan2, "c2")["slots"].as_u64().unwrap() >= 1, "{plan2:#?}");
+    assert!(entry(&plan2, "c2")["why"].as_str().unwrap().contains("on CPU"), "{plan2:#?}");
+}
+
+#[test]
+fn lotus_style_overrides_and_stage_switches_change_what_a_worker_takes() {
+    let cores = probe(None)["cores"].as_u64().unwrap();
+    let default = plan(&["--stages", "ap,pc1,c1"], &[]);
+    assert_eq!(entry(&default, "pc1")["slots"], cores, "one thread per PC1: a slot per core");
+    // The environment, as lotus-worker reads it: size-specific, then general.
+    let env = plan(&["--stages", "ap,pc1,c1"], &[("PC1_2K_MAX_CONCURRENT", "1"), ("C1_MAX_CONCURRENT", "1")]);
+    assert_eq!(entry(&env, "pc1")["slots"], 1);
+    assert_eq!(entry(&env, "pc1")["overrides"][0], "PC1_2K_MAX_CONCURRENT=1 (env)");
+    assert_eq!(entry(&env, "c1")["slots"], 1);
+    assert_eq!(entry(&env, "ap")["slots"], cores, "other stages keep their slots");
+    // The config file, and a stage switch like lotus-worker's --precommit1=false.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(&config, "stages = [\"ap\", \"pc1\", \"c1\"]\n[resources]\nAP_2K_MAX_CONCURRENT = 1\n").unwrap();
+    let file = plan(&["--config", config.to_str().unwrap(), "--pc1=false"], &[("AP_MAX_CONCURRENT", "5")]);
+    let stages: Vec<&str> = file.iter().map(|p| p["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["ap", "c1"], "--pc1=false drops PC1");
+    assert_eq!(
+        entry(&file, "ap")["slots"],
+        1,
+        "the size-specific name in the file beats the general one in the environment"
+    );
+    // A typo in the config file is an error that names it.
+    std::fs::write(&config, "[resources]\nAP_2KB_MAX_CONCURRENT = 1\n").unwrap();
+    let out = worker().args(["resources", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"AP_2KB_MAX_CONCURRENT\" is not an override name"));
+}
+
+#[test]
+fn a_worker_that_fits_no_stage_does_not_start_and_shows_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = worker()
+        .args(["run", "--stages", "c2", "--sector-sizes", "2KiB", "--amqp", "amqp://127.0.0.1:1/%2f"])
+        .arg("--sealing-path")
+        .arg(dir.path().join("sealing"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("fits none of the stages") && stderr.contains("needs a GPU"), "{stderr}");
 }

@@ -1,0 +1,85 @@
+//! The farm as the bridge sees it: every worker that sent a heartbeat, with
+//! what it takes (stages, sizes, slots), its machine, where it keeps sector
+//! files and whether it is still alive. Routing, `Info`/`TaskTypes` and the
+//! `/remote` proxy read it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sealfarm_schemas::hardware::Hardware;
+use sealfarm_schemas::messages::{RunningJob, StageSlots};
+use sealfarm_schemas::{SectorSize, Stage};
+
+/// One worker, from its last heartbeat.
+#[derive(Clone, Debug)]
+pub struct WorkerView {
+    pub id: String,
+    pub hostname: String,
+    pub last_seen: Instant,
+    pub capacity: Vec<StageSlots>,
+    pub hardware: Option<Hardware>,
+    /// Its sealing path's storage id; workers sharing one path share it.
+    pub storage_id: Option<String>,
+    /// Its file server (worker-local storage).
+    pub files_url: Option<String>,
+    pub running: Vec<RunningJob>,
+}
+
+impl WorkerView {
+    pub fn slots(&self, stage: Stage, size: SectorSize) -> u32 {
+        self.capacity.iter().find(|c| c.stage == stage && c.sector_size == size).map_or(0, |c| c.slots)
+    }
+}
+
+pub struct Farm {
+    workers: Mutex<HashMap<String, WorkerView>>,
+    started: Instant,
+    /// No heartbeat for this long: the worker is gone.
+    gone_after: Duration,
+}
+
+impl Farm {
+    pub fn new(gone_after: Duration) -> Self {
+        Farm { workers: Mutex::new(HashMap::new()), started: Instant::now(), gone_after }
+    }
+
+    pub fn heartbeat(&self, view: WorkerView) {
+        self.workers.lock().unwrap().insert(view.id.clone(), view);
+    }
+
+    pub fn get(&self, id: &str) -> Option<WorkerView> {
+        self.workers.lock().unwrap().get(id).cloned()
+    }
+
+    /// Workers heard from within the last `within`.
+    pub fn live(&self, within: Duration) -> Vec<WorkerView> {
+        let mut live: Vec<WorkerView> =
+            self.workers.lock().unwrap().values().filter(|w| w.last_seen.elapsed() <= within).cloned().collect();
+        live.sort_by(|a, b| a.id.cmp(&b.id));
+        live
+    }
+
+    /// True when `id` sent no heartbeat for the gone-after time (counting
+    /// from the bridge's start for a worker it never heard of).
+    pub fn is_gone(&self, id: &str) -> bool {
+        let since = self.get(id).map(|w| w.last_seen).unwrap_or(self.started);
+        since.elapsed() > self.gone_after
+    }
+
+    /// How long ago `id` was last heard of, if ever.
+    pub fn silent_for(&self, id: &str) -> Option<Duration> {
+        self.get(id).map(|w| w.last_seen.elapsed())
+    }
+
+    /// Slots of the workers heard from within `within`, per stage and size.
+    pub fn capacity(&self, within: Duration) -> BTreeMap<(Stage, SectorSize), u32> {
+        let mut total = BTreeMap::new();
+        for worker in self.live(within) {
+            for c in &worker.capacity {
+                *total.entry((c.stage, c.sector_size)).or_insert(0) += c.slots;
+            }
+        }
+        total
+    }
+}

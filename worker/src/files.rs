@@ -1,0 +1,132 @@
+//! Worker-local storage: this worker's sector files, served over HTTP to the
+//! bridge, which passes them on to the miner through its `/remote`
+//! (PROTOCOL.md §9.4) when the miner moves a finished sector to storage.
+//!
+//! * `GET /files/{type}/{s-t0M-N}` — a file as `application/octet-stream`, a
+//!   cache directory as a flat tar of its files (`application/x-tar`), as
+//!   lotus sends them; 404 when this worker does not have it;
+//! * `DELETE /files/{type}/{s-t0M-N}` — removes it (the miner moved it).
+//!
+//! Every request needs `Authorization: Bearer <SEALFARM_FILES_TOKEN>`; the
+//! token never reaches a log.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use sealfarm_schemas::sector_store::{file_type_bit, flat_tar, parse_sector_name};
+use sealfarm_schemas::shutdown::Shutdown;
+
+use crate::sector_files::SealingPath;
+use crate::service::FilesConfig;
+
+struct Files {
+    root: PathBuf,
+    token: String,
+}
+
+/// Serves the sealing path's files until shutdown.
+pub async fn serve(config: &FilesConfig, sealing: &SealingPath, shutdown: Shutdown) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the file server", config.listen))?;
+    let files = std::sync::Arc::new(Files { root: sealing.root().to_path_buf(), token: config.token.clone() });
+    let app = Router::new().route("/files/{file_type}/{name}", get(fetch).delete(remove)).with_state(files);
+    let mut stop = shutdown;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await }).await;
+        if let Err(err) = served {
+            tracing::error!(error = %err, "file server stopped");
+        }
+    });
+    Ok(())
+}
+
+/// True when the request carries the token (compared in constant time).
+fn authorized(files: &Files, headers: &HeaderMap) -> bool {
+    let Some(given) =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), files.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The path of a sector file, if the type and name are a sector file's.
+fn sector_path(files: &Files, file_type: &str, name: &str) -> Option<PathBuf> {
+    file_type_bit(file_type)?;
+    let sector = parse_sector_name(name)?;
+    (sector.file_name() == name).then(|| files.root.join(file_type).join(name))
+}
+
+fn refuse(files: &Files, headers: &HeaderMap, file_type: &str, name: &str) -> Result<PathBuf, (StatusCode, String)> {
+    if !authorized(files, headers) {
+        return Err((StatusCode::UNAUTHORIZED, "missing or wrong SEALFARM_FILES_TOKEN".into()));
+    }
+    sector_path(files, file_type, name)
+        .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("{file_type}/{name} is not a sector file")))
+}
+
+async fn fetch(
+    State(files): State<std::sync::Arc<Files>>,
+    Path((file_type, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = match refuse(&files, &headers, &file_type, &name) {
+        Ok(path) => path,
+        Err(refusal) => return refusal.into_response(),
+    };
+    if path.is_dir() {
+        return match tokio::task::spawn_blocking(move || flat_tar(&path)).await {
+            Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response(),
+            Ok(Err(e)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot tar {file_type}/{name}: {e}")).into_response()
+            }
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        };
+    }
+    match tokio::fs::File::open(&path).await {
+        Ok(file) => {
+            let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (header::CONTENT_LENGTH, length.to_string()),
+                ],
+                body,
+            )
+                .into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (StatusCode::NOT_FOUND, format!("this worker has no {file_type}/{name}")).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open {file_type}/{name}: {e}")).into_response(),
+    }
+}
+
+async fn remove(
+    State(files): State<std::sync::Arc<Files>>,
+    Path((file_type, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = match refuse(&files, &headers, &file_type, &name) {
+        Ok(path) => path,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    match removed {
+        Ok(()) => {
+            tracing::info!(file_type, name, "sector file removed at the bridge's request");
+            StatusCode::OK.into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StatusCode::OK.into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot remove {file_type}/{name}: {e}")).into_response(),
+    }
+}
