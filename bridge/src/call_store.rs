@@ -111,6 +111,8 @@ pub struct CallStore {
     calls: sled::Tree,
     open_by_digest: sled::Tree,
     locations: sled::Tree,
+    /// Sectors with deal data (an AddPiece with piece bytes).
+    deals: sled::Tree,
 }
 
 impl CallStore {
@@ -124,6 +126,7 @@ impl CallStore {
             calls: db.open_tree("calls")?,
             open_by_digest: db.open_tree("open-by-digest")?,
             locations: db.open_tree("sector-locations")?,
+            deals: db.open_tree("deal-sectors")?,
             db,
         })
     }
@@ -199,6 +202,16 @@ impl CallStore {
     pub fn set_location(&self, sector: SectorId, location: &Location) -> Result<()> {
         self.locations.insert(sector.file_name().as_bytes(), serde_json::to_vec(location)?)?;
         self.flush()
+    }
+
+    /// Notes that a sector holds deal data.
+    pub fn mark_deal(&self, sector: SectorId) -> Result<()> {
+        self.deals.insert(sector.file_name().as_bytes(), b"")?;
+        self.flush()
+    }
+
+    pub fn is_deal(&self, sector: SectorId) -> bool {
+        self.deals.contains_key(sector.file_name().as_bytes()).unwrap_or(false)
     }
 
     fn flush(&self) -> Result<()> {

@@ -17,6 +17,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sealfarm_schemas::broker::{header, BrokerLink};
 use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{
@@ -62,6 +63,9 @@ impl Calls {
         };
         let call_id = CallId::new(sector.id);
         let issued_at_ms = now_ms();
+        if let Task::Ap { data: PieceData::File { .. }, .. } = &task {
+            self.store.mark_deal(sector.id).map_err(internal)?;
+        }
         let message = TaskMessage {
             schema: sealfarm_schemas::SCHEMA_VERSION,
             call_id: call_id.id,
@@ -70,6 +74,7 @@ impl Calls {
             issued_at_ms,
             ticket_deadline_ms: (task.stage() == Stage::Pc1)
                 .then(|| issued_at_ms + self.ticket_window.as_millis() as u64),
+            deal: self.store.is_deal(sector.id),
             task,
         };
         let call = Call {

@@ -170,6 +170,10 @@ pub struct TaskMessage {
     /// run (the miner then draws a new ticket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ticket_deadline_ms: Option<u64>,
+    /// The sector holds deal data (its AddPiece had piece bytes): its tasks
+    /// go before those of committed-capacity sectors, as in lotus.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deal: bool,
     #[serde(flatten)]
     pub task: Task,
 }
@@ -183,6 +187,7 @@ impl TaskMessage {
             sector,
             issued_at_ms: now_ms(),
             ticket_deadline_ms: None,
+            deal: false,
             task,
         }
     }

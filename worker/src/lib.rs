@@ -11,6 +11,7 @@
 //! * [`sector_files`] — the lotus layout of a sealing path.
 
 pub mod bench;
+pub mod budget;
 pub mod executor;
 pub mod files;
 pub mod hardware;

@@ -428,6 +428,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
         storage_id: storage.id,
         state_dir,
         capacity,
+        needs: plan.iter().filter(|p| p.slots > 0).map(|p| ((p.stage, p.sector_size), p.need(hw.cores))).collect(),
         hardware: hw,
         files,
         heartbeat_interval: args.heartbeat_interval,

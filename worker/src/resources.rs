@@ -27,6 +27,8 @@ use sealfarm_schemas::hardware::Hardware;
 use sealfarm_schemas::{SectorSize, Stage};
 use serde::{Deserialize, Serialize};
 
+use crate::budget::Need;
+
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -322,8 +324,7 @@ fn fit(hw: &Hardware, r: &Resources, cpu_proving: bool) -> (u32, String, bool) {
     if let Some(n) = (virtual_memory - r.base_min_memory).checked_div(r.max_memory) {
         limits.push((n, format!("RAM+swap: up to {} each", human(r.max_memory))));
     }
-    let threads = if on_gpu { r.max_parallelism_gpu } else { r.max_parallelism };
-    let threads = if threads < 0 { (cores * 92 / 100).max(1) } else { threads as u64 };
+    let threads = threads(r, on_gpu, cores);
     if threads > cores {
         return (0, format!("needs {threads} threads, this machine has {cores} cores"), on_gpu);
     }
@@ -347,6 +348,29 @@ fn fit(hw: &Hardware, r: &Resources, cpu_proving: bool) -> (u32, String, bool) {
         ""
     };
     (slots.min(u64::from(u32::MAX)) as u32, format!("{why}{device}"), on_gpu)
+}
+
+/// The threads a job uses: on the GPU or the CPU; -1 is 92 % of the cores.
+fn threads(r: &Resources, on_gpu: bool, cores: u64) -> u64 {
+    let threads = if on_gpu { r.max_parallelism_gpu } else { r.max_parallelism };
+    if threads < 0 {
+        (cores * 92 / 100).max(1)
+    } else {
+        threads as u64
+    }
+}
+
+impl StagePlan {
+    /// What one job takes from a machine with `cores` cores while it runs.
+    pub fn need(&self, cores: usize) -> Need {
+        let r = &self.resources;
+        Need {
+            memory: r.min_memory,
+            base_memory: r.base_min_memory,
+            threads: threads(r, self.gpu, cores.max(1) as u64),
+            gpus: if self.gpu { r.gpu_utilization } else { 0.0 },
+        }
+    }
 }
 
 /// The plan as a table for people: one line per stage and size.

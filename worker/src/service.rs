@@ -38,6 +38,7 @@ use sealfarm_schemas::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::budget::{Budget, Need};
 use crate::executor::Executor;
 use crate::job_store::{Claim, JobState, JobStore};
 use crate::layers::{self, LayerRecord};
@@ -62,6 +63,8 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     /// Each stage and sector size this worker takes, with its slots (jobs at once).
     pub capacity: Vec<StageSlots>,
+    /// What one job of each stage and size takes from the machine while it runs.
+    pub needs: BTreeMap<(Stage, SectorSize), Need>,
     /// The probe at start; memory in use and free space are refreshed for each heartbeat.
     pub hardware: Hardware,
     /// Worker-local storage: the file server. None: shared storage.
@@ -142,6 +145,8 @@ struct Worker {
     executor: Executor,
     /// One per stage and sector size taken, with its slots.
     slots: BTreeMap<(Stage, SectorSize), Arc<Semaphore>>,
+    /// The machine's memory, cores and GPUs, shared by all running jobs.
+    budget: Arc<Budget>,
     /// Jobs this worker holds (claimed, running or waiting for a slot), by job key.
     running: Mutex<BTreeMap<String, RunningJob>>,
     /// Held jobs the bridge dispatched again: their results are discarded.
@@ -162,6 +167,11 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             .iter()
             .map(|c| ((c.stage, c.sector_size), Arc::new(Semaphore::new(c.slots.max(1) as usize))))
             .collect(),
+        budget: Budget::new(
+            config.hardware.memory_bytes,
+            config.hardware.cores.max(1) as u64,
+            config.hardware.gpus().count() as f64,
+        ),
         config,
         store,
         link,
@@ -457,8 +467,22 @@ impl Worker {
 
     async fn run_job(self: &Arc<Self>, task: TaskMessage, permit: OwnedSemaphorePermit) {
         let key = task.job_key();
+        // Its share of the machine, in lotus' order among waiting jobs.
+        let need = task
+            .sector
+            .proof_type
+            .info()
+            .and_then(|i| self.config.needs.get(&(task.stage(), i.sector_size)).copied())
+            .unwrap_or_default();
+        let priority = self.budget.priority(&task);
+        let mut stop = self.shutdown.clone();
+        let grant = tokio::select! {
+            grant = self.budget.acquire(need, priority) => grant,
+            _ = stop.wait() => return, // stays held: released or resumed per --on-stop
+        };
         let started = now_ms();
         let outcome = self.execute(&key, &task).await;
+        drop(grant);
         drop(permit);
         let Some(outcome) = outcome else {
             // Superseded (dropped), or stopping: then it stays held, for
