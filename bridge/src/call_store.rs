@@ -59,6 +59,9 @@ pub struct Call {
     /// The worker that claimed the current attempt, once it said so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holder: Option<Holder>,
+    /// The queue the current attempt was published to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
 }
 
 /// Who holds a dispatched call's current attempt.

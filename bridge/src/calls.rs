@@ -87,6 +87,7 @@ impl Calls {
             updated_at_ms: message.issued_at_ms,
             state: CallState::Accepted,
             holder: None,
+            queue: None,
         };
         let queue = match self.route(&message) {
             Ok(queue) => queue,
@@ -105,6 +106,7 @@ impl Calls {
             }
         };
         let _ = info;
+        let call = Call { queue: Some(queue.clone()), ..call };
         self.store.insert(&call).map_err(internal)?;
         if let Err(err) = self.publish_to(&queue, &message).await {
             let _ = self.store.remove(&call);
@@ -134,6 +136,7 @@ impl Calls {
                 worker: "bridge".into(),
             },
             holder: None,
+            queue: None,
         };
         self.store.insert(&call).map_err(internal)?;
         let this = self.clone();
@@ -165,7 +168,10 @@ impl Calls {
                         };
                         match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
                             Ok(()) => {
-                                let _ = this.store.set_state(&task.call_id.to_string(), CallState::Dispatched);
+                                let _ = this.store.modify(&task.call_id.to_string(), |c| {
+                                    c.state = CallState::Dispatched;
+                                    c.queue = Some(queue.clone());
+                                });
                                 tracing::info!(call_id = %task.call_id, "unconfirmed task published again");
                             }
                             Err(err) => tracing::warn!(error = %format!("{err:#}"), "task not published"),
@@ -287,6 +293,7 @@ impl Calls {
             c.kind = CallKind::Task { task: Box::new(next.clone()) };
             c.state = CallState::Dispatched;
             c.holder = None;
+            c.queue = Some(queue.clone());
         })?;
         tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, stage = %next.stage(), attempt = next.attempt, reason, "task dispatched again");
         if let Some(holder) = old_holder {

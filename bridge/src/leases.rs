@@ -175,6 +175,32 @@ impl Leases {
         Ok(())
     }
 
+    /// A task waiting, unclaimed, in the own queue of a worker that is gone
+    /// has no lease to expire: it is dispatched again where it can run now
+    /// (shared storage: the stage queue), or its call fails (worker-local
+    /// storage: its files went with the worker).
+    async fn unclaimed_on_gone_workers(&self) {
+        let Ok(calls) = self.calls.store.all() else { return };
+        for call in calls {
+            if !matches!(call.state, CallState::Dispatched) || call.holder.is_some() {
+                continue;
+            }
+            let Some(worker) = call.queue.as_deref().and_then(|q| q.strip_prefix("sealfarm.worker.")) else {
+                continue;
+            };
+            if !self.calls.farm.is_gone(worker) {
+                continue;
+            }
+            let reason = format!(
+                "its task waited in the queue of worker {worker}, which sent no heartbeat for {}",
+                humantime::format_duration(self.timeout)
+            );
+            if let Err(err) = self.calls.redispatch(&call, &reason).await {
+                tracing::warn!(call_id = %call.call_id, error = %format!("{err:#}"), "cannot dispatch again yet");
+            }
+        }
+    }
+
     /// Re-dispatches the calls whose leases expired, until shutdown.
     pub async fn expire(self: Arc<Self>) {
         let every = (self.timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
@@ -188,6 +214,7 @@ impl Leases {
                 let ids: Vec<Uuid> = held.iter().filter(|(_, l)| l.expires <= now).map(|(id, _)| *id).collect();
                 ids.into_iter().filter_map(|id| held.remove(&id).map(|l| (id, l))).collect()
             };
+            self.unclaimed_on_gone_workers().await;
             for (call_id, lease) in expired {
                 let Ok(Some(call)) = self.current(call_id, lease.attempt) else { continue };
                 let reason = format!(

@@ -132,14 +132,20 @@ async fn worker_local_storage_is_fetched_through_the_bridges_remote() {
     assert!(!local.join("sealed").join(name).exists());
     assert!(farm.miner.index_calls().iter().any(|c| c.method == "StorageDropSector" && c.params[2] == 2));
 
-    // The holder goes away for good: a stage bound to its files fails with an
-    // error the miner's state machine acts on, instead of waiting forever.
+    // The holder goes away for good. A stage bound to its files fails with an
+    // error the miner's state machine acts on, instead of waiting forever:
+    // one already waiting in the holder's queue once the holder counts as
+    // gone (--lease-timeout), one called later at once.
     worker.kill();
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let call: sealfarm_schemas::CallId = farm.worker.client.call("FinalizeSector", json!([sector])).await.unwrap();
-    let returned = farm.miner.wait_for_return(&call, Duration::from_secs(30)).await.unwrap();
-    let error = &returned.params[1];
-    assert_eq!(error["Code"], 0, "{error}");
-    let message = error["Message"].as_str().unwrap();
-    assert!(message.contains("local-box") && message.contains("no heartbeat"), "{message}");
+    let waiting: sealfarm_schemas::CallId = farm.worker.client.call("FinalizeSector", json!([sector])).await.unwrap();
+    let returned = farm.miner.wait_for_return(&waiting, Duration::from_secs(60)).await.unwrap();
+    let later: sealfarm_schemas::CallId =
+        farm.worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
+    let returned_later = farm.miner.wait_for_return(&later, Duration::from_secs(30)).await.unwrap();
+    for returned in [returned, returned_later] {
+        let error = &returned.params[1];
+        assert_eq!(error["Code"], 0, "{error}");
+        let message = error["Message"].as_str().unwrap();
+        assert!(message.contains("local-box") && message.contains("no heartbeat"), "{message}");
+    }
 }
