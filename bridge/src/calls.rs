@@ -89,7 +89,7 @@ impl Calls {
             holder: None,
             queue: None,
         };
-        let queue = match self.route(&message) {
+        let queue = match self.route(&message, None) {
             Ok(queue) => queue,
             Err(error) => {
                 // The miner hears it as the call's result: its FSM handles failed stages.
@@ -162,10 +162,19 @@ impl Calls {
                     let Some(task) = call.task().cloned() else { continue };
                     let this = self.clone();
                     tokio::spawn(async move {
-                        let queue = match this.route(&task) {
+                        let queue = match this.route(&task, None) {
                             Ok(queue) => queue,
                             Err(error) => return this.fail(&call, task.attempt, error, "bridge"),
                         };
+                        if queue.starts_with("sealfarm.worker.") {
+                            let declared = async {
+                                this.link.get().await?.declare_queue(&topology::QueueSpec::work(&queue)).await
+                            };
+                            if let Err(err) = declared.await {
+                                tracing::warn!(error = %format!("{err:#}"), "task not published");
+                                return;
+                            }
+                        }
                         match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
                             Ok(()) => {
                                 let _ = this.store.modify(&task.call_id.to_string(), |c| {
@@ -192,7 +201,11 @@ impl Calls {
     /// worker's sealing path), the shared queue. In worker-local storage a
     /// holder that is gone or does not take the stage fails the call: the
     /// files are nowhere else, so the miner must seal the sector again.
-    pub fn route(&self, task: &TaskMessage) -> Result<String, CallError> {
+    ///
+    /// `avoid`: a worker the task is being taken away from (its lease
+    /// expired, it released the task, it is gone); in shared storage the task
+    /// then goes to the stage queue even if that worker holds the files.
+    pub fn route(&self, task: &TaskMessage, avoid: Option<&str>) -> Result<String, CallError> {
         let Some(info) = task.sector.proof_type.info() else {
             let message = format!("unknown seal proof type {}", task.sector.proof_type.0);
             return Err(CallError::new(ErrorCode::UNKNOWN, message));
@@ -212,13 +225,18 @@ impl Calls {
             }
         };
         let holder = &location.worker;
+        let view = self.farm.get(holder);
+        let storage = location.storage_id.clone().or_else(|| view.as_ref().and_then(|w| w.storage_id.clone()));
+        let shared_storage = storage.is_some_and(|id| self.shared_storage.contains(&id));
         let gone = self.farm.is_gone(holder);
-        // A holder not heard of since the bridge started is taken at its word.
-        let takes = self.farm.get(holder).is_none_or(|w| w.slots(task.stage(), size) > 0);
-        if !gone && takes {
+        // A holder not heard of since the bridge started (its heartbeat is on
+        // the way) keeps its tasks in worker-local storage; in shared
+        // storage any worker can take them.
+        let takes = view.map_or(!shared_storage, |w| w.slots(task.stage(), size) > 0);
+        if !gone && takes && (avoid != Some(holder.as_str()) || !shared_storage) {
             return Ok(topology::worker_queue(holder));
         }
-        if location.storage_id.as_ref().is_some_and(|id| self.shared_storage.contains(id)) {
+        if shared_storage {
             return Ok(shared);
         }
         let stage = task.stage();
@@ -244,7 +262,7 @@ impl Calls {
     /// Publishes a task where [`Calls::route`] sends it and waits for the
     /// broker's confirm; a task that can no longer run is an Err.
     pub async fn publish_task(&self, task: &TaskMessage) -> Result<()> {
-        let queue = self.route(task).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        let queue = self.route(task, None).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         self.publish_to(&queue, task).await
     }
 
@@ -259,6 +277,8 @@ impl Calls {
     /// holder's lease expired, or the holder released it) and tells the old
     /// holder to drop it. A PC1 whose ticket can no longer land fails instead.
     pub async fn redispatch(self: &Arc<Self>, call: &Call, reason: &str) -> Result<()> {
+        let queued_at = call.queue.as_deref().and_then(|q| q.strip_prefix("sealfarm.worker."));
+        let away_from = call.holder.as_ref().map(|h| h.worker.as_str()).or(queued_at);
         let Some(task) = call.task() else { return Ok(()) };
         if !call.is_open() {
             return Ok(());
@@ -278,7 +298,7 @@ impl Calls {
             return Ok(());
         }
         let next = task.next_attempt();
-        let queue = match self.route(&next) {
+        let queue = match self.route(&next, away_from) {
             Ok(queue) => queue,
             Err(error) => {
                 let message = format!("{} ({reason})", error.message);
@@ -389,7 +409,7 @@ impl Calls {
             let view = self.farm.get(&result.worker);
             let location = Location {
                 worker: result.worker.clone(),
-                storage_id: view.as_ref().and_then(|w| w.storage_id.clone()),
+                storage_id: result.storage_id.clone().or_else(|| view.as_ref().and_then(|w| w.storage_id.clone())),
                 files_url: view.as_ref().and_then(|w| w.files_url.clone()),
                 since_ms: now_ms(),
             };

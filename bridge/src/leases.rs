@@ -117,7 +117,7 @@ impl Leases {
                 self.calls.farm.heartbeat(WorkerView {
                     id: worker.clone(),
                     hostname,
-                    last_seen: Instant::now() - age,
+                    last_seen: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
                     capacity,
                     hardware,
                     storage_id,
@@ -181,6 +181,7 @@ impl Leases {
     /// storage: its files went with the worker).
     async fn unclaimed_on_gone_workers(&self) {
         let Ok(calls) = self.calls.store.all() else { return };
+        let mut emptied = std::collections::BTreeSet::new();
         for call in calls {
             if !matches!(call.state, CallState::Dispatched) || call.holder.is_some() {
                 continue;
@@ -195,8 +196,25 @@ impl Leases {
                 "its task waited in the queue of worker {worker}, which sent no heartbeat for {}",
                 humantime::format_duration(self.timeout)
             );
-            if let Err(err) = self.calls.redispatch(&call, &reason).await {
-                tracing::warn!(call_id = %call.call_id, error = %format!("{err:#}"), "cannot dispatch again yet");
+            match self.calls.redispatch(&call, &reason).await {
+                Ok(()) => {
+                    emptied.insert(worker.to_string());
+                }
+                Err(err) => {
+                    tracing::warn!(call_id = %call.call_id, error = %format!("{err:#}"), "cannot dispatch again yet")
+                }
+            }
+        }
+        // The old attempts left in those queues must not run if the worker
+        // comes back (in shared storage next to the new attempts).
+        for worker in emptied {
+            let queue = topology::worker_queue(&worker);
+            let purged = async { self.calls.link.get().await?.purge_queue(&queue).await };
+            match purged.await {
+                Ok(count) => tracing::warn!(worker, queue, count, "emptied the queue of a gone worker"),
+                Err(err) => {
+                    tracing::warn!(queue, error = %format!("{err:#}"), "cannot empty the queue of a gone worker")
+                }
             }
         }
     }

@@ -147,7 +147,9 @@ async fn from_holder(
         ));
     };
     let target = format!("{}/files/{file_type}/{name}", url.trim_end_matches('/'));
-    match reqwest::Client::new().request(method, &target).bearer_auth(token).send().await {
+    let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build();
+    let Ok(client) = client else { return not_found("cannot build an HTTP client".into()) };
+    match client.request(method, &target).bearer_auth(token).send().await {
         Ok(answer) => Ok(answer),
         Err(e) => not_found(format!("cannot reach worker {} at {url}: {e}", location.worker)),
     }

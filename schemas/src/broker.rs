@@ -46,6 +46,14 @@ impl Broker {
         queue.declare(&self.publisher).await.with_context(|| format!("declaring queue {}", queue.name))
     }
 
+    /// Removes every message waiting in a queue; returns how many there were.
+    pub async fn purge_queue(&self, queue: &str) -> Result<u32> {
+        self.publisher
+            .queue_purge(queue.into(), lapin::options::QueuePurgeOptions::default())
+            .await
+            .with_context(|| format!("purging queue {queue}"))
+    }
+
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()
     }

@@ -252,6 +252,10 @@ pub struct ResultMessage {
     pub stage: Stage,
     /// Id of the worker that ran the attempt.
     pub worker: String,
+    /// The id of the sealing path it ran in (`sectorstore.json`): where
+    /// the sector's files now are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_id: Option<String>,
     /// When the worker started and finished computing (Unix milliseconds).
     pub started_at_ms: u64,
     pub finished_at_ms: u64,

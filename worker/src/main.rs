@@ -412,6 +412,9 @@ fn run_worker(args: RunArgs) -> Result<()> {
     let files = match (args.files_listen, args.files_token) {
         (None, _) => None,
         (Some(_), None) => bail!("--files-listen needs SEALFARM_FILES_TOKEN (the secret the bridge presents)"),
+        (Some(_), Some(token)) if token.trim().len() < 8 => {
+            bail!("SEALFARM_FILES_TOKEN is too short: use a random secret of 8 characters or more")
+        }
         (Some(listen), Some(token)) => {
             let url = args.files_url.unwrap_or_else(|| {
                 let host = if listen.ip().is_unspecified() { hostname.clone() } else { listen.ip().to_string() };

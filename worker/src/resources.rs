@@ -233,7 +233,11 @@ fn parse_value(name: &str, text: &str) -> Result<f64> {
         "tib" | "t" => (GIB * 1024) as f64,
         other => bail!("{name}={text:?}: unknown unit {other:?} (use bytes, KiB, MiB, GiB or TiB)"),
     };
-    Ok(number * scale)
+    let value = number * scale;
+    if !value.is_finite() || value.abs() > (1u64 << 62) as f64 {
+        bail!("{name}={text:?}: out of range");
+    }
+    Ok(value)
 }
 
 /// The row for a stage and size with every override applied.
@@ -309,16 +313,16 @@ fn fit(hw: &Hardware, r: &Resources, cpu_proving: bool) -> (u32, String, bool) {
     }
     let cores = hw.cores.max(1) as u64;
     let mut limits: Vec<(u64, String)> = Vec::new();
-    if r.min_memory + r.base_min_memory > hw.memory_bytes {
-        let need = human(r.min_memory + r.base_min_memory);
+    if r.min_memory.saturating_add(r.base_min_memory) > hw.memory_bytes {
+        let need = human(r.min_memory.saturating_add(r.base_min_memory));
         return (0, format!("needs {need} of RAM, this machine has {}", human(hw.memory_bytes)), on_gpu);
     }
     if let Some(n) = (hw.memory_bytes - r.base_min_memory).checked_div(r.min_memory) {
         limits.push((n, format!("RAM: {} each", human(r.min_memory))));
     }
-    let virtual_memory = hw.memory_bytes + hw.swap_bytes;
-    if r.max_memory + r.base_min_memory > virtual_memory {
-        let need = human(r.max_memory + r.base_min_memory);
+    let virtual_memory = hw.memory_bytes.saturating_add(hw.swap_bytes);
+    if r.max_memory.saturating_add(r.base_min_memory) > virtual_memory {
+        let need = human(r.max_memory.saturating_add(r.base_min_memory));
         return (0, format!("needs up to {need} of RAM and swap, this machine has {}", human(virtual_memory)), on_gpu);
     }
     if let Some(n) = (virtual_memory - r.base_min_memory).checked_div(r.max_memory) {

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -105,21 +105,12 @@ pub enum OnStop {
 const OWN_QUEUE_PREFETCH: u16 = 32;
 
 impl WorkerConfig {
-    /// The queues this worker consumes, each with its prefetch: one per
-    /// stage and size it takes (prefetch = slots), and its own.
-    pub fn queue_prefetch(&self) -> Vec<(String, u16)> {
-        let mut queues: Vec<(String, u16)> = self
-            .capacity
-            .iter()
-            .map(|c| (topology::task_queue(c.stage, c.sector_size), c.slots.clamp(1, u32::from(u16::MAX)) as u16))
-            .collect();
-        queues.push((topology::worker_queue(&self.worker_id), OWN_QUEUE_PREFETCH));
-        queues
-    }
-
-    /// The queues this worker consumes.
+    /// The queues this worker consumes: one per stage and size it takes, and its own.
     pub fn queues(&self) -> Vec<String> {
-        self.queue_prefetch().into_iter().map(|(q, _)| q).collect()
+        let mut queues: Vec<String> =
+            self.capacity.iter().map(|c| topology::task_queue(c.stage, c.sector_size)).collect();
+        queues.push(topology::worker_queue(&self.worker_id));
+        queues
     }
 
     /// The slots of a stage and size; 0 when this worker does not take it.
@@ -184,6 +175,17 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     for record in worker.store.unfinished()? {
         let key = record.task.job_key();
         match record.state {
+            JobState::Claimed { .. } if !worker.takes(&record.task) => {
+                // Claimed under another configuration; this one cannot run it.
+                let reason = format!(
+                    "worker {} no longer takes {} of {} sectors (restarted with other stages, sizes or resources)",
+                    worker.config.worker_id,
+                    record.task.stage(),
+                    record.task.sector.proof_type.info().map_or("unknown".into(), |i| i.sector_size.to_string())
+                );
+                tracing::warn!(call_id = %record.task.call_id, reason, "giving a claimed job back");
+                worker.release(&key, record.task.call_id, record.task.attempt, reason).await;
+            }
             JobState::Claimed { .. } => {
                 tracing::info!(call_id = %record.task.call_id, sector = %record.task.sector.id, stage = %record.task.stage(), "resuming claimed job");
                 worker.hold(&record.task);
@@ -240,53 +242,114 @@ impl Worker {
     /// One consuming session on one connection; returns Ok at shutdown.
     async fn consume(self: Arc<Self>, jobs: &mut JoinSet<()>, delay: &mut Duration) -> Result<()> {
         let broker = self.link.get().await?;
-        // A channel per queue, its prefetch the queue's slots: a task waits
-        // in its queue, where other workers can take it, rather than here.
-        let mut channels = Vec::new();
-        let mut streams = Vec::new();
-        for (queue, prefetch) in self.config.queue_prefetch() {
+        // This worker's own queue: tasks bound to its files (claimed at once,
+        // they wait for their slot here) and control messages.
+        let own_queue = topology::worker_queue(&self.config.worker_id);
+        let own = broker.connection.create_channel().await?;
+        own.basic_qos(OWN_QUEUE_PREFETCH, BasicQosOptions::default()).await?;
+        QueueSpec::work(&own_queue).declare(&own).await?;
+        let mut own_deliveries = own
+            .basic_consume(
+                own_queue.as_str().into(),
+                format!("{}:{own_queue}", self.config.worker_id).as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("consuming {own_queue}"))?;
+        // The stage queues: each pulled only while it has a free slot.
+        let mut channels = vec![own];
+        let mut pullers = JoinSet::new();
+        let (sender, mut pulled) = tokio::sync::mpsc::channel(16);
+        for c in &self.config.capacity {
+            let queue = topology::task_queue(c.stage, c.sector_size);
+            let semaphore = self.slots[&(c.stage, c.sector_size)].clone();
             let channel = broker.connection.create_channel().await?;
-            channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-            if queue == topology::worker_queue(&self.config.worker_id) {
-                QueueSpec::work(&queue).declare(&channel).await?;
-            }
-            let consumer = channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    format!("{}:{queue}", self.config.worker_id).as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("consuming {queue}"))?;
-            streams.push(consumer.map(move |delivery| (queue.clone(), delivery)));
-            channels.push(channel);
+            channel.basic_qos(1, BasicQosOptions::default()).await?;
+            channels.push(channel.clone());
+            pullers.spawn(self.clone().pull(channel, queue, semaphore, sender.clone()));
         }
         tracing::info!(worker = %self.config.worker_id, queues = ?self.config.queues(), "consuming");
         // Announce at once: a heartbeat also tells watchers this worker now takes tasks.
         self.heartbeat().await;
         *delay = Duration::from_millis(200);
-        let mut deliveries = futures_util::stream::select_all(streams);
         let mut shutdown = self.shutdown.clone();
-        loop {
+        let outcome = loop {
             tokio::select! {
-                _ = shutdown.wait() => {
-                    // Deliveries not yet claimed go back to their queues.
-                    for channel in &channels {
-                        let _ = channel.close(200, "worker stopping".into()).await;
+                _ = shutdown.wait() => break Ok(()),
+                next = own_deliveries.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let (worker, queue) = (self.clone(), own_queue.clone());
+                        jobs.spawn(async move { worker.handle_delivery(queue, delivery, None).await });
                     }
-                    return Ok(());
+                    Some(Err(err)) => break Err(anyhow::anyhow!("consumer of {own_queue} failed: {err}")),
+                    None => break Err(anyhow::anyhow!("the broker closed the consumer of {own_queue}")),
+                },
+                Some((queue, delivery, permit)) = pulled.recv() => {
+                    let worker = self.clone();
+                    jobs.spawn(async move { worker.handle_delivery(queue, delivery, Some(permit)).await });
                 }
-                next = deliveries.next() => match next {
-                    Some((queue, Ok(delivery))) => {
-                        let worker = self.clone();
-                        jobs.spawn(async move { worker.handle_delivery(queue, delivery).await });
-                    }
-                    Some((queue, Err(err))) => bail!("consumer of {queue} failed: {err}"),
-                    None => bail!("the broker closed every consumer"),
+                Some(ended) = pullers.join_next() => match ended {
+                    Ok(Err(err)) => break Err(err),
+                    _ => break Err(anyhow::anyhow!("a queue consumer ended")),
                 },
             }
             while jobs.try_join_next().is_some() {}
+        };
+        pullers.abort_all();
+        // Deliveries not yet claimed go back to their queues.
+        for channel in &channels {
+            let _ = channel.close(200, "worker stopping".into()).await;
+        }
+        outcome
+    }
+
+    /// Takes tasks from one stage queue, one per free slot of its stage and
+    /// size: while every slot is busy this worker does not consume the queue
+    /// at all, so the next task stays where another worker can take it (and
+    /// no delivery waits here unacknowledged).
+    async fn pull(
+        self: Arc<Self>,
+        channel: lapin::Channel,
+        queue: String,
+        slots: Arc<Semaphore>,
+        pulled: tokio::sync::mpsc::Sender<(String, Delivery, OwnedSemaphorePermit)>,
+    ) -> Result<()> {
+        let tag = format!("{}:{queue}", self.config.worker_id);
+        let mut consumer: Option<lapin::Consumer> = None;
+        loop {
+            // Wait for a free slot without holding it while the queue is empty
+            // (a task from this worker's own queue may need it meanwhile).
+            drop(slots.clone().acquire_owned().await?);
+            if consumer.is_none() {
+                let started = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        tag.as_str().into(),
+                        Default::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .with_context(|| format!("consuming {queue}"))?;
+                consumer = Some(started);
+            }
+            let delivery = consumer
+                .as_mut()
+                .expect("consuming")
+                .next()
+                .await
+                .with_context(|| format!("the broker closed the consumer of {queue}"))?
+                .with_context(|| format!("consumer of {queue} failed"))?;
+            let permit = slots.clone().acquire_owned().await?;
+            if slots.available_permits() == 0 {
+                // No slot for another task: stop deliveries (prefetch 1, this
+                // one not acknowledged yet, so none is on the way).
+                channel.basic_cancel(tag.as_str().into(), Default::default()).await?;
+                consumer = None;
+            }
+            if pulled.send((queue.clone(), delivery, permit)).await.is_err() {
+                return Ok(());
+            }
         }
     }
 
@@ -301,7 +364,9 @@ impl Worker {
         }
     }
 
-    async fn handle_delivery(self: Arc<Self>, queue: String, delivery: Delivery) {
+    /// Handles one delivery; `permit` is its slot when it came from a stage
+    /// queue (one from this worker's own queue waits for its slot after the claim).
+    async fn handle_delivery(self: Arc<Self>, queue: String, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
         if let Some(control) = control_message(&delivery.data) {
             self.control(control);
             let _ = delivery.ack(BasicAckOptions::default()).await;
@@ -311,18 +376,6 @@ impl Worker {
             Ok(task) => task,
             Err(Rejection { reason, task }) => {
                 return self.dead_letter(&queue, delivery, reason, task.as_deref()).await
-            }
-        };
-        // A task on a stage queue waits for its slot before it is claimed (it
-        // stays where other workers can take it); one on this worker's own
-        // queue is bound to this worker's files: claimed at once, then it waits.
-        let own = queue == topology::worker_queue(&self.config.worker_id);
-        let permit = if own {
-            None
-        } else {
-            match self.slot(&task).await {
-                Some(permit) => Some(permit),
-                None => return,
             }
         };
         let key = task.job_key();
@@ -756,26 +809,31 @@ impl Worker {
         }
         for (key, job) in held {
             let reason = format!("worker {} stopped (SIGTERM) before the job finished", self.config.worker_id);
-            let state = JobState::Released { at_ms: now_ms(), reason: reason.clone() };
-            if !matches!(self.store.drop_claim(&key, state), Ok(true)) {
-                continue;
-            }
-            let message = EventMessage::new(
-                &self.config.worker_id,
-                EventKind::Release { call_id: job.call_id, attempt: job.attempt, reason },
-            );
-            let released = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.link.publish_json(topology::EVENTS_EXCHANGE, &message.routing_key(), &message, &[]),
-            )
-            .await;
-            match released {
-                Ok(Ok(())) => {
-                    tracing::info!(call_id = %job.call_id, attempt = job.attempt, "released to the bridge for dispatch elsewhere")
-                }
-                _ => {
-                    tracing::warn!(call_id = %job.call_id, "could not tell the bridge; it dispatches the job again when the lease expires")
-                }
+            self.release(&key, job.call_id, job.attempt, reason).await;
+        }
+    }
+
+    /// Whether this worker takes the task's stage and size.
+    fn takes(&self, task: &TaskMessage) -> bool {
+        task.sector.proof_type.info().is_some_and(|i| self.config.slots(task.stage(), i.sector_size) > 0)
+    }
+
+    /// Gives a claimed job back to the bridge, which dispatches it again at once.
+    async fn release(&self, key: &str, call_id: uuid::Uuid, attempt: u32, reason: String) {
+        let state = JobState::Released { at_ms: now_ms(), reason: reason.clone() };
+        if !matches!(self.store.drop_claim(key, state), Ok(true)) {
+            return;
+        }
+        let message = EventMessage::new(&self.config.worker_id, EventKind::Release { call_id, attempt, reason });
+        let released = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.link.publish_json(topology::EVENTS_EXCHANGE, &message.routing_key(), &message, &[]),
+        )
+        .await;
+        match released {
+            Ok(Ok(())) => tracing::info!(%call_id, attempt, "released to the bridge for dispatch elsewhere"),
+            _ => {
+                tracing::warn!(%call_id, "could not tell the bridge; it dispatches the job again when the lease expires")
             }
         }
     }
@@ -788,6 +846,7 @@ impl Worker {
             sector: task.sector,
             stage: task.stage(),
             worker: self.config.worker_id.clone(),
+            storage_id: Some(self.config.storage_id.clone()),
             started_at_ms,
             finished_at_ms: now_ms(),
             outcome,
