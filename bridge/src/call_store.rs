@@ -116,6 +116,8 @@ pub struct CallStore {
     locations: sled::Tree,
     /// Sectors with deal data (an AddPiece with piece bytes).
     deals: sled::Tree,
+    /// Sector files declared in the miner's index: `<sector>/<type>` → storage id.
+    declared: sled::Tree,
 }
 
 impl CallStore {
@@ -130,6 +132,7 @@ impl CallStore {
             open_by_digest: db.open_tree("open-by-digest")?,
             locations: db.open_tree("sector-locations")?,
             deals: db.open_tree("deal-sectors")?,
+            declared: db.open_tree("declared-files")?,
             db,
         })
     }
@@ -215,6 +218,33 @@ impl CallStore {
 
     pub fn is_deal(&self, sector: SectorId) -> bool {
         self.deals.contains_key(sector.file_name().as_bytes()).unwrap_or(false)
+    }
+
+    /// Notes a sector file the bridge declared to the miner.
+    pub fn declared_add(&self, sector: SectorId, file_type: u64, storage_id: &str) -> Result<()> {
+        let key = format!("{}/{file_type}", sector.file_name());
+        self.declared.insert(key.as_bytes(), storage_id.as_bytes())?;
+        self.flush()
+    }
+
+    /// Notes that a sector file was dropped from the miner's index.
+    pub fn declared_remove(&self, sector: SectorId, file_type: u64) -> Result<()> {
+        self.declared.remove(format!("{}/{file_type}", sector.file_name()).as_bytes())?;
+        self.flush()
+    }
+
+    /// Every sector file declared and not dropped: (sector, type, storage id).
+    pub fn declared(&self) -> Vec<(SectorId, u64, String)> {
+        self.declared
+            .iter()
+            .flatten()
+            .filter_map(|(key, id)| {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                let (name, file_type) = key.split_once('/')?;
+                let sector = sealfarm_schemas::sector_store::parse_sector_name(name)?;
+                Some((sector, file_type.parse().ok()?, String::from_utf8_lossy(&id).into_owned()))
+            })
+            .collect()
     }
 
     fn flush(&self) -> Result<()> {

@@ -110,7 +110,7 @@ async fn run(args: RunArgs) -> Result<()> {
     });
     let store = CallStore::open(&state_dir)?;
     let (trigger, shutdown) = shutdown::channel();
-    let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}")));
+    let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
     let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
     let calls = Arc::new(Calls {

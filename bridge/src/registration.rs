@@ -15,6 +15,7 @@ use sealfarm_schemas::{SectorRef, StageOutput};
 use serde_json::{json, Value};
 
 use crate::api_info::MinerApiInfo;
+use crate::call_store::CallStore;
 use crate::rpc::{CallFailure, RpcClient};
 use crate::storage::StoragePath;
 
@@ -33,17 +34,26 @@ pub struct Miner {
     /// `http://<advertised host:port>`, the base of `/rpc/v0` and `/remote`.
     pub advertised: String,
     tokens: Mutex<HashMap<String, (Vec<String>, Instant)>>,
+    /// Where the bridge remembers what it declared (worker-local files are
+    /// declared again after a miner restart from this record).
+    store: CallStore,
 }
 
 impl Miner {
-    pub fn new(info: MinerApiInfo, storage: Vec<StoragePath>, advertised: String) -> Self {
+    pub fn new(info: MinerApiInfo, storage: Vec<StoragePath>, advertised: String, store: CallStore) -> Self {
         Miner {
             client: RpcClient::new(info.url.clone(), info.token.clone()),
             info,
             storage,
             advertised,
             tokens: Mutex::new(HashMap::new()),
+            store,
         }
+    }
+
+    /// The record of declared sector files.
+    pub fn declarations(&self) -> &CallStore {
+        &self.store
     }
 
     pub fn client(&self) -> &RpcClient {
@@ -116,6 +126,17 @@ impl Miner {
                     .with_context(|| format!("declaring {sector} on {}", path.path.display()))?;
             }
         }
+        // Files the workers hold (worker-local storage), declared before:
+        // the miner's index lives in memory and starts empty after a restart.
+        let here: Vec<&str> = self.storage.iter().map(|p| p.meta.id.as_str()).collect();
+        for (sector, file_type, id) in self.store.declared() {
+            if here.contains(&id.as_str()) {
+                self.client
+                    .call::<Value>("StorageDeclareSector", json!([id, sector, file_type, false]))
+                    .await
+                    .with_context(|| format!("declaring {sector} again"))?;
+            }
+        }
         Ok(())
     }
 
@@ -175,8 +196,14 @@ impl Miner {
             } else {
                 json!([path.meta.id, sector.id, file_type])
             };
-            if let Err(err) = self.client.call::<Value>(method, params).await {
-                tracing::warn!(sector = %sector.id, error = %err, method, "sector index update failed");
+            match self.client.call::<Value>(method, params).await {
+                Ok(_) if method == "StorageDeclareSector" => {
+                    let _ = self.store.declared_add(sector.id, *file_type, &path.meta.id);
+                }
+                Ok(_) => {
+                    let _ = self.store.declared_remove(sector.id, *file_type);
+                }
+                Err(err) => tracing::warn!(sector = %sector.id, error = %err, method, "sector index update failed"),
             }
         }
     }

@@ -190,6 +190,7 @@ async fn remove(
             }
             Err(refusal) => return refusal.into_response(),
         }
+        let _ = api.miner.declarations().declared_remove(sector, mask);
         if let Err(e) =
             api.miner.client().call::<serde_json::Value>("StorageDropSector", json!([declared_as, sector, mask])).await
         {
@@ -203,6 +204,7 @@ async fn remove(
         if let Err(e) = removed {
             return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot remove {}: {e}", path.display()));
         }
+        let _ = api.miner.declarations().declared_remove(sector, mask);
         if let Err(e) =
             api.miner.client().call::<serde_json::Value>("StorageDropSector", json!([id, sector, mask])).await
         {

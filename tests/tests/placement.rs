@@ -126,6 +126,21 @@ async fn worker_local_storage_is_fetched_through_the_bridges_remote() {
     assert_eq!(http.get(&direct).bearer_auth(&token).send().await.unwrap().status(), 401);
     assert_eq!(http.get(&direct).bearer_auth("farm-secret").send().await.unwrap().status(), 200);
 
+    // A miner restart empties its (in-memory) sector index: the bridge
+    // registers again and declares the worker's files again.
+    farm.miner.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let declared_again = |file_type: u64| {
+        farm.miner.index_calls().iter().any(|c| {
+            c.method == "StorageDeclareSector" && c.params[1]["Number"] == 1 && c.params[2] == file_type
+        })
+    };
+    while !(declared_again(2) && declared_again(4)) {
+        assert!(std::time::Instant::now() < deadline, "sealed and cache not declared again: {}", farm.bridge.log_text());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let farm_worker = farm.miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
+
     // The miner moved the sector away: the delete reaches the worker and the index.
     let deleted = http.delete(url("sealed")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(deleted.status(), 200, "{}", farm.bridge.log_text());
@@ -137,10 +152,9 @@ async fn worker_local_storage_is_fetched_through_the_bridges_remote() {
     // one already waiting in the holder's queue once the holder counts as
     // gone (--lease-timeout), one called later at once.
     worker.kill();
-    let waiting: sealfarm_schemas::CallId = farm.worker.client.call("FinalizeSector", json!([sector])).await.unwrap();
+    let waiting: sealfarm_schemas::CallId = farm_worker.client.call("FinalizeSector", json!([sector])).await.unwrap();
     let returned = farm.miner.wait_for_return(&waiting, Duration::from_secs(60)).await.unwrap();
-    let later: sealfarm_schemas::CallId =
-        farm.worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
+    let later: sealfarm_schemas::CallId = farm_worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
     let returned_later = farm.miner.wait_for_return(&later, Duration::from_secs(30)).await.unwrap();
     for returned in [returned, returned_later] {
         let error = &returned.params[1];

@@ -340,7 +340,14 @@ impl Worker {
                 .await
                 .with_context(|| format!("the broker closed the consumer of {queue}"))?
                 .with_context(|| format!("consumer of {queue} failed"))?;
-            let permit = slots.clone().acquire_owned().await?;
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // A job from this worker's own queue took the last slot
+                // meanwhile: the task goes back for another worker.
+                channel.basic_cancel(tag.as_str().into(), Default::default()).await?;
+                consumer = None;
+                delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                continue;
+            };
             if slots.available_permits() == 0 {
                 // No slot for another task: stop deliveries (prefetch 1, this
                 // one not acknowledged yet, so none is on the way).
