@@ -131,12 +131,17 @@ async fn worker_local_storage_is_fetched_through_the_bridges_remote() {
     farm.miner.restart();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let declared_again = |file_type: u64| {
-        farm.miner.index_calls().iter().any(|c| {
-            c.method == "StorageDeclareSector" && c.params[1]["Number"] == 1 && c.params[2] == file_type
-        })
+        farm.miner
+            .index_calls()
+            .iter()
+            .any(|c| c.method == "StorageDeclareSector" && c.params[1]["Number"] == 1 && c.params[2] == file_type)
     };
     while !(declared_again(2) && declared_again(4)) {
-        assert!(std::time::Instant::now() < deadline, "sealed and cache not declared again: {}", farm.bridge.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sealed and cache not declared again: {}",
+            farm.bridge.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let farm_worker = farm.miner.wait_for_worker(Duration::from_secs(60)).await.unwrap();
@@ -154,7 +159,8 @@ async fn worker_local_storage_is_fetched_through_the_bridges_remote() {
     worker.kill();
     let waiting: sealfarm_schemas::CallId = farm_worker.client.call("FinalizeSector", json!([sector])).await.unwrap();
     let returned = farm.miner.wait_for_return(&waiting, Duration::from_secs(60)).await.unwrap();
-    let later: sealfarm_schemas::CallId = farm_worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
+    let later: sealfarm_schemas::CallId =
+        farm_worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
     let returned_later = farm.miner.wait_for_return(&later, Duration::from_secs(30)).await.unwrap();
     for returned in [returned, returned_later] {
         let error = &returned.params[1];

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -36,7 +36,7 @@ pub async fn serve(config: &FilesConfig, sealing: &SealingPath, shutdown: Shutdo
         .await
         .with_context(|| format!("cannot listen on {} for the file server", config.listen))?;
     let files = std::sync::Arc::new(Files { root: sealing.root().to_path_buf(), token: config.token.clone() });
-    let app = Router::new().route("/files/{file_type}/{name}", get(fetch).delete(remove)).with_state(files);
+    let app = Router::new().route("/files/{file_type}/{name}", get(request).delete(request)).with_state(files);
     let mut stop = shutdown;
     tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await }).await;
@@ -73,7 +73,9 @@ fn refuse(files: &Files, headers: &HeaderMap, file_type: &str, name: &str) -> Re
         .ok_or_else(|| (StatusCode::BAD_REQUEST, format!("{file_type}/{name} is not a sector file")))
 }
 
-async fn fetch(
+/// `GET` or `DELETE` of one sector file.
+async fn request(
+    method: Method,
     State(files): State<std::sync::Arc<Files>>,
     Path((file_type, name)): Path<(String, String)>,
     headers: HeaderMap,
@@ -82,7 +84,16 @@ async fn fetch(
         Ok(path) => path,
         Err(refusal) => return refusal.into_response(),
     };
+    if method == Method::DELETE {
+        remove(&path, &file_type, &name)
+    } else {
+        fetch(path, &file_type, &name).await
+    }
+}
+
+async fn fetch(path: PathBuf, file_type: &str, name: &str) -> Response {
     if path.is_dir() {
+        let (file_type, name) = (file_type.to_string(), name.to_string());
         return match tokio::task::spawn_blocking(move || flat_tar(&path)).await {
             Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response(),
             Ok(Err(e)) => {
@@ -111,16 +122,8 @@ async fn fetch(
     }
 }
 
-async fn remove(
-    State(files): State<std::sync::Arc<Files>>,
-    Path((file_type, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let path = match refuse(&files, &headers, &file_type, &name) {
-        Ok(path) => path,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+fn remove(path: &std::path::Path, file_type: &str, name: &str) -> Response {
+    let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     match removed {
         Ok(()) => {
             tracing::info!(file_type, name, "sector file removed at the bridge's request");
