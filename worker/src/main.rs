@@ -40,8 +40,12 @@ enum LogFormat {
 enum Command {
     /// Run the worker: consume tasks until SIGTERM/Ctrl-C.
     ///
-    /// Example (a box for the small stages of 32 GiB sectors):
-    ///   sealfarm-worker run --sealing-path /mnt/nvme/sealing --stages ap,pc1,pc2,c1,fin,ru --sector-sizes 32GiB
+    /// It takes the stages and sector sizes you allow that this machine fits,
+    /// as many at once as lotus' resource table allows (`sealfarm-worker
+    /// resources` shows the decisions without starting).
+    ///
+    /// Example (a PC1 box for 32 GiB sectors on shared storage):
+    ///   sealfarm-worker run --sealing-path /mnt/shared/sealing --stages ap,pc1,pc2,c1,fin,ru --sector-sizes 32GiB
     Run(Box<RunArgs>),
     /// Groth parameters: generate (test sizes), fetch (published), status.
     #[command(subcommand)]
