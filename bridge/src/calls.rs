@@ -25,6 +25,7 @@ use sealfarm_schemas::{
     StageOutput, Task, TaskMessage,
 };
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore, Location};
 use crate::farm::Farm;
@@ -423,6 +424,16 @@ impl Calls {
 
     /// Calls the matching `Return*` on the miner until it accepts it.
     async fn deliver(self: Arc<Self>, call: Call) {
+        let span = match call.task() {
+            Some(task) => task.span(),
+            None => {
+                tracing::info_span!("call", call_id = %call.call_id.id, sector = %call.sector.id, method = %call.method)
+            }
+        };
+        self.deliver_in_span(call).instrument(span).await
+    }
+
+    async fn deliver_in_span(self: Arc<Self>, call: Call) {
         let CallState::Resulted { outcome, .. } = &call.state else { return };
         let (method, params) = return_call(&call, outcome);
         let mut delay = Duration::from_millis(500);

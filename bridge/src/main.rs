@@ -28,8 +28,18 @@ use sealfarm_schemas::shutdown;
 #[derive(Parser, Debug)]
 #[command(name = "sealfarm-bridge", version)]
 struct Cli {
+    /// Log format: `human`, or `json` (one object per line; lines about a
+    /// call carry its call id and sector).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SEALFARM_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,7 +98,11 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
     let Command::Run(args) = cli.command;
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     if let Err(err) = runtime.block_on(run(args)) {

@@ -201,6 +201,18 @@ impl TaskMessage {
         TaskMessage { attempt: self.attempt + 1, ..self.clone() }
     }
 
+    /// The span every log line about this task is written in (bridge,
+    /// worker and executor alike): call id, sector, stage and attempt.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "job",
+            call_id = %self.call_id,
+            sector = %self.sector.id,
+            stage = %self.stage(),
+            attempt = self.attempt
+        )
+    }
+
     /// The key a worker stores this attempt under.
     pub fn job_key(&self) -> String {
         format!("{}/{}", self.call_id, self.attempt)

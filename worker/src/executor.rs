@@ -191,6 +191,8 @@ pub fn serve(sealing: SealingPath) -> Result<()> {
         let request: Request = serde_json::from_str(&line).context("a job line is not JSON")?;
         let (sealing, stdout) = (sealing.clone(), stdout.clone());
         std::thread::spawn(move || {
+            // The library's own log lines name the job too.
+            let _job = request.task.span().entered();
             let execution = proofs::execute(&sealing, &request.task);
             let outcome = match execution.outcome {
                 Ok(output) => Outcome::Done(output),

@@ -299,6 +299,8 @@ enum ParamsCommand {
 
 fn main() {
     let cli = Cli::parse();
+    // Child processes (executor, probe) log in the same format.
+    std::env::set_var("SEALFARM_LOG_FORMAT", format!("{:?}", cli.log_format).to_lowercase());
     init_logging(cli.log_format);
     if let Err(err) = run(cli.command) {
         eprintln!("error: {err:#}");
@@ -446,23 +448,32 @@ fn run_worker(args: RunArgs) -> Result<()> {
         },
         retry_backoff: args.retry_backoff,
     };
-    eprintln!("sealfarm-worker {}", config.worker_id);
-    eprintln!("  broker        {}", broker::redact(&config.amqp_url));
-    eprintln!("  sealing path  {} (storage {})", config.sealing.root().display(), config.storage_id);
+    // The start-up table: plain lines for people, log records in JSON mode.
+    let json = matches!(std::env::var("SEALFARM_LOG_FORMAT").as_deref(), Ok("json"));
+    let say = |line: String| {
+        if json {
+            tracing::info!(target: "sealfarm_worker::startup", "{}", line.trim());
+        } else {
+            eprintln!("{line}");
+        }
+    };
+    say(format!("sealfarm-worker {}", config.worker_id));
+    say(format!("  broker        {}", broker::redact(&config.amqp_url)));
+    say(format!("  sealing path  {} (storage {})", config.sealing.root().display(), config.storage_id));
     match &config.files {
-        Some(files) => eprintln!("  files         worker-local, served on {} as {}", files.listen, files.url),
-        None => eprintln!("  files         shared storage (the bridge mounts the sealing path too)"),
+        Some(files) => say(format!("  files         worker-local, served on {} as {}", files.listen, files.url)),
+        None => say("  files         shared storage (the bridge mounts the sealing path too)".into()),
     }
-    eprintln!("  state dir     {}", config.state_dir.display());
-    eprintln!("  parameters    {}", params::cache_dir().display());
+    say(format!("  state dir     {}", config.state_dir.display()));
+    say(format!("  parameters    {}", params::cache_dir().display()));
     for line in hardware::describe(&config.hardware) {
-        eprintln!("  {line}");
+        say(format!("  {line}"));
     }
-    eprintln!("  what this worker takes (slots = jobs at once; see `sealfarm-worker resources`):");
+    say("  what this worker takes (slots = jobs at once; see `sealfarm-worker resources`):".into());
     for line in resources::describe(&plan) {
-        eprintln!("    {line}");
+        say(format!("    {line}"));
     }
-    eprintln!("  queues        {}", config.queues().join(", "));
+    say(format!("  queues        {}", config.queues().join(", ")));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (trigger, shutdown) = shutdown::channel();

@@ -37,6 +37,7 @@ use sealfarm_schemas::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::budget::{Budget, Need};
 use crate::executor::Executor;
@@ -190,11 +191,15 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
                 tracing::info!(call_id = %record.task.call_id, sector = %record.task.sector.id, stage = %record.task.stage(), "resuming claimed job");
                 worker.hold(&record.task);
                 let worker = worker.clone();
-                jobs.spawn(async move {
-                    if let Some(permit) = worker.slot(&record.task).await {
-                        worker.run_job(record.task, permit).await;
+                let span = record.task.span();
+                jobs.spawn(
+                    async move {
+                        if let Some(permit) = worker.slot(&record.task).await {
+                            worker.run_job(record.task, permit).await;
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             }
             JobState::Finished { result } => {
                 tracing::info!(call_id = %result.call_id, "republishing a result the broker never confirmed");
@@ -385,6 +390,18 @@ impl Worker {
                 return self.dead_letter(&queue, delivery, reason, task.as_deref()).await
             }
         };
+        let span = task.span();
+        self.claim_and_run(queue, delivery, task, permit).instrument(span).await
+    }
+
+    /// Claims a checked task and runs it.
+    async fn claim_and_run(
+        self: Arc<Self>,
+        queue: String,
+        delivery: Delivery,
+        task: TaskMessage,
+        permit: Option<OwnedSemaphorePermit>,
+    ) {
         let key = task.job_key();
         match self.store.claim(&task) {
             Ok(Claim::New) => {}
