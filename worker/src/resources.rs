@@ -492,6 +492,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/sealfarm/worker.toml");
+        let config = ConfigFile::load(&path).unwrap();
+        assert_eq!(config.sector_sizes, Some(vec![SectorSize::GIB32]));
+        let w = Wanted {
+            stages: config.stages.clone().unwrap(),
+            sector_sizes: config.sector_sizes.clone().unwrap(),
+            cpu_proving: config.cpu_proving.unwrap(),
+            file_overrides: config.overrides(),
+        };
+        let plan = plan(&machine(64, 512 * GIB, 0), &w, &no_env).unwrap();
+        assert_eq!(slots(&plan, Stage::Pc1), 6, "{plan:#?}");
+    }
+
+    #[test]
     fn pc2_of_test_sizes_takes_the_whole_cpu() {
         let plan = plan(&machine(16, 128 * GIB, 0), &wanted(&[Stage::Pc2, Stage::C1], SectorSize::KIB2), &no_env);
         let plan = plan.unwrap();
