@@ -56,12 +56,12 @@ impl Calls {
             tracing::info!(call_id = %open.call_id, sector = %sector.id, method, "re-issued call attaches to the open one");
             return Ok(open.call_id);
         }
-        let Some(info) = sector.proof_type.info() else {
+        if sector.proof_type.info().is_none() {
             return Err(RpcError::method(format!(
                 "unknown seal proof type {} for sector {}",
                 sector.proof_type.0, sector.id
             )));
-        };
+        }
         let call_id = CallId::new(sector.id);
         let issued_at_ms = now_ms();
         if let Task::Ap { data: PieceData::File { .. }, .. } = &task {
@@ -106,7 +106,6 @@ impl Calls {
                 return Ok(call_id);
             }
         };
-        let _ = info;
         let call = Call { queue: Some(queue.clone()), ..call };
         self.store.insert(&call).map_err(internal)?;
         if let Err(err) = self.publish_to(&queue, &message).await {
@@ -167,14 +166,9 @@ impl Calls {
                             Ok(queue) => queue,
                             Err(error) => return this.fail(&call, task.attempt, error, "bridge"),
                         };
-                        if queue.starts_with("sealfarm.worker.") {
-                            let declared = async {
-                                this.link.get().await?.declare_queue(&topology::QueueSpec::work(&queue)).await
-                            };
-                            if let Err(err) = declared.await {
-                                tracing::warn!(error = %format!("{err:#}"), "task not published");
-                                return;
-                            }
+                        if let Err(err) = this.declare_worker_queue(&queue).await {
+                            tracing::warn!(error = %format!("{err:#}"), "task not published");
+                            return;
                         }
                         match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
                             Ok(()) => {
@@ -268,17 +262,24 @@ impl Calls {
     }
 
     async fn publish_to(&self, queue: &str, task: &TaskMessage) -> Result<()> {
-        if queue.starts_with("sealfarm.worker.") {
+        self.declare_worker_queue(queue).await?;
+        self.link.publish_json("", queue, task, &[]).await
+    }
+
+    /// A worker's own queue exists once the worker consumed it; declared
+    /// here too so a task routed there is never unroutable. Other queues: nothing to do.
+    async fn declare_worker_queue(&self, queue: &str) -> Result<()> {
+        if topology::worker_of_queue(queue).is_some() {
             self.link.get().await?.declare_queue(&topology::QueueSpec::work(queue)).await?;
         }
-        self.link.publish_json("", queue, task, &[]).await
+        Ok(())
     }
 
     /// Dispatches an open call's task again with the next attempt number (its
     /// holder's lease expired, or the holder released it) and tells the old
     /// holder to drop it. A PC1 whose ticket can no longer land fails instead.
     pub async fn redispatch(self: &Arc<Self>, call: &Call, reason: &str) -> Result<()> {
-        let queued_at = call.queue.as_deref().and_then(|q| q.strip_prefix("sealfarm.worker."));
+        let queued_at = call.queue.as_deref().and_then(topology::worker_of_queue);
         let away_from = call.holder.as_ref().map(|h| h.worker.as_str()).or(queued_at);
         let Some(task) = call.task() else { return Ok(()) };
         if !call.is_open() {

@@ -186,7 +186,7 @@ impl Leases {
             if !matches!(call.state, CallState::Dispatched) || call.holder.is_some() {
                 continue;
             }
-            let Some(worker) = call.queue.as_deref().and_then(|q| q.strip_prefix("sealfarm.worker.")) else {
+            let Some(worker) = call.queue.as_deref().and_then(topology::worker_of_queue) else {
                 continue;
             };
             if !self.calls.farm.is_gone(worker) {

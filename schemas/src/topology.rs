@@ -60,6 +60,11 @@ pub fn worker_queue(worker_id: &str) -> String {
     format!("sealfarm.worker.{worker_id}")
 }
 
+/// The worker whose own queue this is; None for any other queue.
+pub fn worker_of_queue(queue: &str) -> Option<&str> {
+    queue.strip_prefix("sealfarm.worker.")
+}
+
 /// A queue and the arguments it is declared with.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QueueSpec {
@@ -170,6 +175,8 @@ mod tests {
     fn queue_names_follow_the_design() {
         assert_eq!(task_queue(Stage::Pc1, SectorSize::GIB32), "sealfarm.task.pc1.32GiB");
         assert_eq!(worker_queue("box-7"), "sealfarm.worker.box-7");
+        assert_eq!(worker_of_queue(&worker_queue("box-7")), Some("box-7"));
+        assert_eq!(worker_of_queue("sealfarm.task.pc1.32GiB"), None);
         let spec = QueueSpec::work("q");
         assert!(spec.arguments.contains(&("x-queue-type", text("quorum"))));
         assert!(spec.arguments.contains(&("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE))));
