@@ -62,6 +62,25 @@ pub struct Call {
     /// The queue the current attempt was published to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// The attempt that gave the call its result, once one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunRecord>,
+}
+
+/// How the call's result came about: who computed it, when, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The worker; `bridge`, `dead-letter` or `operator` when the call failed without a run.
+    pub worker: String,
+    pub attempt: u32,
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    /// The error returned to the miner, when the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The task was dead-lettered (it waits in `sealfarm.dead-letters`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead: bool,
 }
 
 /// Who holds a dispatched call's current attempt.
@@ -149,6 +168,15 @@ impl CallStore {
     pub fn insert(&self, call: &Call) -> Result<()> {
         self.calls.insert(call.call_id.id.to_string().as_bytes(), serde_json::to_vec(call)?)?;
         self.open_by_digest.insert(call.input_digest.as_bytes(), call.call_id.id.to_string().as_bytes())?;
+        self.flush()
+    }
+
+    /// Opens a call again (a replayed dead letter): a re-issued call with
+    /// the same inputs attaches to it, unless another open call has them.
+    pub fn reopen(&self, call: &Call) -> Result<()> {
+        let id = call.call_id.id.to_string();
+        let _ =
+            self.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?;
         self.flush()
     }
 

@@ -27,8 +27,9 @@ use sealfarm_schemas::{
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore, Location};
+use crate::call_store::{input_digest, Call, CallKind, CallState, CallStore, Location, RunRecord};
 use crate::farm::Farm;
+use crate::metrics::Metrics;
 use crate::registration::Miner;
 use crate::rpc::RpcError;
 
@@ -44,6 +45,9 @@ pub struct Calls {
     pub farm: Arc<Farm>,
     /// Ids of the storage paths the bridge mounts itself (shared storage).
     pub shared_storage: Vec<String>,
+    pub metrics: Arc<Metrics>,
+    /// Returns the miner did not accept yet, per call: failed tries.
+    pub return_failures: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>,
 }
 
 impl Calls {
@@ -64,6 +68,7 @@ impl Calls {
         }
         let call_id = CallId::new(sector.id);
         let issued_at_ms = now_ms();
+        self.metrics.calls_accepted.get_or_create(&vec![("stage", task.stage().to_string())]).inc();
         if let Task::Ap { data: PieceData::File { .. }, .. } = &task {
             self.store.mark_deal(sector.id).map_err(internal)?;
         }
@@ -89,6 +94,7 @@ impl Calls {
             state: CallState::Accepted,
             holder: None,
             queue: None,
+            run: None,
         };
         let queue = match self.route(&message, None) {
             Ok(queue) => queue,
@@ -137,6 +143,7 @@ impl Calls {
             },
             holder: None,
             queue: None,
+            run: None,
         };
         self.store.insert(&call).map_err(internal)?;
         let this = self.clone();
@@ -227,7 +234,11 @@ impl Calls {
         // A holder not heard of since the bridge started (its heartbeat is on
         // the way) keeps its tasks in worker-local storage; in shared
         // storage any worker can take them.
-        let takes = view.map_or(!shared_storage, |w| w.slots(task.stage(), size) > 0);
+        // A drained holder in shared storage gets nothing new: others can
+        // reach the files. In worker-local storage only it can.
+        let takes = view.map_or(!shared_storage, |w| {
+            w.slots(task.stage(), size) > 0 && !(w.draining && shared_storage && !self.farm.is_gone(holder))
+        });
         if !gone && takes && (avoid != Some(holder.as_str()) || !shared_storage) {
             return Ok(topology::worker_queue(holder));
         }
@@ -278,7 +289,9 @@ impl Calls {
     /// Dispatches an open call's task again with the next attempt number (its
     /// holder's lease expired, or the holder released it) and tells the old
     /// holder to drop it. A PC1 whose ticket can no longer land fails instead.
-    pub async fn redispatch(self: &Arc<Self>, call: &Call, reason: &str) -> Result<()> {
+    /// `kind` names the cause in the metrics: `lease_expired`, `released`,
+    /// `worker_gone` or `operator`.
+    pub async fn redispatch(self: &Arc<Self>, call: &Call, kind: &str, reason: &str) -> Result<()> {
         let queued_at = call.queue.as_deref().and_then(topology::worker_of_queue);
         let away_from = call.holder.as_ref().map(|h| h.worker.as_str()).or(queued_at);
         let Some(task) = call.task() else { return Ok(()) };
@@ -318,10 +331,95 @@ impl Calls {
             c.queue = Some(queue.clone());
         })?;
         tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, stage = %next.stage(), attempt = next.attempt, reason, "task dispatched again");
+        let labels = vec![("stage", next.stage().to_string()), ("reason", kind.to_string())];
+        self.metrics.redispatches.get_or_create(&labels).inc();
         if let Some(holder) = old_holder {
             self.supersede(&holder.worker, next.call_id, holder.attempt, reason).await;
         }
         Ok(())
+    }
+
+    /// How often the miner refused this call's Return so far (0 once returned).
+    pub fn return_failures(&self, call_id: uuid::Uuid) -> u32 {
+        self.return_failures.lock().unwrap().get(&call_id).copied().unwrap_or(0)
+    }
+
+    /// The operator's `abort`: the call fails with a CallError the miner
+    /// receives; the worker holding it is told to drop it, and a copy still
+    /// queued is dropped by whoever claims it.
+    pub async fn abort(self: &Arc<Self>, call: &Call, reason: &str) -> Result<String> {
+        let Some(task) = call.task() else {
+            anyhow::bail!("call {} ({}) is not a farm task", call.call_id.id, call.method)
+        };
+        if !call.is_open() {
+            anyhow::bail!("call {} already has its result; nothing to abort", call.call_id.id);
+        }
+        let error = CallError::new(ErrorCode::UNKNOWN, format!("aborted by the operator: {reason}"));
+        self.fail(call, task.attempt, error, "operator");
+        if let Some(holder) = &call.holder {
+            self.supersede(&holder.worker, call.call_id.id, holder.attempt, "aborted by the operator").await;
+        }
+        Ok(format!(
+            "call {} ({} of {}) aborted; the miner gets a CallError",
+            call.call_id.id,
+            task.stage(),
+            call.sector.id
+        ))
+    }
+
+    /// The operator's `requeue`: an open call's task is dispatched again now
+    /// with the next attempt number; its holder, if any, drops the old attempt.
+    pub async fn requeue(self: &Arc<Self>, call: &Call) -> Result<String> {
+        let Some(task) = call.task() else {
+            anyhow::bail!("call {} ({}) is not a farm task", call.call_id.id, call.method)
+        };
+        if !call.is_open() {
+            anyhow::bail!(
+                "call {} already has its result; a dead-lettered task is replayed with `sealfarm-bridge dead-letters replay`",
+                call.call_id.id
+            );
+        }
+        self.redispatch(call, "operator", "requeued by the operator").await?;
+        let now = self.store.get(&call.call_id.id.to_string())?.context("call vanished")?;
+        Ok(format!(
+            "call {} ({} of {}) dispatched again as attempt {} to {}",
+            call.call_id.id,
+            task.stage(),
+            call.sector.id,
+            task.attempt + 1,
+            now.queue.unwrap_or_default()
+        ))
+    }
+
+    /// Replays a dead-lettered task: its call is opened again (a call the
+    /// miner re-issues with the same inputs attaches to it) and the task
+    /// dispatched as the call's next attempt; its result is returned to the
+    /// miner like any other.
+    pub async fn replay(self: &Arc<Self>, dead: &TaskMessage) -> Result<String> {
+        let id = dead.call_id.to_string();
+        let Some(call) = self.store.get(&id)? else {
+            anyhow::bail!("call {id} is not in this bridge's store: replaying it would compute a result nobody takes");
+        };
+        let current = call.task().map_or(dead.attempt, |t| t.attempt.max(dead.attempt));
+        let next = TaskMessage { attempt: current + 1, ..dead.clone() };
+        let queue = self.route(&next, None).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        self.publish_to(&queue, &next).await?;
+        let call = self.store.modify(&id, |c| {
+            c.kind = CallKind::Task { task: Box::new(next.clone()) };
+            c.state = CallState::Dispatched;
+            c.holder = None;
+            c.queue = Some(queue.clone());
+            c.run = None;
+        })?;
+        self.store.reopen(&call)?;
+        tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, stage = %next.stage(), attempt = next.attempt, queue, "dead letter replayed");
+        Ok(format!(
+            "call {} ({} of {}) replayed as attempt {} on {queue}",
+            call.call_id.id,
+            next.stage(),
+            call.sector.id,
+            next.attempt
+        ))
     }
 
     /// Tells a worker to drop an attempt that was dispatched again.
@@ -342,8 +440,26 @@ impl Calls {
             return;
         }
         tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, error = %error, "call failed");
+        let now = now_ms();
+        let started = call.holder.as_ref().map_or(now, |h| h.since_ms);
+        let run = RunRecord {
+            worker: by.to_string(),
+            attempt,
+            started_at_ms: started,
+            finished_at_ms: now,
+            error: Some(error.message.clone()),
+            dead: by == "dead-letter",
+        };
+        if let Some(task) = call.task() {
+            let labels = vec![("stage", task.stage().to_string()), ("outcome", "failed".to_string())];
+            self.metrics.results.get_or_create(&labels).inc();
+        }
         let state = CallState::Resulted { outcome: Box::new(Outcome::Failed(error)), worker: by.to_string() };
-        match self.store.set_state(&call.call_id.id.to_string(), state) {
+        let recorded = self.store.modify(&call.call_id.id.to_string(), |c| {
+            c.state = state;
+            c.run = Some(run);
+        });
+        match recorded {
             Ok(call) => {
                 let this = self.clone();
                 tokio::spawn(async move { this.deliver(call).await });
@@ -387,6 +503,16 @@ impl Calls {
                 };
                 let Some(call) = this.store.get(&task.call_id.to_string())? else { return Ok(()) };
                 let reason = dead_letter_reason(&delivery);
+                this.metrics.dead_letters.get_or_create(&vec![("stage", task.stage().to_string())]).inc();
+                if !call.is_open() && call.run.as_ref().is_some_and(|r| r.attempt == task.attempt) {
+                    // Failed already (the worker's own result came first): mark it dead.
+                    this.store.modify(&task.call_id.to_string(), |c| {
+                        if let Some(run) = c.run.as_mut() {
+                            run.dead = true;
+                        }
+                    })?;
+                    return Ok(());
+                }
                 let error = CallError::new(ErrorCode::UNKNOWN, format!("sealfarm dead-lettered the task: {reason}"));
                 this.fail(&call, task.attempt, error, "dead-letter");
                 Ok(())
@@ -420,7 +546,32 @@ impl Calls {
         // Any attempt's result is taken while the call has none (a superseded
         // attempt that finishes first saves the new one's work).
         let state = CallState::Resulted { outcome: Box::new(result.outcome.clone()), worker: result.worker.clone() };
-        Ok(Some(self.store.set_state(&id, state)?))
+        let error = match &result.outcome {
+            Outcome::Failed(err) => Some(err.message.clone()),
+            Outcome::Done(_) => None,
+        };
+        let outcome = if error.is_some() { "failed" } else { "done" };
+        let run = RunRecord {
+            worker: result.worker.clone(),
+            attempt: result.attempt,
+            started_at_ms: result.started_at_ms,
+            finished_at_ms: result.finished_at_ms,
+            error,
+            dead: false,
+        };
+        let stage = result.stage.to_string();
+        self.metrics.results.get_or_create(&vec![("stage", stage.clone()), ("outcome", outcome.to_string())]).inc();
+        if let Some(info) = result.sector.proof_type.info() {
+            let took = result.finished_at_ms.saturating_sub(result.started_at_ms) as f64 / 1000.0;
+            self.metrics
+                .stage_duration
+                .get_or_create(&crate::metrics::stage_size(stage, info.sector_size))
+                .observe(took);
+        }
+        Ok(Some(self.store.modify(&id, |c| {
+            c.state = state;
+            c.run = Some(run);
+        })?))
     }
 
     /// Calls the matching `Return*` on the miner until it accepts it.
@@ -438,6 +589,7 @@ impl Calls {
         let CallState::Resulted { outcome, .. } = &call.state else { return };
         let (method, params) = return_call(&call, outcome);
         let mut delay = Duration::from_millis(500);
+        let since = std::time::Instant::now();
         loop {
             match self.miner.client().call::<Value>(method, params.clone()).await {
                 Ok(_) => break,
@@ -447,6 +599,8 @@ impl Calls {
                         tracing::info!(call_id = %call.call_id, "the miner already has this result");
                         break;
                     }
+                    *self.return_failures.lock().unwrap().entry(call.call_id.id).or_default() += 1;
+                    self.metrics.return_failures.get_or_create(&vec![("method", method.to_string())]).inc();
                     tracing::warn!(call_id = %call.call_id, method, error = %text, retry_in = ?delay, "Return not accepted; retrying");
                     if self.shutdown.wait_for(delay).await {
                         return;
@@ -455,6 +609,9 @@ impl Calls {
                 }
             }
         }
+        self.return_failures.lock().unwrap().remove(&call.call_id.id);
+        let stage = call.task().map_or_else(|| call.method.clone(), |t| t.stage().to_string());
+        self.metrics.return_latency.get_or_create(&vec![("stage", stage)]).observe(since.elapsed().as_secs_f64());
         if let Err(err) = self.store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms: now_ms() }) {
             tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded");
         }

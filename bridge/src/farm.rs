@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sealfarm_schemas::hardware::Hardware;
-use sealfarm_schemas::messages::{RunningJob, StageSlots};
+use sealfarm_schemas::messages::{now_ms, ResourceUse, RunningJob, StageSlots};
 use sealfarm_schemas::{SectorSize, Stage};
 
 /// One worker, from its last heartbeat.
@@ -24,6 +24,9 @@ pub struct WorkerView {
     /// Its file server (worker-local storage).
     pub files_url: Option<String>,
     pub running: Vec<RunningJob>,
+    /// Drained by the operator: takes nothing from the stage queues.
+    pub draining: bool,
+    pub in_use: Option<ResourceUse>,
 }
 
 impl WorkerView {
@@ -34,6 +37,8 @@ impl WorkerView {
 
 pub struct Farm {
     workers: Mutex<HashMap<String, WorkerView>>,
+    /// When each held call last showed progress (claim, PC1 layer), Unix ms.
+    progress: Mutex<HashMap<uuid::Uuid, u64>>,
     started: Instant,
     /// No heartbeat for this long: the worker is gone.
     gone_after: Duration,
@@ -41,7 +46,29 @@ pub struct Farm {
 
 impl Farm {
     pub fn new(gone_after: Duration) -> Self {
-        Farm { workers: Mutex::new(HashMap::new()), started: Instant::now(), gone_after }
+        Farm { workers: Mutex::new(HashMap::new()), progress: Default::default(), started: Instant::now(), gone_after }
+    }
+
+    /// Every worker ever heard of since the bridge started, by id.
+    pub fn all(&self) -> Vec<WorkerView> {
+        let mut all: Vec<WorkerView> = self.workers.lock().unwrap().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Notes progress of a call (a claim, a finished PC1 layer) at `at_ms`.
+    pub fn progressed(&self, call_id: uuid::Uuid, at_ms: u64) {
+        let mut progress = self.progress.lock().unwrap();
+        let last = progress.entry(call_id).or_insert(at_ms);
+        *last = (*last).max(at_ms);
+        // Forget calls no worker mentioned for a day.
+        let day_ago = now_ms().saturating_sub(86_400_000);
+        progress.retain(|_, at| *at >= day_ago);
+    }
+
+    /// When a call last showed progress, Unix ms.
+    pub fn last_progress(&self, call_id: uuid::Uuid) -> Option<u64> {
+        self.progress.lock().unwrap().get(&call_id).copied()
     }
 
     pub fn heartbeat(&self, view: WorkerView) {

@@ -112,8 +112,22 @@ impl Leases {
         // An old event (queued while the bridge was away) renews only for what is left of it.
         let age = Duration::from_millis(now_ms().saturating_sub(event.at_ms)).min(self.timeout);
         match event.event {
-            EventKind::Claim { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age).await,
-            EventKind::Heartbeat { hostname, running, capacity, hardware, storage_id, files_url, .. } => {
+            EventKind::Claim { call_id, attempt, .. } => {
+                self.calls.farm.progressed(call_id, event.at_ms);
+                self.note_queue_wait(call_id, &worker, event.at_ms);
+                self.renew(&worker, call_id, attempt, age).await
+            }
+            EventKind::Heartbeat {
+                hostname,
+                running,
+                capacity,
+                hardware,
+                storage_id,
+                files_url,
+                draining,
+                in_use,
+                ..
+            } => {
                 self.calls.farm.heartbeat(WorkerView {
                     id: worker.clone(),
                     hostname,
@@ -123,17 +137,22 @@ impl Leases {
                     storage_id,
                     files_url,
                     running: running.clone(),
+                    draining,
+                    in_use,
                 });
                 for job in running {
                     self.renew(&worker, job.call_id, job.attempt, age).await?;
                 }
                 Ok(())
             }
-            EventKind::Progress { call_id, attempt, .. } => self.renew(&worker, call_id, attempt, age).await,
+            EventKind::Progress { call_id, attempt, .. } => {
+                self.calls.farm.progressed(call_id, event.at_ms);
+                self.renew(&worker, call_id, attempt, age).await
+            }
             EventKind::Release { call_id, attempt, reason } => {
                 let Some(call) = self.current(call_id, attempt)? else { return Ok(()) };
                 self.held.lock().unwrap().remove(&call_id);
-                self.calls.redispatch(&call, &format!("released by worker {worker}: {reason}")).await
+                self.calls.redispatch(&call, "released", &format!("released by worker {worker}: {reason}")).await
             }
         }
     }
@@ -156,6 +175,15 @@ impl Leases {
             }
             return Ok(());
         }
+        let answered_by = call.run.as_ref().map(|r| (r.worker.as_str(), r.attempt));
+        if !call.is_open() && answered_by != Some((worker, attempt)) {
+            // The call has its result from elsewhere (another attempt, or the
+            // operator aborted it): this copy's work is wasted.
+            if self.told.lock().unwrap().insert((call_id, attempt)) {
+                self.calls.supersede(worker, call_id, attempt, "the call already has its result").await;
+            }
+            return Ok(());
+        }
         if attempt != current || !matches!(call.state, CallState::Dispatched) {
             return Ok(());
         }
@@ -173,6 +201,17 @@ impl Leases {
         lease.attempt = attempt;
         lease.expires = lease.expires.max(Instant::now() + (self.timeout - age));
         Ok(())
+    }
+
+    /// The time from a call's arrival to its first claim (queue wait).
+    fn note_queue_wait(&self, call_id: Uuid, worker: &str, at_ms: u64) {
+        let Ok(Some(call)) = self.calls.store.get(&call_id.to_string()) else { return };
+        let (Some(task), None) = (call.task(), &call.holder) else { return };
+        let Some(info) = task.sector.proof_type.info() else { return };
+        let waited = at_ms.saturating_sub(call.arrived_at_ms) as f64 / 1000.0;
+        let labels = crate::metrics::stage_size(task.stage(), info.sector_size);
+        self.calls.metrics.queue_wait.get_or_create(&labels).observe(waited);
+        tracing::debug!(%call_id, worker, waited, "claimed");
     }
 
     /// A task waiting, unclaimed, in the own queue of a worker that is gone
@@ -196,7 +235,7 @@ impl Leases {
                 "its task waited in the queue of worker {worker}, which sent no heartbeat for {}",
                 humantime::format_duration(self.timeout)
             );
-            match self.calls.redispatch(&call, &reason).await {
+            match self.calls.redispatch(&call, "worker_gone", &reason).await {
                 Ok(()) => {
                     emptied.insert(worker.to_string());
                 }
@@ -241,7 +280,8 @@ impl Leases {
                     lease.attempt,
                     humantime::format_duration(self.timeout)
                 );
-                if let Err(err) = self.calls.redispatch(&call, &reason).await {
+                self.calls.metrics.lease_expiries.inc();
+                if let Err(err) = self.calls.redispatch(&call, "lease_expired", &reason).await {
                     tracing::warn!(%call_id, error = %format!("{err:#}"), "cannot dispatch again yet; retrying soon");
                     let mut held = self.held.lock().unwrap();
                     held.insert(call_id, Lease { expires: Instant::now() + every, ..lease });

@@ -11,16 +11,27 @@
 //! * [`storage`] — the sealing paths declared to the miner;
 //! * [`remote`] — `/remote`, the sector files served to the miner;
 //! * [`rpc`] — lotus' JSON-RPC over HTTP, both directions;
-//! * [`api_info`] — `MINER_API_INFO` parsing.
+//! * [`api_info`] — `MINER_API_INFO` parsing;
+//! * [`ops`] — the status API, controls, web dashboard and `/metrics`;
+//! * [`status`] — the snapshot of the farm every view is drawn from;
+//! * [`queues`], [`dead_letters`], [`metrics`] — queue figures, the
+//!   dead-letter queue, Prometheus;
+//! * [`views`] — the `workers` / `jobs` / `queues` / control commands.
 
 pub mod api_info;
 pub mod call_store;
 pub mod calls;
+pub mod dead_letters;
 pub mod farm;
 pub mod leases;
+pub mod metrics;
+pub mod ops;
 pub mod pieces;
+pub mod queues;
 pub mod registration;
 pub mod remote;
 pub mod rpc;
 pub mod server;
+pub mod status;
 pub mod storage;
+pub mod views;

@@ -9,12 +9,18 @@ use clap::{Args, Parser, Subcommand};
 use sealfarm_bridge::api_info::MinerApiInfo;
 use sealfarm_bridge::call_store::CallStore;
 use sealfarm_bridge::calls::Calls;
+use sealfarm_bridge::dead_letters::{DeadLetter, DeadLetters, Handled};
 use sealfarm_bridge::farm::Farm;
 use sealfarm_bridge::leases::Leases;
+use sealfarm_bridge::metrics::Metrics;
+use sealfarm_bridge::ops::{self, Ops, Tokens};
 use sealfarm_bridge::pieces::PieceInbox;
+use sealfarm_bridge::queues::QueueWatch;
 use sealfarm_bridge::registration::Miner;
 use sealfarm_bridge::server::{self, Api};
+use sealfarm_bridge::status::{Overview, QueueStatus, StatusSource};
 use sealfarm_bridge::storage::StoragePath;
+use sealfarm_bridge::views;
 use sealfarm_schemas::broker::{self, BrokerLink};
 use sealfarm_schemas::shutdown;
 
@@ -46,6 +52,131 @@ enum LogFormat {
 enum Command {
     /// Register with the miner and serve its calls until SIGTERM/Ctrl-C.
     Run(RunArgs),
+    /// Every worker: host, drained or not, CPU/RAM/VMEM/GPU use, slots per
+    /// stage, the jobs it holds (PC1: layer k/n). Like `lotus-miner sealing workers`.
+    Workers(ViewArgs),
+    /// Every call of the miner: id, sector, worker, task, state (queued,
+    /// claimed, running, returning, ret-wait, done, failed, dead), attempt,
+    /// time. Like `lotus-miner sealing jobs`.
+    Jobs(JobsArgs),
+    /// Per stage and sector size: tasks ready, unacked, consumers, rates
+    /// (rates and unacked need RabbitMQ's management plugin), dead letters.
+    Queues(QueuesArgs),
+    /// Stop a worker taking new tasks from the stage queues; it finishes the
+    /// ones it holds (and still takes tasks bound to the sector files it
+    /// keeps in worker-local storage). Lasts across its restarts.
+    Drain(WorkerArgs),
+    /// Let a drained worker take tasks again.
+    ResumeWorker(WorkerArgs),
+    /// Dispatch an open call's task again now, as its next attempt (the
+    /// worker holding it drops the old one). CALL: the id or its first 8+ hex digits, as `jobs` prints it.
+    Requeue(CallArgs),
+    /// Fail an open call: the miner gets a CallError and its sealing state
+    /// machine decides what next; the worker holding it drops it.
+    Abort(CallArgs),
+    /// The tasks in sealfarm.dead-letters: list them with their reasons,
+    /// replay them (their calls run again), or purge them.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterCommand,
+    },
+    /// Print the URL of the web dashboard with the read token (or, with
+    /// --admin, the admin token) to open it with.
+    Dashboard {
+        #[command(flatten)]
+        target: Target,
+        /// Link with the admin token (controls on the page).
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// Which bridge to ask, and with what token.
+#[derive(Args, Debug)]
+struct Target {
+    /// The bridge's URL. Default: the `api` file in the state directory.
+    #[arg(long, env = "SEALFARM_BRIDGE_URL")]
+    bridge: Option<String>,
+    /// Status API token. Default: `token-admin` (else `token-read`) in the state directory.
+    #[arg(long, env = "SEALFARM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The bridge's state directory. Default: ~/.sealfarm/bridge.
+    #[arg(long, env = "SEALFARM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn client(&self) -> Result<views::Client> {
+        let state_dir = self.state_dir.clone().unwrap_or_else(views::default_state_dir);
+        views::Client::new(self.bridge.clone(), self.token.clone(), &state_dir)
+    }
+}
+
+#[derive(Args, Debug)]
+struct ViewArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print the status API's JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct JobsArgs {
+    #[command(flatten)]
+    view: ViewArgs,
+    /// Every call ever, not only the open ones and those closed in the last hour.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args, Debug)]
+struct QueuesArgs {
+    #[command(flatten)]
+    view: ViewArgs,
+    /// Also the stage queues with no message and no consumer.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    /// The worker id, as `workers` prints it.
+    worker: String,
+    #[command(flatten)]
+    view: ViewArgs,
+}
+
+#[derive(Args, Debug)]
+struct CallArgs {
+    /// The call id, or its first 8 (at least 4) hex digits.
+    call: String,
+    #[command(flatten)]
+    view: ViewArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeadLetterCommand {
+    /// What waits in sealfarm.dead-letters, and why.
+    List(ViewArgs),
+    /// Dispatch dead-lettered tasks again (their calls are opened again; the
+    /// result is returned to the miner, and a call the miner re-issues with
+    /// the same inputs gets it).
+    Replay(DeadLetterSelection),
+    /// Delete dead letters for good.
+    Purge(DeadLetterSelection),
+}
+
+#[derive(Args, Debug)]
+struct DeadLetterSelection {
+    /// Dead-letter ids (`<call-id>/<attempt>` or `msg-…`, as `list` prints them) or prefixes of them.
+    #[arg(required_unless_present = "all")]
+    ids: Vec<String>,
+    /// Every dead letter.
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+    #[command(flatten)]
+    view: ViewArgs,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +223,12 @@ struct RunArgs {
     /// The same value as the workers' SEALFARM_FILES_TOKEN.
     #[arg(long, env = "SEALFARM_FILES_TOKEN", hide_env_values = true)]
     files_token: Option<String>,
+    /// RabbitMQ's management API, for unacked counts and rates in `queues`
+    /// and the dashboard. Default: port 15672 on the broker's host, with
+    /// the AMQP URL's account; without it the figures come from the broker
+    /// protocol (ready messages and consumers).
+    #[arg(long, env = "SEALFARM_RABBITMQ_MANAGEMENT")]
+    rabbitmq_management: Option<String>,
 }
 
 fn main() {
@@ -103,9 +240,12 @@ fn main() {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-    let Command::Run(args) = cli.command;
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(err) = runtime.block_on(run(args)) {
+    let outcome = match cli.command {
+        Command::Run(args) => runtime.block_on(run(args)),
+        other => runtime.block_on(operate(other)),
+    };
+    if let Err(err) = outcome {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }
@@ -123,10 +263,12 @@ async fn run(args: RunArgs) -> Result<()> {
         std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
     });
     let store = CallStore::open(&state_dir)?;
+    let tokens = Tokens::load_or_create(&state_dir)?;
     let (trigger, shutdown) = shutdown::channel();
     let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
     let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
+    let metrics = Arc::new(Metrics::new());
     let calls = Arc::new(Calls {
         store,
         link: link.clone(),
@@ -135,6 +277,20 @@ async fn run(args: RunArgs) -> Result<()> {
         ticket_window: args.pc1_ticket_window,
         farm: Arc::new(Farm::new(args.lease_timeout)),
         shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
+        metrics: metrics.clone(),
+        return_failures: Default::default(),
+    });
+    let ops = Arc::new(Ops {
+        calls: calls.clone(),
+        status: StatusSource {
+            hostname: hostname(),
+            started_at_ms: sealfarm_schemas::messages::now_ms(),
+            lease_timeout: args.lease_timeout,
+            queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
+        },
+        tokens,
+        dead_letters: DeadLetters::new(),
+        metrics,
     });
     let leases = Leases::new(calls.clone(), args.lease_timeout)?;
     let api = Arc::new(Api {
@@ -158,13 +314,24 @@ async fn run(args: RunArgs) -> Result<()> {
     for path in &miner.storage {
         eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
     }
+    // Where the operator commands on this host find the bridge.
+    let local = if args.listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), args.listen.port())
+    } else {
+        args.listen
+    };
+    let api_file = state_dir.join("api");
+    std::fs::write(&api_file, format!("http://{local}\n"))
+        .with_context(|| format!("cannot write {}", api_file.display()))?;
+    eprintln!("  dashboard    http://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
+    eprintln!("  metrics      http://{local}/metrics");
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, server::router(api))
+        axum::serve(listener, server::router(api).merge(ops::router(ops)))
             .with_graceful_shutdown(async move { server_shutdown.wait().await })
             .await
     });
@@ -196,6 +363,115 @@ async fn run(args: RunArgs) -> Result<()> {
     keeper.abort();
     link.close().await;
     Ok(())
+}
+
+/// The operator commands: ask the running bridge, print its answer.
+async fn operate(command: Command) -> Result<()> {
+    use serde_json::json;
+    let print_json = |value: &dyn erased::Json| println!("{}", value.pretty());
+    match command {
+        Command::Run(_) => unreachable!("run is not an operator command"),
+        Command::Workers(view) => {
+            let overview: Overview = view.target.client()?.get("/sealfarm/v0/overview").await?;
+            if view.json {
+                print_json(&overview.workers);
+            } else {
+                print!("{}", views::format_workers(&overview.workers, overview.bridge.now_ms));
+            }
+        }
+        Command::Jobs(args) => {
+            let path = if args.all { "/sealfarm/v0/overview?all=true" } else { "/sealfarm/v0/overview" };
+            let overview: Overview = args.view.target.client()?.get(path).await?;
+            if args.view.json {
+                print_json(&overview.jobs);
+            } else {
+                print!("{}", views::format_jobs(&overview.jobs, overview.bridge.now_ms));
+            }
+        }
+        Command::Queues(args) => {
+            #[derive(serde::Deserialize, serde::Serialize)]
+            struct Queues {
+                queues: Vec<QueueStatus>,
+                dead_letters: u64,
+            }
+            let queues: Queues = args.view.target.client()?.get("/sealfarm/v0/queues").await?;
+            if args.view.json {
+                print_json(&queues);
+            } else {
+                print!("{}", views::format_queues(&queues.queues, queues.dead_letters, args.all));
+            }
+        }
+        Command::Drain(args) => control(&args.view, &format!("/sealfarm/v0/workers/{}/drain", args.worker)).await?,
+        Command::ResumeWorker(args) => {
+            control(&args.view, &format!("/sealfarm/v0/workers/{}/resume", args.worker)).await?
+        }
+        Command::Requeue(args) => control(&args.view, &format!("/sealfarm/v0/jobs/{}/requeue", args.call)).await?,
+        Command::Abort(args) => control(&args.view, &format!("/sealfarm/v0/jobs/{}/abort", args.call)).await?,
+        Command::DeadLetters { action: DeadLetterCommand::List(view) } => {
+            let letters: Vec<DeadLetter> = view.target.client()?.get("/sealfarm/v0/dead-letters").await?;
+            if view.json {
+                print_json(&letters);
+            } else {
+                print!("{}", views::format_dead_letters(&letters));
+            }
+        }
+        Command::DeadLetters { action } => {
+            let (verb, sel) = match action {
+                DeadLetterCommand::Replay(sel) => ("replay", sel),
+                DeadLetterCommand::Purge(sel) => ("purge", sel),
+                DeadLetterCommand::List(_) => unreachable!("handled above"),
+            };
+            let body = json!({ "ids": sel.ids, "all": sel.all });
+            let handled: Vec<Handled> =
+                sel.view.target.client()?.post(&format!("/sealfarm/v0/dead-letters/{verb}"), body).await?;
+            if sel.view.json {
+                print_json(&handled);
+            } else {
+                print!("{}", views::format_handled(&handled));
+            }
+            if handled.iter().any(|h| !h.ok) {
+                anyhow::bail!("some dead letters could not be {verb}ed");
+            }
+        }
+        Command::Dashboard { target, admin } => {
+            let client = target.client()?;
+            let state_dir = target.state_dir.clone().unwrap_or_else(views::default_state_dir);
+            let name = if admin { "token-admin" } else { "token-read" };
+            let token = match &target.token {
+                Some(token) => token.clone(),
+                None => std::fs::read_to_string(state_dir.join(name))
+                    .with_context(|| format!("cannot read {}", state_dir.join(name).display()))?
+                    .trim()
+                    .to_string(),
+            };
+            println!("{}/dashboard#token={token}", client.url);
+        }
+    }
+    Ok(())
+}
+
+/// Sends a control and prints what the bridge says it did.
+async fn control(view: &ViewArgs, path: &str) -> Result<()> {
+    let answer: serde_json::Value = view.target.client()?.post(path, serde_json::json!({})).await?;
+    if view.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!("{}", answer.get("message").and_then(|m| m.as_str()).unwrap_or("done"));
+    }
+    Ok(())
+}
+
+mod erased {
+    /// Anything printable as pretty JSON.
+    pub trait Json {
+        fn pretty(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn pretty(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_default()
+        }
+    }
 }
 
 /// The address the miner reaches the bridge at: the listen address, or, when

@@ -145,12 +145,38 @@ pub struct RpcClient {
     url: String,
     token: Option<String>,
     next_id: AtomicU64,
+    contact: std::sync::Mutex<Contact>,
+}
+
+/// How the last calls to the server went.
+#[derive(Clone, Debug, Default)]
+pub struct Contact {
+    /// When a call last got an answer (Unix ms); a method error is an answer too.
+    pub last_ok_ms: Option<u64>,
+    /// The last failure to get an answer, and when (Unix ms).
+    pub last_error: Option<(u64, String)>,
+}
+
+impl Contact {
+    /// True when the last call got an answer.
+    pub fn up(&self) -> bool {
+        match (&self.last_ok_ms, &self.last_error) {
+            (Some(ok), Some((failed, _))) => ok >= failed,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
 }
 
 impl RpcClient {
     pub fn new(url: impl Into<String>, token: Option<String>) -> Self {
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("HTTP client");
-        RpcClient { http, url: url.into(), token, next_id: AtomicU64::new(1) }
+        RpcClient { http, url: url.into(), token, next_id: AtomicU64::new(1), contact: Default::default() }
+    }
+
+    /// How the last calls went.
+    pub fn contact(&self) -> Contact {
+        self.contact.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> &str {
@@ -159,6 +185,17 @@ impl RpcClient {
 
     /// Calls `Filecoin.<method>` with positional `params`.
     pub async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CallFailure> {
+        let outcome = self.call_once(method, params).await;
+        let now = sealfarm_schemas::messages::now_ms();
+        let mut contact = self.contact.lock().unwrap();
+        match &outcome {
+            Ok(_) | Err(CallFailure::Rpc(_)) => contact.last_ok_ms = Some(now),
+            Err(failure) => contact.last_error = Some((now, failure.to_string())),
+        }
+        outcome
+    }
+
+    async fn call_once<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CallFailure> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": format!("Filecoin.{method}"), "params": params});
         let mut request = self.http.post(&self.url).json(&body);

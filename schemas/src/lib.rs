@@ -23,6 +23,7 @@ pub mod hardware;
 pub mod json_schema;
 pub mod lotus;
 pub mod messages;
+pub mod metrics;
 pub mod sector_store;
 pub mod shutdown;
 pub mod topology;

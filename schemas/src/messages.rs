@@ -282,6 +282,10 @@ pub struct RunningJob {
     pub sector: SectorRef,
     pub stage: Stage,
     pub started_at_ms: u64,
+    /// When it got its share of the machine and started computing; None
+    /// while it waits for a slot or for memory, cores or a GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_since_ms: Option<u64>,
     /// The last progress of the job (PC1: layers), if it reports any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<JobProgress>,
@@ -307,7 +311,21 @@ pub struct StageSlots {
     pub slots: u32,
 }
 
+/// Memory, threads and GPUs the running jobs of a worker hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResourceUse {
+    pub memory_bytes: u64,
+    pub threads: u64,
+    pub gpus: f64,
+}
+
+// GPU shares are small fractions, never NaN.
+impl Eq for ResourceUse {}
+
 /// What an event says.
+// A heartbeat is much larger than the other events; events are short-lived
+// wire messages, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum EventKind {
@@ -333,6 +351,13 @@ pub enum EventKind {
         /// `http://10.0.0.5:3457`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         files_url: Option<String>,
+        /// Drained by the operator: it takes no new tasks from the stage
+        /// queues and finishes the ones it holds.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        draining: bool,
+        /// The share of the machine its running jobs hold now.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_use: Option<ResourceUse>,
     },
     /// The worker recorded a task durably and acknowledged its delivery.
     Claim { call_id: Uuid, attempt: u32, sector: SectorRef, stage: Stage },
@@ -400,6 +425,11 @@ pub enum Control {
     /// This attempt was dispatched again (its lease expired or it was
     /// released): drop it, do not resume it, and discard its result.
     Supersede { call_id: Uuid, attempt: u32, reason: String },
+    /// Take no new tasks from the stage queues (the operator's `drain`);
+    /// finish the held ones. Kept across restarts until `resume`.
+    Drain { reason: String },
+    /// Take tasks again after a drain.
+    Resume {},
 }
 
 /// A control message: told apart from a task by its `control` field.

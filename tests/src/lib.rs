@@ -272,6 +272,10 @@ impl FarmProcess {
             .args(["run", "--worker-id", id, "--stages", stages, "--sector-sizes", sizes, "--heartbeat-interval", "1s"])
             // Test machines have no GPU: C2 runs on the CPU, which the operator must allow.
             .arg("--cpu-proving");
+        if !extra.contains(&"--metrics-listen") {
+            // Many workers on one machine: each on a port of its own.
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--sealing-path") {
             // The bridge's shared storage.
             command.arg("--sealing-path").arg(dir.join("sealing"));
@@ -575,6 +579,67 @@ impl BridgeFarm {
     /// Starts a worker on the bridge's shared storage with its sizes and more arguments.
     pub fn start_worker_with(&self, id: &str, stages: &str, sizes: &str, extra: &[&str]) -> FarmProcess {
         FarmProcess::start_with(&self.vhost, self.dir.path(), id, stages, sizes, extra)
+    }
+
+    /// The bridge's state directory (call store, tokens, `api`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state-bridge")
+    }
+
+    /// The status API's `read` or `admin` token.
+    pub fn token(&self, which: &str) -> String {
+        std::fs::read_to_string(self.state_dir().join(format!("token-{which}"))).unwrap().trim().to_string()
+    }
+
+    /// Runs `sealfarm-bridge ARGS` as an operator on the bridge's host would
+    /// (URL and admin token from the state directory).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(binary("sealfarm-bridge"))
+            .args(args)
+            .env("SEALFARM_STATE_DIR", self.state_dir())
+            .env_remove("SEALFARM_TOKEN")
+            .env_remove("SEALFARM_BRIDGE_URL")
+            .output()
+            .unwrap()
+    }
+
+    /// [`BridgeFarm::cli`] that must succeed; its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "sealfarm-bridge {args:?} failed:\n{stdout}\n{stderr}");
+        stdout.into_owned()
+    }
+
+    /// The JSON `sealfarm-bridge ARGS --json` prints.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let text = self.cli_ok(&args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// Polls `sealfarm-bridge ARGS --json` until `ok` holds; the JSON that passed.
+    pub async fn wait_json(
+        &self,
+        args: &[&str],
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let value = self.cli_json(args);
+            if ok(&value) {
+                return value;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "{args:?} never showed what was expected within {timeout:?}:\n{value:#}\nbridge log:\n{}",
+                    self.bridge.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
 
     /// Starts a new bridge process (same state directory, a new port); the

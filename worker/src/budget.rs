@@ -66,6 +66,8 @@ impl Pool {
 
 pub struct Budget {
     pool: Mutex<Pool>,
+    /// The whole machine: what the pool holds with nothing running.
+    total: (u64, u64, f64),
     changed: Notify,
 }
 
@@ -106,7 +108,18 @@ impl Budget {
     /// A machine with this much memory, cores and GPUs.
     pub fn new(memory: u64, threads: u64, gpus: f64) -> Arc<Self> {
         let pool = Pool { memory, threads, gpus, waiting: BTreeMap::new(), seq: 0 };
-        Arc::new(Budget { pool: Mutex::new(pool), changed: Notify::new() })
+        Arc::new(Budget { pool: Mutex::new(pool), total: (memory, threads, gpus), changed: Notify::new() })
+    }
+
+    /// What the running jobs hold now.
+    pub fn in_use(&self) -> sealfarm_schemas::messages::ResourceUse {
+        let pool = self.pool.lock().unwrap();
+        let (memory, threads, gpus) = self.total;
+        sealfarm_schemas::messages::ResourceUse {
+            memory_bytes: memory.saturating_sub(pool.memory),
+            threads: threads.saturating_sub(pool.threads),
+            gpus: (gpus - pool.gpus).max(0.0),
+        }
     }
 
     /// The priority of a task: deal sectors first, then lotus' task order,

@@ -67,6 +67,8 @@ pub enum Claim {
     Known(JobState),
 }
 
+const DRAINED_KEY: &[u8] = b"drained";
+
 /// Jobs by `<call-id>/<attempt>`, in a sled database under the state directory.
 #[derive(Clone)]
 pub struct JobStore {
@@ -84,6 +86,21 @@ impl JobStore {
         })?;
         let jobs = db.open_tree("jobs")?;
         Ok(JobStore { db, jobs })
+    }
+
+    /// Why the operator drained this worker, while it is drained (kept across restarts).
+    pub fn drained(&self) -> Result<Option<String>> {
+        Ok(self.db.get(DRAINED_KEY)?.map(|reason| String::from_utf8_lossy(&reason).into_owned()))
+    }
+
+    /// Records a drain (Some) or its end (None).
+    pub fn set_drained(&self, reason: Option<&str>) -> Result<()> {
+        match reason {
+            Some(reason) => self.db.insert(DRAINED_KEY, reason.as_bytes())?,
+            None => self.db.remove(DRAINED_KEY)?,
+        };
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Records a new job durably, or reports what is known of it already.

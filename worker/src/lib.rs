@@ -17,6 +17,7 @@ pub mod files;
 pub mod hardware;
 pub mod job_store;
 pub mod layers;
+pub mod metrics;
 pub mod paramgen;
 pub mod params;
 pub mod proofs;

@@ -149,6 +149,10 @@ struct RunArgs {
     /// the bridge and every worker).
     #[arg(long, env = "SEALFARM_FILES_TOKEN", hide_env_values = true)]
     files_token: Option<String>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address; `off`:
+    /// none. Port 0 picks a free port (the start-up table shows it).
+    #[arg(long, env = "SEALFARM_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
+    metrics_listen: Listen,
     /// How often the worker says it is alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -429,6 +433,12 @@ fn run_worker(args: RunArgs) -> Result<()> {
             Some(FilesConfig { listen, url, token })
         }
     };
+    let metrics_listener = match args.metrics_listen {
+        Listen::Off => None,
+        Listen::At(address) => Some(std::sync::Arc::new(std::net::TcpListener::bind(address).with_context(|| {
+            format!("cannot listen on {address} for metrics: pass --metrics-listen ADDRESS:PORT (or `off`)")
+        })?)),
+    };
     let config = WorkerConfig {
         worker_id: args.worker_id.unwrap_or_else(|| hostname.clone()),
         hostname,
@@ -447,6 +457,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
             OnStopArg::Redispatch => OnStop::Redispatch,
         },
         retry_backoff: args.retry_backoff,
+        metrics_listener,
     };
     // The start-up table: plain lines for people, log records in JSON mode.
     let json = matches!(std::env::var("SEALFARM_LOG_FORMAT").as_deref(), Ok("json"));
@@ -465,6 +476,10 @@ fn run_worker(args: RunArgs) -> Result<()> {
         None => say("  files         shared storage (the bridge mounts the sealing path too)".into()),
     }
     say(format!("  state dir     {}", config.state_dir.display()));
+    match config.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        Some(address) => say(format!("  metrics       http://{address}/metrics")),
+        None => say("  metrics       off".into()),
+    }
     say(format!("  parameters    {}", params::cache_dir().display()));
     for line in hardware::describe(&config.hardware) {
         say(format!("  {line}"));
@@ -548,4 +563,18 @@ fn run_params(command: ParamsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Clone, Debug)]
+enum Listen {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    text.parse().map(Listen::At).map_err(|_| format!("{text:?}: expected ADDRESS:PORT (e.g. 0.0.0.0:9464) or `off`"))
 }

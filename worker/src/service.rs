@@ -75,6 +75,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// What happens to jobs still running when the grace period ends.
     pub on_stop: OnStop,
+    /// Where `/metrics` is served (bound already, so the start-up table
+    /// shows the real port); None: no metrics endpoint.
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
     /// Wait before the second run of a job whose run ended without a result;
     /// doubled for each further run.
     pub retry_backoff: Duration,
@@ -143,6 +146,10 @@ struct Worker {
     running: Mutex<BTreeMap<String, RunningJob>>,
     /// Held jobs the bridge dispatched again: their results are discarded.
     superseded: Mutex<BTreeSet<String>>,
+    /// False while the operator has the worker drained: the stage queues are
+    /// not consumed (its own queue is: tasks bound to its files, controls).
+    enabled: tokio::sync::watch::Sender<bool>,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: Shutdown,
 }
 
@@ -169,8 +176,17 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         link,
         running: Mutex::new(BTreeMap::new()),
         superseded: Mutex::new(BTreeSet::new()),
+        enabled: tokio::sync::watch::Sender::new(true),
+        metrics: Arc::new(crate::metrics::Metrics::new()),
         shutdown: shutdown.clone(),
     });
+    if let Some(reason) = worker.store.drained()? {
+        tracing::warn!(
+            reason,
+            "drained by the operator: no new tasks from the stage queues until `sealfarm-bridge resume-worker`"
+        );
+        worker.enabled.send_replace(false);
+    }
     let mut jobs = JoinSet::new();
 
     for record in worker.store.unfinished()? {
@@ -212,6 +228,17 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
 
     if let Some(files) = &worker.config.files {
         crate::files::serve(files, &worker.config.sealing, shutdown.clone()).await?;
+    }
+    if let Some(listener) = &worker.config.metrics_listener {
+        let this = worker.clone();
+        let now = move || crate::metrics::Now {
+            running: this.running.lock().unwrap().values().cloned().collect(),
+            capacity: this.config.capacity.clone(),
+            draining: !*this.enabled.borrow(),
+            hardware: this.hardware_now(),
+            in_use: this.budget.in_use(),
+        };
+        crate::metrics::serve(listener.try_clone()?, worker.metrics.clone(), now, shutdown.clone())?;
     }
     let heartbeat = tokio::spawn(worker.clone().heartbeats());
     let mut delay = Duration::from_millis(200);
@@ -322,10 +349,16 @@ impl Worker {
     ) -> Result<()> {
         let tag = format!("{}:{queue}", self.config.worker_id);
         let mut consumer: Option<lapin::Consumer> = None;
+        let mut enabled = self.enabled.subscribe();
         loop {
+            // Drained: nothing from the stage queues until resumed.
+            enabled.wait_for(|on| *on).await.map(|_| ())?;
             // Wait for a free slot without holding it while the queue is empty
             // (a task from this worker's own queue may need it meanwhile).
             drop(slots.clone().acquire_owned().await?);
+            if !*enabled.borrow() {
+                continue;
+            }
             if consumer.is_none() {
                 let started = channel
                     .basic_consume(
@@ -338,11 +371,23 @@ impl Worker {
                     .with_context(|| format!("consuming {queue}"))?;
                 consumer = Some(started);
             }
-            let delivery = consumer
-                .as_mut()
-                .expect("consuming")
-                .next()
-                .await
+            let next = tokio::select! {
+                next = consumer.as_mut().expect("consuming").next() => next,
+                _ = async { enabled.wait_for(|on| !*on).await.map(|_| ()) } => {
+                    // Drained while waiting: stop consuming; a delivery already
+                    // on its way goes back to the queue.
+                    channel.basic_cancel(tag.as_str().into(), Default::default()).await?;
+                    if let Some(mut cancelled) = consumer.take() {
+                        while let Ok(Some(Ok(delivery))) =
+                            tokio::time::timeout(Duration::from_secs(2), cancelled.next()).await
+                        {
+                            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                        }
+                    }
+                    continue;
+                }
+            };
+            let delivery = next
                 .with_context(|| format!("the broker closed the consumer of {queue}"))?
                 .with_context(|| format!("consumer of {queue} failed"))?;
             let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -379,9 +424,14 @@ impl Worker {
     /// Handles one delivery; `permit` is its slot when it came from a stage
     /// queue (one from this worker's own queue waits for its slot after the claim).
     async fn handle_delivery(self: Arc<Self>, queue: String, delivery: Delivery, permit: Option<OwnedSemaphorePermit>) {
+        if delivery.redelivered {
+            self.metrics.redeliveries.get_or_create(&vec![("queue", queue.clone())]).inc();
+        }
         if let Some(control) = control_message(&delivery.data) {
             self.control(control);
             let _ = delivery.ack(BasicAckOptions::default()).await;
+            // Watchers (the bridge's views) see a drain or resume at once.
+            self.heartbeat().await;
             return;
         }
         let task = match self.check(&queue, &delivery.data) {
@@ -423,6 +473,8 @@ impl Worker {
             return;
         }
         tracing::info!(call_id = %task.call_id, sector = %task.sector.id, stage = %task.stage(), attempt = task.attempt, queue, "claimed");
+        let waited = now_ms().saturating_sub(task.issued_at_ms) as f64 / 1000.0;
+        self.metrics.queue_wait.get_or_create(&crate::metrics::of_task(&task)).observe(waited);
         self.hold(&task);
         self.event(EventKind::Claim {
             call_id: task.call_id,
@@ -500,6 +552,7 @@ impl Worker {
     /// acknowledges it. If the broker cannot take it, the task stays queued.
     async fn dead_letter(&self, queue: &str, delivery: Delivery, reason: DeadLetterReason, task: Option<&TaskMessage>) {
         tracing::warn!(queue, reason = %reason, call_id = ?task.map(|t| t.call_id), "dead-lettering a task");
+        self.metrics.dead_lettered.get_or_create(&vec![("reason", reason.code.to_string())]).inc();
         let headers = self.dead_letter_headers(&reason, queue);
         let published = async {
             let broker = self.link.get().await?;
@@ -533,6 +586,7 @@ impl Worker {
             sector: task.sector,
             stage: task.stage(),
             started_at_ms: now_ms(),
+            running_since_ms: None,
             progress: None,
         };
         self.running.lock().unwrap().insert(task.job_key(), held);
@@ -558,6 +612,9 @@ impl Worker {
             _ = stop.wait() => return, // stays held: released or resumed per --on-stop
         };
         let started = now_ms();
+        if let Some(job) = self.running.lock().unwrap().get_mut(&key) {
+            job.running_since_ms = Some(started);
+        }
         let outcome = self.execute(&key, &task).await;
         drop(grant);
         drop(permit);
@@ -570,11 +627,15 @@ impl Worker {
             return;
         };
         if self.is_superseded(&key) {
+            self.metrics.job_ended(task.stage(), &task.sector, "superseded");
             tracing::info!(call_id = %task.call_id, attempt = task.attempt, "job finished after it was dispatched again; result discarded");
             self.running.lock().unwrap().remove(&key);
             return;
         }
         let elapsed = now_ms().saturating_sub(started);
+        let ended = if matches!(outcome, Outcome::Done(_)) { "done" } else { "failed" };
+        self.metrics.job_ended(task.stage(), &task.sector, ended);
+        self.metrics.job_duration.get_or_create(&crate::metrics::of_task(&task)).observe(elapsed as f64 / 1000.0);
         match &outcome {
             Outcome::Done(_) => {
                 tracing::info!(call_id = %task.call_id, sector = %task.sector.id, stage = %task.stage(), elapsed_ms = elapsed, "job done")
@@ -609,6 +670,9 @@ impl Worker {
             };
             if runs > MAX_RUNS {
                 return Some(self.give_up(task, runs - 1).await);
+            }
+            if runs > 1 {
+                self.metrics.executor_restarts.get_or_create(&vec![("stage", task.stage().to_string())]).inc();
             }
             // A rerun in this process waits, longer each time; a job resumed
             // at start does not (the restart was the pause).
@@ -812,7 +876,27 @@ impl Worker {
                     }
                 }
                 self.superseded.lock().unwrap().insert(key.clone());
-                self.running.lock().unwrap().remove(&key);
+                if let Some(job) = self.running.lock().unwrap().remove(&key) {
+                    self.metrics.job_ended(job.stage, &job.sector, "superseded");
+                }
+            }
+            Control::Drain { reason } => {
+                if let Err(err) = self.store.set_drained(Some(&reason)) {
+                    tracing::error!(error = %format!("{err:#}"), "cannot record the drain; it lasts until a restart");
+                }
+                tracing::warn!(
+                    reason,
+                    held = self.running.lock().unwrap().len(),
+                    "drained: no new tasks from the stage queues; finishing the held ones"
+                );
+                self.enabled.send_replace(false);
+            }
+            Control::Resume {} => {
+                if let Err(err) = self.store.set_drained(None) {
+                    tracing::error!(error = %format!("{err:#}"), "cannot record the resume");
+                }
+                tracing::info!("resumed: taking tasks from the stage queues again");
+                self.enabled.send_replace(true);
             }
         }
     }
@@ -847,6 +931,9 @@ impl Worker {
         let state = JobState::Released { at_ms: now_ms(), reason: reason.clone() };
         if !matches!(self.store.drop_claim(key, state), Ok(true)) {
             return;
+        }
+        if let Ok(Some(record)) = self.store.get(key) {
+            self.metrics.job_ended(record.task.stage(), &record.task.sector, "released");
         }
         let message = EventMessage::new(&self.config.worker_id, EventKind::Release { call_id, attempt, reason });
         let released = tokio::time::timeout(
@@ -911,6 +998,7 @@ impl Worker {
 
     async fn heartbeat(&self) {
         let running = self.running.lock().unwrap().values().cloned().collect();
+        let draining = !*self.enabled.borrow();
         self.event(EventKind::Heartbeat {
             hostname: self.config.hostname.clone(),
             stages: self.config.stages(),
@@ -921,6 +1009,8 @@ impl Worker {
             hardware: Some(self.hardware_now()),
             storage_id: Some(self.config.storage_id.clone()),
             files_url: self.config.files.as_ref().map(|f| f.url.clone()),
+            draining,
+            in_use: Some(self.budget.in_use()),
         })
         .await;
     }

@@ -1,0 +1,197 @@
+//! `sealfarm.dead-letters` for operators: list what waits there and why,
+//! replay a task (its call runs again), purge what is beyond saving.
+//!
+//! Messages are read by consuming them without acknowledging: a listed
+//! message goes back to the queue when the reading channel closes; a
+//! replayed or purged one is acknowledged (replayed: after its task was
+//! published again).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use sealfarm_schemas::broker::header;
+use sealfarm_schemas::{topology, SectorRef, Stage, TaskMessage};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use crate::calls::Calls;
+
+/// At most this many dead letters are read at once.
+const MAX: u16 = 1000;
+
+/// One message in `sealfarm.dead-letters`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `<call-id>/<attempt>` for a task, `msg-<digest>` for anything else.
+    pub id: String,
+    pub call_id: Option<uuid::Uuid>,
+    pub attempt: Option<u32>,
+    pub sector: Option<String>,
+    pub stage: Option<Stage>,
+    /// Why it was dead-lettered.
+    pub reason: String,
+    /// The queue it came from.
+    pub queue: Option<String>,
+    /// The worker that dead-lettered it, if one did.
+    pub worker: Option<String>,
+    /// When the broker dead-lettered it (Unix ms), if it did.
+    pub at_ms: Option<u64>,
+    pub bytes: usize,
+    /// The start of a message that is not a task.
+    pub preview: Option<String>,
+}
+
+/// What to do with the dead letters an operator named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    List,
+    Replay,
+    Purge,
+}
+
+/// The outcome for one dead letter.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Handled {
+    pub dead_letter: DeadLetter,
+    /// What happened (`replayed …`, `purged`), or why not.
+    pub message: String,
+    pub ok: bool,
+}
+
+/// Serialises readers: two at once would each see part of the queue.
+#[derive(Default)]
+pub struct DeadLetters {
+    lock: Mutex<()>,
+}
+
+impl DeadLetters {
+    pub fn new() -> Arc<Self> {
+        Arc::new(DeadLetters::default())
+    }
+
+    /// Reads every dead letter; `selected` ones (by id or id prefix, or all
+    /// with `all`) are replayed or purged per `action`.
+    pub async fn handle(
+        &self,
+        calls: &Arc<Calls>,
+        action: Action,
+        selected: &[String],
+        all: bool,
+    ) -> Result<Vec<Handled>> {
+        let _one = self.lock.lock().await;
+        let broker = calls.link.get().await?;
+        let channel = broker.connection.create_channel().await?;
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let waiting = channel
+            .queue_declare(topology::DEAD_LETTER_QUEUE.into(), options, FieldTable::default())
+            .await
+            .context("reading sealfarm.dead-letters")?
+            .message_count();
+        let mut handled = Vec::new();
+        if waiting > 0 {
+            let count = waiting.min(u32::from(MAX)) as usize;
+            channel.basic_qos(count as u16, BasicQosOptions::default()).await?;
+            let mut deliveries = channel
+                .basic_consume(
+                    topology::DEAD_LETTER_QUEUE.into(),
+                    "sealfarm-bridge:dead-letters".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            for _ in 0..count {
+                let next = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
+                let Ok(Some(Ok(delivery))) = next else { break };
+                let letter = describe(&delivery);
+                let chosen = all || selected.iter().any(|s| letter.id.starts_with(s.as_str()));
+                let outcome = match action {
+                    _ if !chosen => None,
+                    Action::List => None,
+                    Action::Purge => Some(match delivery.ack(BasicAckOptions::default()).await {
+                        Ok(_) => (true, "purged".to_string()),
+                        Err(err) => (false, format!("not purged: {err}")),
+                    }),
+                    Action::Replay => Some(replay(calls, &delivery).await),
+                };
+                if action == Action::List || outcome.is_some() {
+                    let (ok, message) = outcome.unwrap_or((true, String::new()));
+                    handled.push(Handled { dead_letter: letter, message, ok });
+                } else {
+                    handled.push(Handled { dead_letter: letter, message: "kept".into(), ok: true });
+                }
+            }
+        }
+        // Everything not acknowledged goes back to the queue.
+        let _ = channel.close(200, "done".into()).await;
+        if action != Action::List {
+            handled.retain(|h| h.message != "kept");
+        }
+        Ok(handled)
+    }
+}
+
+async fn replay(calls: &Arc<Calls>, delivery: &Delivery) -> (bool, String) {
+    let Ok(task) = serde_json::from_slice::<TaskMessage>(&delivery.data) else {
+        return (false, "not a task message: nothing to replay (purge it)".into());
+    };
+    match calls.replay(&task).await {
+        Ok(message) => match delivery.ack(BasicAckOptions::default()).await {
+            Ok(_) => (true, message),
+            Err(err) => (false, format!("{message}, but it stays in the queue: {err}")),
+        },
+        Err(err) => (false, format!("not replayed: {err:#}")),
+    }
+}
+
+/// What a dead letter is and why it is there.
+pub fn describe(delivery: &Delivery) -> DeadLetter {
+    let task = serde_json::from_slice::<TaskMessage>(&delivery.data).ok();
+    let sector_of = |s: &SectorRef| s.id.file_name();
+    let death = first_death(delivery);
+    let reason = header(delivery, topology::REASON_HEADER)
+        .or_else(|| death.as_ref().and_then(|d| d.0.clone()).map(|r| format!("broker: {r} (delivered too often)")))
+        .unwrap_or_else(|| "no reason recorded".into());
+    let queue = header(delivery, topology::SOURCE_QUEUE_HEADER)
+        .or_else(|| death.as_ref().and_then(|d| d.1.clone()))
+        .or_else(|| header(delivery, "x-first-death-queue"));
+    let id = match &task {
+        Some(task) => format!("{}/{}", task.call_id, task.attempt),
+        None => format!("msg-{}", &hex::encode(Sha256::digest(&delivery.data))[..12]),
+    };
+    DeadLetter {
+        id,
+        call_id: task.as_ref().map(|t| t.call_id),
+        attempt: task.as_ref().map(|t| t.attempt),
+        sector: task.as_ref().map(|t| sector_of(&t.sector)),
+        stage: task.as_ref().map(|t| t.stage()),
+        reason,
+        queue,
+        worker: header(delivery, topology::WORKER_HEADER),
+        at_ms: death.and_then(|d| d.2),
+        bytes: delivery.data.len(),
+        preview: task.is_none().then(|| String::from_utf8_lossy(&delivery.data[..delivery.data.len().min(120)]).into()),
+    }
+}
+
+/// (reason, queue, time in ms) of the broker's first `x-death` record.
+fn first_death(delivery: &Delivery) -> Option<(Option<String>, Option<String>, Option<u64>)> {
+    let headers = delivery.properties.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    let text = |name: &str| match first.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => Some(s.to_string()),
+        Some(AMQPValue::ShortString(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let time = match first.inner().get("time") {
+        Some(AMQPValue::Timestamp(seconds)) => Some(seconds * 1000),
+        _ => None,
+    };
+    Some((text("reason"), text("queue"), time))
+}

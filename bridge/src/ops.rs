@@ -1,0 +1,292 @@
+//! The operators' side of the bridge, on its `--listen` address:
+//!
+//! * `GET /sealfarm/v0/{overview,workers,jobs,queues,dead-letters}` — the
+//!   status API (JSON; `?all=true` on `jobs`/`overview` for every call ever);
+//! * `POST /sealfarm/v0/workers/{id}/{drain,resume}`,
+//!   `POST /sealfarm/v0/jobs/{call}/{requeue,abort}`,
+//!   `POST /sealfarm/v0/dead-letters/{replay,purge}` — the controls;
+//! * `GET /dashboard` — the web dashboard (its data comes from the API);
+//! * `GET /metrics` — Prometheus.
+//!
+//! The API takes `Authorization: Bearer <token>`: the read token sees, the
+//! admin token also steers. Both are made at the bridge's first start and
+//! kept in its state directory (`token-read`, `token-admin`, mode 0600),
+//! where `sealfarm-bridge workers` & co. find them; `api` there holds the URL.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use sealfarm_schemas::{topology, Control, ControlMessage};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::calls::Calls;
+use crate::dead_letters::{Action, DeadLetters};
+use crate::metrics::Metrics;
+use crate::status::StatusSource;
+
+/// The two tokens of the status API.
+#[derive(Clone)]
+pub struct Tokens {
+    pub read: String,
+    pub admin: String,
+}
+
+impl Tokens {
+    /// Reads the tokens from `state_dir`, making them at the first start.
+    pub fn load_or_create(state_dir: &Path) -> Result<Tokens> {
+        let read = token_file(&state_dir.join("token-read"))?;
+        let admin = token_file(&state_dir.join("token-admin"))?;
+        Ok(Tokens { read, admin })
+    }
+
+    fn access(&self, headers: &HeaderMap) -> Option<Access> {
+        let token = crate::rpc::bearer_token(headers, None)?;
+        if same(&token, &self.admin) {
+            Some(Access::Admin)
+        } else if same(&token, &self.read) {
+            Some(Access::Read)
+        } else {
+            None
+        }
+    }
+}
+
+fn token_file(path: &Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let token = text.trim().to_string();
+        anyhow::ensure!(token.len() >= 16, "{} holds no usable token (delete it to make a new one)", path.display());
+        return Ok(token);
+    }
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    Ok(token)
+}
+
+/// Compares tokens without stopping at the first difference.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Admin,
+}
+
+/// What the handlers share.
+pub struct Ops {
+    pub calls: Arc<Calls>,
+    pub status: StatusSource,
+    pub tokens: Tokens,
+    pub dead_letters: Arc<DeadLetters>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/sealfarm/v0/overview", get(overview))
+        .route("/sealfarm/v0/workers", get(workers))
+        .route("/sealfarm/v0/jobs", get(jobs))
+        .route("/sealfarm/v0/queues", get(queues))
+        .route("/sealfarm/v0/dead-letters", get(list_dead_letters))
+        .route("/sealfarm/v0/dead-letters/{action}", post(act_on_dead_letters))
+        .route("/sealfarm/v0/workers/{id}/{action}", post(worker_control))
+        .route("/sealfarm/v0/jobs/{id}/{action}", post(job_control))
+        .route("/metrics", get(metrics))
+        .route("/dashboard", get(dashboard))
+        .route("/", get(dashboard))
+        .with_state(ops)
+}
+
+type Answer = Result<Response, (StatusCode, Json<serde_json::Value>)>;
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> (StatusCode, Json<serde_json::Value>) {
+    (status, Json(json!({ "error": message.into() })))
+}
+
+fn check(ops: &Ops, headers: &HeaderMap, need: Access) -> Result<Access, (StatusCode, Json<serde_json::Value>)> {
+    match ops.tokens.access(headers) {
+        None => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a token is needed: `Authorization: Bearer <token>` with the read or admin token from the bridge's state \
+             directory (token-read, token-admin)",
+        )),
+        Some(Access::Read) if need == Access::Admin => {
+            Err(refuse(StatusCode::FORBIDDEN, "the read token only sees the farm; controls need the admin token"))
+        }
+        Some(access) => Ok(access),
+    }
+}
+
+fn internal(err: anyhow::Error) -> (StatusCode, Json<serde_json::Value>) {
+    refuse(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn overview(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Answer {
+    let access = check(&ops, &headers, Access::Read)?;
+    let overview = ops.status.overview(&ops.calls, access == Access::Admin, query.all).await.map_err(internal)?;
+    Ok(Json(overview).into_response())
+}
+
+async fn workers(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
+    let access = check(&ops, &headers, Access::Read)?;
+    let overview = ops.status.overview(&ops.calls, access == Access::Admin, false).await.map_err(internal)?;
+    Ok(Json(overview.workers).into_response())
+}
+
+async fn jobs(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Answer {
+    let access = check(&ops, &headers, Access::Read)?;
+    let overview = ops.status.overview(&ops.calls, access == Access::Admin, query.all).await.map_err(internal)?;
+    Ok(Json(overview.jobs).into_response())
+}
+
+async fn queues(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
+    let access = check(&ops, &headers, Access::Read)?;
+    let overview = ops.status.overview(&ops.calls, access == Access::Admin, false).await.map_err(internal)?;
+    Ok(Json(json!({ "queues": overview.queues, "dead_letters": overview.dead_letters })).into_response())
+}
+
+async fn list_dead_letters(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
+    check(&ops, &headers, Access::Read)?;
+    let listed = ops.dead_letters.handle(&ops.calls, Action::List, &[], false).await.map_err(internal)?;
+    let letters: Vec<_> = listed.into_iter().map(|h| h.dead_letter).collect();
+    Ok(Json(letters).into_response())
+}
+
+/// Which dead letters a replay or purge is for.
+#[derive(Deserialize, Default)]
+pub struct Selection {
+    /// Ids (`<call-id>/<attempt>`, `msg-<digest>`) or prefixes of them.
+    #[serde(default)]
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+async fn act_on_dead_letters(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    UrlPath(action): UrlPath<String>,
+    Json(selection): Json<Selection>,
+) -> Answer {
+    check(&ops, &headers, Access::Admin)?;
+    let action = match action.as_str() {
+        "replay" => Action::Replay,
+        "purge" => Action::Purge,
+        other => return Err(refuse(StatusCode::NOT_FOUND, format!("no dead-letter action {other:?} (replay, purge)"))),
+    };
+    if selection.ids.is_empty() && !selection.all {
+        return Err(refuse(StatusCode::BAD_REQUEST, "name the dead letters (ids or id prefixes), or all"));
+    }
+    let handled = ops.dead_letters.handle(&ops.calls, action, &selection.ids, selection.all).await.map_err(internal)?;
+    ops.status.queues.forget().await;
+    Ok(Json(handled).into_response())
+}
+
+async fn worker_control(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    UrlPath((id, action)): UrlPath<(String, String)>,
+) -> Answer {
+    check(&ops, &headers, Access::Admin)?;
+    let control = match action.as_str() {
+        "drain" => Control::Drain { reason: "drained by the operator (sealfarm-bridge drain)".into() },
+        "resume" => Control::Resume {},
+        other => return Err(refuse(StatusCode::NOT_FOUND, format!("no worker action {other:?} (drain, resume)"))),
+    };
+    if ops.calls.farm.get(&id).is_none() {
+        let known: Vec<String> = ops.calls.farm.all().into_iter().map(|w| w.id).collect();
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no worker {id:?} has sent a heartbeat since the bridge started (known: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            ),
+        ));
+    }
+    let queue = topology::worker_queue(&id);
+    let message = ControlMessage { schema: sealfarm_schemas::SCHEMA_VERSION, control };
+    let sent = async {
+        let broker = ops.calls.link.get().await?;
+        broker.declare_queue(&topology::QueueSpec::work(&queue)).await?;
+        broker.publish_json("", &queue, &message, &[]).await
+    };
+    sent.await.map_err(internal)?;
+    ops.status.queues.forget().await;
+    tracing::warn!(worker = %id, action, "operator control sent");
+    let text = match action.as_str() {
+        "drain" => {
+            format!("worker {id} drains: it takes no new tasks from the stage queues and finishes the ones it holds")
+        }
+        _ => format!("worker {id} takes tasks again"),
+    };
+    Ok(Json(json!({ "message": text })).into_response())
+}
+
+async fn job_control(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    UrlPath((id, action)): UrlPath<(String, String)>,
+) -> Answer {
+    check(&ops, &headers, Access::Admin)?;
+    let call = find_call(&ops.calls, &id)?;
+    let done = match action.as_str() {
+        "requeue" => ops.calls.requeue(&call).await,
+        "abort" => ops.calls.abort(&call, "sealfarm-bridge abort").await,
+        other => return Err(refuse(StatusCode::NOT_FOUND, format!("no job action {other:?} (requeue, abort)"))),
+    };
+    match done {
+        Ok(message) => {
+            ops.status.queues.forget().await;
+            tracing::warn!(call_id = %call.call_id, action, "operator control");
+            Ok(Json(json!({ "message": message })).into_response())
+        }
+        Err(err) => Err(refuse(StatusCode::CONFLICT, format!("{err:#}"))),
+    }
+}
+
+/// The call a full id or an id prefix (as `jobs` prints it) names.
+fn find_call(calls: &Calls, id: &str) -> Result<crate::call_store::Call, (StatusCode, Json<serde_json::Value>)> {
+    let wanted = id.replace('-', "").to_lowercase();
+    if wanted.len() < 4 {
+        return Err(refuse(StatusCode::BAD_REQUEST, "give at least 4 hex digits of the call id"));
+    }
+    let all = calls.store.all().map_err(internal)?;
+    let matching: Vec<_> = all.into_iter().filter(|c| c.call_id.id.simple().to_string().starts_with(&wanted)).collect();
+    match matching.len() {
+        1 => Ok(matching.into_iter().next().expect("one")),
+        0 => Err(refuse(StatusCode::NOT_FOUND, format!("no call with id {id}"))),
+        n => Err(refuse(StatusCode::CONFLICT, format!("{n} calls start with {id}: give more of the id"))),
+    }
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Answer {
+    let overview = ops.status.overview(&ops.calls, false, false).await.map_err(internal)?;
+    let text = ops.metrics.render(&overview);
+    Ok(([(axum::http::header::CONTENT_TYPE, sealfarm_schemas::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}

@@ -1,0 +1,422 @@
+//! What operators see: one snapshot of the farm (workers, queues, jobs,
+//! sector timelines), served as JSON by the status API, printed by the
+//! `workers` / `jobs` / `queues` views, drawn by the web dashboard and
+//! turned into Prometheus gauges.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use sealfarm_schemas::hardware::Hardware;
+use sealfarm_schemas::messages::{now_ms, JobProgress, ResourceUse, StageSlots};
+use sealfarm_schemas::{topology, SectorSize, Stage};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::call_store::{Call, CallKind, CallState};
+use crate::calls::Calls;
+
+/// Everything at once (`GET /sealfarm/v0/overview`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Overview {
+    pub bridge: BridgeStatus,
+    pub workers: Vec<WorkerStatus>,
+    pub queues: Vec<QueueStatus>,
+    /// Messages waiting in `sealfarm.dead-letters`.
+    pub dead_letters: u64,
+    pub jobs: Vec<JobStatus>,
+    pub sectors: Vec<SectorTimeline>,
+    pub throughput: Throughput,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BridgeStatus {
+    pub hostname: String,
+    pub version: String,
+    pub started_at_ms: u64,
+    pub now_ms: u64,
+    pub miner: MinerStatus,
+    /// Whether the token of the request may use the controls.
+    pub admin: bool,
+    pub lease_timeout_s: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MinerStatus {
+    pub url: String,
+    /// The last call to the miner got an answer.
+    pub up: bool,
+    pub last_ok_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// A worker as its last heartbeat showed it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub id: String,
+    pub hostname: String,
+    /// `enabled`, `draining` (drained by the operator) or `gone` (no
+    /// heartbeat for the lease timeout).
+    pub state: String,
+    pub last_seen_ms_ago: u64,
+    pub hardware: Option<Hardware>,
+    pub in_use: Option<ResourceUse>,
+    pub capacity: Vec<StageSlots>,
+    pub jobs: Vec<HeldJob>,
+    pub storage_id: Option<String>,
+    pub files_url: Option<String>,
+}
+
+/// A job a worker holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HeldJob {
+    pub call_id: Uuid,
+    pub attempt: u32,
+    pub sector: SectorNo,
+    #[serde(skip)]
+    pub sector_ref: Option<sealfarm_schemas::SectorRef>,
+    pub stage: Stage,
+    pub started_at_ms: u64,
+    /// None while it waits for its share of the machine.
+    pub running_since_ms: Option<u64>,
+    pub progress: Option<JobProgress>,
+    /// When it last showed progress (claim, a PC1 layer), Unix ms.
+    pub last_progress_ms: u64,
+}
+
+/// A sector as operators write it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SectorNo {
+    pub miner: u64,
+    pub number: u64,
+}
+
+impl SectorNo {
+    pub fn name(&self) -> String {
+        format!("s-t0{}-{}", self.miner, self.number)
+    }
+}
+
+impl From<sealfarm_schemas::SectorId> for SectorNo {
+    fn from(id: sealfarm_schemas::SectorId) -> Self {
+        SectorNo { miner: id.miner, number: id.number }
+    }
+}
+
+/// A queue of the farm.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct QueueStatus {
+    pub name: String,
+    pub stage: Option<Stage>,
+    pub sector_size: Option<SectorSize>,
+    /// The worker whose own queue this is.
+    pub worker: Option<String>,
+    pub ready: u64,
+    /// Delivered, not yet acknowledged (management API only).
+    pub unacked: Option<u64>,
+    pub consumers: u32,
+    /// Messages per second (management API only).
+    pub publish_rate: Option<f64>,
+    pub deliver_rate: Option<f64>,
+}
+
+/// One call of the miner, as `lotus-miner sealing jobs` shows one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub call_id: Uuid,
+    /// The first 8 hex digits of the call id (what `requeue`/`abort` take, too).
+    pub short_id: String,
+    pub method: String,
+    /// A farm stage, or `fetch` / `move` for the calls the bridge completes itself.
+    pub stage: String,
+    pub sector: SectorNo,
+    pub sector_size: Option<SectorSize>,
+    pub worker: Option<String>,
+    pub hostname: Option<String>,
+    /// queued, claimed, running, returning, ret-wait, done, failed or dead.
+    pub state: String,
+    pub attempt: u32,
+    pub queue: Option<String>,
+    pub arrived_at_ms: u64,
+    pub claimed_at_ms: Option<u64>,
+    pub started_at_ms: Option<u64>,
+    pub finished_at_ms: Option<u64>,
+    pub returned_at_ms: Option<u64>,
+    pub progress: Option<JobProgress>,
+    pub error: Option<String>,
+    /// PC1: when its ticket becomes too old to land on chain.
+    pub ticket_deadline_ms: Option<u64>,
+}
+
+impl JobStatus {
+    pub fn is_open(&self) -> bool {
+        matches!(self.state.as_str(), "queued" | "claimed" | "running")
+    }
+
+    pub fn sector_name(&self) -> String {
+        self.sector.name()
+    }
+}
+
+/// Every stage of one sector, in the order the miner called them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SectorTimeline {
+    pub name: String,
+    pub sector: SectorNo,
+    pub sector_size: Option<SectorSize>,
+    pub stages: Vec<JobStatus>,
+}
+
+/// Completions within the last `window_s`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Throughput {
+    pub window_s: u64,
+    pub done: BTreeMap<String, u64>,
+    /// Sectors whose C2 was returned within the window.
+    pub sectors_sealed: u64,
+}
+
+/// Calls closed longer ago than this are left out of the overview unless asked for.
+pub const RECENT: Duration = Duration::from_secs(3600);
+/// At most this many closed calls in the overview.
+const CLOSED_SHOWN: usize = 200;
+
+impl Overview {
+    /// (stage, state, count) over the jobs in the overview.
+    pub fn call_counts(&self) -> Vec<(String, String, u64)> {
+        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for job in &self.jobs {
+            *counts.entry((job.stage.clone(), job.state.clone())).or_default() += 1;
+        }
+        counts.into_iter().map(|((stage, state), n)| (stage, state, n)).collect()
+    }
+}
+
+/// What the snapshot needs besides the calls.
+pub struct StatusSource {
+    pub hostname: String,
+    pub started_at_ms: u64,
+    pub lease_timeout: Duration,
+    pub queues: std::sync::Arc<crate::queues::QueueWatch>,
+}
+
+impl StatusSource {
+    /// The whole snapshot. `all`: every call ever, not only the open and recent ones.
+    pub async fn overview(&self, calls: &Calls, admin: bool, all: bool) -> anyhow::Result<Overview> {
+        let now = now_ms();
+        let workers = self.workers(calls);
+        let (queues, dead_letters) = self.queues.snapshot(&calls.link, &workers).await;
+        let jobs = jobs(calls, &workers, now, all)?;
+        let sectors = timelines(&jobs);
+        let throughput = throughput(&jobs, now);
+        let contact = calls.miner.client().contact();
+        let bridge = BridgeStatus {
+            hostname: self.hostname.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: self.started_at_ms,
+            now_ms: now,
+            miner: MinerStatus {
+                url: calls.miner.client().url().to_string(),
+                up: contact.up(),
+                last_ok_ms: contact.last_ok_ms,
+                last_error: contact.last_error.clone().map(|(_, e)| e).filter(|_| !contact.up()),
+            },
+            admin,
+            lease_timeout_s: self.lease_timeout.as_secs(),
+        };
+        Ok(Overview { bridge, workers, queues, dead_letters, jobs, sectors, throughput })
+    }
+
+    fn workers(&self, calls: &Calls) -> Vec<WorkerStatus> {
+        calls
+            .farm
+            .all()
+            .into_iter()
+            .map(|w| {
+                let age = w.last_seen.elapsed();
+                let state = if calls.farm.is_gone(&w.id) {
+                    "gone"
+                } else if w.draining {
+                    "draining"
+                } else {
+                    "enabled"
+                };
+                let jobs = w
+                    .running
+                    .iter()
+                    .map(|j| HeldJob {
+                        call_id: j.call_id,
+                        attempt: j.attempt,
+                        sector: j.sector.id.into(),
+                        sector_ref: Some(j.sector),
+                        stage: j.stage,
+                        started_at_ms: j.started_at_ms,
+                        running_since_ms: j.running_since_ms,
+                        progress: j.progress.clone(),
+                        last_progress_ms: calls.farm.last_progress(j.call_id).unwrap_or(j.started_at_ms),
+                    })
+                    .collect();
+                WorkerStatus {
+                    id: w.id.clone(),
+                    hostname: w.hostname.clone(),
+                    state: state.to_string(),
+                    last_seen_ms_ago: age.as_millis() as u64,
+                    hardware: w.hardware.clone(),
+                    in_use: w.in_use,
+                    capacity: w.capacity.clone(),
+                    jobs,
+                    storage_id: w.storage_id.clone(),
+                    files_url: w.files_url.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Every call as a job row: the open ones and those closed within
+/// [`RECENT`] (at most [`CLOSED_SHOWN`]), or all with `all`.
+fn jobs(calls: &Calls, workers: &[WorkerStatus], now: u64, all: bool) -> anyhow::Result<Vec<JobStatus>> {
+    let mut rows: Vec<JobStatus> = calls.store.all()?.iter().map(|c| job(calls, c, workers)).collect();
+    if !all {
+        let recent = now.saturating_sub(RECENT.as_millis() as u64);
+        let mut closed = 0;
+        // Newest first while counting, so the newest closed calls stay.
+        rows.reverse();
+        rows.retain(|j| {
+            if j.is_open() || matches!(j.state.as_str(), "returning" | "ret-wait") {
+                return true;
+            }
+            let keep =
+                j.finished_at_ms.or(j.returned_at_ms).unwrap_or(j.arrived_at_ms) >= recent && closed < CLOSED_SHOWN;
+            closed += usize::from(keep);
+            keep
+        });
+        rows.reverse();
+    }
+    Ok(rows)
+}
+
+fn job(calls: &Calls, call: &Call, workers: &[WorkerStatus]) -> JobStatus {
+    let task = call.task();
+    let stage = match &call.kind {
+        CallKind::Task { task } => task.stage().to_string(),
+        CallKind::Fetch => "fetch".into(),
+        CallKind::MoveStorage => "move".into(),
+    };
+    let holder = call.holder.as_ref();
+    let worker_name = call.run.as_ref().map(|r| r.worker.clone()).or_else(|| holder.map(|h| h.worker.clone()));
+    let view = worker_name.as_ref().and_then(|w| workers.iter().find(|v| &v.id == w));
+    let held = view.and_then(|v| v.jobs.iter().find(|j| j.call_id == call.call_id.id));
+    let state = match &call.state {
+        CallState::Accepted | CallState::Dispatched => match (holder, held) {
+            (None, _) => "queued",
+            (Some(_), Some(job)) if job.running_since_ms.is_some() => "running",
+            (Some(_), _) => "claimed",
+        },
+        CallState::Resulted { .. } if call.run.as_ref().is_some_and(|r| r.dead) => "dead",
+        CallState::Resulted { .. } if calls.return_failures(call.call_id.id) > 0 => "ret-wait",
+        CallState::Resulted { .. } => "returning",
+        CallState::Returned { .. } => match &call.run {
+            Some(run) if run.dead => "dead",
+            Some(run) if run.error.is_some() => "failed",
+            _ => "done",
+        },
+    };
+    let returned_at_ms = match call.state {
+        CallState::Returned { at_ms } => Some(at_ms),
+        _ => None,
+    };
+    let error = call.run.as_ref().and_then(|r| r.error.clone()).or_else(|| match &call.state {
+        CallState::Resulted { outcome, .. } => match outcome.as_ref() {
+            sealfarm_schemas::Outcome::Failed(err) => Some(err.message.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    JobStatus {
+        call_id: call.call_id.id,
+        short_id: call.call_id.id.simple().to_string()[..8].to_string(),
+        method: call.method.clone(),
+        stage,
+        sector: call.sector.id.into(),
+        sector_size: call.sector.proof_type.info().map(|i| i.sector_size),
+        hostname: view.map(|v| v.hostname.clone()),
+        worker: worker_name,
+        state: state.to_string(),
+        attempt: task.map_or(1, |t| t.attempt),
+        queue: call.queue.clone(),
+        arrived_at_ms: call.arrived_at_ms,
+        claimed_at_ms: holder.map(|h| h.since_ms),
+        started_at_ms: call.run.as_ref().map(|r| r.started_at_ms).or_else(|| held.and_then(|j| j.running_since_ms)),
+        finished_at_ms: call.run.as_ref().map(|r| r.finished_at_ms),
+        returned_at_ms,
+        progress: held.and_then(|j| j.progress.clone()),
+        error,
+        ticket_deadline_ms: task.and_then(|t| t.ticket_deadline_ms),
+    }
+}
+
+/// The farm stages of each sector, newest sector first.
+fn timelines(jobs: &[JobStatus]) -> Vec<SectorTimeline> {
+    let mut sectors: BTreeMap<SectorNo, SectorTimeline> = BTreeMap::new();
+    for job in jobs.iter().filter(|j| j.stage != "fetch" && j.stage != "move") {
+        let timeline = sectors.entry(job.sector).or_insert_with(|| SectorTimeline {
+            name: job.sector.name(),
+            sector: job.sector,
+            sector_size: job.sector_size,
+            stages: Vec::new(),
+        });
+        timeline.stages.push(job.clone());
+    }
+    let mut list: Vec<SectorTimeline> = sectors.into_values().collect();
+    list.sort_by_key(|t| std::cmp::Reverse(t.stages.iter().map(|s| s.arrived_at_ms).max().unwrap_or(0)));
+    list
+}
+
+fn throughput(jobs: &[JobStatus], now: u64) -> Throughput {
+    let since = now.saturating_sub(RECENT.as_millis() as u64);
+    let mut done: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sealed = 0;
+    for job in jobs.iter().filter(|j| j.state == "done" && j.returned_at_ms.is_some_and(|t| t >= since)) {
+        *done.entry(job.stage.clone()).or_default() += 1;
+        sealed += u64::from(job.stage == Stage::C2.to_string());
+    }
+    Throughput { window_s: RECENT.as_secs(), done, sectors_sealed: sealed }
+}
+
+/// The name of a queue's stage and size, when it is a stage queue.
+pub fn parse_task_queue(name: &str) -> Option<(Stage, SectorSize)> {
+    let rest = name.strip_prefix("sealfarm.task.")?;
+    let (stage, size) = rest.split_once('.')?;
+    Some((stage.parse().ok()?, size.parse().ok()?))
+}
+
+/// A queue row with only its name filled in.
+pub fn queue_row(name: &str) -> QueueStatus {
+    let task = parse_task_queue(name);
+    QueueStatus {
+        name: name.to_string(),
+        stage: task.map(|t| t.0),
+        sector_size: task.map(|t| t.1),
+        worker: topology::worker_of_queue(name).map(str::to_string),
+        ready: 0,
+        unacked: None,
+        consumers: 0,
+        publish_rate: None,
+        deliver_rate: None,
+    }
+}
+
+/// A short duration as lotus prints one (`1h2m3s`, `45.1s`).
+pub fn short_duration(ms: u64) -> String {
+    let secs = ms / 1000;
+    match secs {
+        0..=59 => format!("{:.1}s", ms as f64 / 1000.0),
+        60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m{}s", secs / 3600, secs / 60 % 60, secs % 60),
+    }
+}
+
+/// When `instant` was, in Unix ms.
+pub fn unix_ms(instant: Instant) -> u64 {
+    now_ms().saturating_sub(instant.elapsed().as_millis() as u64)
+}
