@@ -137,6 +137,9 @@ pub struct CallStore {
     deals: sled::Tree,
     /// Sector files declared in the miner's index: `<sector>/<type>` → storage id.
     declared: sled::Tree,
+    /// Serialises read-change-write of calls (results, controls, leases and
+    /// Return delivery change them from different tasks).
+    write: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl CallStore {
@@ -152,6 +155,7 @@ impl CallStore {
             locations: db.open_tree("sector-locations")?,
             deals: db.open_tree("deal-sectors")?,
             declared: db.open_tree("declared-files")?,
+            write: Default::default(),
             db,
         })
     }
@@ -172,12 +176,17 @@ impl CallStore {
     }
 
     /// Opens a call again (a replayed dead letter): a re-issued call with
-    /// the same inputs attaches to it, unless another open call has them.
-    pub fn reopen(&self, call: &Call) -> Result<()> {
+    /// the same inputs will attach to it. False when another open call has
+    /// those inputs already (the miner re-issued it).
+    pub fn reopen(&self, call: &Call) -> Result<bool> {
         let id = call.call_id.id.to_string();
-        let _ =
+        let swapped =
             self.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?;
-        self.flush()
+        self.flush()?;
+        Ok(match swapped {
+            Ok(()) => true,
+            Err(taken) => taken.current.as_deref() == Some(id.as_bytes()),
+        })
     }
 
     /// Forgets a call that never reached the broker (the miner got an error).
@@ -196,22 +205,66 @@ impl CallStore {
 
     /// Moves a call to `state`; a returned call leaves the digest index.
     pub fn set_state(&self, id: &str, state: CallState) -> Result<Call> {
-        if let CallState::Returned { .. } = state {
-            if let Some(call) = self.get(id)? {
-                self.open_by_digest.remove(call.input_digest.as_bytes())?;
-            }
-        }
         self.modify(id, |call| call.state = state)
     }
 
     /// Changes a stored call and returns it as stored.
     pub fn modify(&self, id: &str, change: impl FnOnce(&mut Call)) -> Result<Call> {
+        let changed = self.update(id, |call| {
+            change(call);
+            true
+        })?;
+        Ok(changed.expect("an unconditional change"))
+    }
+
+    /// Changes a stored call if `change` says so (returns true), atomically
+    /// with respect to every other change; the call as stored, or None when
+    /// `change` declined (the call had moved on). A call that is returned
+    /// leaves the digest index.
+    pub fn update(&self, id: &str, change: impl FnOnce(&mut Call) -> bool) -> Result<Option<Call>> {
+        let _one_writer = self.write.lock().unwrap();
         let mut call = self.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
-        change(&mut call);
+        if !change(&mut call) {
+            return Ok(None);
+        }
         call.updated_at_ms = now_ms();
+        if let CallState::Returned { .. } = call.state {
+            // Only if the index still names this call (a re-issued call may hold it now).
+            let _ = self.open_by_digest.compare_and_swap(
+                call.input_digest.as_bytes(),
+                Some(id.as_bytes()),
+                None::<&[u8]>,
+            )?;
+        }
         self.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
         self.flush()?;
-        Ok(call)
+        Ok(Some(call))
+    }
+
+    /// Puts a call back as it was (a control that could not complete); a
+    /// closed call leaves the digest index if it names it.
+    pub fn restore(&self, call: &Call) -> Result<()> {
+        let _one_writer = self.write.lock().unwrap();
+        let id = call.call_id.id.to_string();
+        if !call.is_open() {
+            let digest = call.input_digest.as_bytes();
+            let _ = self.open_by_digest.compare_and_swap(digest, Some(id.as_bytes()), None::<&[u8]>)?;
+        }
+        self.calls.insert(id.as_bytes(), serde_json::to_vec(call)?)?;
+        self.flush()
+    }
+
+    /// Marks a call whose task the broker confirmed as dispatched, unless
+    /// something (its result) came first.
+    pub fn confirm_dispatch(&self, id: &str, attempt: u32, queue: &str) -> Result<Option<Call>> {
+        self.update(id, |c| {
+            if !matches!(c.state, CallState::Accepted) || c.task().map(|t| t.attempt) != Some(attempt) {
+                return false;
+            }
+            c.state = CallState::Dispatched;
+            c.queue = Some(queue.to_string());
+            true
+        })
     }
 
     /// Every call, oldest first.

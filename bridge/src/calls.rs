@@ -101,8 +101,16 @@ impl Calls {
             Err(error) => {
                 // The miner hears it as the call's result: its FSM handles failed stages.
                 tracing::warn!(sector = %sector.id, method, error = %error, "call cannot run on the farm");
+                let run = RunRecord {
+                    worker: "bridge".into(),
+                    attempt: 1,
+                    started_at_ms: issued_at_ms,
+                    finished_at_ms: issued_at_ms,
+                    error: Some(error.message.clone()),
+                    dead: false,
+                };
                 let state = CallState::Resulted { outcome: Box::new(Outcome::Failed(error)), worker: "bridge".into() };
-                let call = Call { state, ..call };
+                let call = Call { state, run: Some(run), ..call };
                 self.store.insert(&call).map_err(internal)?;
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -119,7 +127,7 @@ impl Calls {
             tracing::error!(sector = %sector.id, method, error = %format!("{err:#}"), "cannot publish the task");
             return Err(RpcError::method(format!("sealfarm-bridge cannot reach the broker: {err:#}")));
         }
-        self.store.set_state(&call_id.id.to_string(), CallState::Dispatched).map_err(internal)?;
+        self.store.confirm_dispatch(&call_id.id.to_string(), message.attempt, &queue).map_err(internal)?;
         tracing::info!(call_id = %call_id, sector = %sector.id, stage = %message.stage(), queue, "call dispatched");
         Ok(call_id)
     }
@@ -179,10 +187,7 @@ impl Calls {
                         }
                         match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
                             Ok(()) => {
-                                let _ = this.store.modify(&task.call_id.to_string(), |c| {
-                                    c.state = CallState::Dispatched;
-                                    c.queue = Some(queue.clone());
-                                });
+                                let _ = this.store.confirm_dispatch(&task.call_id.to_string(), task.attempt, &queue);
                                 tracing::info!(call_id = %task.call_id, "unconfirmed task published again");
                             }
                             Err(err) => tracing::warn!(error = %format!("{err:#}"), "task not published"),
@@ -324,12 +329,22 @@ impl Calls {
         // Publish first: a crash before the store update only repeats this at the next lease expiry.
         self.publish_to(&queue, &next).await?;
         let old_holder = call.holder.clone();
-        self.store.modify(&call.call_id.id.to_string(), |c| {
+        let moved = self.store.update(&call.call_id.id.to_string(), |c| {
+            // Only if nothing happened to the call meanwhile (a result, another dispatch).
+            if !c.is_open() || c.task().map(|t| t.attempt) != Some(task.attempt) {
+                return false;
+            }
             c.kind = CallKind::Task { task: Box::new(next.clone()) };
             c.state = CallState::Dispatched;
             c.holder = None;
             c.queue = Some(queue.clone());
+            true
         })?;
+        if moved.is_none() {
+            // The published attempt is dropped by whoever claims it (the call moved on).
+            tracing::info!(call_id = %call.call_id, "the call moved on while it was dispatched again");
+            return Ok(());
+        }
         tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, stage = %next.stage(), attempt = next.attempt, reason, "task dispatched again");
         let labels = vec![("stage", next.stage().to_string()), ("reason", kind.to_string())];
         self.metrics.redispatches.get_or_create(&labels).inc();
@@ -379,6 +394,23 @@ impl Calls {
                 call.call_id.id
             );
         }
+        if let Some(holder) = &call.holder {
+            let computing =
+                self.farm.get(&holder.worker).filter(|_| !self.farm.is_gone(&holder.worker)).is_some_and(|w| {
+                    w.running.iter().any(|j| {
+                        j.call_id == call.call_id.id && j.attempt == holder.attempt && j.running_since_ms.is_some()
+                    })
+                });
+            if computing {
+                anyhow::bail!(
+                    "call {} is running on worker {} (alive): a second attempt would compute the same sector twice, \
+                     on the same files. If the job is stuck, restart that worker (its jobs resume; with --on-stop \
+                     redispatch they go elsewhere) or abort the call",
+                    call.call_id.id,
+                    holder.worker
+                );
+            }
+        }
         self.redispatch(call, "operator", "requeued by the operator").await?;
         let now = self.store.get(&call.call_id.id.to_string())?.context("call vanished")?;
         Ok(format!(
@@ -400,18 +432,46 @@ impl Calls {
         let Some(call) = self.store.get(&id)? else {
             anyhow::bail!("call {id} is not in this bridge's store: replaying it would compute a result nobody takes");
         };
-        let current = call.task().map_or(dead.attempt, |t| t.attempt.max(dead.attempt));
-        let next = TaskMessage { attempt: current + 1, ..dead.clone() };
+        // Only the attempt that made the call fail: a stale dead letter of an
+        // earlier attempt, of a call still running or already answered, stays put.
+        let failed_here = call.run.as_ref().is_some_and(|r| r.dead && r.attempt == dead.attempt);
+        if call.is_open() || !failed_here {
+            anyhow::bail!(
+                "call {id} has moved on since attempt {} was dead-lettered (it is {}): nothing to replay; purge this dead letter",
+                dead.attempt,
+                if call.is_open() { "running again" } else { "answered by another attempt" }
+            );
+        }
+        if !self.store.reopen(&call)? {
+            anyhow::bail!(
+                "the miner already re-issued call {id} (another open call has the same inputs): purge this dead letter"
+            );
+        }
+        let next = TaskMessage { attempt: dead.attempt + 1, ..dead.clone() };
         let queue = self.route(&next, None).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        self.publish_to(&queue, &next).await?;
-        let call = self.store.modify(&id, |c| {
+        // Recorded before it is published, as a new call is: the worker's
+        // claim of the new attempt must find the call open.
+        let reopened = self.store.update(&id, |c| {
+            if c.is_open() || c.run.as_ref().map(|r| r.attempt) != Some(dead.attempt) {
+                return false;
+            }
             c.kind = CallKind::Task { task: Box::new(next.clone()) };
-            c.state = CallState::Dispatched;
+            c.state = CallState::Accepted;
             c.holder = None;
             c.queue = Some(queue.clone());
             c.run = None;
+            true
         })?;
-        self.store.reopen(&call)?;
+        if reopened.is_none() {
+            anyhow::bail!(
+                "call {id} changed while it was being replayed; look at `sealfarm-bridge jobs` and try again"
+            );
+        }
+        if let Err(err) = self.publish_to(&queue, &next).await {
+            self.store.restore(&call)?;
+            return Err(err.context("the replayed task could not be published; the call is as it was"));
+        }
+        self.store.confirm_dispatch(&id, next.attempt, &queue)?;
         tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, stage = %next.stage(), attempt = next.attempt, queue, "dead letter replayed");
         Ok(format!(
             "call {} ({} of {}) replayed as attempt {} on {queue}",
@@ -455,12 +515,17 @@ impl Calls {
             self.metrics.results.get_or_create(&labels).inc();
         }
         let state = CallState::Resulted { outcome: Box::new(Outcome::Failed(error)), worker: by.to_string() };
-        let recorded = self.store.modify(&call.call_id.id.to_string(), |c| {
+        let recorded = self.store.update(&call.call_id.id.to_string(), |c| {
+            if !c.is_open() || c.task().is_some_and(|t| t.attempt != attempt) {
+                return false;
+            }
             c.state = state;
             c.run = Some(run);
+            true
         });
         match recorded {
-            Ok(call) => {
+            Ok(None) => {}
+            Ok(Some(call)) => {
                 let this = self.clone();
                 tokio::spawn(async move { this.deliver(call).await });
             }
@@ -568,10 +633,15 @@ impl Calls {
                 .get_or_create(&crate::metrics::stage_size(stage, info.sector_size))
                 .observe(took);
         }
-        Ok(Some(self.store.modify(&id, |c| {
+        // Only while the call is open: a failure (abort, dead letter) may have come first.
+        self.store.update(&id, |c| {
+            if !c.is_open() {
+                return false;
+            }
             c.state = state;
             c.run = Some(run);
-        })?))
+            true
+        })
     }
 
     /// Calls the matching `Return*` on the miner until it accepts it.
@@ -612,7 +682,16 @@ impl Calls {
         self.return_failures.lock().unwrap().remove(&call.call_id.id);
         let stage = call.task().map_or_else(|| call.method.clone(), |t| t.stage().to_string());
         self.metrics.return_latency.get_or_create(&vec![("stage", stage)]).observe(since.elapsed().as_secs_f64());
-        if let Err(err) = self.store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms: now_ms() }) {
+        let delivered = call.run.as_ref().map(|r| r.attempt);
+        let recorded = self.store.update(&call.call_id.id.to_string(), |c| {
+            // Not if the call was opened again meanwhile (a replayed dead letter).
+            if !matches!(c.state, CallState::Resulted { .. }) || c.run.as_ref().map(|r| r.attempt) != delivered {
+                return false;
+            }
+            c.state = CallState::Returned { at_ms: now_ms() };
+            true
+        });
+        if let Err(err) = recorded {
             tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded");
         }
         if let Outcome::Done(output) = outcome.as_ref() {

@@ -58,7 +58,7 @@ impl Leases {
     pub fn new(calls: Arc<Calls>, timeout: Duration) -> Result<Arc<Self>> {
         let mut held = HashMap::new();
         for call in calls.store.all()? {
-            if let (CallState::Dispatched, Some(holder)) = (&call.state, &call.holder) {
+            if let (true, Some(holder)) = (call.is_open(), &call.holder) {
                 held.insert(
                     call.call_id.id,
                     Lease { worker: holder.worker.clone(), attempt: holder.attempt, expires: Instant::now() + timeout },
@@ -175,6 +175,9 @@ impl Leases {
             }
             return Ok(());
         }
+        if attempt > current {
+            return Ok(()); // an attempt being dispatched right now: the store catches up
+        }
         let answered_by = call.run.as_ref().map(|r| (r.worker.as_str(), r.attempt));
         if !call.is_open() && answered_by != Some((worker, attempt)) {
             // The call has its result from elsewhere (another attempt, or the
@@ -184,12 +187,18 @@ impl Leases {
             }
             return Ok(());
         }
-        if attempt != current || !matches!(call.state, CallState::Dispatched) {
+        if attempt != current || !call.is_open() {
             return Ok(());
         }
         if call.holder.as_ref().is_none_or(|h| h.worker != worker || h.attempt != attempt) {
             let holder = Holder { worker: worker.to_string(), attempt, since_ms: now_ms() };
-            self.calls.store.modify(&call_id.to_string(), |c| c.holder = Some(holder))?;
+            self.calls.store.update(&call_id.to_string(), |c| {
+                let current = c.is_open() && c.task().map(|t| t.attempt) == Some(attempt);
+                if current {
+                    c.holder = Some(holder);
+                }
+                current
+            })?;
         }
         let mut held = self.held.lock().unwrap();
         let lease = held.entry(call_id).or_insert_with(|| Lease {
@@ -208,7 +217,9 @@ impl Leases {
         let Ok(Some(call)) = self.calls.store.get(&call_id.to_string()) else { return };
         let (Some(task), None) = (call.task(), &call.holder) else { return };
         let Some(info) = task.sector.proof_type.info() else { return };
-        let waited = at_ms.saturating_sub(call.arrived_at_ms) as f64 / 1000.0;
+        // From its arrival, or for a later attempt from when it was dispatched again.
+        let since = if task.attempt > 1 { call.updated_at_ms } else { call.arrived_at_ms };
+        let waited = at_ms.saturating_sub(since) as f64 / 1000.0;
         let labels = crate::metrics::stage_size(task.stage(), info.sector_size);
         self.calls.metrics.queue_wait.get_or_create(&labels).observe(waited);
         tracing::debug!(%call_id, worker, waited, "claimed");

@@ -223,10 +223,10 @@ struct RunArgs {
     /// The same value as the workers' SEALFARM_FILES_TOKEN.
     #[arg(long, env = "SEALFARM_FILES_TOKEN", hide_env_values = true)]
     files_token: Option<String>,
-    /// RabbitMQ's management API, for unacked counts and rates in `queues`
-    /// and the dashboard. Default: port 15672 on the broker's host, with
-    /// the AMQP URL's account; without it the figures come from the broker
-    /// protocol (ready messages and consumers).
+    /// RabbitMQ's management API (e.g. http://broker:15672), read with the
+    /// AMQP URL's account, for unacked counts and rates in `queues` and the
+    /// dashboard (sampled by RabbitMQ every 5 s). Without it the figures come
+    /// from the broker protocol: ready messages and consumers, exact.
     #[arg(long, env = "SEALFARM_RABBITMQ_MANAGEMENT")]
     rabbitmq_management: Option<String>,
 }

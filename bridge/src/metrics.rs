@@ -64,7 +64,11 @@ impl Metrics {
         }
         Metrics {
             calls_accepted: metric!("calls_accepted", "Calls accepted from the miner, by stage", Family::default()),
-            calls: metric!("calls", "Calls in the bridge's store, by stage and state", Family::default()),
+            calls: metric!(
+                "calls",
+                "Calls by stage and state: the open ones and those closed within the last hour",
+                Family::default()
+            ),
             results: metric!("results", "Results of calls, by stage and outcome (done, failed)", Family::default()),
             stage_duration: metric!("stage_duration_seconds", "Time a worker computed a stage", histograms()),
             queue_wait: metric!("queue_wait_seconds", "Time from a call's arrival to a worker's claim", histograms()),
@@ -133,7 +137,11 @@ impl Metrics {
                 Family::default()
             ),
             worker_jobs: metric!("farm_worker_jobs", "Jobs a worker holds, by stage", Family::default()),
-            queue_messages: metric!("queue_messages", "Ready messages in a sealfarm queue", Family::default()),
+            queue_messages: metric!(
+                "queue_messages",
+                "Ready messages in a sealfarm queue (stage queues also carry stage and sector_size)",
+                Family::default()
+            ),
             queue_consumers: metric!("queue_consumers", "Consumers of a sealfarm queue", Family::default()),
             registry,
         }
@@ -225,7 +233,10 @@ impl Metrics {
             }
         }
         for queue in &overview.queues {
-            let labels = vec![("queue", queue.name.clone())];
+            let mut labels = vec![("queue", queue.name.clone())];
+            if let (Some(stage), Some(size)) = (queue.stage, queue.sector_size) {
+                labels.extend(crate::metrics::stage_size(stage, size));
+            }
             self.queue_messages.get_or_create(&labels).set(queue.ready as i64);
             self.queue_consumers.get_or_create(&labels).set(i64::from(queue.consumers));
         }

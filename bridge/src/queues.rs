@@ -1,8 +1,8 @@
 //! The farm's queues as operators watch them: ready messages, unacked,
 //! consumers and rates per stage and size. From RabbitMQ's management API
-//! when it answers (`--rabbitmq-management`, or port 15672 on the broker's
-//! host), else from the broker protocol (a passive declare: ready messages
-//! and consumers only).
+//! when the bridge is given one (`--rabbitmq-management`; its figures are
+//! sampled every few seconds), else — or while it does not answer — from the
+//! broker protocol (a passive declare: ready messages and consumers, exact).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +22,6 @@ const MANAGEMENT_BACKOFF: Duration = Duration::from_secs(60);
 /// Reads queue figures, caching them briefly.
 pub struct QueueWatch {
     management: Option<Management>,
-    /// The management URL was given by the operator (failures are warned about).
-    explicit: bool,
     cache: Mutex<Option<(Instant, Vec<QueueStatus>, u64)>>,
     management_failed: std::sync::Mutex<Option<Instant>>,
 }
@@ -61,15 +59,11 @@ struct Rate {
 }
 
 impl QueueWatch {
-    /// `management`: the management API's base URL (`http://host:15672`);
-    /// None: tried on the AMQP URL's host at port 15672.
+    /// `management`: the management API's base URL (`http://host:15672`),
+    /// read with the AMQP URL's account; None: the broker protocol only.
     pub fn new(amqp_url: &str, management: Option<&str>) -> Arc<Self> {
         let parsed = reqwest::Url::parse(amqp_url).ok();
-        let explicit = management.is_some();
-        let base = management.map(|m| m.trim_end_matches('/').to_string()).or_else(|| {
-            let host = parsed.as_ref()?.host_str()?.to_string();
-            Some(format!("http://{host}:15672"))
-        });
+        let base = management.map(|m| m.trim_end_matches('/').to_string());
         let management = base.map(|base| {
             let (user, password, vhost) = match &parsed {
                 Some(url) => {
@@ -84,7 +78,7 @@ impl QueueWatch {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("HTTP client");
             Management { base, vhost, user, password, http }
         });
-        Arc::new(QueueWatch { management, explicit, cache: Mutex::new(None), management_failed: Default::default() })
+        Arc::new(QueueWatch { management, cache: Mutex::new(None), management_failed: Default::default() })
     }
 
     /// Drops the cached figures (a control just changed them).
@@ -154,11 +148,7 @@ impl QueueWatch {
                     .collect(),
             ),
             Err(err) => {
-                if self.explicit {
-                    tracing::warn!(url = %management.base, error = %err, "RabbitMQ management API unreachable; queue figures from the broker protocol");
-                } else {
-                    tracing::debug!(url = %management.base, error = %err, "no RabbitMQ management API; queue figures from the broker protocol");
-                }
+                tracing::warn!(url = %management.base, error = %err, "RabbitMQ management API unreachable; queue figures from the broker protocol for a minute");
                 *self.management_failed.lock().unwrap() = Some(Instant::now());
                 None
             }
@@ -230,7 +220,8 @@ mod tests {
         assert_eq!(percent_decode("farm%2Fa"), "farm/a");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_encode("/"), "%2F");
-        let watch = QueueWatch::new("amqp://sf:p%40ss@rabbit.lan:5672/farm", None);
+        assert!(QueueWatch::new("amqp://sf:p%40ss@rabbit.lan:5672/farm", None).management.is_none());
+        let watch = QueueWatch::new("amqp://sf:p%40ss@rabbit.lan:5672/farm", Some("http://rabbit.lan:15672"));
         let management = watch.management.as_ref().unwrap();
         assert_eq!(management.base, "http://rabbit.lan:15672");
         assert_eq!((management.user.as_str(), management.password.as_str()), ("sf", "p@ss"));

@@ -240,9 +240,13 @@ impl StatusSource {
                 } else {
                     "enabled"
                 };
+                let gone = state == "gone";
                 let jobs = w
                     .running
                     .iter()
+                    // A gone worker's last heartbeat lists jobs that may have
+                    // moved on since: only those it still holds count.
+                    .filter(|j| !gone || still_holds(calls, &w.id, j.call_id, j.attempt))
                     .map(|j| HeldJob {
                         call_id: j.call_id,
                         attempt: j.attempt,
@@ -270,6 +274,12 @@ impl StatusSource {
             })
             .collect()
     }
+}
+
+/// Whether `worker` holds the current attempt of an open call.
+fn still_holds(calls: &Calls, worker: &str, call_id: Uuid, attempt: u32) -> bool {
+    let Ok(Some(call)) = calls.store.get(&call_id.to_string()) else { return false };
+    call.is_open() && call.holder.is_some_and(|h| h.worker == worker && h.attempt == attempt)
 }
 
 /// Every call as a job row: the open ones and those closed within

@@ -71,13 +71,14 @@ async fn the_dashboard_shows_the_farm_and_each_sectors_timeline() {
     for wanted in [
         "data-worker=\"sealing-box\"",
         "data-worker=\"proving-box\"",
-        "draining",
         "sealfarm.task.pc1.2KiB",
         "data-sector=\"s-t01000-1\"",
         "read-only",
     ] {
         assert!(read.contains(wanted), "the dashboard lacks {wanted:?}:\n{read}");
     }
+    let prover = &read[read.find("data-worker=\"proving-box\"").unwrap()..];
+    assert!(prover[..prover.find("</tr>").unwrap()].contains("b-draining"), "the drained worker shows it: {prover}");
     // Each stage of the sector in its timeline, with the worker that ran it.
     let timeline = &read[read.find("data-sector=\"s-t01000-1\"").unwrap()..];
     for stage in ["AP", "PC1", "PC2", "C1", "C2", "FIN"] {

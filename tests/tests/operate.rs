@@ -84,12 +84,12 @@ async fn views_show_the_farm_and_drain_requeue_abort_do_what_they_say() {
     let big = sector_ref(10, MIB8);
     let piece = call(&farm, "AddPiece", add_piece(big)).await;
     let pc1 = start(&farm, "SealPreCommit1", json!([big, ticket(), [piece]])).await;
-    let jobs = farm
-        .wait_json(&["jobs"], WAIT, |j| {
-            matches!(state_of(j, &pc1).as_str(), "claimed" | "running" | "returning" | "done")
-        })
-        .await;
+    let jobs = farm.wait_json(&["jobs"], WAIT, |j| state_of(j, &pc1) == "running").await;
     assert_eq!(job(&jobs, &pc1).unwrap()["worker"], "w-b", "{jobs:#}");
+    let pc1_short = &pc1.id.simple().to_string()[..8];
+    let refused = farm.cli(&["requeue", pc1_short]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && said.contains("is running on worker w-b"), "{said}");
     assert!(farm.cli_ok(&["drain", "w-b"]).contains("drains"));
     farm.wait_json(&["workers"], WAIT, |w| worker_state(w, "w-b") == "draining").await;
     let returned = farm.miner.wait_for_return(&pc1, WAIT).await.unwrap();
@@ -270,4 +270,28 @@ async fn dead_letters_are_listed_replayed_and_purged_and_metrics_tell_the_story(
         let missing: Vec<&String> = used.difference(&exposed).collect();
         assert!(missing.is_empty(), "{file} uses series nobody exports: {missing:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_figures_come_from_the_management_api_when_the_bridge_has_it() {
+    let farm = BridgeFarm::start_with("queues-mgmt", &["--rabbitmq-management", "http://127.0.0.1:15672"]).await;
+    let _worker = farm.start_worker("w-m", "ap");
+    wait_for_workers(&farm.vhost, &["w-m"], Duration::from_secs(60)).await.unwrap();
+    call(&farm, "AddPiece", add_piece(sector_ref(30, KIB2))).await;
+    // RabbitMQ samples its figures every few seconds.
+    let queues = farm
+        .wait_json(&["queues"], WAIT, |q| {
+            q["queues"].as_array().unwrap().iter().any(|q| {
+                q["name"] == "sealfarm.task.ap.2KiB"
+                    && q["consumers"] == 1
+                    && q["unacked"].is_u64()
+                    && q["publish_rate"].is_f64()
+            })
+        })
+        .await;
+    let results = queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == "sealfarm.results").unwrap();
+    assert!(results["deliver_rate"].is_f64(), "{queues:#}");
+    let text = farm.cli_ok(&["queues"]);
+    let row = text.lines().find(|l| l.starts_with("sealfarm.task.ap.2KiB")).unwrap();
+    assert!(!row.contains(" - "), "unacked and rates are filled in: {row}");
 }

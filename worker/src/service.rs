@@ -351,6 +351,11 @@ impl Worker {
         let mut consumer: Option<lapin::Consumer> = None;
         let mut enabled = self.enabled.subscribe();
         loop {
+            if !*enabled.borrow() || slots.available_permits() == 0 {
+                // Drained, or every slot busy: no consumer, so no delivery
+                // waits here unacknowledged while another worker could run it.
+                stop_consuming(&channel, &tag, &mut consumer).await?;
+            }
             // Drained: nothing from the stage queues until resumed.
             enabled.wait_for(|on| *on).await.map(|_| ())?;
             // Wait for a free slot without holding it while the queue is empty
@@ -373,19 +378,8 @@ impl Worker {
             }
             let next = tokio::select! {
                 next = consumer.as_mut().expect("consuming").next() => next,
-                _ = async { enabled.wait_for(|on| !*on).await.map(|_| ()) } => {
-                    // Drained while waiting: stop consuming; a delivery already
-                    // on its way goes back to the queue.
-                    channel.basic_cancel(tag.as_str().into(), Default::default()).await?;
-                    if let Some(mut cancelled) = consumer.take() {
-                        while let Ok(Some(Ok(delivery))) =
-                            tokio::time::timeout(Duration::from_secs(2), cancelled.next()).await
-                        {
-                            delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-                        }
-                    }
-                    continue;
-                }
+                // Drained while waiting: the top of the loop stops consuming.
+                _ = async { enabled.wait_for(|on| !*on).await.map(|_| ()) } => continue,
             };
             let delivery = next
                 .with_context(|| format!("the broker closed the consumer of {queue}"))?
@@ -393,17 +387,10 @@ impl Worker {
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 // A job from this worker's own queue took the last slot
                 // meanwhile: the task goes back for another worker.
-                channel.basic_cancel(tag.as_str().into(), Default::default()).await?;
-                consumer = None;
+                stop_consuming(&channel, &tag, &mut consumer).await?;
                 delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
                 continue;
             };
-            if slots.available_permits() == 0 {
-                // No slot for another task: stop deliveries (prefetch 1, this
-                // one not acknowledged yet, so none is on the way).
-                channel.basic_cancel(tag.as_str().into(), Default::default()).await?;
-                consumer = None;
-            }
             if pulled.send((queue.clone(), delivery, permit)).await.is_err() {
                 return Ok(());
             }
@@ -876,8 +863,13 @@ impl Worker {
                     }
                 }
                 self.superseded.lock().unwrap().insert(key.clone());
-                if let Some(job) = self.running.lock().unwrap().remove(&key) {
-                    self.metrics.job_ended(job.stage, &job.sector, "superseded");
+                // A job still computing stays listed (it holds its share of the
+                // machine) until it ends; its result is discarded then.
+                let mut running = self.running.lock().unwrap();
+                if running.get(&key).is_some_and(|j| j.running_since_ms.is_none()) {
+                    if let Some(job) = running.remove(&key) {
+                        self.metrics.job_ended(job.stage, &job.sector, "superseded");
+                    }
                 }
             }
             Control::Drain { reason } => {
@@ -1023,6 +1015,17 @@ impl Worker {
         let paths = [self.config.sealing.root(), self.config.state_dir.as_path()];
         crate::hardware::refresh(&self.config.hardware, &paths)
     }
+}
+
+/// Cancels a stage-queue consumer; deliveries already on their way go back
+/// to the queue (the stream ends once the broker confirmed the cancel).
+async fn stop_consuming(channel: &lapin::Channel, tag: &str, consumer: &mut Option<lapin::Consumer>) -> Result<()> {
+    let Some(mut cancelled) = consumer.take() else { return Ok(()) };
+    channel.basic_cancel(tag.into(), Default::default()).await?;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout(Duration::from_secs(2), cancelled.next()).await {
+        delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+    }
+    Ok(())
 }
 
 /// The number of SDR layers of a task's sector.

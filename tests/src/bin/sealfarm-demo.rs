@@ -57,13 +57,17 @@ async fn main() -> Result<()> {
     let api_info = miner.api_info(miner_address);
     println!("farm: devminer on {miner_address}; MINER_API_INFO={}…", &api_info[..20]);
     let claims = watch_claims(&vhost).await?;
-    let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, free_local_address(), &[]);
+    let listen = free_local_address();
+    let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, listen, &[]);
     let _sealer = FarmProcess::start(&vhost, &run_dir, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
     let _prover = FarmProcess::start(&vhost, &run_dir, "proving-box", "c2", "2KiB");
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     println!("farm: sealfarm-bridge registered with the miner as {}", worker.info["Hostname"]);
     wait_for_workers(&vhost, &["sealing-box", "proving-box"], Duration::from_secs(60)).await?;
-    println!("farm: workers sealing-box and proving-box are consuming\n");
+    println!("farm: workers sealing-box and proving-box are consuming");
+    let state_dir = run_dir.join("state-bridge");
+    let read_token = std::fs::read_to_string(state_dir.join("token-read")).context("the bridge's read token")?;
+    println!("farm: dashboard http://{listen}/dashboard#token={}\n", read_token.trim());
 
     miner.progress.store(true, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
@@ -106,6 +110,18 @@ async fn main() -> Result<()> {
             .collect();
         if !waits.is_empty() {
             println!("  {short:<4} {}", waits.join(", "));
+        }
+    }
+    println!("\nwhat an operator sees (the bridge's views of this farm):");
+    for view in ["workers", "jobs", "queues"] {
+        let out = std::process::Command::new(sealfarm_tests::binary("sealfarm-bridge"))
+            .arg(view)
+            .env("SEALFARM_STATE_DIR", &state_dir)
+            .output()
+            .with_context(|| format!("sealfarm-bridge {view}"))?;
+        println!("\n$ sealfarm-bridge {view}\n{}", String::from_utf8_lossy(&out.stdout).trim_end());
+        if !out.status.success() {
+            bail!("sealfarm-bridge {view} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
     }
     if reports.iter().all(|r| r.verified) {
