@@ -245,8 +245,15 @@ impl StatusSource {
                     .running
                     .iter()
                     // A gone worker's last heartbeat lists jobs that may have
-                    // moved on since: only those it still holds count.
-                    .filter(|j| !gone || still_holds(calls, &w.id, j.call_id, j.attempt))
+                    // moved on since: only those it still holds count. A live
+                    // one's may list a job whose result arrived after it.
+                    .filter(|j| {
+                        if gone {
+                            still_holds(calls, &w.id, j.call_id, j.attempt)
+                        } else {
+                            !finished_here(calls, &w.id, j.call_id, j.attempt)
+                        }
+                    })
                     .map(|j| HeldJob {
                         call_id: j.call_id,
                         attempt: j.attempt,
@@ -280,6 +287,12 @@ impl StatusSource {
 fn still_holds(calls: &Calls, worker: &str, call_id: Uuid, attempt: u32) -> bool {
     let Ok(Some(call)) = calls.store.get(&call_id.to_string()) else { return false };
     call.is_open() && call.holder.is_some_and(|h| h.worker == worker && h.attempt == attempt)
+}
+
+/// Whether this attempt's result, from `worker`, is the call's result already.
+fn finished_here(calls: &Calls, worker: &str, call_id: Uuid, attempt: u32) -> bool {
+    let Ok(Some(call)) = calls.store.get(&call_id.to_string()) else { return false };
+    !call.is_open() && call.run.is_some_and(|r| r.worker == worker && r.attempt == attempt)
 }
 
 /// Every call as a job row: the open ones and those closed within
@@ -416,10 +429,11 @@ pub fn queue_row(name: &str) -> QueueStatus {
     }
 }
 
-/// A short duration as lotus prints one (`1h2m3s`, `45.1s`).
+/// A short duration as lotus prints one (`1h2m3s`, `45.1s`, `12ms`).
 pub fn short_duration(ms: u64) -> String {
     let secs = ms / 1000;
     match secs {
+        _ if ms < 1000 => format!("{ms}ms"),
         0..=59 => format!("{:.1}s", ms as f64 / 1000.0),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m{}s", secs / 3600, secs / 60 % 60, secs % 60),

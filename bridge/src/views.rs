@@ -70,8 +70,12 @@ pub fn default_state_dir() -> PathBuf {
     std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
 }
 
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+fn bytes(bytes: u64) -> String {
+    match bytes {
+        0..0x10_0000 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        0x10_0000..0x4000_0000 => format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64),
+        _ => format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64),
+    }
 }
 
 fn bar(used: f64, total: f64) -> String {
@@ -117,11 +121,11 @@ pub fn format_workers(workers: &[WorkerStatus], now_ms: u64) -> String {
                 "\tRAM:  {} {}% {}/{}",
                 bar(h.memory_used_bytes as f64, h.memory_bytes as f64),
                 percent(h.memory_used_bytes, h.memory_bytes),
-                gib(h.memory_used_bytes),
-                gib(h.memory_bytes)
+                bytes(h.memory_used_bytes),
+                bytes(h.memory_bytes)
             ));
             if let Some(used) = w.in_use.filter(|u| u.memory_bytes > 0) {
-                out.push_str(&format!(" ({} reserved by jobs)", gib(used.memory_bytes)));
+                out.push_str(&format!(" ({} reserved by jobs)", bytes(used.memory_bytes)));
             }
             out.push('\n');
             let vmem_used = h.memory_used_bytes + h.swap_used_bytes;
@@ -130,8 +134,8 @@ pub fn format_workers(workers: &[WorkerStatus], now_ms: u64) -> String {
                 "\tVMEM: {} {}% {}/{}\n",
                 bar(vmem_used as f64, vmem as f64),
                 percent(vmem_used, vmem),
-                gib(vmem_used),
-                gib(vmem)
+                bytes(vmem_used),
+                bytes(vmem)
             ));
             let gpus: Vec<_> = h.gpus().collect();
             if !gpus.is_empty() {
@@ -194,9 +198,11 @@ pub fn format_jobs(jobs: &[JobStatus], now_ms: u64) -> String {
             Some(p) if j.state == "running" => format!("running ({} {}/{})", p.step, p.done, p.total),
             _ => j.state.clone(),
         };
-        let time = match (j.started_at_ms, j.finished_at_ms) {
-            (Some(start), Some(end)) => short_duration(end.saturating_sub(start)),
-            (Some(start), None) => short_duration(now_ms.saturating_sub(start)),
+        let time = match (j.started_at_ms, j.finished_at_ms, j.returned_at_ms) {
+            (Some(start), Some(end), _) => short_duration(end.saturating_sub(start)),
+            (Some(start), None, _) => short_duration(now_ms.saturating_sub(start)),
+            // The bridge's own calls (fetch, move): from the call to its Return.
+            (None, _, Some(returned)) => short_duration(returned.saturating_sub(j.arrived_at_ms)),
             _ => short_duration(now_ms.saturating_sub(j.arrived_at_ms)),
         };
         rows.push([
@@ -309,6 +315,11 @@ mod tests {
         let rows = [["a".to_string(), "bb".to_string()], ["ccc".to_string(), "d".to_string()]];
         assert_eq!(table(&rows), "a    bb\nccc  d\n");
         assert_eq!(short_duration(1500), "1.5s");
+        assert_eq!(short_duration(12), "12ms");
+        assert_eq!(
+            (bytes(2048), bytes(3 << 20), bytes(5 << 30)),
+            ("2.0 KiB".into(), "3.0 MiB".into(), "5.0 GiB".into())
+        );
         assert_eq!(short_duration(125_000), "2m5s");
         assert_eq!(short_duration(3_725_000), "1h2m5s");
     }

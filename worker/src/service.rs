@@ -637,6 +637,8 @@ impl Worker {
         }
         self.running.lock().unwrap().remove(&key);
         self.publish_result(&key, result).await;
+        // Watchers see the freed share of the machine at once.
+        self.heartbeat().await;
     }
 
     /// Runs the job in the executor until it has an outcome. A run that ends

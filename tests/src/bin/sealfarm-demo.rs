@@ -73,7 +73,10 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let proof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
     let runs = (1..=sectors).map(|n| miner.seal_cc(&worker, sector_ref(n, proof), Duration::from_secs(900)));
+    // What an operator sees while the C2s run, taken on the way.
+    let snapshot = tokio::spawn(views_while_proving(state_dir.clone()));
     let reports: Vec<SealReport> = futures_util::future::join_all(runs).await.into_iter().collect::<Result<_>>()?;
+    let while_proving = snapshot.await.unwrap_or_default();
     let elapsed = started.elapsed();
 
     let claims = claims.lock().unwrap().clone();
@@ -112,23 +115,50 @@ async fn main() -> Result<()> {
             println!("  {short:<4} {}", waits.join(", "));
         }
     }
-    println!("\nwhat an operator sees (the bridge's views of this farm):");
-    for view in ["workers", "jobs", "queues"] {
-        let out = std::process::Command::new(sealfarm_tests::binary("sealfarm-bridge"))
-            .arg(view)
-            .env("SEALFARM_STATE_DIR", &state_dir)
-            .output()
-            .with_context(|| format!("sealfarm-bridge {view}"))?;
-        println!("\n$ sealfarm-bridge {view}\n{}", String::from_utf8_lossy(&out.stdout).trim_end());
-        if !out.status.success() {
-            bail!("sealfarm-bridge {view} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+    if !while_proving.is_empty() {
+        println!("\nwhat an operator saw while the C2s ran:\n{while_proving}");
     }
+    println!("\nand at the end:\n\n$ sealfarm-bridge queues\n{}", bridge_view(&state_dir, &["queues"])?.trim_end());
     if reports.iter().all(|r| r.verified) {
         Ok(())
     } else {
         bail!("a proof did not verify")
     }
+}
+
+/// `sealfarm-bridge ARGS` against this farm's bridge; its output.
+fn bridge_view(state_dir: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(sealfarm_tests::binary("sealfarm-bridge"))
+        .args(args)
+        .env("SEALFARM_STATE_DIR", state_dir)
+        .output()
+        .with_context(|| format!("sealfarm-bridge {args:?}"))?;
+    if !out.status.success() {
+        bail!("sealfarm-bridge {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `workers` and `jobs` as soon as a C2 runs (empty if none was seen).
+async fn views_while_proving(state_dir: std::path::PathBuf) -> String {
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(jobs) = bridge_view(&state_dir, &["jobs", "--json"]) else { continue };
+        let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap_or_default();
+        let proving = jobs.as_array().is_some_and(|j| j.iter().any(|j| j["stage"] == "c2" && j["state"] == "running"));
+        if proving {
+            let (Ok(workers), Ok(jobs)) = (bridge_view(&state_dir, &["workers"]), bridge_view(&state_dir, &["jobs"]))
+            else {
+                continue;
+            };
+            return format!(
+                "\n$ sealfarm-bridge workers\n{}\n\n$ sealfarm-bridge jobs\n{}",
+                workers.trim_end(),
+                jobs.trim_end()
+            );
+        }
+    }
+    String::new()
 }
 
 /// CallID → the worker that claimed it and when (Unix ms), from the workers' claim events.
