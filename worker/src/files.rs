@@ -37,14 +37,19 @@ pub async fn serve(config: &FilesConfig, sealing: &SealingPath, shutdown: Shutdo
         .with_context(|| format!("cannot listen on {} for the file server", config.listen))?;
     let files = std::sync::Arc::new(Files { root: sealing.root().to_path_buf(), token: config.token.clone() });
     let app = Router::new().route("/files/{file_type}/{name}", get(request).delete(request)).with_state(files);
+    spawn_server(listener, app, shutdown, "file server");
+    Ok(())
+}
+
+/// Serves `app` on `listener` in the background until shutdown.
+pub fn spawn_server(listener: tokio::net::TcpListener, app: Router, shutdown: Shutdown, what: &'static str) {
     let mut stop = shutdown;
     tokio::spawn(async move {
         let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await }).await;
         if let Err(err) = served {
-            tracing::error!(error = %err, "file server stopped");
+            tracing::error!(error = %err, "{what} stopped");
         }
     });
-    Ok(())
 }
 
 /// True when the request carries the token (compared in constant time).

@@ -176,12 +176,6 @@ pub fn serve(
             }
         }),
     );
-    let mut stop = shutdown;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await }).await;
-        if let Err(err) = served {
-            tracing::error!(error = %err, "metrics server stopped");
-        }
-    });
+    crate::files::spawn_server(listener, app, shutdown, "metrics server");
     Ok(())
 }
