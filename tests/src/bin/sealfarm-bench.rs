@@ -1,0 +1,313 @@
+//! `sealfarm-bench`: what the farm costs next to the proofs, measured side by
+//! side in one run (issue 7).
+//!
+//! * **Overhead** — the same stages (AP → C1; C2 with `--c2`) sealed by the
+//!   worker's own execution code in this process, with no broker, and
+//!   through devminer → bridge → RabbitMQ → worker → bridge → devminer (miner
+//!   call → `Return*`); per stage the median of each and their ratio.
+//! * **Dispatch latency** — `--tasks` real 2 KiB AddPiece calls one after
+//!   another: miner call → the worker's claim, and the worker's result → the
+//!   miner's receipt of the `Return*`; p50 / p99.
+//!
+//! Prints a Markdown section; `--write FILE` also puts it into FILE between
+//! the markers `<!-- sealfarm-bench -->` and `<!-- /sealfarm-bench -->`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use futures_util::StreamExt;
+use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::{CallId, EventKind, EventMessage, RegisteredSealProof, SectorRef, SectorSize, Stage};
+use sealfarm_tests::devminer::{sector_ref, DevMiner, SealReport};
+use sealfarm_tests::{free_local_address, subscribe_events, wait_for_workers, FarmProcess, TestVhost};
+use serde_json::{json, Value};
+
+struct Options {
+    sizes: Vec<SectorSize>,
+    repeat: usize,
+    tasks: usize,
+    c2: bool,
+    write: Option<std::path::PathBuf>,
+}
+
+fn options() -> Result<Options> {
+    let mut options =
+        Options { sizes: vec![SectorSize::KIB2, SectorSize::MIB8], repeat: 5, tasks: 1000, c2: false, write: None };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--sizes" => {
+                options.sizes =
+                    value()?.split(',').map(|s| s.parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?
+            }
+            "--repeat" => options.repeat = value()?.parse().context("--repeat needs a number")?,
+            "--tasks" => options.tasks = value()?.parse().context("--tasks needs a number")?,
+            "--c2" => options.c2 = true,
+            "--write" => options.write = Some(value()?.into()),
+            "-h" | "--help" => {
+                println!(
+                    "sealfarm-bench [--sizes 2KiB,8MiB] [--repeat 5] [--tasks 1000] [--c2] [--write docs/BENCHMARKS.md]\n\
+                     Measures the farm against the proofs library in one run: per-stage overhead (in-process vs\n\
+                     through bridge and broker) and dispatch latency (p50/p99 over --tasks AddPiece calls)."
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    Ok(options)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let options = options()?;
+    let mut stages = vec![Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C1];
+    if options.c2 {
+        stages.push(Stage::C2);
+    }
+    let run_dir = std::env::current_dir()?.join(".farm").join(format!("bench-{}", now_ms()));
+    std::fs::create_dir_all(&run_dir)?;
+    let mut report = String::new();
+    report.push_str(&format!(
+        "Machine: {} logical CPUs, {:.1} GiB RAM; `sealfarm-bench --sizes {} --repeat {} --tasks {}{}` ({}).\n\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        total_memory_gib(),
+        options.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(","),
+        options.repeat,
+        options.tasks,
+        if options.c2 { " --c2" } else { "" },
+        date(),
+    ));
+
+    // The farm: devminer, bridge, one worker on shared storage.
+    let vhost = TestVhost::new("bench");
+    let miner = DevMiner::new(2048);
+    let miner_address = miner.serve("127.0.0.1:0".parse()?).await?;
+    let claims = watch_claims(&vhost).await?;
+    let _bridge =
+        FarmProcess::start_bridge(&vhost, &run_dir, &miner.api_info(miner_address), free_local_address(), &[]);
+    let sizes = options.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
+    let stage_list = if options.c2 { "ap,pc1,pc2,c1,c2,fin,ru" } else { "ap,pc1,pc2,c1,fin,ru" };
+    let _worker = FarmProcess::start(&vhost, &run_dir, "bench-box", stage_list, &sizes);
+    let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
+    wait_for_workers(&vhost, &["bench-box"], Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    report.push_str("### Overhead: in-process vs through the farm (median ms per stage)\n\n");
+    report.push_str("| size | stage | in-process | through the farm | farm ÷ in-process |\n|---|---|---:|---:|---:|\n");
+    let sealing = sealfarm_worker::sector_files::SealingPath::open(run_dir.join("in-process"))?;
+    let mut number = 1;
+    for size in &options.sizes {
+        let only_c2_on_2kib = |stage: &Stage| *stage != Stage::C2 || *size == SectorSize::KIB2;
+        let stages: Vec<Stage> = stages.iter().copied().filter(only_c2_on_2kib).collect();
+        eprintln!("bench: {size} in-process, {} sectors", options.repeat);
+        let direct = {
+            let (sealing, size, stages, repeat) = (sealing.clone(), *size, stages.clone(), options.repeat as u32);
+            tokio::task::spawn_blocking(move || sealfarm_worker::bench::run(&sealing, size, &stages, repeat)).await??
+        };
+        eprintln!("bench: {size} through the farm, {} sectors", options.repeat);
+        let mut farm: HashMap<Stage, Vec<f64>> = HashMap::new();
+        for _ in 0..options.repeat {
+            let sector = sector_ref(number, RegisteredSealProof::v1_1_for(*size));
+            number += 1;
+            for (stage, ms) in seal_through_farm(&miner, &worker, sector, &stages).await? {
+                farm.entry(stage).or_default().push(ms);
+            }
+        }
+        let (mut total_direct, mut total_farm) = (0.0, 0.0);
+        for stage in &stages {
+            let mut ours: Vec<f64> = direct.iter().filter(|t| t.stage == *stage).map(|t| t.millis).collect();
+            let (a, b) = (median(&mut ours), median(farm.entry(*stage).or_default()));
+            total_direct += a;
+            total_farm += b;
+            let stage = stage.to_string().to_uppercase();
+            report.push_str(&format!("| {size} | {stage} | {a:.1} | {b:.1} | {:.2} |\n", b / a));
+        }
+        report.push_str(&format!(
+            "| {size} | **all** | {total_direct:.1} | {total_farm:.1} | **{:.2}** |\n",
+            total_farm / total_direct
+        ));
+    }
+
+    eprintln!("bench: dispatch latency over {} AddPiece calls", options.tasks);
+    let (mut to_claim, mut to_return) = (Vec::new(), Vec::new());
+    let mut calls = Vec::new();
+    for _ in 0..options.tasks {
+        let sector = sector_ref(number, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
+        number += 1;
+        let unpadded = SectorSize::KIB2.unpadded();
+        let called_at = now_ms();
+        let params = json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]);
+        let call: CallId = worker.client.call("AddPiece", params).await.context("AddPiece")?;
+        let returned = miner.wait_for_return(&call, Duration::from_secs(60)).await?;
+        let returned_at = now_ms().saturating_sub(returned.at.elapsed().as_millis() as u64);
+        calls.push((call, called_at, returned_at));
+    }
+    // The worker's result time, from the bridge's record of each call.
+    let state_dir = run_dir.join("state-bridge");
+    let jobs: Value = serde_json::from_str(&bridge_cli(&state_dir, &["jobs", "--all", "--json"])?)?;
+    let finished: HashMap<String, u64> = jobs
+        .as_array()
+        .context("jobs JSON")?
+        .iter()
+        .filter_map(|j| Some((j["call_id"].as_str()?.to_string(), j["finished_at_ms"].as_u64()?)))
+        .collect();
+    let claims = claims.lock().unwrap().clone();
+    for (call, called_at, returned_at) in &calls {
+        if let Some(claimed) = claims.get(&call.id) {
+            to_claim.push(claimed.saturating_sub(*called_at) as f64);
+        }
+        if let Some(done) = finished.get(&call.id.to_string()) {
+            to_return.push(returned_at.saturating_sub(*done) as f64);
+        }
+    }
+    report.push_str(&format!(
+        "\n### Dispatch latency ({} AddPiece calls, one at a time, loopback)\n\n\
+         | path | samples | p50 ms | p99 ms | target |\n|---|---:|---:|---:|---|\n\
+         | miner call → worker claims the task | {} | {:.0} | {:.0} | p50 ≤ 5, p99 ≤ 50 |\n\
+         | worker result → miner receives `Return*` | {} | {:.0} | {:.0} | p50 ≤ 5, p99 ≤ 50 |\n",
+        calls.len(),
+        to_claim.len(),
+        percentile(&mut to_claim, 50.0),
+        percentile(&mut to_claim, 99.0),
+        to_return.len(),
+        percentile(&mut to_return, 50.0),
+        percentile(&mut to_return, 99.0),
+    ));
+    println!("{report}");
+    if let Some(path) = &options.write {
+        write_section(path, &report)?;
+        eprintln!("bench: written into {}", path.display());
+    }
+    Ok(())
+}
+
+/// One sector through the farm, stage by stage as lotus calls them; each
+/// stage's miner call → `Return*` time in ms.
+async fn seal_through_farm(
+    miner: &DevMiner,
+    worker: &sealfarm_tests::devminer::ConnectedWorker,
+    sector: SectorRef,
+    stages: &[Stage],
+) -> Result<Vec<(Stage, f64)>> {
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (ticket, seed) = ([3u8; 32], [4u8; 32]);
+    let unpadded = sector.proof_type.info().context("proof type")?.sector_size.unpadded();
+    let mut report = SealReport { sector, calls: Vec::new(), verified: false };
+    let timeout = Duration::from_secs(900);
+    let piece = miner
+        .call(
+            worker,
+            "AddPiece",
+            json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]),
+            timeout,
+            &mut report,
+        )
+        .await?;
+    let pc1 =
+        miner.call(worker, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), timeout, &mut report).await?;
+    let cids = miner.call(worker, "SealPreCommit2", json!([sector, pc1]), timeout, &mut report).await?;
+    let c1 = miner
+        .call(worker, "SealCommit1", json!([sector, b64(&ticket), b64(&seed), [piece], cids]), timeout, &mut report)
+        .await?;
+    if stages.contains(&Stage::C2) {
+        miner.call(worker, "SealCommit2", json!([sector, c1]), timeout, &mut report).await?;
+    }
+    miner.call(worker, "FinalizeSector", json!([sector]), timeout, &mut report).await?;
+    let stage_of = |method: &str| match method {
+        "AddPiece" => Some(Stage::Ap),
+        "SealPreCommit1" => Some(Stage::Pc1),
+        "SealPreCommit2" => Some(Stage::Pc2),
+        "SealCommit1" => Some(Stage::C1),
+        "SealCommit2" => Some(Stage::C2),
+        _ => None,
+    };
+    Ok(report
+        .calls
+        .iter()
+        .filter_map(|(method, _, _, took)| Some((stage_of(method)?, took.as_secs_f64() * 1e3)))
+        .collect())
+}
+
+/// CallID → when a worker claimed it (Unix ms), from the claim events.
+async fn watch_claims(vhost: &TestVhost) -> Result<Arc<Mutex<HashMap<uuid::Uuid, u64>>>> {
+    let (connection, mut events) = subscribe_events(vhost, "worker.*.claim").await?;
+    let claims: Arc<Mutex<HashMap<uuid::Uuid, u64>>> = Default::default();
+    let map = claims.clone();
+    tokio::spawn(async move {
+        let _connection = connection;
+        while let Some(Ok(delivery)) = events.next().await {
+            if let Ok(EventMessage { at_ms, event: EventKind::Claim { call_id, .. }, .. }) =
+                serde_json::from_slice(&delivery.data)
+            {
+                map.lock().unwrap().insert(call_id, at_ms);
+            }
+        }
+    });
+    Ok(claims)
+}
+
+fn bridge_cli(state_dir: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(sealfarm_tests::binary("sealfarm-bridge"))
+        .args(args)
+        .env("SEALFARM_STATE_DIR", state_dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("sealfarm-bridge {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Replaces the text between the bench markers in `path` (appends them if missing).
+fn write_section(path: &std::path::Path, section: &str) -> Result<()> {
+    const BEGIN: &str = "<!-- sealfarm-bench -->";
+    const END: &str = "<!-- /sealfarm-bench -->";
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{section}\n{END}");
+    let updated = match (text.find(BEGIN), text.find(END)) {
+        (Some(a), Some(b)) if b > a => format!("{}{block}{}", &text[..a], &text[b + END.len()..]),
+        _ => format!("{}\n## Farm against library: `sealfarm-bench`\n\n{block}\n", text.trim_end()),
+    };
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+fn total_memory_gib() -> f64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib: f64 = text
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / (1024.0 * 1024.0)
+}
+
+fn date() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
