@@ -153,6 +153,12 @@ struct RunArgs {
     /// none. Port 0 picks a free port (the start-up table shows it).
     #[arg(long, env = "SEALFARM_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
     metrics_listen: Listen,
+    /// BENCHMARK ONLY: compute nothing. AddPiece answers at once with a
+    /// placeholder piece (no data, a fake CommP) and every other stage fails;
+    /// this measures what the farm itself costs (sealfarm-bench's throughput
+    /// figure). Never point a worker in this mode at a real miner.
+    #[arg(long)]
+    simulate_compute: bool,
     /// How often the worker says it is alive.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     heartbeat_interval: Duration,
@@ -433,6 +439,20 @@ fn run_worker(args: RunArgs) -> Result<()> {
             Some(FilesConfig { listen, url, token })
         }
     };
+    let (mut capacity, mut needs) = (
+        capacity,
+        plan.iter()
+            .filter(|p| p.slots > 0)
+            .map(|p| ((p.stage, p.sector_size), p.need(hw.cores)))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    );
+    if args.simulate_compute {
+        // Simulated jobs take nothing from the machine.
+        for c in &mut capacity {
+            c.slots = SIMULATED_SLOTS;
+        }
+        needs.clear();
+    }
     let metrics_listener = match args.metrics_listen {
         Listen::Off => None,
         Listen::At(address) => Some(std::sync::Arc::new(std::net::TcpListener::bind(address).with_context(|| {
@@ -447,7 +467,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
         storage_id: storage.id,
         state_dir,
         capacity,
-        needs: plan.iter().filter(|p| p.slots > 0).map(|p| ((p.stage, p.sector_size), p.need(hw.cores))).collect(),
+        needs,
         hardware: hw,
         files,
         heartbeat_interval: args.heartbeat_interval,
@@ -457,6 +477,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
             OnStopArg::Redispatch => OnStop::Redispatch,
         },
         retry_backoff: args.retry_backoff,
+        simulate_compute: args.simulate_compute,
         metrics_listener,
     };
     // The start-up table: plain lines for people, log records in JSON mode.
@@ -476,6 +497,10 @@ fn run_worker(args: RunArgs) -> Result<()> {
         None => say("  files         shared storage (the bridge mounts the sealing path too)".into()),
     }
     say(format!("  state dir     {}", config.state_dir.display()));
+    if config.simulate_compute {
+        say("  compute       SIMULATED (--simulate-compute, a benchmark mode): no proofs, AddPiece placeholders only"
+            .into());
+    }
     match config.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
         Some(address) => say(format!("  metrics       http://{address}/metrics")),
         None => say("  metrics       off".into()),
@@ -564,6 +589,9 @@ fn run_params(command: ParamsCommand) -> Result<()> {
         }
     }
 }
+
+/// Jobs of each stage a worker with `--simulate-compute` runs at once.
+const SIMULATED_SLOTS: u32 = 64;
 
 /// `--metrics-listen`: an address, or `off`.
 #[derive(Clone, Debug)]

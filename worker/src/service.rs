@@ -33,7 +33,7 @@ use sealfarm_schemas::messages::{now_ms, JobProgress, RunningJob, StageSlots};
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{
     CallError, Control, ControlMessage, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage,
-    SectorSize, Stage, TaskMessage, SCHEMA_VERSION,
+    SectorSize, Stage, StageOutput, Task, TaskMessage, SCHEMA_VERSION,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -75,6 +75,10 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// What happens to jobs still running when the grace period ends.
     pub on_stop: OnStop,
+    /// BENCHMARK ONLY (`--simulate-compute`): no proof is computed; an
+    /// AddPiece answers at once with a placeholder piece, every other stage
+    /// fails. Measures the farm's own cost (dispatch, broker, bridge).
+    pub simulate_compute: bool,
     /// Where `/metrics` is served (bound already, so the start-up table
     /// shows the real port); None: no metrics endpoint.
     pub metrics_listener: Option<Arc<std::net::TcpListener>>,
@@ -647,6 +651,9 @@ impl Worker {
     /// is poison: dead-lettered, and its call failed. `None`: the job ended
     /// here without an outcome (superseded, or the worker is stopping).
     async fn execute(self: &Arc<Self>, key: &str, task: &TaskMessage) -> Option<Outcome> {
+        if self.config.simulate_compute {
+            return Some(simulated(task));
+        }
         let mut first = true;
         loop {
             if self.is_superseded(key) || self.shutdown.is_set() {
@@ -1016,6 +1023,28 @@ impl Worker {
     fn hardware_now(&self) -> Hardware {
         let paths = [self.config.sealing.root(), self.config.state_dir.as_path()];
         crate::hardware::refresh(&self.config.hardware, &paths)
+    }
+}
+
+/// The simulated compute backend (`--simulate-compute`, benchmarks only):
+/// an AddPiece "fills" the sector with a placeholder piece at once; nothing
+/// else is computed.
+fn simulated(task: &TaskMessage) -> Outcome {
+    match (&task.task, task.sector.proof_type.info()) {
+        (Task::Ap { .. }, Some(info)) => Outcome::Done(StageOutput::Ap {
+            piece: sealfarm_schemas::PieceInfo {
+                size: info.sector_size.0,
+                piece_cid: sealfarm_schemas::commitment::Commitment::Data.to_cid(&[0u8; 32]),
+            },
+        }),
+        _ => Outcome::Failed(CallError::new(
+            ErrorCode::UNKNOWN,
+            format!(
+                "this worker runs the simulated compute backend (--simulate-compute, a benchmark mode): it answers \
+                 AddPiece with a placeholder and computes no {}",
+                task.stage()
+            ),
+        )),
     }
 }
 

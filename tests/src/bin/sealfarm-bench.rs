@@ -29,13 +29,22 @@ struct Options {
     sizes: Vec<SectorSize>,
     repeat: usize,
     tasks: usize,
+    round_trips: usize,
+    window: usize,
     c2: bool,
     write: Option<std::path::PathBuf>,
 }
 
 fn options() -> Result<Options> {
-    let mut options =
-        Options { sizes: vec![SectorSize::KIB2, SectorSize::MIB8], repeat: 5, tasks: 1000, c2: false, write: None };
+    let mut options = Options {
+        sizes: vec![SectorSize::KIB2, SectorSize::MIB8],
+        repeat: 5,
+        tasks: 1000,
+        round_trips: 2000,
+        window: 32,
+        c2: false,
+        write: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -46,13 +55,18 @@ fn options() -> Result<Options> {
             }
             "--repeat" => options.repeat = value()?.parse().context("--repeat needs a number")?,
             "--tasks" => options.tasks = value()?.parse().context("--tasks needs a number")?,
+            "--round-trips" => options.round_trips = value()?.parse().context("--round-trips needs a number")?,
+            "--window" => options.window = value()?.parse().context("--window needs a number")?,
             "--c2" => options.c2 = true,
             "--write" => options.write = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
-                    "sealfarm-bench [--sizes 2KiB,8MiB] [--repeat 5] [--tasks 1000] [--c2] [--write docs/BENCHMARKS.md]\n\
-                     Measures the farm against the proofs library in one run: per-stage overhead (in-process vs\n\
-                     through bridge and broker) and dispatch latency (p50/p99 over --tasks AddPiece calls)."
+                    "sealfarm-bench [--sizes 2KiB,8MiB] [--repeat 5] [--tasks 1000] [--round-trips 2000]\n\
+                     \x20              [--window 32] [--c2] [--write docs/BENCHMARKS.md]\n\
+                     Measures the farm against the proofs library and the raw broker in one run: per-stage\n\
+                     overhead (in-process vs through bridge and broker), dispatch latency (p50/p99 over --tasks\n\
+                     AddPiece calls) and throughput (--round-trips AddPiece calls, --window in flight, on a worker\n\
+                     with the simulated compute backend, against a raw lapin round trip on the same broker)."
                 );
                 std::process::exit(0);
             }
@@ -110,7 +124,7 @@ async fn main() -> Result<()> {
         FarmProcess::start_bridge(&vhost, &run_dir, &miner.api_info(miner_address), free_local_address(), &[]);
     let sizes = options.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     let stage_list = if options.c2 { "ap,pc1,pc2,c1,c2,fin,ru" } else { "ap,pc1,pc2,c1,fin,ru" };
-    let _worker = FarmProcess::start(&vhost, &run_dir, "bench-box", stage_list, &sizes);
+    let mut real_worker = FarmProcess::start(&vhost, &run_dir, "bench-box", stage_list, &sizes);
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     wait_for_workers(&vhost, &["bench-box"], Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -196,12 +210,146 @@ async fn main() -> Result<()> {
         percentile(&mut to_return, 50.0),
         percentile(&mut to_return, 99.0),
     ));
+
+    // Throughput: the farm with zero-length jobs against the raw broker.
+    real_worker.terminate(Duration::from_secs(30));
+    let _simulated = FarmProcess::start_with(&vhost, &run_dir, "sim-box", "ap", "2KiB", &["--simulate-compute"]);
+    wait_for_workers(&vhost, &["sim-box"], Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    eprintln!("bench: throughput, {} round trips, {} in flight", options.round_trips, options.window);
+    let farm_rate = farm_round_trips(&miner, &worker, &mut number, options.round_trips, options.window).await?;
+    let raw_rate = raw_round_trips(&vhost, options.round_trips, options.window).await?;
+    report.push_str(&format!(
+        "\n### Throughput ({} round trips, {} in flight, zero-length jobs)\n\n\
+         | path | round trips/s |\n|---|---:|\n\
+         | devminer → bridge → RabbitMQ → worker (`--simulate-compute`) → bridge → devminer | {farm_rate:.0} |\n\
+         | raw lapin: publish (confirmed) → consume → publish result (confirmed) → ack → consume | {raw_rate:.0} |\n\
+         | **farm ÷ raw** (target ≥ 0.5) | **{:.2}** |\n",
+        options.round_trips,
+        options.window,
+        farm_rate / raw_rate
+    ));
     println!("{report}");
     if let Some(path) = &options.write {
         write_section(path, &report)?;
         eprintln!("bench: written into {}", path.display());
     }
     Ok(())
+}
+
+/// `count` AddPiece calls through the farm, `window` in flight; calls per second.
+async fn farm_round_trips(
+    miner: &Arc<DevMiner>,
+    worker: &Arc<sealfarm_tests::devminer::ConnectedWorker>,
+    number: &mut u64,
+    count: usize,
+    window: usize,
+) -> Result<f64> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(window));
+    let started = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let permit = slots.clone().acquire_owned().await?;
+        let sector = sector_ref(*number, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
+        *number += 1;
+        let (miner, worker) = (miner.clone(), worker.clone());
+        calls.spawn(async move {
+            let unpadded = SectorSize::KIB2.unpadded();
+            let params = json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]);
+            let call: CallId = worker.client.call("AddPiece", params).await.context("AddPiece")?;
+            miner.wait_for_return(&call, Duration::from_secs(120)).await?;
+            drop(permit);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The same round trip on the bare broker: a task published with a confirm
+/// to a quorum queue, consumed, its result published with a confirm to
+/// another quorum queue, the task acked, the result consumed; `window` in
+/// flight. Round trips per second.
+async fn raw_round_trips(vhost: &TestVhost, count: usize, window: usize) -> Result<f64> {
+    use lapin::options::{
+        BasicAckOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    let url = vhost.url();
+    let connect = || lapin::Connection::connect(&url, lapin::ConnectionProperties::default());
+    let (client, server) = (connect().await?, connect().await?);
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let declare = QueueDeclareOptions { durable: true, ..Default::default() };
+    let setup = client.create_channel().await?;
+    for queue in ["bench.raw.tasks", "bench.raw.results"] {
+        setup.queue_declare(queue.into(), declare, quorum.clone()).await?;
+    }
+    let persistent = || lapin::BasicProperties::default().with_delivery_mode(2);
+    // The "worker": consume a task, publish its result (confirmed), ack.
+    let work = server.create_channel().await?;
+    work.basic_qos(window as u16, BasicQosOptions::default()).await?;
+    work.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut tasks = work
+        .basic_consume("bench.raw.tasks".into(), "raw-worker".into(), Default::default(), FieldTable::default())
+        .await?;
+    let worker = tokio::spawn(async move {
+        while let Some(Ok(delivery)) = tasks.next().await {
+            let work = work.clone();
+            tokio::spawn(async move {
+                let results = "bench.raw.results".into();
+                let confirm = work
+                    .basic_publish("".into(), results, BasicPublishOptions::default(), &delivery.data, persistent())
+                    .await?;
+                confirm.await?;
+                delivery.ack(BasicAckOptions::default()).await?;
+                anyhow::Ok(())
+            });
+        }
+    });
+    // The "bridge": publish tasks (confirmed), `window` in flight, until every result came back.
+    let results_channel = client.create_channel().await?;
+    results_channel.basic_qos(window as u16, BasicQosOptions::default()).await?;
+    let mut results = results_channel
+        .basic_consume("bench.raw.results".into(), "raw-bridge".into(), Default::default(), FieldTable::default())
+        .await?;
+    let publisher = client.create_channel().await?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = vec![b'x'; 400];
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(window));
+    let started = std::time::Instant::now();
+    let collector = {
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            for _ in 0..count {
+                let Some(Ok(result)) = results.next().await else { break };
+                result.ack(BasicAckOptions::default()).await?;
+                in_flight.add_permits(1);
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut confirms = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        in_flight.acquire().await?.forget();
+        let confirm = publisher
+            .basic_publish("".into(), "bench.raw.tasks".into(), BasicPublishOptions::default(), &body, persistent())
+            .await?;
+        confirms.spawn(confirm);
+    }
+    while let Some(confirmed) = confirms.join_next().await {
+        confirmed??;
+    }
+    collector.await??;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    worker.abort();
+    for queue in ["bench.raw.tasks", "bench.raw.results"] {
+        let _ = setup.queue_delete(queue.into(), QueueDeleteOptions::default()).await;
+    }
+    Ok(rate)
 }
 
 /// One sector through the farm, stage by stage as lotus calls them; each
