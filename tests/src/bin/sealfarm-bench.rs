@@ -31,6 +31,8 @@ struct Options {
     tasks: usize,
     round_trips: usize,
     window: usize,
+    scale_workers: usize,
+    scale_calls: usize,
     c2: bool,
     write: Option<std::path::PathBuf>,
 }
@@ -42,6 +44,8 @@ fn options() -> Result<Options> {
         tasks: 1000,
         round_trips: 2000,
         window: 32,
+        scale_workers: 1000,
+        scale_calls: 10_000,
         c2: false,
         write: None,
     };
@@ -57,16 +61,20 @@ fn options() -> Result<Options> {
             "--tasks" => options.tasks = value()?.parse().context("--tasks needs a number")?,
             "--round-trips" => options.round_trips = value()?.parse().context("--round-trips needs a number")?,
             "--window" => options.window = value()?.parse().context("--window needs a number")?,
+            "--scale-workers" => options.scale_workers = value()?.parse().context("--scale-workers needs a number")?,
+            "--scale-calls" => options.scale_calls = value()?.parse().context("--scale-calls needs a number")?,
             "--c2" => options.c2 = true,
             "--write" => options.write = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
                     "sealfarm-bench [--sizes 2KiB,8MiB] [--repeat 5] [--tasks 1000] [--round-trips 2000]\n\
-                     \x20              [--window 32] [--c2] [--write docs/BENCHMARKS.md]\n\
+                     \x20              [--window 32] [--scale-workers 1000] [--scale-calls 10000] [--c2]\n\
+                     \x20              [--write docs/BENCHMARKS.md]\n\
                      Measures the farm against the proofs library and the raw broker in one run: per-stage\n\
                      overhead (in-process vs through bridge and broker), dispatch latency (p50/p99 over --tasks\n\
                      AddPiece calls) and throughput (--round-trips AddPiece calls, --window in flight, on a worker\n\
-                     with the simulated compute backend, against a raw lapin round trip on the same broker)."
+                     with the simulated compute backend, against a raw lapin round trip on the same broker) and\n\
+                     the bridge's memory and CPU under --scale-workers heartbeating and --scale-calls open calls."
                 );
                 std::process::exit(0);
             }
@@ -229,12 +237,153 @@ async fn main() -> Result<()> {
         options.window,
         farm_rate / raw_rate
     ));
+    if options.scale_workers > 0 || options.scale_calls > 0 {
+        report.push_str(&scale(&run_dir, options.scale_workers, options.scale_calls).await?);
+    }
     println!("{report}");
     if let Some(path) = &options.write {
         write_section(path, &report)?;
         eprintln!("bench: written into {}", path.display());
     }
     Ok(())
+}
+
+/// Resident memory of a process, MB (VmRSS).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the command name: state(0) ppid(1) … utime(11) stime(12), in clock ticks (100 Hz on Linux).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One bridge under `workers` simulated workers heartbeating every 5 s and
+/// `calls` open calls: its RSS and CPU share; and one idle real worker's RSS.
+async fn scale(run_dir: &std::path::Path, workers: usize, calls: usize) -> Result<String> {
+    let vhost = TestVhost::new("bench-scale");
+    let miner = DevMiner::new(2048);
+    let miner_address = miner.serve("127.0.0.1:0".parse()?).await?;
+    let dir = run_dir.join("scale");
+    std::fs::create_dir_all(&dir)?;
+    let listen = free_local_address();
+    let bridge = FarmProcess::start_bridge(&vhost, &dir, &miner.api_info(miner_address), listen, &[]);
+    let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
+    let started_rss = rss_mb(bridge.pid());
+
+    // Heartbeats of `workers` simulated workers, as a real one sends them.
+    let probe = std::process::Command::new(sealfarm_tests::binary("sealfarm-worker"))
+        .args(["probe", "--json", "--path"])
+        .arg(&dir)
+        .output()?;
+    let hardware: sealfarm_schemas::hardware::Hardware =
+        serde_json::from_slice(&probe.stdout).context("sealfarm-worker probe --json")?;
+    let capacity: Vec<sealfarm_schemas::messages::StageSlots> = [Stage::Pc1, Stage::Pc2, Stage::C1]
+        .into_iter()
+        .map(|stage| sealfarm_schemas::messages::StageSlots { stage, sector_size: SectorSize::GIB32, slots: 4 })
+        .collect();
+    let connection = lapin::Connection::connect(&vhost.url(), lapin::ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beats = {
+        let (stop, hardware, capacity) = (stop.clone(), hardware.clone(), capacity.clone());
+        tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let round = std::time::Instant::now();
+                for n in 0..workers {
+                    let event = EventMessage::new(
+                        &format!("sim-{n:04}"),
+                        EventKind::Heartbeat {
+                            hostname: format!("sim-{n:04}"),
+                            stages: vec![Stage::Pc1, Stage::Pc2, Stage::C1],
+                            sector_sizes: vec![SectorSize::GIB32],
+                            slots: 12,
+                            running: Vec::new(),
+                            capacity: capacity.clone(),
+                            hardware: Some(hardware.clone()),
+                            storage_id: Some(format!("store-{n}")),
+                            files_url: None,
+                            draining: false,
+                            in_use: None,
+                        },
+                    );
+                    let body = serde_json::to_vec(&event).unwrap_or_default();
+                    let _ = channel
+                        .basic_publish(
+                            sealfarm_schemas::topology::EVENTS_EXCHANGE.into(),
+                            event.routing_key().as_str().into(),
+                            Default::default(),
+                            &body,
+                            Default::default(),
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_secs(5).saturating_sub(round.elapsed())).await;
+            }
+        })
+    };
+
+    // `calls` open calls: AddPiece of 32 GiB sectors nobody here takes.
+    eprintln!("bench: scale, {calls} open calls, {workers} simulated workers");
+    let slots = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut made = tokio::task::JoinSet::new();
+    for n in 0..calls {
+        let permit = slots.clone().acquire_owned().await?;
+        let worker = worker.clone();
+        made.spawn(async move {
+            let sector = sector_ref(1_000_000 + n as u64, RegisteredSealProof::STACKED_DRG_32GIB_V1_1);
+            let unpadded = SectorSize::GIB32.unpadded();
+            let params = json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]);
+            let call: Result<CallId, _> = worker.client.call("AddPiece", params).await;
+            drop(permit);
+            call.map(|_| ()).map_err(|e| anyhow::anyhow!("AddPiece: {e}"))
+        });
+    }
+    while let Some(done) = made.join_next().await {
+        done??;
+    }
+    // Steady state: heartbeats flowing, calls open; CPU over 30 s.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (cpu_before, wall) = (cpu_seconds(bridge.pid()), std::time::Instant::now());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let cpu_share = (cpu_seconds(bridge.pid()) - cpu_before) / wall.elapsed().as_secs_f64();
+    let loaded_rss = rss_mb(bridge.pid());
+    let state_dir = dir.join("state-bridge");
+    let view = std::time::Instant::now();
+    let jobs = bridge_cli(&state_dir, &["jobs", "--json"])?;
+    let view_ms = view.elapsed().as_secs_f64() * 1e3;
+    let listed = serde_json::from_str::<Value>(&jobs)?.as_array().map_or(0, |a| a.len());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    beats.abort();
+
+    // An idle real worker.
+    let idle = FarmProcess::start(&vhost, &dir, "idle-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
+    wait_for_workers(&vhost, &["idle-box"], Duration::from_secs(60)).await?;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let worker_rss = rss_mb(idle.pid());
+    let executor_rss: f64 = sealfarm_tests::child_pids(idle.pid()).into_iter().map(rss_mb).sum();
+    Ok(format!(
+        "\n### Scale (one bridge; {workers} simulated workers heartbeating every 5 s; {calls} open calls)\n\n\
+         | figure | value | target |\n|---|---:|---|\n\
+         | bridge RSS at start | {started_rss:.1} MB | |\n\
+         | bridge RSS with the load | {loaded_rss:.1} MB | ≤ 60 MB |\n\
+         | bridge CPU share over 30 s of heartbeats | {:.1} % of one core | |\n\
+         | `sealfarm-bridge jobs --json` with {listed} open calls | {view_ms:.0} ms | |\n\
+         | idle worker RSS (its executor child: {executor_rss:.1} MB) | {worker_rss:.1} MB | ≤ 40 MB |\n",
+        cpu_share * 100.0
+    ))
 }
 
 /// `count` AddPiece calls through the farm, `window` in flight; calls per second.
