@@ -154,6 +154,8 @@ struct Worker {
     /// not consumed (its own queue is: tasks bound to its files, controls).
     enabled: tokio::sync::watch::Sender<bool>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// When the last heartbeat went out (Unix ms).
+    last_heartbeat_ms: std::sync::atomic::AtomicU64,
     shutdown: Shutdown,
 }
 
@@ -182,6 +184,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         superseded: Mutex::new(BTreeSet::new()),
         enabled: tokio::sync::watch::Sender::new(true),
         metrics: Arc::new(crate::metrics::Metrics::new()),
+        last_heartbeat_ms: Default::default(),
         shutdown: shutdown.clone(),
     });
     if let Some(reason) = worker.store.drained()? {
@@ -641,8 +644,13 @@ impl Worker {
         }
         self.running.lock().unwrap().remove(&key);
         self.publish_result(&key, result).await;
-        // Watchers see the freed share of the machine at once.
-        self.heartbeat().await;
+        // Watchers see the freed share of the machine at once (at most a few
+        // times a second: short jobs would otherwise heartbeat per job).
+        let now = now_ms();
+        let last = self.last_heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now.saturating_sub(last) >= 500 {
+            self.heartbeat().await;
+        }
     }
 
     /// Runs the job in the executor until it has an outcome. A run that ends
@@ -998,6 +1006,7 @@ impl Worker {
     }
 
     async fn heartbeat(&self) {
+        self.last_heartbeat_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         let running = self.running.lock().unwrap().values().cloned().collect();
         let draining = !*self.enabled.borrow();
         self.event(EventKind::Heartbeat {
