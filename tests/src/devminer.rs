@@ -308,6 +308,13 @@ async fn handle(
     rpc::serve(&body, |request| async move { miner.dispatch(request, &perms).await }).await
 }
 
+/// The params of a CC `AddPiece` call that fills `sector` (lotus' order:
+/// sector, existing piece sizes, piece size, a `null` reader of that size).
+pub fn add_piece_params(sector: SectorRef) -> Value {
+    let unpadded = sector.proof_type.info().map_or(0, |i| i.sector_size.unpadded());
+    json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}])
+}
+
 /// One sector of the driver's pledge.
 pub fn sector_ref(number: u64, proof: sealfarm_schemas::RegisteredSealProof) -> SectorRef {
     SectorRef { id: SectorId { miner: MINER_ID, number }, proof_type: proof }
@@ -366,17 +373,8 @@ impl DevMiner {
         let size = sector.proof_type.info().context("known proof type")?.sector_size;
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
         let (ticket, seed) = (crate::cc::randomness(), crate::cc::randomness());
-        let unpadded = size.unpadded();
 
-        let piece = self
-            .call(
-                worker,
-                "AddPiece",
-                json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}]),
-                timeout,
-                &mut report,
-            )
-            .await?;
+        let piece = self.call(worker, "AddPiece", add_piece_params(sector), timeout, &mut report).await?;
         let piece: PieceInfo = serde_json::from_value(piece).context("ReturnAddPiece output")?;
         if piece.size != size.0 {
             bail!("AddPiece returned a piece of {} bytes for a {size} sector", piece.size);

@@ -33,8 +33,7 @@ async fn start(farm: &BridgeFarm, method: &str, params: Value) -> CallId {
 }
 
 fn add_piece(sector: SectorRef) -> Value {
-    let unpadded = sector.proof_type.info().unwrap().sector_size.unpadded();
-    json!([sector, [], unpadded, {"Type": "null", "Info": unpadded.to_string()}])
+    sealfarm_tests::devminer::add_piece_params(sector)
 }
 
 fn ticket() -> String {

@@ -154,9 +154,10 @@ struct RunArgs {
     #[arg(long, env = "SEALFARM_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
     metrics_listen: Listen,
     /// BENCHMARK ONLY: compute nothing. AddPiece answers at once with a
-    /// placeholder piece (no data, a fake CommP) and every other stage fails;
-    /// this measures what the farm itself costs (sealfarm-bench's throughput
-    /// figure). Never point a worker in this mode at a real miner.
+    /// placeholder piece (no data, a fake CommP); this measures what the farm
+    /// itself costs (sealfarm-bench's throughput figure). Refused unless the
+    /// worker takes only `ap` of test sector sizes, with a state dir that
+    /// holds no real jobs.
     #[arg(long)]
     simulate_compute: bool,
     /// How often the worker says it is alive.
@@ -419,6 +420,27 @@ fn run_worker(args: RunArgs) -> Result<()> {
     if capacity.is_empty() {
         let table = resources::describe(&plan).join("\n  ");
         bail!("this machine fits none of the stages it may take:\n  {table}");
+    }
+    if args.simulate_compute {
+        // A benchmark mode must never answer a real miner's calls.
+        let not_ap: Vec<String> =
+            capacity.iter().filter(|c| c.stage != Stage::Ap).map(|c| c.stage.to_string()).collect();
+        let real: Vec<String> =
+            capacity.iter().filter(|c| !c.sector_size.is_test_size()).map(|c| c.sector_size.to_string()).collect();
+        if !not_ap.is_empty() || !real.is_empty() {
+            bail!(
+                "--simulate-compute is a benchmark mode: it takes only AddPiece (--stages ap) of test sector sizes \
+                 (2KiB, 8MiB, 512MiB), never a real miner's sectors; this worker would take {}",
+                [not_ap, real].concat().join(", ")
+            );
+        }
+        let store = job_store::JobStore::open(&state_dir)?;
+        if !store.unfinished()?.is_empty() {
+            bail!(
+                "--simulate-compute: {} holds unfinished real jobs; give the benchmark a --state-dir of its own",
+                state_dir.display()
+            );
+        }
     }
     let c2_sizes: Vec<SectorSize> = capacity.iter().filter(|c| c.stage == Stage::C2).map(|c| c.sector_size).collect();
     if !c2_sizes.is_empty() {

@@ -48,6 +48,9 @@ use crate::sector_files::SealingPath;
 use sealfarm_schemas::broker::BrokerLink;
 use sealfarm_schemas::shutdown::Shutdown;
 
+/// The least time between a job's end-of-job heartbeat and the one before.
+const HEARTBEAT_GAP: Duration = Duration::from_millis(500);
+
 /// A job started this many times without finishing is failed instead of
 /// started again: it is taking the worker down with it.
 const MAX_RUNS: u32 = 3;
@@ -154,8 +157,10 @@ struct Worker {
     /// not consumed (its own queue is: tasks bound to its files, controls).
     enabled: tokio::sync::watch::Sender<bool>,
     metrics: Arc<crate::metrics::Metrics>,
-    /// When the last heartbeat went out (Unix ms).
-    last_heartbeat_ms: std::sync::atomic::AtomicU64,
+    /// When the last heartbeat went out.
+    last_heartbeat: Mutex<std::time::Instant>,
+    /// A heartbeat is scheduled (see `heartbeat_soon`).
+    heartbeat_pending: std::sync::atomic::AtomicBool,
     shutdown: Shutdown,
 }
 
@@ -184,7 +189,8 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         superseded: Mutex::new(BTreeSet::new()),
         enabled: tokio::sync::watch::Sender::new(true),
         metrics: Arc::new(crate::metrics::Metrics::new()),
-        last_heartbeat_ms: Default::default(),
+        last_heartbeat: Mutex::new(std::time::Instant::now()),
+        heartbeat_pending: Default::default(),
         shutdown: shutdown.clone(),
     });
     if let Some(reason) = worker.store.drained()? {
@@ -644,13 +650,26 @@ impl Worker {
         }
         self.running.lock().unwrap().remove(&key);
         self.publish_result(&key, result).await;
-        // Watchers see the freed share of the machine at once (at most a few
-        // times a second: short jobs would otherwise heartbeat per job).
-        let now = now_ms();
-        let last = self.last_heartbeat_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if now.saturating_sub(last) >= 500 {
-            self.heartbeat().await;
+        // Watchers see the freed share of the machine at once.
+        self.heartbeat_soon().await;
+    }
+
+    /// A heartbeat now, or, if one went out less than `HEARTBEAT_GAP` ago,
+    /// one when that gap ends (short jobs would otherwise heartbeat per job).
+    async fn heartbeat_soon(self: &Arc<Self>) {
+        let since = self.last_heartbeat.lock().unwrap().elapsed();
+        if since >= HEARTBEAT_GAP {
+            return self.heartbeat().await;
         }
+        if self.heartbeat_pending.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return; // one is on its way and will show this job's end too
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(HEARTBEAT_GAP - since).await;
+            this.heartbeat_pending.store(false, std::sync::atomic::Ordering::SeqCst);
+            this.heartbeat().await;
+        });
     }
 
     /// Runs the job in the executor until it has an outcome. A run that ends
@@ -1006,7 +1025,7 @@ impl Worker {
     }
 
     async fn heartbeat(&self) {
-        self.last_heartbeat_ms.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        *self.last_heartbeat.lock().unwrap() = std::time::Instant::now();
         let running = self.running.lock().unwrap().values().cloned().collect();
         let draining = !*self.enabled.borrow();
         self.event(EventKind::Heartbeat {
