@@ -33,6 +33,7 @@ struct Options {
     window: usize,
     scale_workers: usize,
     scale_calls: usize,
+    crash_runs: u32,
     c2: bool,
     write: Option<std::path::PathBuf>,
 }
@@ -46,6 +47,7 @@ fn options() -> Result<Options> {
         window: 32,
         scale_workers: 1000,
         scale_calls: 10_000,
+        crash_runs: 3,
         c2: false,
         write: None,
     };
@@ -63,18 +65,20 @@ fn options() -> Result<Options> {
             "--window" => options.window = value()?.parse().context("--window needs a number")?,
             "--scale-workers" => options.scale_workers = value()?.parse().context("--scale-workers needs a number")?,
             "--scale-calls" => options.scale_calls = value()?.parse().context("--scale-calls needs a number")?,
+            "--crash-runs" => options.crash_runs = value()?.parse().context("--crash-runs needs a number")?,
             "--c2" => options.c2 = true,
             "--write" => options.write = Some(value()?.into()),
             "-h" | "--help" => {
                 println!(
                     "sealfarm-bench [--sizes 2KiB,8MiB] [--repeat 5] [--tasks 1000] [--round-trips 2000]\n\
-                     \x20              [--window 32] [--scale-workers 1000] [--scale-calls 10000] [--c2]\n\
+                     \x20              [--window 32] [--scale-workers 1000] [--scale-calls 10000] [--crash-runs 3] [--c2]\n\
                      \x20              [--write docs/BENCHMARKS.md]\n\
                      Measures the farm against the proofs library and the raw broker in one run: per-stage\n\
                      overhead (in-process vs through bridge and broker), dispatch latency (p50/p99 over --tasks\n\
                      AddPiece calls) and throughput (--round-trips AddPiece calls, --window in flight, on a worker\n\
                      with the simulated compute backend, against a raw lapin round trip on the same broker) and\n\
-                     the bridge's memory and CPU under --scale-workers heartbeating and --scale-calls open calls."
+                     the bridge's memory and CPU under --scale-workers heartbeating and --scale-calls open calls,\n\
+                     and what a crash costs an 8 MiB PC1 (--crash-runs kill-and-resume runs; 0 skips it)."
                 );
                 std::process::exit(0);
             }
@@ -114,7 +118,8 @@ async fn main() -> Result<()> {
     let mut report = String::new();
     report.push_str(&format!(
         "Machine: {} logical CPUs, {:.1} GiB RAM; `sealfarm-bench --sizes {} --repeat {} --tasks {} \
-         --round-trips {} --window {} --scale-workers {} --scale-calls {}{}` ({}; dev profile: sealfarm's crates \
+         --round-trips {} --window {} --scale-workers {} --scale-calls {} --crash-runs {}{}` ({}; dev profile: \
+         sealfarm's crates \
          at opt-level 1, dependencies at 3).\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         total_memory_gib(),
@@ -125,6 +130,7 @@ async fn main() -> Result<()> {
         options.window,
         options.scale_workers,
         options.scale_calls,
+        options.crash_runs,
         if options.c2 { " --c2" } else { "" },
         date(),
     ));
@@ -273,12 +279,42 @@ async fn main() -> Result<()> {
     if options.scale_workers > 0 || options.scale_calls > 0 {
         report.push_str(&scale(&run_dir, options.scale_workers, options.scale_calls).await?);
     }
+    if options.crash_runs > 0 {
+        report.push_str(&crash_cost(options.crash_runs)?);
+    }
     println!("{report}");
     if let Some(path) = &options.write {
         write_section(path, &report)?;
         eprintln!("bench: written into {}", path.display());
     }
     Ok(())
+}
+
+/// The PC1 kill-and-resume runs of `sealfarm-resume-bench` (8 MiB): its
+/// table, and the range of killed+resumed ÷ uninterrupted.
+fn crash_cost(runs: u32) -> Result<String> {
+    eprintln!("bench: crash cost, {runs} PC1 kill-and-resume runs (8 MiB)");
+    let out = std::process::Command::new(sealfarm_tests::binary("sealfarm-resume-bench"))
+        .args(["--runs", &runs.to_string()])
+        .output()
+        .context("sealfarm-resume-bench")?;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("sealfarm-resume-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ratios: Vec<f64> =
+        table.lines().skip(1).filter_map(|l| l.split_whitespace().nth(4)?.parse::<f64>().ok()).collect();
+    let range = |f: fn(f64, f64) -> f64, start| ratios.iter().copied().fold(start, f);
+    Ok(format!(
+        "\n### Crash cost (8 MiB PC1, the worker SIGKILLed halfway through its last layer and restarted)\n\n\
+         killed+resumed ÷ uninterrupted: {:.2}–{:.2} over {} runs (`sealfarm-resume-bench --runs {runs}`; test \
+         sizes have 2 layers, so half a layer is a quarter of the PC1; at 32 GiB, 11 layers, the same kill \
+         loses half a layer of eleven):\n\n```text\n{}\n```\n",
+        range(f64::min, f64::INFINITY),
+        range(f64::max, 0.0),
+        ratios.len(),
+        table.trim_end()
+    ))
 }
 
 /// Resident memory of a process in MiB: now (`VmRSS`) or its peak (`VmHWM`).
