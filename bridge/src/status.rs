@@ -4,7 +4,7 @@
 //! turned into Prometheus gauges.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sealfarm_schemas::hardware::Hardware;
 use sealfarm_schemas::messages::{now_ms, JobProgress, ResourceUse, StageSlots};
@@ -438,9 +438,4 @@ pub fn short_duration(ms: u64) -> String {
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m{}s", secs / 3600, secs / 60 % 60, secs % 60),
     }
-}
-
-/// When `instant` was, in Unix ms.
-pub fn unix_ms(instant: Instant) -> u64 {
-    now_ms().saturating_sub(instant.elapsed().as_millis() as u64)
 }
