@@ -8,13 +8,22 @@
 //! inputs (lotus does after errors 101/102, or after its own restart) finds
 //! the open call by its input digest and attaches to it.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, TaskMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// sled's page cache for the call store.
+const CACHE_BYTES: u64 = 16 << 20;
+
+/// Returned calls the in-memory index keeps (the views show at most these).
+pub const RETURNED_KEPT: usize = 200;
 
 /// What a call asks for: a farm stage, or a bridge-local no-op in shared storage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +115,113 @@ impl Call {
     }
 }
 
+/// What the views need of a call: its identity, stage and state, without
+/// the task's inputs or the result's outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallRow {
+    pub call_id: Uuid,
+    pub method: String,
+    /// A farm stage, or `fetch` / `move` for the calls the bridge completes itself.
+    pub stage: String,
+    pub sector: SectorRef,
+    pub attempt: u32,
+    pub ticket_deadline_ms: Option<u64>,
+    pub arrived_at_ms: u64,
+    pub state: RowState,
+    pub holder: Option<Holder>,
+    pub queue: Option<String>,
+    pub run: Option<RunRecord>,
+}
+
+/// [`CallState`] without the outcome's outputs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RowState {
+    Accepted,
+    Dispatched,
+    /// The farm answered; `error` when the outcome is a failure.
+    Resulted {
+        error: Option<String>,
+    },
+    Returned {
+        at_ms: u64,
+    },
+}
+
+impl CallRow {
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, RowState::Accepted | RowState::Dispatched)
+    }
+}
+
+impl From<&Call> for CallRow {
+    fn from(call: &Call) -> Self {
+        let task = call.task();
+        CallRow {
+            call_id: call.call_id.id,
+            method: call.method.clone(),
+            stage: match &call.kind {
+                CallKind::Task { task } => task.stage().to_string(),
+                CallKind::Fetch => "fetch".into(),
+                CallKind::MoveStorage => "move".into(),
+            },
+            sector: call.sector,
+            attempt: task.map_or(1, |t| t.attempt),
+            ticket_deadline_ms: task.and_then(|t| t.ticket_deadline_ms),
+            arrived_at_ms: call.arrived_at_ms,
+            state: match &call.state {
+                CallState::Accepted => RowState::Accepted,
+                CallState::Dispatched => RowState::Dispatched,
+                CallState::Resulted { outcome, .. } => RowState::Resulted {
+                    error: match outcome.as_ref() {
+                        Outcome::Failed(err) => Some(err.message.clone()),
+                        _ => None,
+                    },
+                },
+                CallState::Returned { at_ms } => RowState::Returned { at_ms: *at_ms },
+            },
+            holder: call.holder.clone(),
+            queue: call.queue.clone(),
+            run: call.run.clone(),
+        }
+    }
+}
+
+/// The rows of every call not yet returned, and of the last
+/// [`RETURNED_KEPT`] returned: what the status API and the lease keeper
+/// read, so that neither parses the whole store (which keeps every call
+/// ever made) each time.
+#[derive(Default)]
+struct Index {
+    unreturned: HashMap<Uuid, CallRow>,
+    /// Oldest first.
+    returned: VecDeque<CallRow>,
+}
+
+impl Index {
+    fn record(&mut self, call: &Call) {
+        let row = CallRow::from(call);
+        self.forget(row.call_id);
+        if let RowState::Returned { .. } = row.state {
+            self.returned.push_back(row);
+            if self.returned.len() > RETURNED_KEPT {
+                self.returned.pop_front();
+            }
+        } else {
+            self.unreturned.insert(row.call_id, row);
+        }
+    }
+
+    fn forget(&mut self, id: Uuid) {
+        if self.unreturned.remove(&id).is_none() {
+            self.returned.retain(|r| r.call_id != id);
+        }
+    }
+
+    fn get(&self, id: Uuid) -> Option<CallRow> {
+        self.unreturned.get(&id).or_else(|| self.returned.iter().find(|r| r.call_id == id)).cloned()
+    }
+}
+
 /// The digest that recognises a re-issued call.
 pub fn input_digest(method: &str, sector: &SectorRef, inputs: &serde_json::Value) -> String {
     let mut hasher = Sha256::new();
@@ -139,7 +255,8 @@ pub struct CallStore {
     declared: sled::Tree,
     /// Serialises read-change-write of calls (results, controls, leases and
     /// Return delivery change them from different tasks).
-    write: std::sync::Arc<std::sync::Mutex<()>>,
+    write: Arc<Mutex<()>>,
+    index: Arc<Mutex<Index>>,
 }
 
 impl CallStore {
@@ -147,17 +264,52 @@ impl CallStore {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
         let path = state_dir.join("calls.sled");
-        let db = sled::open(&path)
+        // sled caches up to 1 GiB by default; the views read the index
+        // instead, and a call is read back only while it changes.
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
             .with_context(|| format!("cannot open call store {} (is another bridge using it?)", path.display()))?;
-        Ok(CallStore {
+        let store = CallStore {
             calls: db.open_tree("calls")?,
             open_by_digest: db.open_tree("open-by-digest")?,
             locations: db.open_tree("sector-locations")?,
             deals: db.open_tree("deal-sectors")?,
             declared: db.open_tree("declared-files")?,
             write: Default::default(),
+            index: Default::default(),
             db,
-        })
+        };
+        let mut calls = store.all()?;
+        calls.sort_by_key(|c| match c.state {
+            CallState::Returned { at_ms } => at_ms,
+            _ => 0,
+        });
+        let mut index = store.index.lock().unwrap();
+        for call in &calls {
+            index.record(call);
+        }
+        drop(index);
+        Ok(store)
+    }
+
+    /// The rows of the calls not yet returned and of the last
+    /// [`RETURNED_KEPT`] returned ones, or (`all`) of every call; oldest first.
+    pub fn rows(&self, all: bool) -> Result<Vec<CallRow>> {
+        let mut rows: Vec<CallRow> = if all {
+            self.all()?.iter().map(CallRow::from).collect()
+        } else {
+            let index = self.index.lock().unwrap();
+            index.unreturned.values().chain(index.returned.iter()).cloned().collect()
+        };
+        rows.sort_by_key(|r| (r.arrived_at_ms, r.call_id));
+        Ok(rows)
+    }
+
+    /// The row of a call that is open or was returned lately, without a read of the store.
+    pub fn row(&self, id: Uuid) -> Option<CallRow> {
+        self.index.lock().unwrap().get(id)
     }
 
     /// The open (not yet returned) call with this input digest, if any.
@@ -172,7 +324,9 @@ impl CallStore {
     pub fn insert(&self, call: &Call) -> Result<()> {
         self.calls.insert(call.call_id.id.to_string().as_bytes(), serde_json::to_vec(call)?)?;
         self.open_by_digest.insert(call.input_digest.as_bytes(), call.call_id.id.to_string().as_bytes())?;
-        self.flush()
+        self.flush()?;
+        self.index.lock().unwrap().record(call);
+        Ok(())
     }
 
     /// Opens a call again (a replayed dead letter): a re-issued call with
@@ -193,7 +347,9 @@ impl CallStore {
     pub fn remove(&self, call: &Call) -> Result<()> {
         self.calls.remove(call.call_id.id.to_string().as_bytes())?;
         self.open_by_digest.remove(call.input_digest.as_bytes())?;
-        self.flush()
+        self.flush()?;
+        self.index.lock().unwrap().forget(call.call_id.id);
+        Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Call>> {
@@ -238,6 +394,7 @@ impl CallStore {
         }
         self.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
         self.flush()?;
+        self.index.lock().unwrap().record(&call);
         Ok(Some(call))
     }
 
@@ -251,7 +408,9 @@ impl CallStore {
             let _ = self.open_by_digest.compare_and_swap(digest, Some(id.as_bytes()), None::<&[u8]>)?;
         }
         self.calls.insert(id.as_bytes(), serde_json::to_vec(call)?)?;
-        self.flush()
+        self.flush()?;
+        self.index.lock().unwrap().record(call);
+        Ok(())
     }
 
     /// Marks a call whose task the broker confirmed as dispatched, unless
@@ -331,5 +490,71 @@ impl CallStore {
     fn flush(&self) -> Result<()> {
         self.db.flush().context("flushing the call store")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sealfarm_schemas::{RegisteredSealProof, SectorId};
+
+    use super::*;
+
+    fn fetch_call(number: u64) -> Call {
+        let sector =
+            SectorRef { id: SectorId { miner: 1000, number }, proof_type: RegisteredSealProof::STACKED_DRG_2KIB_V1_1 };
+        Call {
+            call_id: CallId { sector: sector.id, id: Uuid::new_v4() },
+            sector,
+            method: "Fetch".into(),
+            kind: CallKind::Fetch,
+            input_digest: format!("digest-{number}"),
+            arrived_at_ms: number,
+            updated_at_ms: number,
+            state: CallState::Accepted,
+            holder: None,
+            queue: None,
+            run: None,
+        }
+    }
+
+    /// The views read the index: it must list every unreturned call and the
+    /// newest returned ones, as the store itself does, also after a restart.
+    #[test]
+    fn index_lists_unreturned_and_latest_returned_calls_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let total = RETURNED_KEPT as u64 + 10;
+        let ids: Vec<String> = {
+            let store = CallStore::open(dir.path()).unwrap();
+            let calls: Vec<Call> = (0..total).map(fetch_call).collect();
+            for call in &calls {
+                store.insert(call).unwrap();
+            }
+            // All but the last three are returned, oldest first.
+            for (n, call) in calls.iter().enumerate().take(total as usize - 3) {
+                store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms: 1_000 + n as u64 }).unwrap();
+            }
+            let rows = store.rows(false).unwrap();
+            assert_eq!(rows.len(), RETURNED_KEPT + 3);
+            assert_eq!(rows.iter().filter(|r| r.is_open()).count(), 3);
+            // The oldest returned calls are the ones left out.
+            assert_eq!(rows[0].sector.id.number, total - 3 - RETURNED_KEPT as u64);
+            assert_eq!(store.rows(true).unwrap().len(), total as usize);
+            // A returned call taken up again (a replayed dead letter) is open again.
+            let again = calls[total as usize - 4].call_id.id.to_string();
+            store.set_state(&again, CallState::Dispatched).unwrap();
+            let row = store.row(calls[total as usize - 4].call_id.id).unwrap();
+            assert_eq!(row.state, RowState::Dispatched);
+            calls.iter().map(|c| c.call_id.id.to_string()).collect()
+        };
+        let store = CallStore::open(dir.path()).unwrap();
+        let rows = store.rows(false).unwrap();
+        assert_eq!(rows.iter().filter(|r| r.is_open()).count(), 4);
+        assert_eq!(rows.len(), RETURNED_KEPT + 4);
+        assert!(rows.iter().any(|r| r.call_id.to_string() == ids[total as usize - 1]));
+        // Each row says what the stored call says.
+        for row in &rows {
+            let call = store.get(&row.call_id.to_string()).unwrap().unwrap();
+            assert_eq!(*row, CallRow::from(&call));
+        }
     }
 }

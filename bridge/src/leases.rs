@@ -26,7 +26,7 @@ use sealfarm_schemas::topology;
 use sealfarm_schemas::{EventKind, EventMessage};
 use uuid::Uuid;
 
-use crate::call_store::{Call, CallState, Holder};
+use crate::call_store::{Call, CallState, Holder, RowState};
 use crate::calls::{consume, Calls};
 use crate::farm::WorkerView;
 
@@ -52,6 +52,11 @@ pub struct Leases {
     /// Superseded attempts already told to their worker: (call, attempt).
     told: Mutex<std::collections::HashSet<(Uuid, u32)>>,
 }
+
+/// Events handed to the bridge ahead of the one it handles: enough to keep
+/// the consumer busy, few enough that a burst of heartbeats from a large farm
+/// does not sit in the connection's buffers.
+const EVENTS_PREFETCH: u16 = 64;
 
 impl Leases {
     /// Leases for every call the store says is held, each fresh from now.
@@ -80,16 +85,22 @@ impl Leases {
     /// Consumes worker events until shutdown.
     pub async fn consume_events(self: Arc<Self>) {
         let this = self.clone();
-        consume(&self.calls.link, &self.calls.shutdown, topology::BRIDGE_EVENTS_QUEUE, 256, move |delivery| {
-            let this = this.clone();
-            async move {
-                match serde_json::from_slice::<EventMessage>(&delivery.data) {
-                    Ok(event) => this.on_event(event).await?,
-                    Err(err) => tracing::debug!(error = %err, "unreadable event ignored"),
+        consume(
+            &self.calls.link,
+            &self.calls.shutdown,
+            topology::BRIDGE_EVENTS_QUEUE,
+            EVENTS_PREFETCH,
+            move |delivery| {
+                let this = this.clone();
+                async move {
+                    match serde_json::from_slice::<EventMessage>(&delivery.data) {
+                        Ok(event) => this.on_event(event).await?,
+                        Err(err) => tracing::debug!(error = %err, "unreadable event ignored"),
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -230,17 +241,21 @@ impl Leases {
     /// (shared storage: the stage queue), or its call fails (worker-local
     /// storage: its files went with the worker).
     async fn unclaimed_on_gone_workers(&self) {
-        let Ok(calls) = self.calls.store.all() else { return };
+        let Ok(rows) = self.calls.store.rows(false) else { return };
         let mut emptied = std::collections::BTreeSet::new();
-        for call in calls {
-            if !matches!(call.state, CallState::Dispatched) || call.holder.is_some() {
+        for row in rows {
+            if row.state != RowState::Dispatched || row.holder.is_some() {
                 continue;
             }
-            let Some(worker) = call.queue.as_deref().and_then(topology::worker_of_queue) else {
+            let Some(worker) = row.queue.as_deref().and_then(topology::worker_of_queue) else {
                 continue;
             };
             if !self.calls.farm.is_gone(worker) {
                 continue;
+            }
+            let Ok(Some(call)) = self.calls.store.get(&row.call_id.to_string()) else { continue };
+            if !matches!(call.state, CallState::Dispatched) || call.holder.is_some() {
+                continue; // moved on since the row was read
             }
             let reason = format!(
                 "its task waited in the queue of worker {worker}, which sent no heartbeat for {}",

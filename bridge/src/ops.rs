@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{topology, Control, ControlMessage};
 use serde::Deserialize;
 use serde_json::json;
@@ -149,22 +150,31 @@ async fn overview(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query):
     Ok(Json(overview).into_response())
 }
 
+/// The bridge's clock, for views that print "how long ago" from a part of the overview.
+pub const NOW_HEADER: &str = "sealfarm-now-ms";
+
+fn with_now(body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    response.headers_mut().insert(NOW_HEADER, now_ms().into());
+    response
+}
+
 async fn workers(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
-    let access = check(&ops, &headers, Access::Read)?;
-    let overview = ops.status.overview(&ops.calls, access == Access::Admin, false).await.map_err(internal)?;
-    Ok(Json(overview.workers).into_response())
+    check(&ops, &headers, Access::Read)?;
+    Ok(with_now(Json(ops.status.workers(&ops.calls))))
 }
 
 async fn jobs(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Answer {
-    let access = check(&ops, &headers, Access::Read)?;
-    let overview = ops.status.overview(&ops.calls, access == Access::Admin, query.all).await.map_err(internal)?;
-    Ok(Json(overview.jobs).into_response())
+    check(&ops, &headers, Access::Read)?;
+    let jobs = ops.status.jobs(&ops.calls, query.all).map_err(internal)?;
+    Ok(with_now(Json(jobs)))
 }
 
 async fn queues(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
-    let access = check(&ops, &headers, Access::Read)?;
-    let overview = ops.status.overview(&ops.calls, access == Access::Admin, false).await.map_err(internal)?;
-    Ok(Json(json!({ "queues": overview.queues, "dead_letters": overview.dead_letters })).into_response())
+    check(&ops, &headers, Access::Read)?;
+    let workers = ops.status.workers(&ops.calls);
+    let (queues, dead_letters) = ops.status.queues(&ops.calls, &workers).await;
+    Ok(Json(json!({ "queues": queues, "dead_letters": dead_letters })).into_response())
 }
 
 async fn list_dead_letters(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
@@ -272,10 +282,21 @@ fn find_call(calls: &Calls, id: &str) -> Result<crate::call_store::Call, (Status
     if wanted.len() < 4 {
         return Err(refuse(StatusCode::BAD_REQUEST, "give at least 4 hex digits of the call id"));
     }
-    let all = calls.store.all().map_err(internal)?;
-    let matching: Vec<_> = all.into_iter().filter(|c| c.call_id.id.simple().to_string().starts_with(&wanted)).collect();
+    let matches = |all: bool| -> Result<Vec<uuid::Uuid>, _> {
+        let rows = calls.store.rows(all).map_err(internal)?;
+        Ok(rows.into_iter().map(|r| r.call_id).filter(|id| id.simple().to_string().starts_with(&wanted)).collect())
+    };
+    // The open and recent calls first; the whole store only for an old one.
+    let mut matching = matches(false)?;
+    if matching.is_empty() {
+        matching = matches(true)?;
+    }
     match matching.len() {
-        1 => Ok(matching.into_iter().next().expect("one")),
+        1 => calls
+            .store
+            .get(&matching[0].to_string())
+            .map_err(internal)?
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no call with id {id}"))),
         0 => Err(refuse(StatusCode::NOT_FOUND, format!("no call with id {id}"))),
         n => Err(refuse(StatusCode::CONFLICT, format!("{n} calls start with {id}: give more of the id"))),
     }

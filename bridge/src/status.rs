@@ -12,7 +12,7 @@ use sealfarm_schemas::{topology, SectorSize, Stage};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::call_store::{Call, CallKind, CallState};
+use crate::call_store::{CallRow, RowState};
 use crate::calls::Calls;
 
 /// Everything at once (`GET /sealfarm/v0/overview`).
@@ -177,8 +177,8 @@ pub struct Throughput {
 
 /// Calls closed longer ago than this are left out of the overview unless asked for.
 pub const RECENT: Duration = Duration::from_secs(3600);
-/// At most this many closed calls in the overview.
-const CLOSED_SHOWN: usize = 200;
+/// At most this many closed calls in the overview (the store's index keeps these).
+const CLOSED_SHOWN: usize = crate::call_store::RETURNED_KEPT;
 
 impl Overview {
     /// (stage, state, count) over the jobs in the overview.
@@ -204,12 +204,28 @@ impl StatusSource {
     pub async fn overview(&self, calls: &Calls, admin: bool, all: bool) -> anyhow::Result<Overview> {
         let now = now_ms();
         let workers = self.workers(calls);
-        let (queues, dead_letters) = self.queues.snapshot(&calls.link, &workers).await;
+        let (queues, dead_letters) = self.queues(calls, &workers).await;
         let jobs = jobs(calls, &workers, now, all)?;
         let sectors = timelines(&jobs);
         let throughput = throughput(&jobs, now);
+        let bridge = self.bridge(calls, admin, now);
+        Ok(Overview { bridge, workers, queues, dead_letters, jobs, sectors, throughput })
+    }
+
+    /// The jobs alone (`GET /sealfarm/v0/jobs`): the calls from the store's
+    /// index (or, `all`, the whole store), with the workers' view of them.
+    pub fn jobs(&self, calls: &Calls, all: bool) -> anyhow::Result<Vec<JobStatus>> {
+        jobs(calls, &self.workers(calls), now_ms(), all)
+    }
+
+    /// The queues and the dead letters waiting.
+    pub async fn queues(&self, calls: &Calls, workers: &[WorkerStatus]) -> (Vec<QueueStatus>, u64) {
+        self.queues.snapshot(&calls.link, workers).await
+    }
+
+    fn bridge(&self, calls: &Calls, admin: bool, now: u64) -> BridgeStatus {
         let contact = calls.miner.client().contact();
-        let bridge = BridgeStatus {
+        BridgeStatus {
             hostname: self.hostname.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             started_at_ms: self.started_at_ms,
@@ -222,11 +238,11 @@ impl StatusSource {
             },
             admin,
             lease_timeout_s: self.lease_timeout.as_secs(),
-        };
-        Ok(Overview { bridge, workers, queues, dead_letters, jobs, sectors, throughput })
+        }
     }
 
-    fn workers(&self, calls: &Calls) -> Vec<WorkerStatus> {
+    /// The workers alone (`GET /sealfarm/v0/workers`), from the farm registry.
+    pub fn workers(&self, calls: &Calls) -> Vec<WorkerStatus> {
         calls
             .farm
             .all()
@@ -285,20 +301,20 @@ impl StatusSource {
 
 /// Whether `worker` holds the current attempt of an open call.
 fn still_holds(calls: &Calls, worker: &str, call_id: Uuid, attempt: u32) -> bool {
-    let Ok(Some(call)) = calls.store.get(&call_id.to_string()) else { return false };
+    let Some(call) = calls.store.row(call_id) else { return false };
     call.is_open() && call.holder.is_some_and(|h| h.worker == worker && h.attempt == attempt)
 }
 
 /// Whether this attempt's result, from `worker`, is the call's result already.
 fn finished_here(calls: &Calls, worker: &str, call_id: Uuid, attempt: u32) -> bool {
-    let Ok(Some(call)) = calls.store.get(&call_id.to_string()) else { return false };
+    let Some(call) = calls.store.row(call_id) else { return false };
     !call.is_open() && call.run.is_some_and(|r| r.worker == worker && r.attempt == attempt)
 }
 
 /// Every call as a job row: the open ones and those closed within
 /// [`RECENT`] (at most [`CLOSED_SHOWN`]), or all with `all`.
 fn jobs(calls: &Calls, workers: &[WorkerStatus], now: u64, all: bool) -> anyhow::Result<Vec<JobStatus>> {
-    let mut rows: Vec<JobStatus> = calls.store.all()?.iter().map(|c| job(calls, c, workers)).collect();
+    let mut rows: Vec<JobStatus> = calls.store.rows(all)?.iter().map(|c| job(calls, c, workers)).collect();
     if !all {
         let recent = now.saturating_sub(RECENT.as_millis() as u64);
         let mut closed = 0;
@@ -318,54 +334,45 @@ fn jobs(calls: &Calls, workers: &[WorkerStatus], now: u64, all: bool) -> anyhow:
     Ok(rows)
 }
 
-fn job(calls: &Calls, call: &Call, workers: &[WorkerStatus]) -> JobStatus {
-    let task = call.task();
-    let stage = match &call.kind {
-        CallKind::Task { task } => task.stage().to_string(),
-        CallKind::Fetch => "fetch".into(),
-        CallKind::MoveStorage => "move".into(),
-    };
+fn job(calls: &Calls, call: &CallRow, workers: &[WorkerStatus]) -> JobStatus {
     let holder = call.holder.as_ref();
     let worker_name = call.run.as_ref().map(|r| r.worker.clone()).or_else(|| holder.map(|h| h.worker.clone()));
     let view = worker_name.as_ref().and_then(|w| workers.iter().find(|v| &v.id == w));
-    let held = view.and_then(|v| v.jobs.iter().find(|j| j.call_id == call.call_id.id));
+    let held = view.and_then(|v| v.jobs.iter().find(|j| j.call_id == call.call_id));
     let state = match &call.state {
-        CallState::Accepted | CallState::Dispatched => match (holder, held) {
+        RowState::Accepted | RowState::Dispatched => match (holder, held) {
             (None, _) => "queued",
             (Some(_), Some(job)) if job.running_since_ms.is_some() => "running",
             (Some(_), _) => "claimed",
         },
-        CallState::Resulted { .. } if call.run.as_ref().is_some_and(|r| r.dead) => "dead",
-        CallState::Resulted { .. } if calls.return_failures(call.call_id.id) > 0 => "ret-wait",
-        CallState::Resulted { .. } => "returning",
-        CallState::Returned { .. } => match &call.run {
+        RowState::Resulted { .. } if call.run.as_ref().is_some_and(|r| r.dead) => "dead",
+        RowState::Resulted { .. } if calls.return_failures(call.call_id) > 0 => "ret-wait",
+        RowState::Resulted { .. } => "returning",
+        RowState::Returned { .. } => match &call.run {
             Some(run) if run.dead => "dead",
             Some(run) if run.error.is_some() => "failed",
             _ => "done",
         },
     };
     let returned_at_ms = match call.state {
-        CallState::Returned { at_ms } => Some(at_ms),
+        RowState::Returned { at_ms } => Some(at_ms),
         _ => None,
     };
     let error = call.run.as_ref().and_then(|r| r.error.clone()).or_else(|| match &call.state {
-        CallState::Resulted { outcome, .. } => match outcome.as_ref() {
-            sealfarm_schemas::Outcome::Failed(err) => Some(err.message.clone()),
-            _ => None,
-        },
+        RowState::Resulted { error } => error.clone(),
         _ => None,
     });
     JobStatus {
-        call_id: call.call_id.id,
-        short_id: call.call_id.id.simple().to_string()[..8].to_string(),
+        call_id: call.call_id,
+        short_id: call.call_id.simple().to_string()[..8].to_string(),
         method: call.method.clone(),
-        stage,
+        stage: call.stage.clone(),
         sector: call.sector.id.into(),
         sector_size: call.sector.proof_type.info().map(|i| i.sector_size),
         hostname: view.map(|v| v.hostname.clone()),
         worker: worker_name,
         state: state.to_string(),
-        attempt: task.map_or(1, |t| t.attempt),
+        attempt: call.attempt,
         queue: call.queue.clone(),
         arrived_at_ms: call.arrived_at_ms,
         claimed_at_ms: holder.map(|h| h.since_ms),
@@ -374,7 +381,7 @@ fn job(calls: &Calls, call: &Call, workers: &[WorkerStatus]) -> JobStatus {
         returned_at_ms,
         progress: held.and_then(|j| j.progress.clone()),
         error,
-        ticket_deadline_ms: task.and_then(|t| t.ticket_deadline_ms),
+        ticket_deadline_ms: call.ticket_deadline_ms,
     }
 }
 

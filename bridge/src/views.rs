@@ -48,6 +48,25 @@ impl Client {
         self.send(request).await
     }
 
+    /// A GET whose answer the bridge stamps with its clock (`workers`,
+    /// `jobs`): the value and the bridge's now, in Unix ms (this host's
+    /// clock if the bridge did not say).
+    pub async fn get_stamped<T: DeserializeOwned>(&self, path: &str) -> Result<(T, u64)> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the bridge at {}", self.url))?;
+        let now = response
+            .headers()
+            .get(crate::ops::NOW_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or_else(sealfarm_schemas::messages::now_ms);
+        Ok((self.answer(response).await?, now))
+    }
+
     pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T> {
         let request = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(&body);
         self.send(request).await
@@ -55,6 +74,10 @@ impl Client {
 
     async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
         let response = request.send().await.with_context(|| format!("cannot reach the bridge at {}", self.url))?;
+        self.answer(response).await
+    }
+
+    async fn answer<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T> {
         let status = response.status();
         let body: Value = response.json().await.with_context(|| format!("unexpected answer from {}", self.url))?;
         if !status.is_success() {

@@ -36,6 +36,17 @@ struct Options {
     crash_runs: u32,
     c2: bool,
     write: Option<std::path::PathBuf>,
+    /// The parts to run (all when empty).
+    only: Vec<String>,
+}
+
+/// The parts of a run, in the order they run.
+const PARTS: [&str; 5] = ["overhead", "dispatch", "throughput", "scale", "crash"];
+
+impl Options {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 fn options() -> Result<Options> {
@@ -50,6 +61,7 @@ fn options() -> Result<Options> {
         crash_runs: 3,
         c2: false,
         write: None,
+        only: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -68,22 +80,32 @@ fn options() -> Result<Options> {
             "--crash-runs" => options.crash_runs = value()?.parse().context("--crash-runs needs a number")?,
             "--c2" => options.c2 = true,
             "--write" => options.write = Some(value()?.into()),
+            "--only" => {
+                options.only = value()?.split(',').map(str::to_string).collect();
+                if let Some(unknown) = options.only.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    bail!("--only: no part {unknown:?} (parts: {})", PARTS.join(","));
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "sealfarm-bench [--sizes 2KiB,8MiB] [--repeat 5] [--tasks 1000] [--round-trips 2000]\n\
                      \x20              [--window 32] [--scale-workers 1000] [--scale-calls 10000] [--crash-runs 3] [--c2]\n\
-                     \x20              [--write docs/BENCHMARKS.md]\n\
+                     \x20              [--only overhead,dispatch,throughput,scale,crash] [--write docs/BENCHMARKS.md]\n\
                      Measures the farm against the proofs library and the raw broker in one run: per-stage\n\
                      overhead (in-process vs through bridge and broker), dispatch latency (p50/p99 over --tasks\n\
                      AddPiece calls) and throughput (--round-trips AddPiece calls, --window in flight, on a worker\n\
                      with the simulated compute backend, against a raw lapin round trip on the same broker) and\n\
                      the bridge's memory and CPU under --scale-workers heartbeating and --scale-calls open calls,\n\
-                     and what a crash costs an 8 MiB PC1 (--crash-runs kill-and-resume runs; 0 skips it)."
+                     and what a crash costs an 8 MiB PC1 (--crash-runs kill-and-resume runs; 0 skips it).\n\
+                     --only runs just the parts named (comma-separated); the report has only their tables."
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
+    }
+    if options.write.is_some() && !options.only.is_empty() {
+        bail!("--write replaces the whole sealfarm-bench section: run every part (drop --only) to write it");
     }
     Ok(options)
 }
@@ -118,7 +140,7 @@ async fn main() -> Result<()> {
     let mut report = String::new();
     report.push_str(&format!(
         "Machine: {} logical CPUs, {:.1} GiB RAM; `sealfarm-bench --sizes {} --repeat {} --tasks {} \
-         --round-trips {} --window {} --scale-workers {} --scale-calls {} --crash-runs {}{}` ({}; dev profile: \
+         --round-trips {} --window {} --scale-workers {} --scale-calls {} --crash-runs {}{}{}` ({}; dev profile: \
          sealfarm's crates \
          at opt-level 1, dependencies at 3).\n\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -132,6 +154,7 @@ async fn main() -> Result<()> {
         options.scale_calls,
         options.crash_runs,
         if options.c2 { " --c2" } else { "" },
+        if options.only.is_empty() { String::new() } else { format!(" --only {}", options.only.join(",")) },
         date(),
     ));
 
@@ -147,7 +170,7 @@ async fn main() -> Result<()> {
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     wait_for_workers(&vhost, &["bench-box"], Duration::from_secs(60)).await?;
     // C2 on a worker of its own, started fresh: its first C2 is the cold one.
-    let prover = if options.c2 {
+    let prover = if options.c2 && options.runs("overhead") {
         let started = std::time::Instant::now();
         let prover = FarmProcess::start(&vhost, &run_dir, "prover", "c2", "2KiB");
         wait_for_workers(&vhost, &["prover"], Duration::from_secs(120)).await?;
@@ -158,11 +181,16 @@ async fn main() -> Result<()> {
     let mut c2_in_order = Vec::new();
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    report.push_str("### Overhead: in-process vs through the farm (median ms per stage)\n\n");
-    report.push_str("| size | stage | in-process | through the farm | farm ÷ in-process |\n|---|---|---:|---:|---:|\n");
+    if options.runs("overhead") {
+        report.push_str("### Overhead: in-process vs through the farm (median ms per stage)\n\n");
+        report.push_str(
+            "| size | stage | in-process | through the farm | farm ÷ in-process |\n|---|---|---:|---:|---:|\n",
+        );
+    }
     let sealing = sealfarm_worker::sector_files::SealingPath::open(run_dir.join("in-process"))?;
     let mut number = 1;
-    for size in &options.sizes {
+    let sizes_measured = if options.runs("overhead") { options.sizes.as_slice() } else { &[] };
+    for size in sizes_measured {
         let only_c2_on_2kib = |stage: &Stage| *stage != Stage::C2 || *size == SectorSize::KIB2;
         let stages: Vec<Stage> = stages.iter().copied().filter(only_c2_on_2kib).collect();
         eprintln!("bench: {size} in-process, {} sectors", options.repeat);
@@ -214,72 +242,76 @@ async fn main() -> Result<()> {
         ));
     }
 
-    eprintln!("bench: dispatch latency over {} AddPiece calls", options.tasks);
-    let (mut to_claim, mut to_return) = (Vec::new(), Vec::new());
-    let mut calls = Vec::new();
-    for _ in 0..options.tasks {
-        let sector = sector_ref(number, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
-        number += 1;
-        let called_at = now_ms();
-        let call: CallId = worker.client.call("AddPiece", add_piece_params(sector)).await.context("AddPiece")?;
-        let returned = miner.wait_for_return(&call, Duration::from_secs(60)).await?;
-        let returned_at = now_ms().saturating_sub(returned.at.elapsed().as_millis() as u64);
-        calls.push((call, called_at, returned_at));
-    }
-    // The worker's result time, from the bridge's record of each call.
-    let state_dir = run_dir.join("state-bridge");
-    let jobs: Value = serde_json::from_str(&bridge_cli(&state_dir, &["jobs", "--all", "--json"])?)?;
-    let finished: HashMap<String, u64> = jobs
-        .as_array()
-        .context("jobs JSON")?
-        .iter()
-        .filter_map(|j| Some((j["call_id"].as_str()?.to_string(), j["finished_at_ms"].as_u64()?)))
-        .collect();
-    let claims = claims.lock().unwrap().clone();
-    for (call, called_at, returned_at) in &calls {
-        if let Some(claimed) = claims.get(&call.id) {
-            to_claim.push(claimed.saturating_sub(*called_at) as f64);
+    if options.runs("dispatch") {
+        eprintln!("bench: dispatch latency over {} AddPiece calls", options.tasks);
+        let (mut to_claim, mut to_return) = (Vec::new(), Vec::new());
+        let mut calls = Vec::new();
+        for _ in 0..options.tasks {
+            let sector = sector_ref(number, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
+            number += 1;
+            let called_at = now_ms();
+            let call: CallId = worker.client.call("AddPiece", add_piece_params(sector)).await.context("AddPiece")?;
+            let returned = miner.wait_for_return(&call, Duration::from_secs(60)).await?;
+            let returned_at = now_ms().saturating_sub(returned.at.elapsed().as_millis() as u64);
+            calls.push((call, called_at, returned_at));
         }
-        if let Some(done) = finished.get(&call.id.to_string()) {
-            to_return.push(returned_at.saturating_sub(*done) as f64);
+        // The worker's result time, from the bridge's record of each call.
+        let state_dir = run_dir.join("state-bridge");
+        let jobs: Value = serde_json::from_str(&bridge_cli(&state_dir, &["jobs", "--all", "--json"])?)?;
+        let finished: HashMap<String, u64> = jobs
+            .as_array()
+            .context("jobs JSON")?
+            .iter()
+            .filter_map(|j| Some((j["call_id"].as_str()?.to_string(), j["finished_at_ms"].as_u64()?)))
+            .collect();
+        let claims = claims.lock().unwrap().clone();
+        for (call, called_at, returned_at) in &calls {
+            if let Some(claimed) = claims.get(&call.id) {
+                to_claim.push(claimed.saturating_sub(*called_at) as f64);
+            }
+            if let Some(done) = finished.get(&call.id.to_string()) {
+                to_return.push(returned_at.saturating_sub(*done) as f64);
+            }
         }
-    }
-    report.push_str(&format!(
-        "\n### Dispatch latency ({} AddPiece calls, one at a time, loopback)\n\n\
+        report.push_str(&format!(
+            "\n### Dispatch latency ({} AddPiece calls, one at a time, loopback)\n\n\
          | path | samples | p50 ms | p99 ms | target |\n|---|---:|---:|---:|---|\n\
          | miner call → worker claims the task | {} | {:.0} | {:.0} | p50 ≤ 5, p99 ≤ 50 |\n\
          | worker result → miner receives `Return*` | {} | {:.0} | {:.0} | p50 ≤ 5, p99 ≤ 50 |\n",
-        calls.len(),
-        to_claim.len(),
-        percentile(&mut to_claim, 50.0),
-        percentile(&mut to_claim, 99.0),
-        to_return.len(),
-        percentile(&mut to_return, 50.0),
-        percentile(&mut to_return, 99.0),
-    ));
+            calls.len(),
+            to_claim.len(),
+            percentile(&mut to_claim, 50.0),
+            percentile(&mut to_claim, 99.0),
+            to_return.len(),
+            percentile(&mut to_return, 50.0),
+            percentile(&mut to_return, 99.0),
+        ));
+    }
 
     // Throughput: the farm with zero-length jobs against the raw broker.
     real_worker.terminate(Duration::from_secs(30));
-    let _simulated = FarmProcess::start_with(&vhost, &run_dir, "sim-box", "ap", "2KiB", &["--simulate-compute"]);
-    wait_for_workers(&vhost, &["sim-box"], Duration::from_secs(60)).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    eprintln!("bench: throughput, {} round trips, {} in flight", options.round_trips, options.window);
-    let farm_rate = farm_round_trips(&miner, &worker, &mut number, options.round_trips, options.window).await?;
-    let raw_rate = raw_round_trips(&vhost, options.round_trips, options.window).await?;
-    report.push_str(&format!(
-        "\n### Throughput ({} round trips, {} in flight, zero-length jobs)\n\n\
+    if options.runs("throughput") {
+        let _simulated = FarmProcess::start_with(&vhost, &run_dir, "sim-box", "ap", "2KiB", &["--simulate-compute"]);
+        wait_for_workers(&vhost, &["sim-box"], Duration::from_secs(60)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        eprintln!("bench: throughput, {} round trips, {} in flight", options.round_trips, options.window);
+        let farm_rate = farm_round_trips(&miner, &worker, &mut number, options.round_trips, options.window).await?;
+        let raw_rate = raw_round_trips(&vhost, options.round_trips, options.window).await?;
+        report.push_str(&format!(
+            "\n### Throughput ({} round trips, {} in flight, zero-length jobs)\n\n\
          | path | round trips/s |\n|---|---:|\n\
          | devminer → bridge → RabbitMQ → worker (`--simulate-compute`) → bridge → devminer | {farm_rate:.0} |\n\
          | raw lapin: publish (confirmed) → consume → publish result (confirmed) → ack → consume | {raw_rate:.0} |\n\
          | **farm ÷ raw** (target ≥ 0.5) | **{:.2}** |\n",
-        options.round_trips,
-        options.window,
-        farm_rate / raw_rate
-    ));
-    if options.scale_workers > 0 || options.scale_calls > 0 {
+            options.round_trips,
+            options.window,
+            farm_rate / raw_rate
+        ));
+    }
+    if options.runs("scale") && (options.scale_workers > 0 || options.scale_calls > 0) {
         report.push_str(&scale(&run_dir, options.scale_workers, options.scale_calls).await?);
     }
-    if options.crash_runs > 0 {
+    if options.runs("crash") && options.crash_runs > 0 {
         report.push_str(&crash_cost(options.crash_runs)?);
     }
     println!("{report}");
