@@ -2,9 +2,12 @@
 //!
 //! A call is written here before its `CallID` is answered, its result is
 //! written here before the result message is acknowledged, and it is marked
-//! returned once the miner accepted the matching `Return*`. A bridge restart
-//! therefore loses nothing: calls with a result not yet returned are returned
-//! again at start. A call the miner re-issues with the same sector, stage and
+//! returned once the miner accepted the matching `Return*`. The call and its
+//! result are flushed before the bridge answers or acknowledges; the marks in
+//! between (dispatched, claimed, returned) reach the disk within half a
+//! second, and what a crash loses of them the bridge makes good at start. A
+//! bridge restart therefore loses nothing: calls with a result not yet
+//! returned are returned again at start. A call the miner re-issues with the same sector, stage and
 //! inputs (lotus does after errors 101/102, or after its own restart) finds
 //! the open call by its input digest and attaches to it.
 
@@ -21,6 +24,13 @@ use uuid::Uuid;
 
 /// sled's page cache for the call store.
 const CACHE_BYTES: u64 = 16 << 20;
+
+/// Whether a write is flushed before the call that made it returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    Now,
+    Soon,
+}
 
 /// Returned calls the in-memory index keeps (the views show at most these).
 pub const RETURNED_KEPT: usize = 200;
@@ -378,6 +388,20 @@ impl CallStore {
     /// `change` declined (the call had moved on). A call that is returned
     /// leaves the digest index.
     pub fn update(&self, id: &str, change: impl FnOnce(&mut Call) -> bool) -> Result<Option<Call>> {
+        self.change(id, change, Flush::Now)
+    }
+
+    /// [`update`](Self::update) for a change that need not be on disk before
+    /// the bridge acts on it: sled writes it out within half a second, and a
+    /// crash before that loses only what the bridge makes good at start (a
+    /// dispatch mark: the task is published once more; a claim: the worker's
+    /// next event or heartbeat names it again; a Return mark: the Return is
+    /// made again and the miner says it has it).
+    pub fn update_soon(&self, id: &str, change: impl FnOnce(&mut Call) -> bool) -> Result<Option<Call>> {
+        self.change(id, change, Flush::Soon)
+    }
+
+    fn change(&self, id: &str, change: impl FnOnce(&mut Call) -> bool, flush: Flush) -> Result<Option<Call>> {
         let _one_writer = self.write.lock().unwrap();
         let mut call = self.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
         if !change(&mut call) {
@@ -393,7 +417,9 @@ impl CallStore {
             )?;
         }
         self.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
-        self.flush()?;
+        if flush == Flush::Now {
+            self.flush()?;
+        }
         self.index.lock().unwrap().record(&call);
         Ok(Some(call))
     }
@@ -416,7 +442,7 @@ impl CallStore {
     /// Marks a call whose task the broker confirmed as dispatched, unless
     /// something (its result) came first.
     pub fn confirm_dispatch(&self, id: &str, attempt: u32, queue: &str) -> Result<Option<Call>> {
-        self.update(id, |c| {
+        self.update_soon(id, |c| {
             if !matches!(c.state, CallState::Accepted) || c.task().map(|t| t.attempt) != Some(attempt) {
                 return false;
             }
@@ -445,9 +471,12 @@ impl CallStore {
         }
     }
 
+    /// Records where a sector's files are. Not flushed here: the result that
+    /// brought the location is stored (and flushed) right after it, before
+    /// the result message is acknowledged.
     pub fn set_location(&self, sector: SectorId, location: &Location) -> Result<()> {
         self.locations.insert(sector.file_name().as_bytes(), serde_json::to_vec(location)?)?;
-        self.flush()
+        Ok(())
     }
 
     /// Notes that a sector holds deal data.

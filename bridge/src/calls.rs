@@ -683,7 +683,7 @@ impl Calls {
         let stage = call.task().map_or_else(|| call.method.clone(), |t| t.stage().to_string());
         self.metrics.return_latency.get_or_create(&vec![("stage", stage)]).observe(since.elapsed().as_secs_f64());
         let delivered = call.run.as_ref().map(|r| r.attempt);
-        let recorded = self.store.update(&call.call_id.id.to_string(), |c| {
+        let recorded = self.store.update_soon(&call.call_id.id.to_string(), |c| {
             // Not if the call was opened again meanwhile (a replayed dead letter).
             if !matches!(c.state, CallState::Resulted { .. }) || c.run.as_ref().map(|r| r.attempt) != delivered {
                 return false;

@@ -203,7 +203,7 @@ impl Leases {
         }
         if call.holder.as_ref().is_none_or(|h| h.worker != worker || h.attempt != attempt) {
             let holder = Holder { worker: worker.to_string(), attempt, since_ms: now_ms() };
-            self.calls.store.update(&call_id.to_string(), |c| {
+            self.calls.store.update_soon(&call_id.to_string(), |c| {
                 let current = c.is_open() && c.task().map(|t| t.attempt) == Some(attempt);
                 if current {
                     c.holder = Some(holder);

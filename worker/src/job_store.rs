@@ -155,11 +155,15 @@ impl JobStore {
         self.update(&key, record)
     }
 
-    /// Marks a job done once the broker confirmed its result.
+    /// Marks a job done once the broker confirmed its result. Not flushed:
+    /// sled writes it out within half a second, and a crash before that only
+    /// publishes the result once more at start (the bridge keeps the first).
     pub fn done(&self, key: &str) -> Result<()> {
         let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         record.state = JobState::Done { finished_at_ms: now_ms() };
-        self.update(key, record)
+        record.updated_at_ms = now_ms();
+        self.jobs.insert(key.as_bytes(), serde_json::to_vec(&record)?)?;
+        Ok(())
     }
 
     /// Replaces the job's layer records (after a resume check).
