@@ -516,7 +516,8 @@ impl CallStore {
             .collect()
     }
 
-    fn flush(&self) -> Result<()> {
+    /// Writes out everything stored so far (also what [`update_soon`](Self::update_soon) left).
+    pub fn flush(&self) -> Result<()> {
         self.db.flush().context("flushing the call store")?;
         Ok(())
     }

@@ -377,6 +377,11 @@ async fn run(args: RunArgs) -> Result<()> {
     };
     let _ = server.await;
     keeper.abort();
+    // The marks written without a flush (dispatched, claimed, returned) are
+    // on disk before a clean stop ends.
+    if let Err(err) = calls.store.flush() {
+        tracing::error!(error = %format!("{err:#}"), "cannot flush the call store at stop");
+    }
     link.close().await;
     Ok(())
 }

@@ -22,11 +22,68 @@ pub struct StageTiming {
     pub sector: u64,
     pub stage: Stage,
     pub millis: f64,
+    /// The process's peak resident memory during the stage (Linux: the
+    /// high-water mark is reset before each stage), bytes.
+    pub peak_rss_bytes: u64,
+    /// Whether the library's GPU code ran the stage (see [`gpu_runs`]).
+    pub gpu: bool,
+}
+
+/// Whether the proofs library runs `stage` on a GPU in this process: only a
+/// build with the `opencl` or `cuda` feature has GPU code, and only with a
+/// GPU present (`gpus`); then C2 uses it unless `BELLMAN_NO_GPU` is set, and
+/// PC2 only with `FIL_PROOFS_USE_GPU_TREE_BUILDER` (and its column builder
+/// with `FIL_PROOFS_USE_GPU_COLUMN_BUILDER`). AP, PC1 and C1 are CPU work.
+pub fn gpu_runs(stage: Stage, gpus: usize) -> bool {
+    let on = |name: &str| std::env::var(name).is_ok_and(|v| matches!(v.to_lowercase().as_str(), "1" | "true" | "yes"));
+    if !GPU_BUILD || gpus == 0 {
+        return false;
+    }
+    match stage {
+        Stage::C2 => std::env::var_os("BELLMAN_NO_GPU").is_none(),
+        Stage::Pc2 => on("FIL_PROOFS_USE_GPU_TREE_BUILDER") || on("FIL_PROOFS_USE_GPU_COLUMN_BUILDER"),
+        _ => false,
+    }
+}
+
+/// A stage's time as the table prints it: ms below 10 s, else seconds.
+pub fn duration(millis: f64) -> String {
+    if millis < 10_000.0 {
+        format!("{millis:.1} ms")
+    } else {
+        format!("{:.2} s", millis / 1e3)
+    }
+}
+
+/// This binary was built with the library's GPU code.
+pub const GPU_BUILD: bool = cfg!(any(feature = "opencl", feature = "cuda"));
+
+/// Resets the process's peak-RSS mark (`VmHWM`), so the next reading is the
+/// peak of what runs in between.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak RSS since the last reset, bytes (0 where unknown).
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// Seals `repeat` sectors of `size` through `stages` (a prefix of
 /// AP → PC1 → PC2 → C1 → C2) in `sealing`, returning each stage's time.
-pub fn run(sealing: &SealingPath, size: SectorSize, stages: &[Stage], repeat: u32) -> Result<Vec<StageTiming>> {
+/// `gpus`: the GPUs this machine has (for the `gpu` column).
+pub fn run(
+    sealing: &SealingPath,
+    size: SectorSize,
+    stages: &[Stage],
+    repeat: u32,
+    gpus: usize,
+) -> Result<Vec<StageTiming>> {
     let proof = RegisteredSealProof::v1_1_for(size);
     let mut timings = Vec::new();
     for round in 0..repeat {
@@ -36,12 +93,15 @@ pub fn run(sealing: &SealingPath, size: SectorSize, stages: &[Stage], repeat: u3
         let mut time = |task: Task| -> Result<StageOutput> {
             let message = TaskMessage::new(sector, task);
             let stage = message.stage();
+            reset_peak_rss();
             let started = Instant::now();
             let output = proofs::execute(sealing, &message).outcome.map_err(|e| anyhow::anyhow!("{stage}: {e}"))?;
             timings.push(StageTiming {
                 sector: sector.id.number,
                 stage,
                 millis: started.elapsed().as_secs_f64() * 1e3,
+                peak_rss_bytes: peak_rss(),
+                gpu: gpu_runs(stage, gpus),
             });
             Ok(output)
         };

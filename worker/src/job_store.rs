@@ -156,8 +156,9 @@ impl JobStore {
     }
 
     /// Marks a job done once the broker confirmed its result. Not flushed:
-    /// sled writes it out within half a second, and a crash before that only
-    /// publishes the result once more at start (the bridge keeps the first).
+    /// sled writes it out within half a second and a clean stop flushes it; a
+    /// crash before that only publishes the result once more at start (the
+    /// bridge keeps the first).
     pub fn done(&self, key: &str) -> Result<()> {
         let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         record.state = JobState::Done { finished_at_ms: now_ms() };
@@ -200,6 +201,12 @@ impl JobStore {
         let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         change(&mut record);
         self.update(key, record)
+    }
+
+    /// Writes out what was stored without a flush (see [`done`](Self::done)).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().context("flushing the job store")?;
+        Ok(())
     }
 
     /// Drops a job whose claim did not take (its delivery could not be acknowledged).

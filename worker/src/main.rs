@@ -74,6 +74,17 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Run PC2's tree builders and C2 on the GPU: sets
+        /// FIL_PROOFS_USE_GPU_TREE_BUILDER=1 and FIL_PROOFS_USE_GPU_COLUMN_BUILDER=1
+        /// and clears BELLMAN_NO_GPU. Needs a build with `--features opencl` (or
+        /// `cuda`) and a GPU. Without --gpu or --cpu the environment decides (the
+        /// library's default: C2 on a GPU when there is one, PC2 on the CPU).
+        #[arg(long, conflicts_with = "cpu")]
+        gpu: bool,
+        /// Run every stage on the CPU: sets BELLMAN_NO_GPU=1 and turns the GPU
+        /// tree builders off.
+        #[arg(long)]
+        cpu: bool,
     },
     /// Print what this machine has: cores, memory, swap, OpenCL devices (GPUs)
     /// and the free space of the given paths.
@@ -338,19 +349,51 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run_worker(*args),
         Command::Params(command) => run_params(command),
-        Command::Bench { sector_size, stages, repeat, sealing_path, json } => {
+        Command::Bench { sector_size, stages, repeat, sealing_path, json, gpu, cpu } => {
             if stages.contains(&Stage::C2) {
                 params::require_seal_params(&[sector_size])?;
             }
             let scratch = tempfile::tempdir()?;
             let sealing = SealingPath::open(sealing_path.as_deref().unwrap_or(scratch.path()))?;
-            let timings = bench::run(&sealing, sector_size, &stages, repeat.max(1))?;
+            let gpus = hardware::probe_in_child(&[]).gpus().count();
+            // The library reads these once, at its first call: set them before any.
+            if gpu {
+                if !bench::GPU_BUILD {
+                    bail!("--gpu: this sealfarm-worker was built without GPU code (build it with --features opencl)");
+                }
+                if gpus == 0 {
+                    bail!("--gpu: no GPU found (`sealfarm-worker probe` lists the OpenCL devices; see OCL_ICD_VENDORS)");
+                }
+                std::env::remove_var("BELLMAN_NO_GPU");
+                std::env::set_var("FIL_PROOFS_USE_GPU_TREE_BUILDER", "1");
+                std::env::set_var("FIL_PROOFS_USE_GPU_COLUMN_BUILDER", "1");
+            }
+            if cpu {
+                std::env::set_var("BELLMAN_NO_GPU", "1");
+                std::env::set_var("FIL_PROOFS_USE_GPU_TREE_BUILDER", "0");
+                std::env::set_var("FIL_PROOFS_USE_GPU_COLUMN_BUILDER", "0");
+            }
+            if !json {
+                println!(
+                    "{sector_size} sectors, {} of them; GPU code built in: {}; GPUs found: {gpus}",
+                    repeat.max(1),
+                    if bench::GPU_BUILD { "yes" } else { "no" }
+                );
+            }
+            let timings = bench::run(&sealing, sector_size, &stages, repeat.max(1), gpus)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&timings)?);
             } else {
-                println!("{:<8} {:<6} {:>12}", "sector", "stage", "ms");
+                println!("{:<8} {:<6} {:>12} {:>12} {:>4}", "sector", "stage", "time", "peak RSS", "gpu");
                 for t in &timings {
-                    println!("{:<8} {:<6} {:>12.1}", t.sector, t.stage.as_str(), t.millis);
+                    println!(
+                        "{:<8} {:<6} {:>12} {:>8.1} MiB {:>4}",
+                        t.sector,
+                        t.stage.as_str(),
+                        bench::duration(t.millis),
+                        t.peak_rss_bytes as f64 / (1u64 << 20) as f64,
+                        if t.gpu { "yes" } else { "no" }
+                    );
                 }
             }
             Ok(())

@@ -279,6 +279,11 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     }
     worker.release_held().await;
     heartbeat.abort();
+    // The marks written without a flush (done) are on disk before a clean
+    // stop ends: a restart republishes nothing the broker confirmed.
+    if let Err(err) = worker.store.flush() {
+        tracing::error!(error = %format!("{err:#}"), "cannot flush the job store at stop");
+    }
     worker.link.close().await;
     Ok(())
 }

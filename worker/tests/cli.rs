@@ -143,6 +143,13 @@ fn bench_times_every_stage_it_runs_with_the_worker_code() {
     let stages: Vec<&str> = timings.iter().map(|t| t["stage"].as_str().unwrap()).collect();
     assert_eq!(stages, ["ap", "pc1", "pc2", "c1"]);
     assert!(timings.iter().all(|t| t["millis"].as_f64().unwrap() > 0.0), "{timings:?}");
+    // A CPU build: nothing ran on a GPU; every stage has its peak memory.
+    assert!(timings.iter().all(|t| t["gpu"] == false), "{timings:?}");
+    assert!(timings.iter().all(|t| t["peak_rss_bytes"].as_u64().unwrap() > 1 << 20), "{timings:?}");
+    // --gpu is refused by a build without GPU code, naming the fix.
+    let out = worker().args(["bench", "--gpu"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features opencl"), "{out:?}");
 }
 
 #[test]
