@@ -25,24 +25,57 @@ pub struct StageTiming {
     /// The process's peak resident memory during the stage (Linux: the
     /// high-water mark is reset before each stage), bytes.
     pub peak_rss_bytes: u64,
-    /// Whether the library's GPU code ran the stage (see [`gpu_runs`]).
+    /// Whether the library's GPU code ran the stage: it said so in its log
+    /// (see [`GpuWitness`]).
     pub gpu: bool,
 }
 
-/// Whether the proofs library runs `stage` on a GPU in this process: only a
-/// build with the `opencl` or `cuda` feature has GPU code, and only with a
-/// GPU present (`gpus`); then C2 uses it unless `BELLMAN_NO_GPU` is set, and
-/// PC2 only with `FIL_PROOFS_USE_GPU_TREE_BUILDER` (and its column builder
-/// with `FIL_PROOFS_USE_GPU_COLUMN_BUILDER`). AP, PC1 and C1 are CPU work.
-pub fn gpu_runs(stage: Stage, gpus: usize) -> bool {
-    let on = |name: &str| std::env::var(name).is_ok_and(|v| matches!(v.to_lowercase().as_str(), "1" | "true" | "yes"));
-    if !GPU_BUILD || gpus == 0 {
-        return false;
+/// GPU use the proofs library reported since the last [`GpuWitness::reset`].
+static GPU_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A tracing layer that watches the proofs library's log for the lines it
+/// writes when GPU code runs ("generating tree c using the GPU", "GPU is
+/// available for Multiexp", …): the evidence behind `bench`'s `gpu` column.
+/// Settings alone do not tell: with the GPU tree builder on, a 2 KiB PC2
+/// still builds its trees on the CPU (measured on the H100).
+pub struct GpuWitness;
+
+impl GpuWitness {
+    /// The library targets that log GPU use, at INFO.
+    pub fn targets() -> tracing_subscriber::filter::Targets {
+        tracing_subscriber::filter::Targets::new()
+            .with_target("bellperson", tracing::Level::INFO)
+            .with_target("ec_gpu_gen", tracing::Level::INFO)
+            .with_target("storage_proofs_porep", tracing::Level::INFO)
     }
-    match stage {
-        Stage::C2 => std::env::var_os("BELLMAN_NO_GPU").is_none(),
-        Stage::Pc2 => on("FIL_PROOFS_USE_GPU_TREE_BUILDER") || on("FIL_PROOFS_USE_GPU_COLUMN_BUILDER"),
-        _ => false,
+
+    pub fn reset() {
+        GPU_SEEN.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn seen() -> bool {
+        GPU_SEEN.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for GpuWitness {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(bool);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    let text = format!("{value:?}");
+                    self.0 |= text.contains("using the GPU")
+                        || text.contains("with GPU")
+                        || text.contains("GPU is available for");
+                }
+            }
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            GPU_SEEN.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -76,14 +109,7 @@ fn peak_rss() -> u64 {
 
 /// Seals `repeat` sectors of `size` through `stages` (a prefix of
 /// AP → PC1 → PC2 → C1 → C2) in `sealing`, returning each stage's time.
-/// `gpus`: the GPUs this machine has (for the `gpu` column).
-pub fn run(
-    sealing: &SealingPath,
-    size: SectorSize,
-    stages: &[Stage],
-    repeat: u32,
-    gpus: usize,
-) -> Result<Vec<StageTiming>> {
+pub fn run(sealing: &SealingPath, size: SectorSize, stages: &[Stage], repeat: u32) -> Result<Vec<StageTiming>> {
     let proof = RegisteredSealProof::v1_1_for(size);
     let mut timings = Vec::new();
     for round in 0..repeat {
@@ -94,6 +120,7 @@ pub fn run(
             let message = TaskMessage::new(sector, task);
             let stage = message.stage();
             reset_peak_rss();
+            GpuWitness::reset();
             let started = Instant::now();
             let output = proofs::execute(sealing, &message).outcome.map_err(|e| anyhow::anyhow!("{stage}: {e}"))?;
             timings.push(StageTiming {
@@ -101,7 +128,7 @@ pub fn run(
                 stage,
                 millis: started.elapsed().as_secs_f64() * 1e3,
                 peak_rss_bytes: peak_rss(),
-                gpu: gpu_runs(stage, gpus),
+                gpu: GpuWitness::seen(),
             });
             Ok(output)
         };
@@ -141,4 +168,29 @@ pub fn run(
         let _ = std::fs::remove_file(sealing.unsealed(sector.id));
     }
     Ok(timings)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::prelude::*;
+
+    use super::*;
+
+    /// The `gpu` column rests on the library's own lines: those of its GPU
+    /// paths count, those of its CPU paths and of other crates do not.
+    #[test]
+    fn the_gpu_witness_counts_only_the_librarys_gpu_lines() {
+        let subscriber = tracing_subscriber::registry().with(GpuWitness.with_filter(GpuWitness::targets()));
+        tracing::subscriber::with_default(subscriber, || {
+            GpuWitness::reset();
+            tracing::info!(target: "storage_proofs_porep::stacked::vanilla::proof", "generating tree c using the CPU");
+            tracing::info!(target: "sealfarm_worker", "using the GPU");
+            assert!(!GpuWitness::seen());
+            tracing::info!(target: "storage_proofs_porep::stacked::vanilla::proof", "generating tree c using the GPU");
+            assert!(GpuWitness::seen());
+            GpuWitness::reset();
+            tracing::info!(target: "bellperson::gpu::locks", "GPU is available for Multiexp!");
+            assert!(GpuWitness::seen());
+        });
+    }
 }

@@ -323,21 +323,27 @@ fn main() {
     let cli = Cli::parse();
     // Child processes (executor, probe) log in the same format.
     std::env::set_var("SEALFARM_LOG_FORMAT", format!("{:?}", cli.log_format).to_lowercase());
-    init_logging(cli.log_format);
+    init_logging(cli.log_format, matches!(cli.command, Command::Bench { .. }));
     if let Err(err) = run(cli.command) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// `gpu_witness`: also watch the proofs library's log for GPU use (`bench`).
+fn init_logging(format: LogFormat, gpu_witness: bool) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         "info,lapin=warn,amq_protocol=warn,sled=warn,storage_proofs_core::parameter_cache=warn".into()
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The witness sees the library's own INFO lines whatever the log filter
+    // lets through; bench reports from it whether a stage ran on a GPU.
+    let witness = gpu_witness.then(|| bench::GpuWitness.with_filter(bench::GpuWitness::targets()));
+    let registry = tracing_subscriber::registry().with(witness);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => registry.with(fmt.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(fmt.json().with_filter(filter)).init(),
     }
 }
 
@@ -362,7 +368,9 @@ fn run(command: Command) -> Result<()> {
                     bail!("--gpu: this sealfarm-worker was built without GPU code (build it with --features opencl)");
                 }
                 if gpus == 0 {
-                    bail!("--gpu: no GPU found (`sealfarm-worker probe` lists the OpenCL devices; see OCL_ICD_VENDORS)");
+                    bail!(
+                        "--gpu: no GPU found (`sealfarm-worker probe` lists the OpenCL devices; see OCL_ICD_VENDORS)"
+                    );
                 }
                 std::env::remove_var("BELLMAN_NO_GPU");
                 std::env::set_var("FIL_PROOFS_USE_GPU_TREE_BUILDER", "1");
@@ -380,7 +388,7 @@ fn run(command: Command) -> Result<()> {
                     if bench::GPU_BUILD { "yes" } else { "no" }
                 );
             }
-            let timings = bench::run(&sealing, sector_size, &stages, repeat.max(1), gpus)?;
+            let timings = bench::run(&sealing, sector_size, &stages, repeat.max(1))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&timings)?);
             } else {

@@ -196,7 +196,7 @@ async fn main() -> Result<()> {
         eprintln!("bench: {size} in-process, {} sectors", options.repeat);
         let direct = {
             let (sealing, size, stages, repeat) = (sealing.clone(), *size, stages.clone(), options.repeat as u32);
-            tokio::task::spawn_blocking(move || sealfarm_worker::bench::run(&sealing, size, &stages, repeat, 0)).await??
+            tokio::task::spawn_blocking(move || sealfarm_worker::bench::run(&sealing, size, &stages, repeat)).await??
         };
         eprintln!("bench: {size} through the farm, {} sectors", options.repeat);
         let mut farm: HashMap<Stage, Vec<f64>> = HashMap::new();
