@@ -622,8 +622,10 @@ fn run_params(command: ParamsCommand) -> Result<()> {
             }
             std::fs::create_dir_all(params::cache_dir())
                 .with_context(|| format!("cannot create parameter cache {}", params::cache_dir().display()))?;
+            // Measured: 2 cores 13-20 min and 5-7 GB for either test size; 16 cores about 2 min.
             eprintln!(
-                "generating {sector_size} seal parameters into {} (2KiB: about 17 min on 2 cores, 5 GB RAM)",
+                "generating {sector_size} seal parameters into {} (test sizes: 13-20 min on 2 cores, 5-7 GB RAM; \
+                 about 2 min on 16 cores)",
                 params::cache_dir().display()
             );
             let started = Instant::now();
