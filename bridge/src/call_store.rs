@@ -7,9 +7,9 @@
 //! between (dispatched, claimed, returned) reach the disk within half a
 //! second, and what a crash loses of them the bridge makes good at start. A
 //! bridge restart therefore loses nothing: calls with a result not yet
-//! returned are returned again at start. A call the miner re-issues with the same sector, stage and
-//! inputs (lotus does after errors 101/102, or after its own restart) finds
-//! the open call by its input digest and attaches to it.
+//! returned are returned again at start. A call the miner re-issues with the
+//! same sector, stage and inputs (lotus does after errors 101/102, or after
+//! its own restart) finds the open call by its input digest and attaches to it.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;

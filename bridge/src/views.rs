@@ -44,47 +44,36 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let request = self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token);
-        self.send(request).await
+        Ok(self.get_stamped(path).await?.0)
     }
 
     /// A GET whose answer the bridge stamps with its clock (`workers`,
     /// `jobs`): the value and the bridge's now, in Unix ms (this host's
     /// clock if the bridge did not say).
     pub async fn get_stamped<T: DeserializeOwned>(&self, path: &str) -> Result<(T, u64)> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the bridge at {}", self.url))?;
+        self.send(self.http.get(format!("{}{path}", self.url)).bearer_auth(&self.token)).await
+    }
+
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T> {
+        let request = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(&body);
+        Ok(self.send(request).await?.0)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<(T, u64)> {
+        let response = request.send().await.with_context(|| format!("cannot reach the bridge at {}", self.url))?;
         let now = response
             .headers()
             .get(crate::ops::NOW_HEADER)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .unwrap_or_else(sealfarm_schemas::messages::now_ms);
-        Ok((self.answer(response).await?, now))
-    }
-
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T> {
-        let request = self.http.post(format!("{}{path}", self.url)).bearer_auth(&self.token).json(&body);
-        self.send(request).await
-    }
-
-    async fn send<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T> {
-        let response = request.send().await.with_context(|| format!("cannot reach the bridge at {}", self.url))?;
-        self.answer(response).await
-    }
-
-    async fn answer<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T> {
         let status = response.status();
         let body: Value = response.json().await.with_context(|| format!("unexpected answer from {}", self.url))?;
         if !status.is_success() {
             let error = body.get("error").and_then(Value::as_str).unwrap_or("no reason given");
             bail!("the bridge refused ({status}): {error}");
         }
-        serde_json::from_value(body).context("the bridge's answer has an unexpected shape")
+        let value = serde_json::from_value(body).context("the bridge's answer has an unexpected shape")?;
+        Ok((value, now))
     }
 }
 
