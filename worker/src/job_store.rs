@@ -163,8 +163,7 @@ impl JobStore {
         let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
         record.state = JobState::Done { finished_at_ms: now_ms() };
         record.updated_at_ms = now_ms();
-        self.jobs.insert(key.as_bytes(), serde_json::to_vec(&record)?)?;
-        Ok(())
+        self.write(key, &record)
     }
 
     /// Replaces the job's layer records (after a resume check).
@@ -203,7 +202,7 @@ impl JobStore {
         self.update(key, record)
     }
 
-    /// Writes out what was stored without a flush (see [`done`](Self::done)).
+    /// Writes out everything stored so far (also what [`done`](Self::done) left unflushed).
     pub fn flush(&self) -> Result<()> {
         self.db.flush().context("flushing the job store")?;
         Ok(())
@@ -212,8 +211,7 @@ impl JobStore {
     /// Drops a job whose claim did not take (its delivery could not be acknowledged).
     pub fn forget(&self, key: &str) -> Result<()> {
         self.jobs.remove(key.as_bytes())?;
-        self.db.flush().context("flushing the job store")?;
-        Ok(())
+        self.flush()
     }
 
     pub fn get(&self, key: &str) -> Result<Option<JobRecord>> {
@@ -256,9 +254,14 @@ impl JobStore {
     }
 
     fn put(&self, key: &str, record: &JobRecord) -> Result<()> {
-        self.jobs.insert(key.as_bytes(), serde_json::to_vec(record)?)?;
+        self.write(key, record)?;
         // fsync before anything that depends on this record (an ack, a publish).
-        self.db.flush().context("flushing the job store")?;
+        self.flush()
+    }
+
+    /// Stores a record without flushing it.
+    fn write(&self, key: &str, record: &JobRecord) -> Result<()> {
+        self.jobs.insert(key.as_bytes(), serde_json::to_vec(record)?)?;
         Ok(())
     }
 }

@@ -361,7 +361,8 @@ fn run(command: Command) -> Result<()> {
             }
             let scratch = tempfile::tempdir()?;
             let sealing = SealingPath::open(sealing_path.as_deref().unwrap_or(scratch.path()))?;
-            let gpus = hardware::probe_in_child(&[]).gpus().count();
+            // The probe (a child process loading OpenCL) only for --gpu and the table's header.
+            let gpus = if gpu || !json { hardware::probe_in_child(&[]).gpus().count() } else { 0 };
             // The library reads these once, at its first call: set them before any.
             if gpu {
                 if !bench::GPU_BUILD {
