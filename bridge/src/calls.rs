@@ -239,10 +239,12 @@ impl Calls {
         // A holder not heard of since the bridge started (its heartbeat is on
         // the way) keeps its tasks in worker-local storage; in shared
         // storage any worker can take them.
-        // A drained holder in shared storage gets nothing new: others can
-        // reach the files. In worker-local storage only it can.
+        // A drained holder in shared storage gets nothing new, nor one still
+        // warming up for this stage: others can reach the files. In
+        // worker-local storage only it can (the task waits there).
         let takes = view.map_or(!shared_storage, |w| {
-            w.slots(task.stage(), size) > 0 && !(w.draining && shared_storage && !self.farm.is_gone(holder))
+            let away = w.draining || w.warming.contains(&task.stage());
+            w.slots(task.stage(), size) > 0 && !(away && shared_storage && !self.farm.is_gone(holder))
         });
         if !gone && takes && (avoid != Some(holder.as_str()) || !shared_storage) {
             return Ok(topology::worker_queue(holder));

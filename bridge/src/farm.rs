@@ -26,6 +26,8 @@ pub struct WorkerView {
     pub running: Vec<RunningJob>,
     /// Drained by the operator: takes nothing from the stage queues.
     pub draining: bool,
+    /// Stages it does not take yet: it is warming up (GPU kernels).
+    pub warming: Vec<Stage>,
     pub in_use: Option<ResourceUse>,
 }
 

@@ -136,6 +136,7 @@ impl Leases {
                 storage_id,
                 files_url,
                 draining,
+                warming,
                 in_use,
                 ..
             } => {
@@ -149,6 +150,7 @@ impl Leases {
                     files_url,
                     running: running.clone(),
                     draining,
+                    warming,
                     in_use,
                 });
                 for job in running {

@@ -38,6 +38,7 @@ pub struct Metrics {
     worker_up: Family<Labels, Gauge>,
     worker_heartbeat_age: Family<Labels, FloatGauge>,
     worker_draining: Family<Labels, Gauge>,
+    worker_warming: Family<Labels, Gauge>,
     worker_cores: Family<Labels, Gauge>,
     worker_memory: Family<Labels, Gauge>,
     worker_memory_used: Family<Labels, Gauge>,
@@ -123,6 +124,11 @@ impl Metrics {
                 Family::default()
             ),
             worker_draining: metric!("farm_worker_draining", "1 while a worker is drained", Family::default()),
+            worker_warming: metric!(
+                "farm_worker_warming",
+                "1 while a worker warms up (its GPU stages are not taken yet)",
+                Family::default()
+            ),
             worker_cores: metric!("farm_worker_cores", "CPU cores of a worker", Family::default()),
             worker_memory: metric!("farm_worker_memory_bytes", "Memory of a worker", Family::default()),
             worker_memory_used: metric!(
@@ -167,6 +173,7 @@ impl Metrics {
             &self.pc1_layers,
             &self.worker_up,
             &self.worker_draining,
+            &self.worker_warming,
             &self.worker_cores,
             &self.worker_memory,
             &self.worker_memory_used,
@@ -198,6 +205,7 @@ impl Metrics {
                 .set(i64::from(worker.state != "gone"));
             self.worker_heartbeat_age.get_or_create(&vec![id()]).set(secs(worker.last_seen_ms_ago));
             self.worker_draining.get_or_create(&vec![id()]).set(i64::from(worker.state == "draining"));
+            self.worker_warming.get_or_create(&vec![id()]).set(i64::from(!worker.warming.is_empty()));
             if let Some(hardware) = &worker.hardware {
                 self.worker_cores.get_or_create(&vec![id()]).set(hardware.cores as i64);
                 self.worker_memory.get_or_create(&vec![id()]).set(hardware.memory_bytes as i64);

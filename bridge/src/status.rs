@@ -54,9 +54,12 @@ pub struct MinerStatus {
 pub struct WorkerStatus {
     pub id: String,
     pub hostname: String,
-    /// `enabled`, `draining` (drained by the operator) or `gone` (no
-    /// heartbeat for the lease timeout).
+    /// `enabled`, `warming` (building its GPU kernels: the stages in
+    /// `warming` are not taken yet), `draining` (drained by the operator) or
+    /// `gone` (no heartbeat for the lease timeout).
     pub state: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warming: Vec<Stage>,
     pub last_seen_ms_ago: u64,
     pub hardware: Option<Hardware>,
     pub in_use: Option<ResourceUse>,
@@ -253,6 +256,8 @@ impl StatusSource {
                     "gone"
                 } else if w.draining {
                     "draining"
+                } else if !w.warming.is_empty() {
+                    "warming"
                 } else {
                     "enabled"
                 };
@@ -286,6 +291,7 @@ impl StatusSource {
                     id: w.id.clone(),
                     hostname: w.hostname.clone(),
                     state: state.to_string(),
+                    warming: w.warming.clone(),
                     last_seen_ms_ago: age.as_millis() as u64,
                     hardware: w.hardware.clone(),
                     in_use: w.in_use,

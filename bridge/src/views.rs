@@ -109,6 +109,10 @@ pub fn format_workers(workers: &[WorkerStatus], now_ms: u64) -> String {
         let state = match w.state.as_str() {
             "enabled" => String::new(),
             "gone" => format!(" (gone: no heartbeat for {})", short_duration(w.last_seen_ms_ago)),
+            "warming" => {
+                let stages: Vec<&str> = w.warming.iter().map(|s| s.as_str()).collect();
+                format!(" (warming up: takes {} once its GPU kernels are built)", stages.join(", "))
+            }
             other => format!(" ({other})"),
         };
         out.push_str(&format!("Worker {}, host {}{state}\n", w.id, w.hostname));

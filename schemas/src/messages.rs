@@ -355,6 +355,10 @@ pub enum EventKind {
         /// queues and finishes the ones it holds.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         draining: bool,
+        /// Stages it does not take yet: its GPU kernels are being built (the
+        /// warm-up proves a small sector first). Empty once warm.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warming: Vec<Stage>,
         /// The share of the machine its running jobs hold now.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         in_use: Option<ResourceUse>,

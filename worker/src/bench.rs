@@ -11,15 +11,16 @@ use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{
     Bytes, RegisteredSealProof, SectorId, SectorRef, SectorSize, Stage, StageOutput, Task, TaskMessage,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::proofs;
 use crate::sector_files::SealingPath;
 
 /// One timed stage.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StageTiming {
     pub sector: u64,
+    pub sector_size: SectorSize,
     pub stage: Stage,
     pub millis: f64,
     /// The process's peak resident memory during the stage (Linux: the
@@ -28,6 +29,9 @@ pub struct StageTiming {
     /// Whether the library's GPU code ran the stage: it said so in its log
     /// (see [`GpuWitness`]).
     pub gpu: bool,
+    /// A stage of the warm-up sector (`crate::warm_up`), not of the bench.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm_up: bool,
 }
 
 /// GPU use the proofs library reported since the last [`GpuWitness::reset`].
@@ -107,67 +111,100 @@ fn peak_rss() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
+/// A stage of a bench (or warm-up) sector ended in a panic of the proofs
+/// library: the process that ran it must end (see [`proofs::Execution`]).
+#[derive(Debug)]
+pub struct LibraryPanicked(pub String);
+
+impl std::fmt::Display for LibraryPanicked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LibraryPanicked {}
+
 /// Seals `repeat` sectors of `size` through `stages` (a prefix of
 /// AP → PC1 → PC2 → C1 → C2) in `sealing`, returning each stage's time.
+/// Each sector's files are removed after it, whatever happened.
 pub fn run(sealing: &SealingPath, size: SectorSize, stages: &[Stage], repeat: u32) -> Result<Vec<StageTiming>> {
+    if !stages.contains(&Stage::Ap) {
+        bail!("bench starts every sector with ap");
+    }
     let proof = RegisteredSealProof::v1_1_for(size);
     let mut timings = Vec::new();
     for round in 0..repeat {
         let sector = SectorRef { id: SectorId { miner: 1000, number: 900_000 + u64::from(round) }, proof_type: proof };
-        let ticket = Bytes([round as u8 + 1; 32].to_vec());
-        let seed = Bytes([round as u8 + 2; 32].to_vec());
-        let mut time = |task: Task| -> Result<StageOutput> {
-            let message = TaskMessage::new(sector, task);
-            let stage = message.stage();
-            reset_peak_rss();
-            GpuWitness::reset();
-            let started = Instant::now();
-            let output = proofs::execute(sealing, &message).outcome.map_err(|e| anyhow::anyhow!("{stage}: {e}"))?;
-            timings.push(StageTiming {
-                sector: sector.id.number,
-                stage,
-                millis: started.elapsed().as_secs_f64() * 1e3,
-                peak_rss_bytes: peak_rss(),
-                gpu: GpuWitness::seen(),
-            });
-            Ok(output)
-        };
-        let wants = |stage| stages.contains(&stage);
-        if !wants(Stage::Ap) {
-            bail!("bench starts every sector with ap");
-        }
-        let StageOutput::Ap { piece } =
-            time(Task::Ap { existing_piece_sizes: vec![], piece_size: size.unpadded(), data: PieceData::Null })?
-        else {
-            bail!("AddPiece gave no piece")
-        };
-        if !wants(Stage::Pc1) {
-            continue;
-        }
-        let StageOutput::Pc1 { pc1_out } = time(Task::Pc1 { ticket: ticket.clone(), pieces: vec![piece.clone()] })?
-        else {
-            bail!("PC1 gave no output")
-        };
-        if !wants(Stage::Pc2) {
-            continue;
-        }
-        let StageOutput::Pc2 { cids } = time(Task::Pc2 { pc1_out })? else { bail!("PC2 gave no CIDs") };
-        if !wants(Stage::C1) {
-            continue;
-        }
-        let StageOutput::C1 { c1_out } =
-            time(Task::C1 { ticket: ticket.clone(), seed: seed.clone(), pieces: vec![piece], cids: Box::new(cids) })?
-        else {
-            bail!("C1 gave no output")
-        };
-        if wants(Stage::C2) {
-            time(Task::C2 { c1_out })?;
-        }
-        std::fs::remove_dir_all(sealing.cache(sector.id)).context("cleaning up")?;
+        let sealed = seal(sealing, sector, round as u8, stages, &mut timings);
+        let _ = std::fs::remove_dir_all(sealing.cache(sector.id));
         let _ = std::fs::remove_file(sealing.sealed(sector.id));
         let _ = std::fs::remove_file(sealing.unsealed(sector.id));
+        sealed?;
     }
     Ok(timings)
+}
+
+/// One sector through `stages`, each timed into `timings`.
+fn seal(
+    sealing: &SealingPath,
+    sector: SectorRef,
+    round: u8,
+    stages: &[Stage],
+    timings: &mut Vec<StageTiming>,
+) -> Result<()> {
+    let size = sector.proof_type.info().context("a known proof type")?.sector_size;
+    let ticket = Bytes([round + 1; 32].to_vec());
+    let seed = Bytes([round + 2; 32].to_vec());
+    let mut time = |task: Task| -> Result<StageOutput> {
+        let message = TaskMessage::new(sector, task);
+        let stage = message.stage();
+        reset_peak_rss();
+        GpuWitness::reset();
+        let started = Instant::now();
+        let execution = proofs::execute(sealing, &message);
+        let millis = started.elapsed().as_secs_f64() * 1e3;
+        let output = match execution.outcome {
+            Ok(output) => output,
+            Err(e) if execution.panicked => return Err(LibraryPanicked(format!("{stage}: {e}")).into()),
+            Err(e) => bail!("{stage}: {e}"),
+        };
+        timings.push(StageTiming {
+            sector: sector.id.number,
+            sector_size: size,
+            stage,
+            millis,
+            peak_rss_bytes: peak_rss(),
+            gpu: GpuWitness::seen(),
+            warm_up: false,
+        });
+        Ok(output)
+    };
+    let wants = |stage| stages.contains(&stage);
+    let StageOutput::Ap { piece } =
+        time(Task::Ap { existing_piece_sizes: vec![], piece_size: size.unpadded(), data: PieceData::Null })?
+    else {
+        bail!("AddPiece gave no piece")
+    };
+    if !wants(Stage::Pc1) {
+        return Ok(());
+    }
+    let StageOutput::Pc1 { pc1_out } = time(Task::Pc1 { ticket: ticket.clone(), pieces: vec![piece.clone()] })? else {
+        bail!("PC1 gave no output")
+    };
+    if !wants(Stage::Pc2) {
+        return Ok(());
+    }
+    let StageOutput::Pc2 { cids } = time(Task::Pc2 { pc1_out })? else { bail!("PC2 gave no CIDs") };
+    if !wants(Stage::C1) {
+        return Ok(());
+    }
+    let StageOutput::C1 { c1_out } = time(Task::C1 { ticket, seed, pieces: vec![piece], cids: Box::new(cids) })? else {
+        bail!("C1 gave no output")
+    };
+    if wants(Stage::C2) {
+        time(Task::C2 { c1_out })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,10 +8,11 @@
 //! stay built) and ends only after a library panic. The worker then starts a
 //! new one and runs again any job the old one was still running.
 //!
-//! Protocol: JSON lines. The worker writes `{"key", "task"}` to the child's
-//! stdin; the child answers `{"key", "outcome", "panicked"}` on stdout. The
-//! child ignores SIGTERM/SIGINT (the worker decides when jobs stop) and exits
-//! when its stdin closes.
+//! Protocol: JSON lines. The worker writes `{"key", "task"}` (a job) or
+//! `{"key", "warm_up"}` (a [`warm_up::Plan`]) to the child's stdin; the child
+//! answers `{"key", "outcome", "panicked"}` or `{"key", "warmed_up",
+//! "panicked"}` on stdout. The child ignores SIGTERM/SIGINT (the worker
+//! decides when jobs stop) and exits when its stdin closes.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -26,8 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 
-use crate::proofs;
 use crate::sector_files::SealingPath;
+use crate::{bench, proofs, warm_up};
 
 /// Exit status of an executor that ended because the library panicked.
 pub const EXIT_AFTER_PANIC: i32 = 70;
@@ -35,21 +36,39 @@ pub const EXIT_AFTER_PANIC: i32 = 70;
 #[derive(Serialize, Deserialize)]
 struct Request {
     key: String,
-    task: TaskMessage,
+    #[serde(flatten)]
+    work: Work,
+}
+
+/// What the executor is asked to do.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Work {
+    Task(TaskMessage),
+    WarmUp(warm_up::Plan),
 }
 
 #[derive(Serialize, Deserialize)]
 struct Response {
     key: String,
-    outcome: Outcome,
+    #[serde(flatten)]
+    answer: Answer,
     panicked: bool,
+}
+
+/// The executor's answer to a [`Work`].
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer {
+    Outcome(Outcome),
+    WarmedUp(Result<warm_up::Report, String>),
 }
 
 /// The executor process ended before it answered.
 #[derive(Debug)]
 pub struct ExecutorLost;
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Outcome>>>>;
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>;
 
 struct Running {
     child: Child,
@@ -89,9 +108,23 @@ impl Executor {
     /// Runs a task in the executor and returns its outcome, or `ExecutorLost`
     /// if the executor ended first (the caller runs the job again).
     pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {
+        match self.ask(key, Work::Task(task.clone())).await? {
+            Answer::Outcome(outcome) => Ok(outcome),
+            Answer::WarmedUp(_) => Err(ExecutorLost),
+        }
+    }
+
+    /// Has the executor run the warm-up; what it did, or why it failed.
+    pub async fn warm_up(&self, plan: &warm_up::Plan) -> Result<Result<warm_up::Report, String>, ExecutorLost> {
+        match self.ask("warm-up", Work::WarmUp(plan.clone())).await? {
+            Answer::WarmedUp(report) => Ok(report),
+            Answer::Outcome(_) => Err(ExecutorLost),
+        }
+    }
+
+    async fn ask(&self, key: &str, work: Work) -> Result<Answer, ExecutorLost> {
         let (sender, receiver) = oneshot::channel();
-        let mut line =
-            serde_json::to_vec(&Request { key: key.to_string(), task: task.clone() }).expect("a task is JSON");
+        let mut line = serde_json::to_vec(&Request { key: key.to_string(), work }).expect("a request is JSON");
         line.push(b'\n');
         let mut running = self.running.lock().await;
         let usable = |r: &mut Running| {
@@ -153,7 +186,7 @@ impl Executor {
                             tracing::warn!(key = response.key, "the proofs library panicked; the executor restarts");
                         }
                         if let Some(sender) = routes.lock().unwrap().remove(&response.key) {
-                            let _ = sender.send(response.outcome);
+                            let _ = sender.send(response.answer);
                         }
                     }
                     Err(err) => tracing::error!(error = %err, line, "unreadable executor answer"),
@@ -191,19 +224,31 @@ pub fn serve(sealing: SealingPath) -> Result<()> {
         let request: Request = serde_json::from_str(&line).context("a job line is not JSON")?;
         let (sealing, stdout) = (sealing.clone(), stdout.clone());
         std::thread::spawn(move || {
-            // The library's own log lines name the job too.
-            let _job = request.task.span().entered();
-            let execution = proofs::execute(&sealing, &request.task);
-            let outcome = match execution.outcome {
-                Ok(output) => Outcome::Done(output),
-                Err(error) => Outcome::Failed(error),
+            let (answer, panicked) = match request.work {
+                Work::Task(task) => {
+                    // The library's own log lines name the job too.
+                    let _job = task.span().entered();
+                    let execution = proofs::execute(&sealing, &task);
+                    let outcome = match execution.outcome {
+                        Ok(output) => Outcome::Done(output),
+                        Err(error) => Outcome::Failed(error),
+                    };
+                    (Answer::Outcome(outcome), execution.panicked)
+                }
+                Work::WarmUp(plan) => {
+                    let _warm_up = tracing::info_span!("warm_up").entered();
+                    let report = warm_up::run(&plan);
+                    let panicked =
+                        report.as_ref().err().is_some_and(|e| e.downcast_ref::<bench::LibraryPanicked>().is_some());
+                    (Answer::WarmedUp(report.map_err(|e| format!("{e:#}"))), panicked)
+                }
             };
-            let response = Response { key: request.key, outcome, panicked: execution.panicked };
+            let response = Response { key: request.key, answer, panicked };
             let mut out = stdout.lock().unwrap_or_else(|e| e.into_inner());
             let _ = serde_json::to_writer(&mut *out, &response);
             let _ = out.write_all(b"\n");
             let _ = out.flush();
-            if execution.panicked {
+            if panicked {
                 // _exit: no exit handlers, which could wait on the poisoned library's threads.
                 // SAFETY: ends the process; nothing after it runs.
                 unsafe { libc::_exit(EXIT_AFTER_PANIC) };

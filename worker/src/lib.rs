@@ -8,7 +8,8 @@
 //! * [`job_store`] — the durable record of claimed jobs (sled);
 //! * [`bench`] — the same execution code, timed, without a broker;
 //! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
-//! * [`sector_files`] — the lotus layout of a sealing path.
+//! * [`sector_files`] — the lotus layout of a sealing path;
+//! * [`warm_up`] — the small sector a GPU worker proves before its GPU stages.
 
 pub mod bench;
 pub mod budget;
@@ -24,6 +25,7 @@ pub mod proofs;
 pub mod resources;
 pub mod sector_files;
 pub mod service;
+pub mod warm_up;
 
 /// This machine's host name.
 pub fn hostname() -> String {

@@ -10,7 +10,7 @@ use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::service::{self, FilesConfig, OnStop, WorkerConfig};
-use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs, resources};
+use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs, resources, warm_up};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.
@@ -85,6 +85,11 @@ enum Command {
         /// tree builders off.
         #[arg(long)]
         cpu: bool,
+        /// First run the warm-up a worker runs before its GPU stages (a 2 KiB
+        /// sector AP→C2 when --stages has c2, an 8 MiB one AP→PC2 when it has
+        /// pc2), shown as `warm-up` rows: the stages after it are timed warm.
+        #[arg(long)]
+        warm_up: bool,
     },
     /// Print what this machine has: cores, memory, swap, OpenCL devices (GPUs)
     /// and the free space of the given paths.
@@ -190,6 +195,24 @@ struct RunArgs {
     /// task is dead-lettered as poison and its call fails.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     retry_backoff: Duration,
+    /// Before taking its GPU stages, prove a small sector in a scratch folder
+    /// of the state dir, so the first real task finds the GPU kernels built
+    /// (on an H100 the first C2 of a process took 136 s, the next 5 s). For C2
+    /// a 2 KiB sector AP→C2 (needs the 2 KiB parameters: `sealfarm-worker
+    /// params generate --sector-size 2KiB`), then the C2 sizes' parameters are
+    /// read into the page cache; for PC2 with FIL_PROOFS_USE_GPU_TREE_BUILDER
+    /// an 8 MiB sector AP→PC2. Meanwhile the worker takes its other stages and
+    /// reports `warming`. `auto`: when C2 or PC2 would run on a GPU; `always`:
+    /// whenever it takes C2 or PC2 (on CPUs too); `never`.
+    #[arg(long, env = "SEALFARM_WARM_UP", value_enum, default_value_t = WarmUpArg::Auto)]
+    warm_up: WarmUpArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum WarmUpArg {
+    Auto,
+    Always,
+    Never,
 }
 
 /// What the worker takes: stages and sector sizes the operator allows,
@@ -323,7 +346,8 @@ fn main() {
     let cli = Cli::parse();
     // Child processes (executor, probe) log in the same format.
     std::env::set_var("SEALFARM_LOG_FORMAT", format!("{:?}", cli.log_format).to_lowercase());
-    init_logging(cli.log_format, matches!(cli.command, Command::Bench { .. }));
+    // bench and the executor's warm-up report whether the GPU ran a stage.
+    init_logging(cli.log_format, matches!(cli.command, Command::Bench { .. } | Command::Executor { .. }));
     if let Err(err) = run(cli.command) {
         eprintln!("error: {err:#}");
         std::process::exit(1);
@@ -355,9 +379,12 @@ fn run(command: Command) -> Result<()> {
     match command {
         Command::Run(args) => run_worker(*args),
         Command::Params(command) => run_params(command),
-        Command::Bench { sector_size, stages, repeat, sealing_path, json, gpu, cpu } => {
+        Command::Bench { sector_size, stages, repeat, sealing_path, json, gpu, cpu, warm_up } => {
             if stages.contains(&Stage::C2) {
                 params::require_seal_params(&[sector_size])?;
+                if warm_up {
+                    params::require_seal_params(&[SectorSize::KIB2])?;
+                }
             }
             let scratch = tempfile::tempdir()?;
             let sealing = SealingPath::open(sealing_path.as_deref().unwrap_or(scratch.path()))?;
@@ -389,15 +416,26 @@ fn run(command: Command) -> Result<()> {
                     if bench::GPU_BUILD { "yes" } else { "no" }
                 );
             }
-            let timings = bench::run(&sealing, sector_size, &stages, repeat.max(1))?;
+            let mut timings = Vec::new();
+            if warm_up {
+                let plan = warm_up::Plan {
+                    c2: stages.contains(&Stage::C2),
+                    pc2: stages.contains(&Stage::Pc2),
+                    preload: Vec::new(),
+                    scratch: sealing.root().join("warm-up"),
+                };
+                timings.extend(warm_up::run(&plan)?.stages);
+            }
+            timings.extend(bench::run(&sealing, sector_size, &stages, repeat.max(1))?);
             if json {
                 println!("{}", serde_json::to_string_pretty(&timings)?);
             } else {
-                println!("{:<8} {:<6} {:>12} {:>12} {:>4}", "sector", "stage", "time", "peak RSS", "gpu");
+                println!("{:<10} {:<6} {:>12} {:>12} {:>4}", "sector", "stage", "time", "peak RSS", "gpu");
                 for t in &timings {
+                    let sector = if t.warm_up { format!("warm {}", t.sector_size) } else { t.sector.to_string() };
                     println!(
-                        "{:<8} {:<6} {:>12} {:>8.1} MiB {:>4}",
-                        t.sector,
+                        "{:<10} {:<6} {:>12} {:>8.1} MiB {:>4}",
+                        sector,
                         t.stage.as_str(),
                         bench::duration(t.millis),
                         t.peak_rss_bytes as f64 / (1u64 << 20) as f64,
@@ -498,6 +536,17 @@ fn run_worker(args: RunArgs) -> Result<()> {
     if !c2_sizes.is_empty() {
         params::require_seal_params(&c2_sizes)?;
     }
+    let warm_up = warm_up::decide(
+        match args.warm_up {
+            WarmUpArg::Auto => warm_up::Mode::Auto,
+            WarmUpArg::Always => warm_up::Mode::Always,
+            WarmUpArg::Never => warm_up::Mode::Never,
+        },
+        &capacity,
+        &hw,
+        state_dir.join("warm-up"),
+        &|name| std::env::var(name).ok(),
+    )?;
     let hostname = sealfarm_worker::hostname();
     let files = match (args.files_listen, args.files_token) {
         (None, _) => None,
@@ -553,6 +602,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
         retry_backoff: args.retry_backoff,
         simulate_compute: args.simulate_compute,
         metrics_listener,
+        warm_up: warm_up.plan.clone(),
     };
     // The start-up table: plain lines for people, log records in JSON mode.
     let json = matches!(std::env::var("SEALFARM_LOG_FORMAT").as_deref(), Ok("json"));
@@ -580,6 +630,16 @@ fn run_worker(args: RunArgs) -> Result<()> {
         None => say("  metrics       off".into()),
     }
     say(format!("  parameters    {}", params::cache_dir().display()));
+    match (&warm_up.plan, &warm_up.note) {
+        (Some(plan), note) => {
+            say(format!("  warm-up       {}", plan.describe()));
+            if let Some(note) = note {
+                tracing::warn!("{note}");
+            }
+        }
+        (None, Some(note)) => say(format!("  warm-up       {note}")),
+        (None, None) => {}
+    }
     for line in hardware::describe(&config.hardware) {
         say(format!("  {line}"));
     }

@@ -27,6 +27,8 @@ pub struct Now {
     pub running: Vec<RunningJob>,
     pub capacity: Vec<StageSlots>,
     pub draining: bool,
+    /// The warm-up is not over yet.
+    pub warming: bool,
     pub hardware: Hardware,
     pub in_use: ResourceUse,
 }
@@ -42,6 +44,8 @@ pub struct Metrics {
     running_jobs: Family<Labels, Gauge>,
     slots: Family<Labels, Gauge>,
     draining: Gauge,
+    warming: Gauge,
+    pub warm_up_seconds: Gauge<f64, AtomicU64>,
     pc1_layers_done: Family<Labels, Gauge>,
     pc1_layers: Family<Labels, Gauge>,
     cpu_cores: Gauge,
@@ -93,6 +97,12 @@ impl Metrics {
             running_jobs: metric!("running_jobs", "Jobs computing now", Family::default()),
             slots: metric!("slots", "Jobs of a stage and size this worker runs at once", Family::default()),
             draining: metric!("draining", "1 while the operator has this worker drained", Gauge::default()),
+            warming: metric!(
+                "warming",
+                "1 while the warm-up runs (its GPU stages are not taken yet)",
+                Gauge::default()
+            ),
+            warm_up_seconds: metric!("warm_up_seconds", "How long the warm-up took", Gauge::default()),
             pc1_layers_done: metric!("pc1_layers_done", "Finished SDR layers of each running PC1", Family::default()),
             pc1_layers: metric!("pc1_layers", "SDR layers of each running PC1, in all", Family::default()),
             cpu_cores: metric!("cpu_cores", "Logical CPUs", Gauge::default()),
@@ -142,6 +152,7 @@ impl Metrics {
             self.slots.get_or_create(&labels).set(i64::from(c.slots));
         }
         self.draining.set(i64::from(now.draining));
+        self.warming.set(i64::from(now.warming));
         self.cpu_cores.set(now.hardware.cores as i64);
         self.memory.set(now.hardware.memory_bytes as i64);
         self.memory_used.set(now.hardware.memory_used_bytes as i64);

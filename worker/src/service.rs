@@ -88,6 +88,9 @@ pub struct WorkerConfig {
     /// Wait before the second run of a job whose run ended without a result;
     /// doubled for each further run.
     pub retry_backoff: Duration,
+    /// What the executor seals before this worker takes its GPU stages
+    /// (`warm_up.rs`); None: they start at once.
+    pub warm_up: Option<crate::warm_up::Plan>,
 }
 
 /// The file server of a worker with worker-local storage.
@@ -156,6 +159,11 @@ struct Worker {
     /// False while the operator has the worker drained: the stage queues are
     /// not consumed (its own queue is: tasks bound to its files, controls).
     enabled: tokio::sync::watch::Sender<bool>,
+    /// The stages still waiting for the warm-up, as heartbeats report them.
+    warming: Mutex<Vec<Stage>>,
+    /// True once the warm-up is over (at once without one): the warm-up's
+    /// stages are taken from then on.
+    warmed: tokio::sync::watch::Sender<bool>,
     metrics: Arc<crate::metrics::Metrics>,
     /// When the last heartbeat went out.
     last_heartbeat: Mutex<std::time::Instant>,
@@ -182,6 +190,8 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             config.hardware.cores.max(1) as u64,
             config.hardware.gpus().count() as f64,
         ),
+        warming: Mutex::new(config.warm_up.as_ref().map(|p| p.stages()).unwrap_or_default()),
+        warmed: tokio::sync::watch::Sender::new(config.warm_up.is_none()),
         config,
         store,
         link,
@@ -200,6 +210,8 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         );
         worker.enabled.send_replace(false);
     }
+    // Warm up the executor while the other stages are taken.
+    let warm_up = worker.config.warm_up.clone().map(|plan| tokio::spawn(worker.clone().warm_up(plan)));
     let mut jobs = JoinSet::new();
 
     for record in worker.store.unfinished()? {
@@ -248,6 +260,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             running: this.running.lock().unwrap().values().cloned().collect(),
             capacity: this.config.capacity.clone(),
             draining: !*this.enabled.borrow(),
+            warming: !*this.warmed.borrow(),
             hardware: this.hardware_now(),
             in_use: this.budget.in_use(),
         };
@@ -271,6 +284,9 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     tracing::info!(running = worker.running.lock().unwrap().len(), grace = ?worker.config.shutdown_grace, "stopping: no new tasks");
     let drained =
         tokio::time::timeout(worker.config.shutdown_grace, async { while jobs.join_next().await.is_some() {} }).await;
+    if let Some(warm_up) = warm_up {
+        warm_up.abort();
+    }
     // Jobs still running stop here; a PC1 keeps its finished layers (checkpoints).
     worker.executor.stop().await;
     if drained.is_err() {
@@ -317,7 +333,14 @@ impl Worker {
             let channel = broker.connection.create_channel().await?;
             channel.basic_qos(1, BasicQosOptions::default()).await?;
             channels.push(channel.clone());
-            pullers.spawn(self.clone().pull(channel, queue, semaphore, sender.clone()));
+            let this = self.clone();
+            let sender = sender.clone();
+            let stage = c.stage;
+            pullers.spawn(async move {
+                // A stage the warm-up is for is not consumed until it is over.
+                this.until_warm(stage).await;
+                this.pull(channel, queue, semaphore, sender).await
+            });
         }
         tracing::info!(worker = %self.config.worker_id, queues = ?self.config.queues(), "consuming");
         // Announce at once: a heartbeat also tells watchers this worker now takes tasks.
@@ -613,7 +636,12 @@ impl Worker {
         let priority = self.budget.priority(&task);
         let mut stop = self.shutdown.clone();
         let grant = tokio::select! {
-            grant = self.budget.acquire(need, priority) => grant,
+            // A job of a warming stage (resumed, or bound to this worker's
+            // files) waits for the warm-up, then for its share.
+            grant = async {
+                self.until_warm(task.stage()).await;
+                self.budget.acquire(need, priority).await
+            } => grant,
             _ = stop.wait() => return, // stays held: released or resumed per --on-stop
         };
         let started = now_ms();
@@ -657,6 +685,46 @@ impl Worker {
         self.publish_result(&key, result).await;
         // Watchers see the freed share of the machine at once.
         self.heartbeat_soon().await;
+    }
+
+    /// Returns once `stage` is warm: at once for a stage the warm-up is not
+    /// for, or when it is over.
+    async fn until_warm(&self, stage: Stage) {
+        if self.config.warm_up.as_ref().is_some_and(|plan| plan.stages().contains(&stage)) {
+            let mut warmed = self.warmed.subscribe();
+            let _ = warmed.wait_for(|warm| *warm).await;
+        }
+    }
+
+    /// Has the executor seal the warm-up sectors, then opens the warming
+    /// stages. A failed warm-up opens them too (their first task starts cold).
+    async fn warm_up(self: Arc<Self>, plan: crate::warm_up::Plan) {
+        let stages = list(&plan.stages());
+        tracing::info!(plan = plan.describe(), "warming up: {stages} is taken once it is done");
+        let started = std::time::Instant::now();
+        match self.executor.warm_up(&plan).await {
+            Ok(Ok(report)) => {
+                for t in &report.stages {
+                    tracing::info!(stage = %t.stage, sector_size = %t.sector_size, millis = t.millis as u64, gpu = t.gpu, "warm-up stage done");
+                }
+                for p in &report.preloaded {
+                    tracing::info!(sector_size = %p.sector_size, bytes = p.bytes, millis = p.millis as u64, "parameters read into the page cache");
+                }
+                tracing::info!(seconds = format!("{:.1}", report.millis / 1e3), "warmed up; taking {stages}");
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    error,
+                    "the warm-up failed; taking {stages} cold (its first task builds the GPU kernels)"
+                )
+            }
+            Err(_) => tracing::warn!("the executor ended during the warm-up; taking {stages} cold"),
+        }
+        self.metrics.warm_up_seconds.set(started.elapsed().as_secs_f64());
+        self.warming.lock().unwrap().clear();
+        // Watchers hear it is warm before it takes a task of those stages.
+        self.heartbeat().await;
+        self.warmed.send_replace(true);
     }
 
     /// A heartbeat now, or, if one went out less than `HEARTBEAT_GAP` ago,
@@ -1033,6 +1101,7 @@ impl Worker {
         *self.last_heartbeat.lock().unwrap() = std::time::Instant::now();
         let running = self.running.lock().unwrap().values().cloned().collect();
         let draining = !*self.enabled.borrow();
+        let warming = self.warming.lock().unwrap().clone();
         self.event(EventKind::Heartbeat {
             hostname: self.config.hostname.clone(),
             stages: self.config.stages(),
@@ -1044,6 +1113,7 @@ impl Worker {
             storage_id: Some(self.config.storage_id.clone()),
             files_url: self.config.files.as_ref().map(|f| f.url.clone()),
             draining,
+            warming,
             in_use: Some(self.budget.in_use()),
         })
         .await;

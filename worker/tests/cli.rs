@@ -152,6 +152,34 @@ fn bench_times_every_stage_it_runs_with_the_worker_code() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--features opencl"), "{out:?}");
 }
 
+/// `bench --warm-up` runs the warm-up a GPU worker runs (here on the CPU)
+/// before the timed stages and shows it apart: for PC2, an 8 MiB sector.
+#[test]
+fn bench_shows_the_warm_up_before_the_stages_it_warms() {
+    let out = worker()
+        .args(["bench", "--sector-size", "2KiB", "--stages", "ap,pc1,pc2", "--warm-up", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let timings: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let rows: Vec<(bool, &str, &str)> = timings
+        .iter()
+        .map(|t| (t["warm_up"] == true, t["sector_size"].as_str().unwrap(), t["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (true, "8MiB", "ap"),
+            (true, "8MiB", "pc1"),
+            (true, "8MiB", "pc2"),
+            (false, "2KiB", "ap"),
+            (false, "2KiB", "pc1"),
+            (false, "2KiB", "pc2")
+        ]
+    );
+    assert!(timings.iter().all(|t| t["millis"].as_f64().unwrap() > 0.0), "{timings:?}");
+}
+
 #[test]
 fn params_status_lists_what_the_cache_holds() {
     let dir = tempfile::tempdir().unwrap();

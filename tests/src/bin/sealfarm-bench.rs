@@ -421,6 +421,7 @@ async fn scale(run_dir: &std::path::Path, workers: usize, calls: usize) -> Resul
                             storage_id: Some(format!("store-{n}")),
                             files_url: None,
                             draining: false,
+                            warming: Vec::new(),
                             in_use: None,
                         },
                     );
