@@ -4,7 +4,7 @@
 //! `warming` and sends the stage's tasks where any worker can take them.
 //!
 //! This machine has no GPU: `--warm-up always` runs the same warm-up on the
-//! CPU. PC2's is an 8 MiB sector AP → PC1 → PC2, some seconds here.
+//! CPU, a 2 KiB sector AP → C2 (a minute or so here: the C2).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,8 @@ use sealfarm_tests::devminer::{add_piece_params, sector_ref, SealReport};
 use sealfarm_tests::{subscribe_events, BridgeFarm};
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(120);
+/// Long enough for the warm-up's CPU C2 on a busy 2-core machine.
+const WAIT: Duration = Duration::from_secs(600);
 
 /// What the worker said, in the order the broker delivered it.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,13 +62,13 @@ async fn a_warming_worker_takes_its_gpu_stage_only_after_the_warm_up() {
             }
         }
     });
-    let mut warm = farm.start_worker_with("w-warm", "ap,pc1,pc2", "2KiB", &["--warm-up", "always"]);
+    let mut warm = farm.start_worker_with("w-warm", "ap,pc1,pc2,c1,c2", "2KiB", &["--warm-up", "always"]);
 
-    // The bridge shows it warming, with the stage it does not take yet.
+    // The bridge shows it warming, with the stages it does not take yet.
     let workers = farm.wait_json(&["workers"], WAIT, |w| state(w, "w-warm") == "warming").await;
-    assert_eq!(worker(&workers, "w-warm").unwrap()["warming"], json!(["pc2"]));
+    assert_eq!(worker(&workers, "w-warm").unwrap()["warming"], json!(["pc2", "c2"]));
     let text = farm.cli_ok(&["workers"]);
-    assert!(text.contains("warming up: takes pc2"), "{text}");
+    assert!(text.contains("warming up: takes pc2, c2"), "{text}");
 
     // The miner seals a sector meanwhile: AddPiece and PC1 run at once, PC2
     // waits for the warm-up and then succeeds.
@@ -86,8 +87,10 @@ async fn a_warming_worker_takes_its_gpu_stage_only_after_the_warm_up() {
         .position(|s| *s == Said::Heartbeat { warming: vec![] })
         .unwrap_or_else(|| panic!("no heartbeat said the worker was warm: {said:?}"));
     assert!(
-        said[..warm_at].iter().all(|s| !matches!(s, Said::Heartbeat { warming } if *warming != vec![Stage::Pc2])),
-        "every heartbeat before it lists pc2 as warming: {said:?}"
+        said[..warm_at]
+            .iter()
+            .all(|s| !matches!(s, Said::Heartbeat { warming } if *warming != vec![Stage::Pc2, Stage::C2])),
+        "every heartbeat before it lists pc2 and c2 as warming: {said:?}"
     );
     let claim = |stage| said.iter().position(|s| *s == Said::Claim(stage));
     assert!(claim(Stage::Ap) < Some(warm_at), "AddPiece ran during the warm-up: {said:?}");
@@ -97,8 +100,8 @@ async fn a_warming_worker_takes_its_gpu_stage_only_after_the_warm_up() {
     // The warm-up sealed its own sector in a scratch folder, now gone; the
     // shared sealing path holds only the miner's sector.
     let log = std::fs::read_to_string(warm_log(&farm)).unwrap();
-    assert!(log.contains("warmed up; taking pc2"), "{log}");
-    assert!(log.contains("sector_size=8MiB") && log.contains("stage=pc2"), "the 8 MiB warm-up PC2 is logged: {log}");
+    assert!(log.contains("warmed up; taking pc2, c2"), "{log}");
+    assert!(log.contains("warm-up c2 of its 2KiB sector"), "the warm-up's C2 is logged: {log}");
     assert!(!farm.dir.path().join("state-w-warm/warm-up").exists(), "the scratch folder is removed");
     let cache: Vec<String> = std::fs::read_dir(farm.dir.path().join("sealing/cache"))
         .unwrap()

@@ -40,8 +40,9 @@ static GPU_SEEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// A tracing layer that watches the proofs library's log for the lines it
 /// writes when GPU code runs ("generating tree c using the GPU", "GPU is
 /// available for Multiexp", …): the evidence behind `bench`'s `gpu` column.
-/// Settings alone do not tell: with the GPU tree builder on, a 2 KiB PC2
-/// still builds its trees on the CPU (measured on the H100).
+/// Settings alone do not tell: the library reads them once, at its first
+/// call, so a setting made after that is silently ignored (it kept a 2 KiB
+/// PC2 on the CPU in an early H100 run).
 pub struct GpuWitness;
 
 impl GpuWitness {

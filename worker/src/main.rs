@@ -86,8 +86,8 @@ enum Command {
         #[arg(long)]
         cpu: bool,
         /// First run the warm-up a worker runs before its GPU stages (a 2 KiB
-        /// sector AP→C2 when --stages has c2, an 8 MiB one AP→PC2 when it has
-        /// pc2), shown as `warm-up` rows: the stages after it are timed warm.
+        /// sector AP→C2 when --stages has c2, else AP→PC2 when it has pc2),
+        /// shown as `warm` rows: the stages after it are timed warm.
         #[arg(long)]
         warm_up: bool,
     },
@@ -195,15 +195,15 @@ struct RunArgs {
     /// task is dead-lettered as poison and its call fails.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     retry_backoff: Duration,
-    /// Before taking its GPU stages, prove a small sector in a scratch folder
+    /// Before taking its GPU stages, prove a 2 KiB sector in a scratch folder
     /// of the state dir, so the first real task finds the GPU kernels built
-    /// (on an H100 the first C2 of a process took 136 s, the next 5 s). For C2
-    /// a 2 KiB sector AP→C2 (needs the 2 KiB parameters: `sealfarm-worker
-    /// params generate --sector-size 2KiB`), then the C2 sizes' parameters are
-    /// read into the page cache; for PC2 with FIL_PROOFS_USE_GPU_TREE_BUILDER
-    /// an 8 MiB sector AP→PC2. Meanwhile the worker takes its other stages and
-    /// reports `warming`. `auto`: when C2 or PC2 would run on a GPU; `always`:
-    /// whenever it takes C2 or PC2 (on CPUs too); `never`.
+    /// (on an H100 with an empty kernel cache the first C2 took 120 s, the
+    /// next 5 s). For C2 the sector goes AP→C2 (needs the 2 KiB parameters:
+    /// `sealfarm-worker params generate --sector-size 2KiB`), then the C2
+    /// sizes' parameters are read into the page cache; for PC2 alone (with
+    /// FIL_PROOFS_USE_GPU_TREE_BUILDER) AP→PC2. Meanwhile the worker takes its
+    /// other stages and reports `warming`. `auto`: when C2 or PC2 would run on
+    /// a GPU; `always`: whenever it takes C2 or PC2 (on CPUs too); `never`.
     #[arg(long, env = "SEALFARM_WARM_UP", value_enum, default_value_t = WarmUpArg::Auto)]
     warm_up: WarmUpArg,
 }
@@ -380,12 +380,6 @@ fn run(command: Command) -> Result<()> {
         Command::Run(args) => run_worker(*args),
         Command::Params(command) => run_params(command),
         Command::Bench { sector_size, stages, repeat, sealing_path, json, gpu, cpu, warm_up } => {
-            if stages.contains(&Stage::C2) {
-                params::require_seal_params(&[sector_size])?;
-                if warm_up {
-                    params::require_seal_params(&[SectorSize::KIB2])?;
-                }
-            }
             let scratch = tempfile::tempdir()?;
             let sealing = SealingPath::open(sealing_path.as_deref().unwrap_or(scratch.path()))?;
             // The probe (a child process loading OpenCL) only for --gpu and the table's header.
@@ -408,6 +402,15 @@ fn run(command: Command) -> Result<()> {
                 std::env::set_var("BELLMAN_NO_GPU", "1");
                 std::env::set_var("FIL_PROOFS_USE_GPU_TREE_BUILDER", "0");
                 std::env::set_var("FIL_PROOFS_USE_GPU_COLUMN_BUILDER", "0");
+            }
+            // Only now: finding the parameters reads the library's settings,
+            // which it reads once (a check before the lines above kept the
+            // GPU tree builder off whatever --gpu said).
+            if stages.contains(&Stage::C2) {
+                params::require_seal_params(&[sector_size])?;
+                if warm_up {
+                    params::require_seal_params(&[SectorSize::KIB2])?;
+                }
             }
             if !json {
                 println!(

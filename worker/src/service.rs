@@ -705,10 +705,21 @@ impl Worker {
         match self.executor.warm_up(&plan).await {
             Ok(Ok(report)) => {
                 for t in &report.stages {
-                    tracing::info!(stage = %t.stage, sector_size = %t.sector_size, millis = t.millis as u64, gpu = t.gpu, "warm-up stage done");
+                    let on = if t.gpu { "on the GPU" } else { "on the CPU" };
+                    tracing::info!(
+                        "warm-up {} of its {} sector: {} {on}",
+                        t.stage,
+                        t.sector_size,
+                        crate::bench::duration(t.millis)
+                    );
                 }
                 for p in &report.preloaded {
-                    tracing::info!(sector_size = %p.sector_size, bytes = p.bytes, millis = p.millis as u64, "parameters read into the page cache");
+                    tracing::info!(
+                        "warm-up: the {} parameters ({} bytes) read into the page cache in {}",
+                        p.sector_size,
+                        p.bytes,
+                        crate::bench::duration(p.millis)
+                    );
                 }
                 tracing::info!(seconds = format!("{:.1}", report.millis / 1e3), "warmed up; taking {stages}");
             }

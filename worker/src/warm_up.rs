@@ -1,19 +1,21 @@
 //! Warm-up: a worker whose GPU stages would start cold proves a small sector
 //! of its own before it takes the first real task of those stages.
 //!
-//! On a GPU the first proof of a process is slow: the library builds its
-//! OpenCL/CUDA kernels at first use (measured on an H100: a 2 KiB C2 took
-//! 135.7 s cold and 5.3 s warm; an 8 MiB PC2 51.2 s cold and 0.8 s warm). A
-//! worker that took a C2 in that state would hold it minutes longer than a
-//! warm one. So, before it consumes its GPU stage queues, the worker has its
-//! executor (the long-lived process that runs every proof) seal:
+//! On a GPU the first proof after the kernels' cache is empty is slow: the
+//! library compiles its OpenCL kernels at first use and the driver caches
+//! them on disk (NVIDIA: `~/.nv/ComputeCache`, or `CUDA_CACHE_PATH`).
+//! Measured on an H100 with an empty cache: a 2 KiB C2 took 120 s against
+//! 5 s warm, a 2 KiB PC2 with the GPU tree builder 39 s against 0.6 s; a
+//! process started later on the same cache was warm at once. A worker that
+//! took a C2 in that state would hold it minutes longer than a warm one. So,
+//! before it consumes its GPU stage queues, the worker has its executor (the
+//! long-lived process that runs every proof) seal a 2 KiB sector of its own:
 //!
-//! * for C2: a 2 KiB sector AP → PC1 → PC2 → C1 → C2 (the SNARK prover's
-//!   kernels do not depend on the sector size; needs the 2 KiB parameters),
-//!   then reads the parameter files of the C2 sizes it takes into the page
-//!   cache, where they fit in half the memory;
-//! * for PC2 with the GPU tree builders on: an 8 MiB sector AP → PC1 → PC2
-//!   (a 2 KiB PC2 builds its trees on the CPU even then).
+//! * for C2: AP → PC1 → PC2 → C1 → C2 (the SNARK prover's kernels do not
+//!   depend on the sector size; needs the 2 KiB parameters), then it reads
+//!   the parameter files of the C2 sizes it takes into the page cache, where
+//!   they fit in half the memory;
+//! * for PC2 alone (GPU tree builder on): AP → PC1 → PC2.
 //!
 //! Meanwhile it takes its other stages, and its heartbeat lists the stages
 //! still warming (`sealfarm-bridge workers` shows it `warming`).
@@ -45,9 +47,9 @@ pub enum Mode {
 /// What the executor seals before the worker takes its GPU stages.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
-    /// Seal a 2 KiB sector from AddPiece to C2.
+    /// Warm C2: the sector goes from AddPiece to C2.
     pub c2: bool,
-    /// Seal an 8 MiB sector from AddPiece to PC2.
+    /// Warm PC2: the sector goes from AddPiece to PC2 at least.
     pub pc2: bool,
     /// Sizes whose seal parameters are read into the page cache after.
     pub preload: Vec<SectorSize>,
@@ -63,13 +65,7 @@ impl Plan {
 
     /// One line for the start-up table.
     pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if self.c2 {
-            parts.push("a 2 KiB sector AP→C2".to_string());
-        }
-        if self.pc2 {
-            parts.push("an 8 MiB sector AP→PC2".to_string());
-        }
+        let mut parts = vec![format!("a 2 KiB sector AP→{}", if self.c2 { "C2" } else { "PC2" })];
         if !self.preload.is_empty() {
             let sizes: Vec<String> = self.preload.iter().map(|s| s.to_string()).collect();
             parts.push(format!("reads the {} parameters into the page cache", sizes.join(", ")));
@@ -197,15 +193,12 @@ pub fn run(plan: &Plan) -> Result<Report> {
 fn seal_and_preload(plan: &Plan) -> Result<(Vec<StageTiming>, Vec<Preloaded>)> {
     let sealing = SealingPath::open(&plan.scratch)
         .with_context(|| format!("cannot use warm-up scratch directory {}", plan.scratch.display()))?;
-    let mut stages = Vec::new();
-    if plan.c2 {
-        let all = [Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C1, Stage::C2];
-        stages.extend(bench::run(&sealing, SectorSize::KIB2, &all, 1).context("2 KiB warm-up sector")?);
-    }
-    if plan.pc2 {
-        let to_pc2 = [Stage::Ap, Stage::Pc1, Stage::Pc2];
-        stages.extend(bench::run(&sealing, SectorSize::MIB8, &to_pc2, 1).context("8 MiB warm-up sector")?);
-    }
+    let through: &[Stage] = if plan.c2 {
+        &[Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C1, Stage::C2]
+    } else {
+        &[Stage::Ap, Stage::Pc1, Stage::Pc2]
+    };
+    let stages = bench::run(&sealing, SectorSize::KIB2, through, 1).context("the warm-up sector")?;
     let mut preloaded = Vec::new();
     for &size in &plan.preload {
         let (path, _) = params::seal_param_paths(size)?;
@@ -264,7 +257,7 @@ mod tests {
         let pc2 = decide(Mode::Always, &[Stage::Pc2]).plan.unwrap();
         assert_eq!(pc2.stages(), vec![Stage::Pc2]);
         assert!(!pc2.c2 && pc2.preload.is_empty());
-        assert_eq!(pc2.describe(), "an 8 MiB sector AP→PC2 before taking pc2");
+        assert_eq!(pc2.describe(), "a 2 KiB sector AP→PC2 before taking pc2");
     }
 
     #[test]

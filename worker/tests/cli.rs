@@ -153,7 +153,7 @@ fn bench_times_every_stage_it_runs_with_the_worker_code() {
 }
 
 /// `bench --warm-up` runs the warm-up a GPU worker runs (here on the CPU)
-/// before the timed stages and shows it apart: for PC2, an 8 MiB sector.
+/// before the timed stages and shows it apart: for PC2, a 2 KiB sector AP→PC2.
 #[test]
 fn bench_shows_the_warm_up_before_the_stages_it_warms() {
     let out = worker()
@@ -169,9 +169,9 @@ fn bench_shows_the_warm_up_before_the_stages_it_warms() {
     assert_eq!(
         rows,
         [
-            (true, "8MiB", "ap"),
-            (true, "8MiB", "pc1"),
-            (true, "8MiB", "pc2"),
+            (true, "2KiB", "ap"),
+            (true, "2KiB", "pc1"),
+            (true, "2KiB", "pc2"),
             (false, "2KiB", "ap"),
             (false, "2KiB", "pc1"),
             (false, "2KiB", "pc2")
