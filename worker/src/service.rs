@@ -700,9 +700,15 @@ impl Worker {
     /// stages. A failed warm-up opens them too (their first task starts cold).
     async fn warm_up(self: Arc<Self>, plan: crate::warm_up::Plan) {
         let stages = list(&plan.stages());
-        tracing::info!(plan = plan.describe(), "warming up: {stages} is taken once it is done");
+        tracing::info!(plan = plan.describe(), "warming up; {stages} wait for it");
         let started = std::time::Instant::now();
-        match self.executor.warm_up(&plan).await {
+        let mut warmed = self.executor.warm_up(&plan).await;
+        if warmed.is_err() && !self.shutdown.is_set() {
+            // Another job's library panic ended the executor under it.
+            tracing::warn!("the executor ended during the warm-up; warming up again in a new one");
+            warmed = self.executor.warm_up(&plan).await;
+        }
+        match warmed {
             Ok(Ok(report)) => {
                 for t in &report.stages {
                     let on = if t.gpu { "on the GPU" } else { "on the CPU" };
@@ -733,8 +739,9 @@ impl Worker {
         }
         self.metrics.warm_up_seconds.set(started.elapsed().as_secs_f64());
         self.warming.lock().unwrap().clear();
-        // Watchers hear it is warm before it takes a task of those stages.
-        self.heartbeat().await;
+        // Watchers hear it is warm before it takes a task of those stages
+        // (not waiting long for a broker that is away: nothing is taken then).
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.heartbeat()).await;
         self.warmed.send_replace(true);
     }
 
