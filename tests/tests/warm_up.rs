@@ -69,6 +69,17 @@ async fn a_warming_worker_takes_its_gpu_stage_only_after_the_warm_up() {
     assert_eq!(worker(&workers, "w-warm").unwrap()["warming"], json!(["pc2", "c2"]));
     let text = farm.cli_ok(&["workers"]);
     assert!(text.contains("warming up: takes pc2, c2"), "{text}");
+    // … and in its metrics (the series behind the Grafana workers table).
+    let series = "sealfarm_farm_worker_warming{worker=\"w-warm\"} ";
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = reqwest::get(format!("http://{}/metrics", farm.listen)).await.unwrap().text().await.unwrap();
+        if metrics.lines().any(|l| l == format!("{series}1")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(metrics.lines().any(|l| l == format!("{series}1")), "{metrics}");
 
     // The miner seals a sector meanwhile: AddPiece and PC1 run at once, PC2
     // waits for the warm-up and then succeeds.
