@@ -103,10 +103,12 @@ async fn a_warming_worker_takes_its_gpu_stage_only_after_the_warm_up() {
             .all(|s| !matches!(s, Said::Heartbeat { warming } if *warming != vec![Stage::Pc2, Stage::C2])),
         "every heartbeat before it lists pc2 and c2 as warming: {said:?}"
     );
-    let claim = |stage| said.iter().position(|s| *s == Said::Claim(stage));
-    assert!(claim(Stage::Ap) < Some(warm_at), "AddPiece ran during the warm-up: {said:?}");
-    assert!(claim(Stage::Pc1) < Some(warm_at), "PC1 ran during the warm-up: {said:?}");
-    assert!(claim(Stage::Pc2) > Some(warm_at), "PC2 was taken only once warm: {said:?}");
+    let claim = |stage| {
+        said.iter().position(|s| *s == Said::Claim(stage)).unwrap_or_else(|| panic!("no {stage} claim: {said:?}"))
+    };
+    assert!(claim(Stage::Ap) < warm_at, "AddPiece ran during the warm-up: {said:?}");
+    assert!(claim(Stage::Pc1) < warm_at, "PC1 ran during the warm-up: {said:?}");
+    assert!(claim(Stage::Pc2) > warm_at, "PC2 was taken only once warm: {said:?}");
 
     // The warm-up sealed its own sector in a scratch folder, now gone; the
     // shared sealing path holds only the miner's sector.

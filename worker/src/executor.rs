@@ -64,9 +64,13 @@ enum Answer {
     WarmedUp(Result<warm_up::Report, String>),
 }
 
-/// The executor process ended before it answered.
-#[derive(Debug)]
-pub struct ExecutorLost;
+/// The executor process ended before it answered (or could not be asked).
+#[derive(Debug, Default)]
+pub struct ExecutorLost {
+    /// It had reported a library panic of another request first: that
+    /// panic, not this request, ended it.
+    pub after_panic: bool,
+}
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Answer>>>>;
 
@@ -110,7 +114,7 @@ impl Executor {
     pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {
         match self.ask(key, Work::Task(task.clone())).await? {
             Answer::Outcome(outcome) => Ok(outcome),
-            Answer::WarmedUp(_) => Err(ExecutorLost),
+            Answer::WarmedUp(_) => Err(ExecutorLost::default()),
         }
     }
 
@@ -118,13 +122,20 @@ impl Executor {
     pub async fn warm_up(&self, plan: &warm_up::Plan) -> Result<Result<warm_up::Report, String>, ExecutorLost> {
         match self.ask("warm-up", Work::WarmUp(plan.clone())).await? {
             Answer::WarmedUp(report) => Ok(report),
-            Answer::Outcome(_) => Err(ExecutorLost),
+            Answer::Outcome(_) => Err(ExecutorLost::default()),
         }
     }
 
     async fn ask(&self, key: &str, work: Work) -> Result<Answer, ExecutorLost> {
         let (sender, receiver) = oneshot::channel();
-        let mut line = serde_json::to_vec(&Request { key: key.to_string(), work }).expect("a request is JSON");
+        let mut line = match serde_json::to_vec(&Request { key: key.to_string(), work }) {
+            Ok(line) => line,
+            Err(err) => {
+                // A path that is not UTF-8, say: nothing the executor could read.
+                tracing::error!(error = %err, "cannot write the request for the executor");
+                return Err(ExecutorLost::default());
+            }
+        };
         line.push(b'\n');
         let mut running = self.running.lock().await;
         let usable = |r: &mut Running| {
@@ -139,7 +150,7 @@ impl Executor {
                 Ok(child) => *running = Some(child),
                 Err(err) => {
                     tracing::error!(error = %format!("{err:#}"), "cannot start the executor");
-                    return Err(ExecutorLost);
+                    return Err(ExecutorLost::default());
                 }
             }
         }
@@ -152,10 +163,11 @@ impl Executor {
         if let Err(err) = sent.await {
             tracing::error!(error = %err, "cannot hand a job to the executor");
             child.pending.lock().unwrap().remove(key);
-            return Err(ExecutorLost);
+            return Err(ExecutorLost::default());
         }
+        let spent = child.spent.clone();
         drop(running);
-        receiver.await.map_err(|_| ExecutorLost)
+        receiver.await.map_err(|_| ExecutorLost { after_panic: spent.load(std::sync::atomic::Ordering::SeqCst) })
     }
 
     fn spawn(&self) -> Result<Running> {
@@ -237,7 +249,9 @@ pub fn serve(sealing: SealingPath) -> Result<()> {
                 }
                 Work::WarmUp(plan) => {
                     let _warm_up = tracing::info_span!("warm_up").entered();
-                    let report = warm_up::run(&plan);
+                    // Proof panics are caught per stage; this catches the rest.
+                    let report = std::panic::catch_unwind(|| warm_up::run(&plan))
+                        .unwrap_or_else(|_| Err(bench::LibraryPanicked("the warm-up panicked".into()).into()));
                     let panicked =
                         report.as_ref().err().is_some_and(|e| e.downcast_ref::<bench::LibraryPanicked>().is_some());
                     (Answer::WarmedUp(report.map_err(|e| format!("{e:#}"))), panicked)

@@ -419,6 +419,9 @@ fn run(command: Command) -> Result<()> {
                     if bench::GPU_BUILD { "yes" } else { "no" }
                 );
             }
+            if warm_up && !stages.contains(&Stage::Pc2) && !stages.contains(&Stage::C2) {
+                bail!("--warm-up warms PC2 and C2: give --stages with pc2 or c2 (e.g. ap,pc1,pc2,c1,c2)");
+            }
             let mut timings = Vec::new();
             if warm_up {
                 let plan = warm_up::Plan {

@@ -48,6 +48,11 @@ use crate::sector_files::SealingPath;
 use sealfarm_schemas::broker::BrokerLink;
 use sealfarm_schemas::shutdown::Shutdown;
 
+/// The longest a warm-up holds back the GPU stages: compiling the kernels
+/// took 2.5–3.5 min on an H100 with an empty cache; reading 32/64 GiB
+/// parameters into the page cache takes minutes more from slow disks.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(20 * 60);
+
 /// The least time between a job's end-of-job heartbeat and the one before.
 const HEARTBEAT_GAP: Duration = Duration::from_millis(500);
 
@@ -169,6 +174,8 @@ struct Worker {
     last_heartbeat: Mutex<std::time::Instant>,
     /// A heartbeat is scheduled (see `heartbeat_soon`).
     heartbeat_pending: std::sync::atomic::AtomicBool,
+    /// Held from a heartbeat's reading of the state to its publishing.
+    heartbeat_lock: tokio::sync::Mutex<()>,
     shutdown: Shutdown,
 }
 
@@ -201,6 +208,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         metrics: Arc::new(crate::metrics::Metrics::new()),
         last_heartbeat: Mutex::new(std::time::Instant::now()),
         heartbeat_pending: Default::default(),
+        heartbeat_lock: Default::default(),
         shutdown: shutdown.clone(),
     });
     if let Some(reason) = worker.store.drained()? {
@@ -696,17 +704,36 @@ impl Worker {
         }
     }
 
-    /// Has the executor seal the warm-up sectors, then opens the warming
-    /// stages. A failed warm-up opens them too (their first task starts cold).
+    /// Has the executor seal the warm-up sector, then opens the warming
+    /// stages — whatever happens: a failed, panicking or overlong warm-up
+    /// opens them too (their first task starts cold).
     async fn warm_up(self: Arc<Self>, plan: crate::warm_up::Plan) {
         let stages = list(&plan.stages());
         tracing::info!(plan = plan.describe(), "warming up; {stages} wait for it");
         let started = std::time::Instant::now();
-        let mut warmed = self.executor.warm_up(&plan).await;
-        if warmed.is_err() && !self.shutdown.is_set() {
+        let warming = std::panic::AssertUnwindSafe(self.warm_up_in_executor(&plan, &stages));
+        match tokio::time::timeout(WARM_UP_LIMIT, futures_util::FutureExt::catch_unwind(warming)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::error!("the warm-up panicked; taking {stages} cold"),
+            Err(_) => tracing::warn!(
+                limit = ?WARM_UP_LIMIT,
+                "the warm-up did not end in time; taking {stages} cold (it goes on in the executor)"
+            ),
+        }
+        self.metrics.warm_up_seconds.set(started.elapsed().as_secs_f64());
+        self.warming.lock().unwrap().clear();
+        // Watchers hear it is warm before it takes a task of those stages
+        // (not waiting long for a broker that is away: nothing is taken then).
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.heartbeat()).await;
+        self.warmed.send_replace(true);
+    }
+
+    async fn warm_up_in_executor(&self, plan: &crate::warm_up::Plan, stages: &str) {
+        let mut warmed = self.executor.warm_up(plan).await;
+        if warmed.as_ref().is_err_and(|lost| lost.after_panic) && !self.shutdown.is_set() {
             // Another job's library panic ended the executor under it.
-            tracing::warn!("the executor ended during the warm-up; warming up again in a new one");
-            warmed = self.executor.warm_up(&plan).await;
+            tracing::warn!("another job's panic ended the executor during the warm-up; warming up in a new one");
+            warmed = self.executor.warm_up(plan).await;
         }
         match warmed {
             Ok(Ok(report)) => {
@@ -735,14 +762,10 @@ impl Worker {
                     "the warm-up failed; taking {stages} cold (its first task builds the GPU kernels)"
                 )
             }
+            // Not tried again: a crash of the warm-up itself (driver, OOM)
+            // would cost every job running beside it a run each time.
             Err(_) => tracing::warn!("the executor ended during the warm-up; taking {stages} cold"),
         }
-        self.metrics.warm_up_seconds.set(started.elapsed().as_secs_f64());
-        self.warming.lock().unwrap().clear();
-        // Watchers hear it is warm before it takes a task of those stages
-        // (not waiting long for a broker that is away: nothing is taken then).
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.heartbeat()).await;
-        self.warmed.send_replace(true);
     }
 
     /// A heartbeat now, or, if one went out less than `HEARTBEAT_GAP` ago,
@@ -1116,6 +1139,9 @@ impl Worker {
     }
 
     async fn heartbeat(&self) {
+        // One at a time: a heartbeat that read the state before a change must
+        // not be published after one that read it after (the warm-up's end).
+        let _one = self.heartbeat_lock.lock().await;
         *self.last_heartbeat.lock().unwrap() = std::time::Instant::now();
         let running = self.running.lock().unwrap().values().cloned().collect();
         let draining = !*self.enabled.borrow();

@@ -178,6 +178,10 @@ fn bench_shows_the_warm_up_before_the_stages_it_warms() {
         ]
     );
     assert!(timings.iter().all(|t| t["millis"].as_f64().unwrap() > 0.0), "{timings:?}");
+    // Nothing to warm without pc2 or c2: refused, naming what to give.
+    let out = worker().args(["bench", "--stages", "ap,pc1", "--warm-up"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--stages with pc2 or c2"), "{out:?}");
 }
 
 #[test]
