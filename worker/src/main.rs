@@ -380,6 +380,9 @@ fn run(command: Command) -> Result<()> {
         Command::Run(args) => run_worker(*args),
         Command::Params(command) => run_params(command),
         Command::Bench { sector_size, stages, repeat, sealing_path, json, gpu, cpu, warm_up } => {
+            if warm_up && !stages.contains(&Stage::Pc2) && !stages.contains(&Stage::C2) {
+                bail!("--warm-up warms PC2 and C2: give --stages with pc2 or c2 (e.g. ap,pc1,pc2,c1,c2)");
+            }
             let scratch = tempfile::tempdir()?;
             let sealing = SealingPath::open(sealing_path.as_deref().unwrap_or(scratch.path()))?;
             // The probe (a child process loading OpenCL) only for --gpu and the table's header.
@@ -418,9 +421,6 @@ fn run(command: Command) -> Result<()> {
                     repeat.max(1),
                     if bench::GPU_BUILD { "yes" } else { "no" }
                 );
-            }
-            if warm_up && !stages.contains(&Stage::Pc2) && !stages.contains(&Stage::C2) {
-                bail!("--warm-up warms PC2 and C2: give --stages with pc2 or c2 (e.g. ap,pc1,pc2,c1,c2)");
             }
             let mut timings = Vec::new();
             if warm_up {

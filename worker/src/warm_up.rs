@@ -20,7 +20,6 @@
 //! Meanwhile it takes its other stages, and its heartbeat lists the stages
 //! still warming (`sealfarm-bridge workers` shows it `warming`).
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -203,23 +202,12 @@ fn seal_and_preload(plan: &Plan) -> Result<(Vec<StageTiming>, Vec<Preloaded>)> {
     for &size in &plan.preload {
         let (path, _) = params::seal_param_paths(size)?;
         let started = Instant::now();
-        let bytes = read_through(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::File::open(&path)
+            .and_then(|mut file| std::io::copy(&mut file, &mut std::io::sink()))
+            .with_context(|| format!("reading {}", path.display()))?;
         preloaded.push(Preloaded { sector_size: size, bytes, millis: started.elapsed().as_secs_f64() * 1e3 });
     }
     Ok((stages, preloaded))
-}
-
-/// Reads a file to its end (into the page cache); its length.
-fn read_through(path: &std::path::Path) -> Result<u64> {
-    let mut file = std::fs::File::open(path)?;
-    let mut buffer = vec![0u8; 8 << 20];
-    let mut bytes = 0u64;
-    loop {
-        match file.read(&mut buffer)? {
-            0 => return Ok(bytes),
-            n => bytes += n as u64,
-        }
-    }
 }
 
 #[cfg(test)]
