@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::messages::now_ms;
-use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, TaskMessage};
+use sealfarm_schemas::blob::{BlobRef, Payload};
+use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, StageOutput, Task, TaskMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -123,6 +124,20 @@ impl Call {
     pub fn is_open(&self) -> bool {
         matches!(self.state, CallState::Accepted | CallState::Dispatched)
     }
+
+    /// The blobs the call names: its C2 input, its C1 output.
+    pub fn blobs(&self) -> Vec<BlobRef> {
+        let mut blobs = Vec::new();
+        if let Some(TaskMessage { task: Task::C2 { c1_out: Payload::Blob(blob) }, .. }) = self.task() {
+            blobs.push(blob.clone());
+        }
+        if let CallState::Resulted { outcome, .. } = &self.state {
+            if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = outcome.as_ref() {
+                blobs.push(blob.clone());
+            }
+        }
+        blobs
+    }
 }
 
 /// What the views need of a call: its identity, stage and state, without
@@ -141,6 +156,8 @@ pub struct CallRow {
     pub holder: Option<Holder>,
     pub queue: Option<String>,
     pub run: Option<RunRecord>,
+    /// The digests of the blobs the call names.
+    pub blobs: Vec<String>,
 }
 
 /// [`CallState`] without the outcome's outputs.
@@ -192,6 +209,7 @@ impl From<&Call> for CallRow {
             holder: call.holder.clone(),
             queue: call.queue.clone(),
             run: call.run.clone(),
+            blobs: call.blobs().into_iter().map(|b| b.sha256).collect(),
         }
     }
 }
@@ -320,6 +338,12 @@ impl CallStore {
     /// The row of a call that is open or was returned lately, without a read of the store.
     pub fn row(&self, id: Uuid) -> Option<CallRow> {
         self.index.lock().unwrap().get(id)
+    }
+
+    /// Whether an unreturned call other than `except` names blob `sha256`.
+    pub fn blob_in_use(&self, sha256: &str, except: Uuid) -> bool {
+        let index = self.index.lock().unwrap();
+        index.unreturned.values().any(|r| r.call_id != except && r.blobs.iter().any(|b| b == sha256))
     }
 
     /// The open (not yet returned) call with this input digest, if any.

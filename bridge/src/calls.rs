@@ -16,12 +16,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sealfarm_schemas::broker::{header, BrokerLink};
+use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{
-    CallError, CallId, Control, ControlMessage, ErrorCode, Outcome, ResultMessage, SectorCids, SectorRef, Stage,
+    Bytes, CallError, CallId, Control, ControlMessage, ErrorCode, Outcome, ResultMessage, SectorCids, SectorRef, Stage,
     StageOutput, Task, TaskMessage,
 };
 use serde_json::{json, Value};
@@ -36,6 +37,8 @@ use crate::rpc::RpcError;
 /// Accepts calls and returns results.
 pub struct Calls {
     pub store: CallStore,
+    /// Large inputs and outputs (C1 outputs), kept until their call is returned.
+    pub blobs: Arc<crate::blobs::Blobs>,
     pub link: Arc<BrokerLink>,
     pub miner: Arc<Miner>,
     pub shutdown: Shutdown,
@@ -48,6 +51,10 @@ pub struct Calls {
     pub metrics: Arc<Metrics>,
     /// Returns the miner did not accept yet, per call: failed tries.
     pub return_failures: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>,
+    /// Piece data received for AddPiece calls, removed once their result is stored.
+    pub pieces: Arc<crate::pieces::PieceInbox>,
+    /// One `Return*` carrying a large output (a C1 output read from its blob) is sent at a time.
+    pub large_returns: tokio::sync::Semaphore,
 }
 
 impl Calls {
@@ -69,7 +76,7 @@ impl Calls {
         let call_id = CallId::new(sector.id);
         let issued_at_ms = now_ms();
         self.metrics.calls_accepted.get_or_create(&vec![("stage", task.stage().to_string())]).inc();
-        if let Task::Ap { data: PieceData::File { .. }, .. } = &task {
+        if let Task::Ap { data: PieceData::Piece { .. }, .. } = &task {
             self.store.mark_deal(sector.id).map_err(internal)?;
         }
         let message = TaskMessage {
@@ -167,7 +174,23 @@ impl Calls {
     /// yet, and publishes every call whose task the broker never confirmed
     /// (the bridge died in between; the miner's re-issued call attaches to it).
     pub async fn redeliver_pending(self: &Arc<Self>) -> Result<()> {
-        for call in self.store.all()? {
+        let calls = self.store.all()?;
+        // Blobs and piece data that no unreturned call needs any more.
+        let unreturned = calls.iter().filter(|c| !matches!(c.state, CallState::Returned { .. }));
+        let keep = unreturned.clone().flat_map(|c| c.blobs()).map(|b| b.sha256).collect();
+        let swept = self.blobs.sweep(&keep, crate::blobs::ORPHAN_AGE);
+        let pieces = unreturned
+            .filter(|c| c.is_open())
+            .filter_map(|c| match c.task() {
+                Some(TaskMessage { task: Task::Ap { data: PieceData::Piece { id }, .. }, .. }) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let dropped = self.pieces.sweep(&pieces);
+        if swept + dropped > 0 {
+            tracing::info!(blobs = swept, pieces = dropped, "removed inputs no open call needs");
+        }
+        for call in calls {
             match call.state {
                 CallState::Resulted { .. } => {
                     let this = self.clone();
@@ -444,6 +467,20 @@ impl Calls {
                 if call.is_open() { "running again" } else { "answered by another attempt" }
             );
         }
+        if let Some(blob) = call.blobs().into_iter().find(|b| !self.blobs.contains(b)) {
+            anyhow::bail!(
+                "call {id}'s input {blob} was removed when the call was returned to the miner: nothing to replay \
+                 (the miner issues the call again itself); purge this dead letter"
+            );
+        }
+        if let TaskMessage { task: Task::Ap { data: PieceData::Piece { id: piece }, .. }, .. } = dead {
+            if !self.pieces.contains(*piece) {
+                anyhow::bail!(
+                    "call {id}'s piece data was removed when its AddPiece failed: nothing to replay (the miner \
+                     sends the piece again with a new call); purge this dead letter"
+                );
+            }
+        }
         if !self.store.reopen(&call)? {
             anyhow::bail!(
                 "the miner already re-issued call {id} (another open call has the same inputs): purge this dead letter"
@@ -528,6 +565,7 @@ impl Calls {
         match recorded {
             Ok(None) => {}
             Ok(Some(call)) => {
+                self.release_piece(&call);
                 let this = self.clone();
                 tokio::spawn(async move { this.deliver(call).await });
             }
@@ -610,10 +648,22 @@ impl Calls {
             };
             self.store.set_location(result.sector.id, &location)?;
         }
+        let mut outcome = result.outcome.clone();
+        if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = &outcome {
+            if !self.blobs.contains(blob) {
+                let message = format!(
+                    "sealfarm: worker {} reported the C1 output of {} as blob {blob}, which never reached the bridge; \
+                     run C1 again",
+                    result.worker, result.sector.id
+                );
+                tracing::error!(call_id = %id, %blob, "a C1 result names a blob the bridge does not have");
+                outcome = Outcome::Failed(CallError::new(ErrorCode::UNKNOWN, message));
+            }
+        }
         // Any attempt's result is taken while the call has none (a superseded
         // attempt that finishes first saves the new one's work).
-        let state = CallState::Resulted { outcome: Box::new(result.outcome.clone()), worker: result.worker.clone() };
-        let error = match &result.outcome {
+        let state = CallState::Resulted { outcome: Box::new(outcome.clone()), worker: result.worker.clone() };
+        let error = match &outcome {
             Outcome::Failed(err) => Some(err.message.clone()),
             Outcome::Done(_) => None,
         };
@@ -636,14 +686,35 @@ impl Calls {
                 .observe(took);
         }
         // Only while the call is open: a failure (abort, dead letter) may have come first.
-        self.store.update(&id, |c| {
+        let recorded = self.store.update(&id, |c| {
             if !c.is_open() {
                 return false;
             }
             c.state = state;
             c.run = Some(run);
             true
-        })
+        })?;
+        if let Some(call) = &recorded {
+            self.release_piece(call);
+        }
+        Ok(recorded)
+    }
+
+    /// Removes the piece data of an AddPiece call that has its result (no
+    /// attempt reads it any more).
+    fn release_piece(&self, call: &Call) {
+        if let Some(TaskMessage { task: Task::Ap { data: PieceData::Piece { id }, .. }, .. }) = call.task() {
+            self.pieces.remove(*id);
+        }
+    }
+
+    /// Removes the blobs of a returned call (its C2 input, its C1 output)
+    /// that no other unreturned call names.
+    fn release_blobs(&self, call: &Call) {
+        for blob in call.blobs() {
+            let needed = self.store.blob_in_use(&blob.sha256, call.call_id.id);
+            self.blobs.release(&blob, needed);
+        }
     }
 
     /// Calls the matching `Return*` on the miner until it accepts it.
@@ -659,11 +730,27 @@ impl Calls {
 
     async fn deliver_in_span(self: Arc<Self>, call: Call) {
         let CallState::Resulted { outcome, .. } = &call.state else { return };
-        let (method, params) = return_call(&call, outcome);
+        let (method, mut params) = return_call(&call, outcome);
+        // A C1 output kept as a blob goes into the output slot when sent, one at a time.
+        let mut _large = None;
+        let mut output = None;
+        if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = outcome.as_ref() {
+            _large = self.large_returns.acquire().await.ok();
+            match self.blobs.read(blob).await {
+                Ok(bytes) => output = Some(Bytes(bytes)),
+                Err(err) => {
+                    // Nothing to return but the loss: the miner's state machine runs C1 again.
+                    tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "the C1 output is lost");
+                    let error = CallError::new(ErrorCode::UNKNOWN, format!("sealfarm lost the C1 output: {err:#}"));
+                    params[2] = serde_json::to_value(error).expect("CallError is JSON");
+                }
+            }
+        }
+        let params = ReturnParams { params: &params, output: output.as_ref() };
         let mut delay = Duration::from_millis(500);
         let since = std::time::Instant::now();
         loop {
-            match self.miner.client().call::<Value>(method, params.clone()).await {
+            match self.miner.client().call_with::<Value, _>(method, &params).await {
                 Ok(_) => break,
                 Err(err) => {
                     let text = err.to_string();
@@ -693,8 +780,10 @@ impl Calls {
             c.state = CallState::Returned { at_ms: now_ms() };
             true
         });
-        if let Err(err) = recorded {
-            tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded");
+        match recorded {
+            Ok(Some(returned)) => self.release_blobs(&returned),
+            Ok(None) => {}
+            Err(err) => tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded"),
         }
         if let Outcome::Done(output) = outcome.as_ref() {
             self.miner.declare_outputs(call.sector, output).await;
@@ -732,13 +821,37 @@ pub fn return_call(call: &Call, outcome: &Outcome) -> (&'static str, Value) {
     }
 }
 
-/// The value a stage's output puts in its `Return*` output slot.
+/// A `Return*`'s params as sent: `output`, when given, stands in the output
+/// slot (index 1), written straight into the request body.
+struct ReturnParams<'a> {
+    params: &'a Value,
+    output: Option<&'a Bytes>,
+}
+
+impl serde::Serialize for ReturnParams<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let items = self.params.as_array().map(Vec::as_slice).unwrap_or_default();
+        let mut seq = s.serialize_seq(Some(items.len()))?;
+        for (index, item) in items.iter().enumerate() {
+            match self.output {
+                Some(bytes) if index == 1 => seq.serialize_element(bytes)?,
+                _ => seq.serialize_element(item)?,
+            }
+        }
+        seq.end()
+    }
+}
+
+/// The value a stage's output puts in its `Return*` output slot (`null` for
+/// a C1 output kept as a blob: it is put there when sent).
 fn output_slot(output: &StageOutput) -> Value {
     let value = match output {
         StageOutput::Ap { piece } => serde_json::to_value(piece),
         StageOutput::Pc1 { pc1_out } => serde_json::to_value(pc1_out),
         StageOutput::Pc2 { cids } => serde_json::to_value(cids),
-        StageOutput::C1 { c1_out } => serde_json::to_value(c1_out),
+        StageOutput::C1 { c1_out: Payload::Inline(c1_out) } => serde_json::to_value(c1_out),
+        StageOutput::C1 { c1_out: Payload::Blob(_) } => Ok(Value::Null),
         StageOutput::C2 { proof } => serde_json::to_value(proof),
         StageOutput::Fin {} | StageOutput::Ru {} => Ok(Value::Null),
     };

@@ -5,6 +5,7 @@
 //! * [`calls`] — accepting calls as tasks, returning results as `Return*`;
 //! * [`farm`] — the live workers, from their heartbeats (routing, capacity);
 //! * [`pieces`] — piece data the miner pushes or links for AddPiece;
+//! * [`blobs`] — C1 outputs and other payloads too large for a message;
 //! * [`call_store`] — the durable record of every call (sled);
 //! * [`registration`] — version check, storage attach, `WorkerConnect`,
 //!   session watch, token verification;
@@ -19,6 +20,7 @@
 //! * [`views`] — the `workers` / `jobs` / `queues` / control commands.
 
 pub mod api_info;
+pub mod blobs;
 pub mod call_store;
 pub mod calls;
 pub mod dead_letters;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sealfarm_bridge::api_info::MinerApiInfo;
+use sealfarm_bridge::blobs::{self, BlobApi, Blobs};
 use sealfarm_bridge::call_store::CallStore;
 use sealfarm_bridge::calls::Calls;
 use sealfarm_bridge::dead_letters::{DeadLetter, DeadLetters, Handled};
@@ -229,6 +230,33 @@ struct RunArgs {
     /// from the broker protocol: ready messages and consumers, exact.
     #[arg(long, env = "SEALFARM_RABBITMQ_MANAGEMENT")]
     rabbitmq_management: Option<String>,
+    /// The largest request body the worker API takes, and the largest blob
+    /// (a C1 output) a worker may upload: `100MiB` as lotus' own servers.
+    /// A 32 GiB sector's SealCommit2 is tens of MiB; 64 GiB ones are larger.
+    /// Units: B, KiB, MiB, GiB.
+    #[arg(long, env = "SEALFARM_MAX_REQUEST_SIZE", default_value = "100MiB", value_parser = parse_size)]
+    max_request_size: u64,
+    /// The secret workers present to fetch C2 inputs and upload C1 outputs
+    /// (`sealfarm-worker run --bridge … --worker-token …`). Default: the
+    /// `token-worker` file in the state directory, made at the first start.
+    #[arg(long, env = "SEALFARM_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
+}
+
+/// Parses a byte count: `104857600`, `512KiB`, `100MiB`, `1GiB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?}: expected a number of bytes, e.g. 100MiB"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("{text:?}: unknown unit {other:?} (B, KiB, MiB or GiB)")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn main() {
@@ -279,7 +307,12 @@ async fn run(args: RunArgs) -> Result<()> {
         std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
     });
     let store = CallStore::open(&state_dir)?;
-    let tokens = Tokens::load_or_create(&state_dir)?;
+    let mut tokens = Tokens::load_or_create(&state_dir)?;
+    if let Some(token) = &args.worker_token {
+        tokens.worker = token.clone();
+    }
+    let blobs = Arc::new(Blobs::open(&state_dir, args.max_request_size)?);
+    let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
     let (trigger, shutdown) = shutdown::channel();
     let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
     let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
@@ -287,6 +320,7 @@ async fn run(args: RunArgs) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
     let calls = Arc::new(Calls {
         store,
+        blobs: blobs.clone(),
         link: link.clone(),
         miner: miner.clone(),
         shutdown: shutdown.clone(),
@@ -295,6 +329,8 @@ async fn run(args: RunArgs) -> Result<()> {
         shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
         metrics: metrics.clone(),
         return_failures: Default::default(),
+        pieces: pieces.clone(),
+        large_returns: tokio::sync::Semaphore::new(1),
     });
     let ops = Arc::new(Ops {
         calls: calls.clone(),
@@ -304,7 +340,7 @@ async fn run(args: RunArgs) -> Result<()> {
             lease_timeout: args.lease_timeout,
             queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
         },
-        tokens,
+        tokens: tokens.clone(),
         dead_letters: DeadLetters::new(),
         metrics,
     });
@@ -314,9 +350,17 @@ async fn run(args: RunArgs) -> Result<()> {
         hostname: hostname(),
         calls: calls.clone(),
         miner: miner.clone(),
-        pieces: Arc::new(PieceInbox::new(&miner.storage[0].path).context("cannot prepare the piece inbox")?),
+        pieces: pieces.clone(),
         limits: args.max_concurrent.clone(),
         files_token: args.files_token.clone(),
+        max_request_size: args.max_request_size,
+        large_requests: tokio::sync::Semaphore::new(1),
+    });
+    let blob_api = Arc::new(BlobApi {
+        blobs,
+        worker_token: tokens.worker.clone(),
+        admin_token: tokens.admin.clone(),
+        pieces: pieces.clone(),
     });
     eprintln!("sealfarm-bridge");
     eprintln!("  miner        {}", info.url);
@@ -341,13 +385,18 @@ async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", api_file.display()))?;
     eprintln!("  dashboard    http://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
     eprintln!("  metrics      http://{local}/metrics");
+    eprintln!(
+        "  workers      sealfarm-worker run --bridge http://{advertised} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
+        if args.worker_token.is_some() { "SEALFARM_WORKER_TOKEN".to_string() } else { state_dir.join("token-worker").display().to_string() },
+        args.max_request_size
+    );
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut server_shutdown = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, server::router(api).merge(ops::router(ops)))
+        axum::serve(listener, server::router(api).merge(ops::router(ops)).merge(blobs::router(blob_api)))
             .with_graceful_shutdown(async move { server_shutdown.wait().await })
             .await
     });

@@ -32,11 +32,13 @@ use crate::dead_letters::{Action, DeadLetters};
 use crate::metrics::Metrics;
 use crate::status::StatusSource;
 
-/// The two tokens of the status API.
+/// The two tokens of the status API, and the workers' token for blobs.
 #[derive(Clone)]
 pub struct Tokens {
     pub read: String,
     pub admin: String,
+    /// What workers present to fetch and upload blobs (`token-worker`).
+    pub worker: String,
 }
 
 impl Tokens {
@@ -44,7 +46,8 @@ impl Tokens {
     pub fn load_or_create(state_dir: &Path) -> Result<Tokens> {
         let read = token_file(&state_dir.join("token-read"))?;
         let admin = token_file(&state_dir.join("token-admin"))?;
-        Ok(Tokens { read, admin })
+        let worker = token_file(&state_dir.join("token-worker"))?;
+        Ok(Tokens { read, admin, worker })
     }
 
     fn access(&self, headers: &HeaderMap) -> Option<Access> {
@@ -79,7 +82,7 @@ fn token_file(path: &Path) -> Result<String> {
 }
 
 /// Compares tokens without stopping at the first difference.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

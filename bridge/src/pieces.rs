@@ -1,11 +1,23 @@
-//! Piece data for `AddPiece` (PROTOCOL.md §9.6): lotus sends it as a
-//! ReaderStream — `null` (zeros, CC sectors), `push` (the miner POSTs the
-//! bytes to `/rpc/streams/v0/push/<uuid>`, before or after the call) or
-//! `http` (the bridge GETs a URL). Pushed and fetched bytes are written to
-//! `<storage>/sealfarm/pieces/<uuid>` on the shared storage, where the worker
-//! running the AddPiece reads them.
+//! Piece data for `AddPiece` (`docs/LOTUS.md`, "Piece data"): lotus sends it
+//! as a ReaderStream — `null` (zeros, CC sectors), `push` (the miner POSTs
+//! the bytes to `/rpc/streams/v0/push/<uuid>`, before or after the call) or
+//! `http` (the bridge GETs a URL).
+//!
+//! Pushed and fetched bytes are written to `<storage>/sealfarm/pieces/<id>`
+//! and the task names them by id only, never by path: a worker reads them
+//! under its own sealing path (shared storage) or downloads them from the
+//! bridge (`GET /sealfarm/v0/pieces/<id>`, worker token).
+//!
+//! What the push endpoint takes, and for how long:
+//! * bytes only for a stream id an accepted `AddPiece` call names (the call
+//!   may come second: the push waits up to [`PUSH_WAIT`] for it, as lotus
+//!   does), and at most that call's piece size — more is refused (413) and
+//!   the call fails;
+//! * one push per id; a push that breaks off leaves no file;
+//! * the bytes are removed once the AddPiece call has its result
+//!   ([`PieceInbox::remove`]), and at start whatever no open call names.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,20 +28,30 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::head;
 use axum::Router;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
-/// How long a call waits for its pushed data to arrive (lotus: 30 s).
-const PUSH_WAIT: Duration = Duration::from_secs(30);
+/// How long one side of a push waits for the other (lotus: 30 s).
+pub const PUSH_WAIT: Duration = Duration::from_secs(30);
 
-/// Where a stream stands: `None` while awaited, then its file or why it failed.
-type Arrival = Option<Result<PathBuf, String>>;
+/// Where a pushed stream stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PushState {
+    /// The push came first; no call names the id yet.
+    Unclaimed,
+    /// An AddPiece call waits for at most `max` bytes.
+    Announced { max: u64 },
+    /// The bytes are coming in.
+    Receiving,
+    /// Stored, or why not.
+    Arrived(Result<u64, String>),
+}
 
 /// Pieces being received, by stream id.
 pub struct PieceInbox {
     folder: PathBuf,
-    streams: Mutex<HashMap<uuid::Uuid, watch::Sender<Arrival>>>,
+    streams: Mutex<HashMap<uuid::Uuid, watch::Sender<PushState>>>,
 }
 
 impl PieceInbox {
@@ -39,77 +61,210 @@ impl PieceInbox {
         Ok(PieceInbox { folder, streams: Mutex::new(HashMap::new()) })
     }
 
-    fn slot(&self, id: uuid::Uuid) -> watch::Sender<Arrival> {
-        self.streams.lock().unwrap().entry(id).or_insert_with(|| watch::channel(None).0).clone()
+    /// Where the bytes of piece `id` are kept.
+    pub fn path(&self, id: uuid::Uuid) -> PathBuf {
+        self.folder.join(id.to_string())
     }
 
-    /// Waits for the pushed data of stream `id`; its file path.
-    pub async fn wait_for_push(&self, id: uuid::Uuid) -> Result<PathBuf, String> {
-        let mut receiver = self.slot(id).subscribe();
-        let outcome = tokio::time::timeout(PUSH_WAIT, receiver.wait_for(|state| state.is_some())).await;
-        let result = match outcome {
-            Ok(Ok(state)) => state.clone().expect("waited for Some"),
-            _ => Err(format!("the piece data of stream {id} did not arrive within {PUSH_WAIT:?}")),
+    pub fn contains(&self, id: uuid::Uuid) -> bool {
+        self.path(id).is_file()
+    }
+
+    /// Removes the bytes of a piece whose AddPiece has its result.
+    pub fn remove(&self, id: uuid::Uuid) {
+        match std::fs::remove_file(self.path(id)) {
+            Ok(()) => tracing::info!(piece = %id, "piece data removed: its AddPiece has its result"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(piece = %id, error = %e, "cannot remove piece data"),
+        }
+    }
+
+    /// At start: removes every piece file (and partial upload) that no open
+    /// AddPiece call names; how many went.
+    pub fn sweep(&self, keep: &HashSet<uuid::Uuid>) -> usize {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.folder).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kept = name.parse::<uuid::Uuid>().is_ok_and(|id| keep.contains(&id));
+            if !kept && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn slot(&self, id: uuid::Uuid, initial: PushState) -> watch::Sender<PushState> {
+        self.streams.lock().unwrap().entry(id).or_insert_with(|| watch::channel(initial).0).clone()
+    }
+
+    /// Called by an AddPiece with a `push` stream: announces that the call
+    /// takes at most `max` bytes on stream `id`, and waits until they are
+    /// stored (the push must start within [`PUSH_WAIT`]).
+    pub async fn wait_for_push(&self, id: uuid::Uuid, max: u64) -> Result<(), String> {
+        let slot = self.slot(id, PushState::Announced { max });
+        let duplicate = !slot.send_if_modified(|state| match state {
+            PushState::Unclaimed => {
+                *state = PushState::Announced { max };
+                true
+            }
+            _ => false,
+        }) && *slot.borrow() != PushState::Announced { max };
+        if duplicate {
+            return Err(format!("push stream {id} is already named by another AddPiece call"));
+        }
+        let mut state = slot.subscribe();
+        let started =
+            tokio::time::timeout(PUSH_WAIT, state.wait_for(|s| !matches!(s, PushState::Announced { .. })))
+                .await
+                .is_ok_and(|s| s.is_ok());
+        let outcome = match started {
+            true => match state.wait_for(|s| matches!(s, PushState::Arrived(_))).await.map(|s| s.clone()) {
+                Ok(PushState::Arrived(Ok(_))) => Ok(()),
+                Ok(PushState::Arrived(Err(e))) => Err(e),
+                _ => Err(format!("the push of stream {id} ended without its bytes")),
+            },
+            false => Err(format!("the piece data of stream {id} did not arrive within {PUSH_WAIT:?}")),
         };
         self.streams.lock().unwrap().remove(&id);
-        result
+        if outcome.is_err() {
+            let _ = std::fs::remove_file(self.path(id));
+        }
+        outcome
     }
 
-    /// Downloads piece data from `url` (ReaderStream type `http`).
-    pub async fn fetch(&self, url: &str) -> Result<PathBuf, String> {
-        let response = reqwest::get(url).await.map_err(|e| format!("GET {url}: {e}"))?;
+    /// Downloads piece data from `url` (ReaderStream type `http`), at most
+    /// `max` bytes; the new piece's id.
+    pub async fn fetch(&self, url: &str, max: u64) -> Result<uuid::Uuid, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", response.status()));
         }
-        let path = self.folder.join(uuid::Uuid::new_v4().to_string());
+        let id = uuid::Uuid::new_v4();
         let stream = response.bytes_stream().map(|chunk| chunk.map_err(std::io::Error::other));
-        write_stream(&path, stream).await.map_err(|e| format!("storing piece from {url}: {e}"))?;
-        Ok(path)
+        self.store(id, stream, max).await.map_err(|e| format!("storing the piece from {url}: {e}"))?;
+        Ok(id)
+    }
+
+    /// Writes a piece's bytes to a partial file, renamed into place when
+    /// whole; nothing is left behind on an error.
+    async fn store(
+        &self,
+        id: uuid::Uuid,
+        mut stream: impl Stream<Item = std::io::Result<axum::body::Bytes>> + Unpin,
+        max: u64,
+    ) -> Result<u64, String> {
+        let path = self.path(id);
+        let partial = path.with_extension("partial");
+        let written = async {
+            let mut file = tokio::fs::File::create(&partial).await.map_err(|e| e.to_string())?;
+            let mut total = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| format!("the upload broke off: {e}"))?;
+                total += chunk.len() as u64;
+                if total > max {
+                    return Err(format!("more than the {max} bytes of the piece the AddPiece call announced"));
+                }
+                file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            }
+            file.sync_all().await.map_err(|e| e.to_string())?;
+            tokio::fs::rename(&partial, &path).await.map_err(|e| e.to_string())?;
+            Ok(total)
+        }
+        .await;
+        if written.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        written
+    }
+
+    /// Waits (up to [`PUSH_WAIT`]) for an AddPiece call that names stream
+    /// `id`; the bytes it takes at most, or None.
+    async fn announced(&self, id: uuid::Uuid) -> Option<(watch::Sender<PushState>, u64)> {
+        let slot = self.slot(id, PushState::Unclaimed);
+        let mut state = slot.subscribe();
+        let waited = tokio::time::timeout(PUSH_WAIT, state.wait_for(|s| *s != PushState::Unclaimed)).await;
+        let max = match waited {
+            Ok(Ok(s)) => match *s {
+                PushState::Announced { max } => Some(max),
+                _ => None,
+            },
+            _ => None,
+        };
+        if max.is_none() {
+            // Nobody named it: forget the slot, unless a call has it now.
+            let mut streams = self.streams.lock().unwrap();
+            if streams.get(&id).is_some_and(|s| *s.borrow() == PushState::Unclaimed) {
+                streams.remove(&id);
+            }
+        }
+        max.map(|max| (slot, max))
     }
 
     async fn receive(&self, id: uuid::Uuid, body: Body) -> Response {
-        let path = self.folder.join(id.to_string());
+        let Some((slot, max)) = self.announced(id).await else {
+            let text = format!("no AddPiece call names push stream {id} (waited {PUSH_WAIT:?})");
+            tracing::warn!(stream = %id, "piece data refused: no call names it");
+            return (StatusCode::NOT_FOUND, text).into_response();
+        };
+        let claimed = slot.send_if_modified(|state| match state {
+            PushState::Announced { .. } => {
+                *state = PushState::Receiving;
+                true
+            }
+            _ => false,
+        });
+        if !claimed {
+            return (StatusCode::CONFLICT, format!("push stream {id} was pushed already")).into_response();
+        }
+        // Whatever happens to this request, the call hears how it ended.
+        let mut guard = Arrival { slot: &slot, outcome: Err(format!("the push of stream {id} broke off")) };
         let stream = body.into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other));
-        let outcome = write_stream(&path, stream).await;
-        let sender = self.slot(id);
+        let outcome = self.store(id, stream, max).await;
+        guard.outcome = outcome.clone();
+        drop(guard);
         match outcome {
             Ok(bytes) => {
                 tracing::info!(stream = %id, bytes, "piece data received");
-                let _ = sender.send(Some(Ok(path)));
                 StatusCode::OK.into_response()
             }
-            Err(e) => {
-                let _ = sender.send(Some(Err(format!("receiving piece data: {e}"))));
-                (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+            Err(e) if e.starts_with("more than") => {
+                tracing::warn!(stream = %id, error = %e, "piece data refused");
+                (StatusCode::PAYLOAD_TOO_LARGE, e).into_response()
             }
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
         }
     }
 }
 
-async fn write_stream(
-    path: &std::path::Path,
-    mut stream: impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Unpin,
-) -> std::io::Result<u64> {
-    let partial = path.with_extension("partial");
-    let mut file = tokio::fs::File::create(&partial).await?;
-    let mut total = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        total += chunk.len() as u64;
-        file.write_all(&chunk).await?;
-    }
-    file.sync_all().await?;
-    tokio::fs::rename(&partial, path).await?;
-    Ok(total)
+/// Sets a stream's end state when dropped.
+struct Arrival<'a> {
+    slot: &'a watch::Sender<PushState>,
+    outcome: Result<u64, String>,
 }
 
-/// `HEAD|POST /rpc/streams/v0/push/{uuid}` (no auth, as in lotus).
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        let outcome = std::mem::replace(&mut self.outcome, Err(String::new()));
+        self.slot.send_replace(PushState::Arrived(outcome));
+    }
+}
+
+/// `HEAD|POST /rpc/streams/v0/push/{uuid}` (no auth, as in lotus: what may
+/// be pushed is bounded by the calls instead).
 pub fn router(inbox: Arc<PieceInbox>) -> Router {
     Router::new().route("/rpc/streams/v0/push/{id}", head(ready).post(push)).with_state(inbox)
 }
 
-async fn ready(Path(_id): Path<uuid::Uuid>) -> StatusCode {
-    StatusCode::OK
+/// 200 once a call names the stream (the sender then POSTs), 404 if none does.
+async fn ready(State(inbox): State<Arc<PieceInbox>>, Path(id): Path<uuid::Uuid>) -> StatusCode {
+    match inbox.announced(id).await {
+        Some(_) => StatusCode::OK,
+        None => StatusCode::NOT_FOUND,
+    }
 }
 
 async fn push(State(inbox): State<Arc<PieceInbox>>, Path(id): Path<uuid::Uuid>, body: Body) -> Response {

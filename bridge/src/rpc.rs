@@ -14,7 +14,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 pub const PARSE_ERROR: i64 = -32700;
@@ -25,23 +26,26 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const METHOD_ERROR: i64 = 1;
 
 /// One request as the Go client sends it (`meta` and other fields ignored).
+/// The params are borrowed from the request body, not copied: a
+/// `SealCommit2` carries tens of MiB in one of them.
 #[derive(Debug, Deserialize)]
-pub struct Request {
+pub struct Request<'a> {
     #[serde(default)]
     pub id: Value,
     pub method: String,
-    #[serde(default)]
-    pub params: Option<Value>,
+    #[serde(default, borrow)]
+    pub params: Option<&'a RawValue>,
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// The positional params, checked to be exactly `count` (absent or
     /// `null` params count as none).
-    pub fn params(&self, count: usize) -> Result<Vec<Value>, RpcError> {
-        let params = match &self.params {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::Array(items)) => items.clone(),
-            Some(_) => return Err(RpcError::new(INVALID_PARAMS, "params must be a positional array")),
+    pub fn params(&self, count: usize) -> Result<Vec<&'a RawValue>, RpcError> {
+        let params: Vec<&'a RawValue> = match self.params {
+            None => Vec::new(),
+            Some(raw) if raw.get() == "null" => Vec::new(),
+            Some(raw) => serde_json::from_str(raw.get())
+                .map_err(|_| RpcError::new(INVALID_PARAMS, "params must be a positional array"))?,
         };
         if params.len() != count {
             return Err(RpcError::new(
@@ -53,8 +57,8 @@ impl Request {
     }
 
     /// Decodes param `index` of `params`.
-    pub fn arg<T: DeserializeOwned>(&self, params: &[Value], index: usize) -> Result<T, RpcError> {
-        serde_json::from_value(params[index].clone()).map_err(|e| {
+    pub fn arg<T: DeserializeOwned>(&self, params: &[&RawValue], index: usize) -> Result<T, RpcError> {
+        serde_json::from_str(params[index].get()).map_err(|e| {
             RpcError::new(INVALID_PARAMS, format!("unmarshaling params for '{}' (param: {index}): {e}", self.method))
         })
     }
@@ -97,24 +101,38 @@ impl std::fmt::Display for RpcError {
 }
 
 /// Answers one HTTP request body by calling `dispatch` with the parsed request.
-pub async fn serve<F, Fut>(body: &[u8], dispatch: F) -> Response
+pub async fn serve<'a, F, Fut>(body: &'a [u8], dispatch: F) -> Response
 where
-    F: FnOnce(Request) -> Fut,
-    Fut: Future<Output = Result<Value, RpcError>>,
+    F: FnOnce(Request<'a>) -> Fut,
+    Fut: Future<Output = Result<Value, RpcError>> + 'a,
 {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(value) => value,
-        Err(e) => return reply(Value::Null, Err(RpcError::new(PARSE_ERROR, format!("parse error: {e}")))),
-    };
-    let request: Request = match serde_json::from_value(value) {
-        Ok(request) => request,
-        Err(e) => return reply(Value::Null, Err(RpcError::new(INVALID_REQUEST, format!("invalid request: {e}")))),
-    };
-    let id = request.id.clone();
-    reply(id, dispatch(request).await)
+    match parse(body) {
+        Ok(request) => {
+            let id = request.id.clone();
+            reply(id, dispatch(request).await)
+        }
+        Err(err) => reply(Value::Null, Err(err)),
+    }
 }
 
-fn reply(id: Value, result: Result<Value, RpcError>) -> Response {
+/// Parses a request body: a parse error for text that is not JSON, an
+/// invalid-request error for JSON that is not a request.
+pub fn parse(body: &[u8]) -> Result<Request<'_>, RpcError> {
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => RpcError::new(INVALID_REQUEST, format!("invalid request: {e}")),
+        _ => RpcError::new(PARSE_ERROR, format!("parse error: {e}")),
+    })
+}
+
+/// The answer to a request body over `limit` bytes, as go-jsonrpc gives it.
+pub fn too_large(limit: u64) -> Response {
+    let message = format!(
+        "request bigger than maximum {limit} allowed (sealfarm-bridge --max-request-size, env SEALFARM_MAX_REQUEST_SIZE)"
+    );
+    reply(Value::Null, Err(RpcError::new(PARSE_ERROR, message)))
+}
+
+pub fn reply(id: Value, result: Result<Value, RpcError>) -> Response {
     match result {
         Ok(result) => {
             (StatusCode::OK, axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": result}))).into_response()
@@ -185,6 +203,16 @@ impl RpcClient {
 
     /// Calls `Filecoin.<method>` with positional `params`.
     pub async fn call<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CallFailure> {
+        self.call_with(method, &params).await
+    }
+
+    /// [`call`](Self::call) with params of any serialisable shape (written
+    /// straight into the request body: no JSON tree of large params is built).
+    pub async fn call_with<T: DeserializeOwned, P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<T, CallFailure> {
         let outcome = self.call_once(method, params).await;
         let now = sealfarm_schemas::messages::now_ms();
         let mut contact = self.contact.lock().unwrap();
@@ -195,10 +223,23 @@ impl RpcClient {
         outcome
     }
 
-    async fn call_once<T: DeserializeOwned>(&self, method: &str, params: Value) -> Result<T, CallFailure> {
+    async fn call_once<T: DeserializeOwned, P: Serialize + ?Sized>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<T, CallFailure> {
+        #[derive(Serialize)]
+        struct Outgoing<'a, P: ?Sized> {
+            jsonrpc: &'static str,
+            id: u64,
+            method: String,
+            params: &'a P,
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": format!("Filecoin.{method}"), "params": params});
-        let mut request = self.http.post(&self.url).json(&body);
+        let body = serde_json::to_vec(&Outgoing { jsonrpc: "2.0", id, method: format!("Filecoin.{method}"), params })
+            .map_err(|e| CallFailure::BadAnswer { url: self.url.clone(), detail: format!("cannot encode {method}: {e}") })?;
+        let mut request =
+            self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

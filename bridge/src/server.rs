@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use sealfarm_schemas::lotus::{Range, ReaderStream};
+use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
 use serde_json::{json, Value};
@@ -70,6 +71,10 @@ pub struct Api {
     pub limits: Vec<(TaskType, u32)>,
     /// What the workers' file servers expect (worker-local storage).
     pub files_token: Option<String>,
+    /// The largest request body `/rpc/v0` takes (`--max-request-size`).
+    pub max_request_size: u64,
+    /// One large request body is read and decoded at a time (bounded memory).
+    pub large_requests: tokio::sync::Semaphore,
 }
 
 /// A worker heard from within this long counts towards the farm's capacity.
@@ -89,7 +94,13 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(crate::remote::router(api))
 }
 
-async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Bytes) -> Response {
+/// A request body over this many bytes waits for [`Api::large_requests`].
+const LARGE_REQUEST: u64 = 1 << 20;
+
+/// The default of `--max-request-size`: what lotus' own JSON-RPC servers take.
+pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 100 << 20;
+
+async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
     let perms = match rpc::bearer_token(&headers, query.as_deref()) {
         None => vec!["read".to_string()],
         Some(token) => match api.miner.verify_token(&token).await {
@@ -97,11 +108,40 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
             None => return StatusCode::UNAUTHORIZED.into_response(),
         },
     };
+    let limit = api.max_request_size;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return rpc::too_large(limit);
+    }
+    // Large bodies (a SealCommit2 of a 32 GiB sector: tens of MiB) are read
+    // one at a time; the others wait unread in their connections.
+    let gate = api.clone();
+    let _large = match declared {
+        Some(n) if n <= LARGE_REQUEST => None,
+        _ => gate.large_requests.acquire().await.ok(),
+    };
+    let body = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(body) => body,
+        Err(err) if is_length_limit(&err) => return rpc::too_large(limit),
+        Err(err) => return (StatusCode::BAD_REQUEST, format!("reading the request: {err}")).into_response(),
+    };
     rpc::serve(&body, |request| async move { api.dispatch(request, &perms).await }).await
 }
 
+/// Whether reading a body failed on the size limit.
+fn is_length_limit(err: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = source {
+        if error.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 impl Api {
-    async fn dispatch(&self, request: Request, perms: &[String]) -> Result<Value, RpcError> {
+    async fn dispatch(&self, request: Request<'_>, perms: &[String]) -> Result<Value, RpcError> {
         let Some(name) = request.method.strip_prefix("Filecoin.") else {
             return Err(RpcError::not_found(&request.method));
         };
@@ -157,12 +197,12 @@ impl Api {
                             .info
                             .parse()
                             .map_err(|_| RpcError::method(format!("push stream id {:?} is not a UUID", data.info)))?;
-                        let path = self.pieces.wait_for_push(id).await.map_err(RpcError::method)?;
-                        PieceData::File { path: path.display().to_string() }
+                        self.pieces.wait_for_push(id, piece_size).await.map_err(RpcError::method)?;
+                        PieceData::Piece { id }
                     }
                     "http" => {
-                        let path = self.pieces.fetch(&data.info).await.map_err(RpcError::method)?;
-                        PieceData::File { path: path.display().to_string() }
+                        let id = self.pieces.fetch(&data.info, piece_size).await.map_err(RpcError::method)?;
+                        PieceData::Piece { id }
                     }
                     other => return Err(RpcError::method(format!("unknown piece data type {other:?}"))),
                 };
@@ -195,7 +235,18 @@ impl Api {
             "SealCommit2" => {
                 let p = request.params(2)?;
                 let sector: SectorRef = request.arg(&p, 0)?;
-                let task = Task::C2 { c1_out: request.arg(&p, 1)? };
+                // Tens of MiB for a 32 GiB sector: kept as a blob, never sent through the broker.
+                let c1_out = match p[1].get() {
+                    raw if raw.starts_with('"') && !raw.contains('\\') => {
+                        self.calls.blobs.put_base64(&raw[1..raw.len() - 1]).await
+                    }
+                    _ => {
+                        let bytes: LotusBytes = request.arg(&p, 1)?;
+                        self.calls.blobs.put(bytes.0).await.map_err(|e| format!("{e:#}"))
+                    }
+                }
+                .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("SealCommit2 (param: 1, the C1 output): {e}")))?;
+                let task = Task::C2 { c1_out: Payload::Blob(c1_out) };
                 call_id(calls.accept(&name, sector, task).await?)
             }
             "FinalizeSector" => {

@@ -7,9 +7,11 @@
 //!   results and events, each carrying [`messages::SCHEMA_VERSION`].
 //! * [`topology`] — the broker topology as data (exchange and queue names and
 //!   their arguments) and an idempotent declaration of it;
+//! * [`blob`] — payloads too large for a message (C1 outputs), named by digest;
 //! * [`hardware`] — what a worker's machine has, as heartbeats carry it;
-//! * [`sector_store`] — lotus' `sectorstore.json`, sector file names and the
-//!   flat tar a cache directory travels as;
+//! * [`sector_store`] — lotus' `sectorstore.json`, sector file names, the
+//!   flat tar a cache directory travels as, and the HTTP answer that streams
+//!   a sector file or cache over `/remote` (with [`byte_range`]);
 //! * [`broker`] — the confirmed, reconnecting RabbitMQ link every process
 //!   uses to put these messages on the wire, and [`shutdown`], the signal
 //!   that stops it.
@@ -17,7 +19,9 @@
 //! The bridge and the worker both depend on this crate; neither defines a
 //! wire type of its own.
 
+pub mod blob;
 pub mod broker;
+pub mod byte_range;
 pub mod commitment;
 pub mod hardware;
 pub mod json_schema;

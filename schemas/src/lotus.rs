@@ -160,19 +160,36 @@ impl From<Vec<u8>> for Bytes {
     }
 }
 
+impl Bytes {
+    /// Decodes base64 text (standard alphabet, padded).
+    pub fn decode(text: &str) -> Result<Self, String> {
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Bytes)
+            .map_err(|e| format!("invalid base64: {e}"))
+    }
+}
+
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+        // Written through without a base64 copy of the bytes (tens of MiB for a C1 output).
+        s.collect_str(&base64::display::Base64Display::new(&self.0, &base64::engine::general_purpose::STANDARD))
     }
 }
 
 impl<'de> Deserialize<'de> for Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text.as_bytes())
-            .map(Bytes)
-            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("base64 text")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Bytes, E> {
+                Bytes::decode(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 

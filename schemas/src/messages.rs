@@ -17,6 +17,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::blob::Payload;
 use crate::hardware::Hardware;
 use crate::lotus::{Bytes, CallError, PieceInfo, Range, SectorCids, SectorRef, SectorSize, TaskType};
 
@@ -98,7 +99,14 @@ impl FromStr for Stage {
 pub enum PieceData {
     /// `piece_size` zero bytes: a committed-capacity (CC) sector.
     Null,
-    /// A file every worker that may run this task can read.
+    /// Bytes the bridge received for this call (pushed by the miner or
+    /// downloaded from its URL), named by id: a worker reads them from
+    /// `sealfarm/pieces/<id>` under its own sealing path (shared storage), or
+    /// streams them from the bridge's piece path over HTTP.
+    Piece { id: Uuid },
+    /// A filesystem path. What tasks named before pieces had ids; a worker
+    /// refuses such a task without opening the path (anyone who can publish to
+    /// the broker could otherwise make it read any file it can read).
     File { path: String },
 }
 
@@ -129,8 +137,9 @@ pub enum Task {
         cids: Box<SectorCids>,
     },
     C2 {
-        /// The C1 output exactly as the miner holds it.
-        c1_out: Bytes,
+        /// The C1 output exactly as the miner sent it: a blob the bridge
+        /// keeps (tens of MiB for 32 GiB sectors).
+        c1_out: Payload,
     },
     Fin {},
     Ru {
@@ -226,7 +235,9 @@ pub enum StageOutput {
     Ap { piece: PieceInfo },
     Pc1 { pc1_out: Bytes },
     Pc2 { cids: SectorCids },
-    C1 { c1_out: Bytes },
+    /// The C1 output: a blob the worker handed to the bridge (inline only up
+    /// to [`crate::blob::INLINE_LIMIT`], from a worker with no bridge to talk to).
+    C1 { c1_out: Payload },
     C2 { proof: Bytes },
     Fin {},
     Ru {},
@@ -519,7 +530,7 @@ mod tests {
 
     #[test]
     fn a_task_without_its_inputs_does_not_parse() {
-        let mut json = serde_json::to_value(TaskMessage::new(sector(), Task::C2 { c1_out: Bytes(vec![1]) })).unwrap();
+        let mut json = serde_json::to_value(TaskMessage::new(sector(), Task::C2 { c1_out: Bytes(vec![1]).into() })).unwrap();
         json.as_object_mut().unwrap().remove("c1_out");
         let err = serde_json::from_value::<TaskMessage>(json).unwrap_err();
         assert!(err.to_string().contains("c1_out"), "{err}");

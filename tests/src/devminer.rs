@@ -96,7 +96,10 @@ impl DevMiner {
     pub async fn serve(self: &Arc<Self>, listen: SocketAddr) -> Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
-        let router = axum::Router::new().route("/rpc/v0", post(handle)).with_state(self.clone());
+        let router = axum::Router::new().route("/rpc/v0", post(handle))
+            // lotus-miner takes request bodies up to 100 MiB (a 32 GiB ReturnSealCommit1 is tens of MiB).
+            .layer(axum::extract::DefaultBodyLimit::max(100 << 20))
+            .with_state(self.clone());
         tokio::spawn(async move { axum::serve(listener, router).await });
         Ok(address)
     }
@@ -185,7 +188,7 @@ impl DevMiner {
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, request: Request, perms: &[String]) -> Result<Value, RpcError> {
+    async fn dispatch(self: &Arc<Self>, request: Request<'_>, perms: &[String]) -> Result<Value, RpcError> {
         let name = request.method.strip_prefix("Filecoin.").unwrap_or("").to_string();
         let read_only = ["Version", "Session", "AuthVerify", "ActorAddress", "ActorSectorSize"];
         let need = if read_only.contains(&name.as_str()) { "read" } else { "admin" };
@@ -225,7 +228,7 @@ impl DevMiner {
                     "StorageDropSector" => 3,
                     _ => 2,
                 };
-                let params = request.params(count)?;
+                let params = values(&request.params(count)?);
                 self.inner.lock().unwrap().index.push(IndexCall { method: name, params });
                 Ok(Value::Null)
             }
@@ -238,7 +241,7 @@ impl DevMiner {
             method if method.starts_with("Return") => {
                 let params = request.params(if return_has_output(method) { 3 } else { 2 })?;
                 let call: CallId = request.arg(&params, 0)?;
-                let returned = Returned { method: method.to_string(), params, at: Instant::now() };
+                let returned = Returned { method: method.to_string(), params: values(&params), at: Instant::now() };
                 let mut inner = self.inner.lock().unwrap();
                 if inner.returns.contains_key(&call.id) {
                     inner.duplicate_returns.push(returned);
@@ -287,6 +290,11 @@ fn return_has_output(method: &str) -> bool {
             | "ReturnProveReplicaUpdate2"
             | "ReturnReadPiece"
     )
+}
+
+/// Params as JSON trees, to keep.
+fn values(params: &[&serde_json::value::RawValue]) -> Vec<Value> {
+    params.iter().map(|raw| serde_json::from_str(raw.get()).expect("a param is JSON")).collect()
 }
 
 async fn handle(

@@ -70,6 +70,11 @@ impl TestVhost {
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@{BROKER}/{}", self.name)
     }
+
+    /// The worker token the bridges and workers of this vhost share.
+    pub fn worker_token(&self) -> String {
+        format!("worker-token-{}", self.name)
+    }
 }
 
 impl Drop for TestVhost {
@@ -284,6 +289,24 @@ impl FarmProcess {
         Self::spawn(command, vhost, log)
     }
 
+    /// As [`FarmProcess::start_with`], for a farm with a bridge listening on
+    /// `bridge`: C1 outputs, C2 inputs and piece data travel there.
+    pub fn start_for_bridge(
+        vhost: &TestVhost,
+        dir: &Path,
+        bridge: std::net::SocketAddr,
+        id: &str,
+        stages: &str,
+        sizes: &str,
+        extra: &[&str],
+    ) -> Self {
+        let url = format!("http://{bridge}");
+        let token = vhost.worker_token();
+        let mut args = vec!["--bridge", &url, "--worker-token", &token];
+        args.extend_from_slice(extra);
+        Self::start_with(vhost, dir, id, stages, sizes, &args)
+    }
+
     /// Runs `command` on `vhost` with its output appended to `log`.
     fn spawn(mut command: Command, vhost: &TestVhost, log: PathBuf) -> Self {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
@@ -316,7 +339,8 @@ impl FarmProcess {
             .arg("--state-dir")
             .arg(dir.join("state-bridge"))
             .args(extra_args)
-            .env("MINER_API_INFO", api_info);
+            .env("MINER_API_INFO", api_info)
+            .env("SEALFARM_WORKER_TOKEN", vhost.worker_token());
         Self::spawn(command, vhost, log)
     }
 
@@ -448,7 +472,7 @@ pub mod cc {
         )
     }
 
-    pub fn commit2(sector: SectorRef, c1_out: &Bytes) -> TaskMessage {
+    pub fn commit2(sector: SectorRef, c1_out: &sealfarm_schemas::blob::Payload) -> TaskMessage {
         TaskMessage::new(sector, Task::C2 { c1_out: c1_out.clone() })
     }
 
@@ -573,12 +597,12 @@ impl BridgeFarm {
 
     /// Starts a worker for 2 KiB sectors on the bridge's shared storage.
     pub fn start_worker(&self, id: &str, stages: &str) -> FarmProcess {
-        FarmProcess::start(&self.vhost, self.dir.path(), id, stages, "2KiB")
+        self.start_worker_with(id, stages, "2KiB", &[])
     }
 
     /// Starts a worker on the bridge's shared storage with its sizes and more arguments.
     pub fn start_worker_with(&self, id: &str, stages: &str, sizes: &str, extra: &[&str]) -> FarmProcess {
-        FarmProcess::start_with(&self.vhost, self.dir.path(), id, stages, sizes, extra)
+        FarmProcess::start_for_bridge(&self.vhost, self.dir.path(), self.listen, id, stages, sizes, extra)
     }
 
     /// The bridge's state directory (call store, tokens, `api`).

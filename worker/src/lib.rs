@@ -5,6 +5,8 @@
 //! * [`executor`] — the child process that runs the proofs, restarted after a
 //!   library panic;
 //! * [`proofs`] — each stage as the library call lotus makes;
+//! * [`payloads`], [`bridge_client`] — C1 outputs, C2 inputs and piece data,
+//!   which travel over HTTP to and from the bridge, never on the broker;
 //! * [`job_store`] — the durable record of claimed jobs (sled);
 //! * [`bench`] — the same execution code, timed, without a broker;
 //! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
@@ -12,6 +14,7 @@
 //! * [`warm_up`] — the small sector a GPU worker proves before its GPU stages.
 
 pub mod bench;
+pub mod bridge_client;
 pub mod budget;
 pub mod executor;
 pub mod files;
@@ -21,6 +24,7 @@ pub mod layers;
 pub mod metrics;
 pub mod paramgen;
 pub mod params;
+pub mod payloads;
 pub mod proofs;
 pub mod resources;
 pub mod sector_files;

@@ -9,6 +9,7 @@ use sealfarm_schemas::messages::StageSlots;
 use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::sector_files::SealingPath;
+use sealfarm_worker::bridge_client::BridgeClient;
 use sealfarm_worker::service::{self, FilesConfig, OnStop, WorkerConfig};
 use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs, resources, warm_up};
 
@@ -165,6 +166,17 @@ struct RunArgs {
     /// the bridge and every worker).
     #[arg(long, env = "SEALFARM_FILES_TOKEN", hide_env_values = true)]
     files_token: Option<String>,
+    /// The bridge's URL (its --listen address, e.g. http://10.0.0.9:3456).
+    /// C2 inputs, C1 outputs and piece data travel there over HTTP, never on
+    /// the broker: needed by workers that take C1 or C2 (a C1 output of a real
+    /// sector is tens of MiB) and by AddPiece workers that do not mount the
+    /// bridge's storage. Needs --worker-token.
+    #[arg(long = "bridge", env = "SEALFARM_BRIDGE_URL")]
+    bridge_url: Option<String>,
+    /// The bridge's worker token (the `token-worker` file in its state
+    /// directory, or its own --worker-token).
+    #[arg(long, env = "SEALFARM_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: Option<String>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address; `off`:
     /// none. Port 0 picks a free port (the start-up table shows it).
     #[arg(long, env = "SEALFARM_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
@@ -568,6 +580,12 @@ fn run_worker(args: RunArgs) -> Result<()> {
             Some(FilesConfig { listen, url, token })
         }
     };
+    let bridge = match (&args.bridge_url, &args.worker_token) {
+        (None, None) => None,
+        (Some(url), Some(token)) => Some(BridgeClient::new(url, token)?),
+        (Some(_), None) => bail!("--bridge needs --worker-token (env SEALFARM_WORKER_TOKEN): the bridge's token-worker"),
+        (None, Some(_)) => bail!("--worker-token needs --bridge (env SEALFARM_BRIDGE_URL): the bridge's URL"),
+    };
     let (mut capacity, mut needs) = (
         capacity,
         plan.iter()
@@ -599,6 +617,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
         needs,
         hardware: hw,
         files,
+        bridge,
         heartbeat_interval: args.heartbeat_interval,
         shutdown_grace: args.shutdown_grace,
         on_stop: match args.on_stop {
@@ -627,6 +646,16 @@ fn run_worker(args: RunArgs) -> Result<()> {
         None => say("  files         shared storage (the bridge mounts the sealing path too)".into()),
     }
     say(format!("  state dir     {}", config.state_dir.display()));
+    let big_stages = config.stages().into_iter().any(|s| matches!(s, Stage::C1 | Stage::C2));
+    match &config.bridge {
+        Some(bridge) => say(format!("  bridge        {} (C1 outputs, C2 inputs, piece data)", bridge.url())),
+        None if big_stages => say(
+            "  bridge        none: C1 outputs travel inline only up to 512 KiB (test sizes) and C2 tasks that name \
+             a blob fail; give --bridge and --worker-token"
+                .into(),
+        ),
+        None => {}
+    }
     if config.simulate_compute {
         say("  compute       SIMULATED (--simulate-compute, a benchmark mode): no proofs, AddPiece placeholders only"
             .into());

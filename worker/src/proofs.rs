@@ -18,6 +18,7 @@ use filecoin_proofs_api::seal::{self, SealCommitPhase1Output, SealPreCommitPhase
 use filecoin_proofs_api::{PieceInfo as ApiPieceInfo, SectorId as ApiSectorId, UnpaddedBytesAmount};
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::lotus::Range;
+use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
 
@@ -154,9 +155,11 @@ fn add_piece(
     let existing: Vec<UnpaddedBytesAmount> = existing.iter().map(|s| UnpaddedBytesAmount(*s)).collect();
     let source: Box<dyn Read> = match data {
         PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
-        PieceData::File { path } => {
-            Box::new(File::open(path).with_context(|| format!("opening piece data {path}"))?.take(piece_size))
+        PieceData::Piece { id } => {
+            let path = crate::payloads::piece_path(sealing.root(), *id);
+            Box::new(File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size))
         }
+        PieceData::File { path } => bail!("piece data named by file path ({path:?}) is refused; pieces are named by id"),
     };
     let (info, _) = seal::add_piece(proof, source, &mut file, UnpaddedBytesAmount(piece_size), &existing)?;
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
@@ -233,6 +236,14 @@ pub fn parse_pc1_out(pc1_out: &Bytes) -> Result<SealPreCommitPhase1Output> {
 }
 
 /// Parses a C1 output.
+/// The bytes of a payload the worker put in place before the run.
+fn inline(payload: &Payload) -> Result<&Bytes> {
+    match payload {
+        Payload::Inline(bytes) => Ok(bytes),
+        Payload::Blob(blob) => bail!("blob {blob} was not fetched before the run"),
+    }
+}
+
 pub fn parse_c1_out(c1_out: &Bytes) -> Result<SealCommitPhase1Output> {
     serde_json::from_slice(&c1_out.0).context("the C1 output is not a rust-fil-proofs C1 output")
 }
@@ -332,11 +343,12 @@ fn commit1(
         pre_commit,
         &api_pieces(pieces)?,
     )?;
-    Ok(StageOutput::C1 { c1_out: Bytes(serde_json::to_vec(&out).context("encoding the C1 output")?) })
+    let c1_out = Bytes(serde_json::to_vec(&out).context("encoding the C1 output")?);
+    Ok(StageOutput::C1 { c1_out: Payload::Inline(c1_out) })
 }
 
-fn commit2(sector: SectorRef, c1_out: &Bytes) -> Result<StageOutput> {
-    let c1 = parse_c1_out(c1_out)?;
+fn commit2(sector: SectorRef, c1_out: &Payload) -> Result<StageOutput> {
+    let c1 = parse_c1_out(inline(c1_out)?)?;
     let out = seal::seal_commit_phase2(c1, sector.id.prover_id(), ApiSectorId::from(sector.id.number))?;
     Ok(StageOutput::C2 { proof: Bytes(out.proof) })
 }
@@ -448,7 +460,7 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
                 file(sealing.unsealed(sector.id), "unsealed file")?;
             }
             if let PieceData::File { path } = data {
-                file(path.into(), "piece data file")?;
+                return Err(format!("piece data named by file path ({path:?}); pieces are named by id"));
             }
             Ok(())
         }
@@ -472,7 +484,9 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
             file(sealing.cache(sector.id), "cache directory")?;
             file(sealing.sealed(sector.id), "sealed file")
         }
-        Task::C2 { c1_out } => parse_c1_out(c1_out).map(|_| ()).map_err(|e| format!("{e:#}")),
+        Task::C2 { c1_out: Payload::Inline(c1_out) } => parse_c1_out(c1_out).map(|_| ()).map_err(|e| format!("{e:#}")),
+        // Fetched and checked when the job runs (a large C1 output is not read at intake).
+        Task::C2 { c1_out: Payload::Blob(blob) } => blob.validate(),
         Task::Fin {} => file(sealing.cache(sector.id), "cache directory"),
         Task::Ru { .. } => Ok(()),
     }

@@ -29,7 +29,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sealfarm_schemas::hardware::Hardware;
-use sealfarm_schemas::messages::{now_ms, JobProgress, RunningJob, StageSlots};
+use sealfarm_schemas::messages::{now_ms, JobProgress, PieceData, RunningJob, StageSlots};
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{
     CallError, Control, ControlMessage, DeadLetterReason, ErrorCode, EventKind, EventMessage, Outcome, ResultMessage,
@@ -78,6 +78,9 @@ pub struct WorkerConfig {
     pub hardware: Hardware,
     /// Worker-local storage: the file server. None: shared storage.
     pub files: Option<FilesConfig>,
+    /// The bridge's blob and piece path (`--bridge`, `--worker-token`):
+    /// C2 inputs, C1 outputs and piece data travel there, never on the broker.
+    pub bridge: Option<crate::bridge_client::BridgeClient>,
     pub heartbeat_interval: Duration,
     /// How long SIGTERM waits for running jobs before stopping them.
     pub shutdown_grace: Duration,
@@ -578,6 +581,14 @@ impl Worker {
                 takes.join(", ")
             )));
         }
+        if let Task::Ap { data: PieceData::File { path }, .. } = &task.task {
+            // Never opened: anyone who can publish to the broker could name any file.
+            return reject(DeadLetterReason::malformed(format!(
+                "AddPiece of {} names its piece data by file path ({path:?}); workers read piece data only by id \
+                 under their sealing path",
+                task.sector.id
+            )));
+        }
         if let Err(problem) = proofs::check_inputs(&self.config.sealing, &task) {
             return reject(DeadLetterReason::missing_input(format!("{stage} of {}: {problem}", task.sector.id)));
         }
@@ -673,6 +684,7 @@ impl Worker {
             self.running.lock().unwrap().remove(&key);
             return;
         }
+        let outcome = crate::payloads::keep_output(&self.config, outcome);
         let elapsed = now_ms().saturating_sub(started);
         let ended = if matches!(outcome, Outcome::Done(_)) { "done" } else { "failed" };
         self.metrics.job_ended(task.stage(), &task.sector, ended);
@@ -795,6 +807,20 @@ impl Worker {
         if self.config.simulate_compute {
             return Some(simulated(task));
         }
+        let resolved = match crate::payloads::resolve_inputs(&self.config, task, &self.shutdown).await {
+            Ok(resolved) => resolved,
+            Err(_) if self.shutdown.is_set() => return None,
+            Err(error) => return Some(Outcome::Failed(error)),
+        };
+        let outcome = self.execute_resolved(key, &resolved.task).await;
+        if let Some(downloaded) = resolved.downloaded {
+            let _ = std::fs::remove_file(downloaded);
+        }
+        outcome
+    }
+
+    /// Runs a task whose inputs are in place, again if the executor dies under it.
+    async fn execute_resolved(self: &Arc<Self>, key: &str, task: &TaskMessage) -> Option<Outcome> {
         let mut first = true;
         loop {
             if self.is_superseded(key) || self.shutdown.is_set() {
@@ -1107,11 +1133,17 @@ impl Worker {
     }
 
     async fn publish_result(&self, key: &str, result: ResultMessage) {
+        // A C1 output goes to the bridge first; the result only names it.
+        if let Err(err) = crate::payloads::hand_over(&self.config, &result, &self.shutdown).await {
+            tracing::warn!(call_id = %result.call_id, error = %format!("{err:#}"), "result kept for the next start");
+            return;
+        }
         match self.link.publish_until_confirmed("", topology::RESULTS_QUEUE, &result, &[], &self.shutdown).await {
             Ok(()) => {
                 if let Err(err) = self.store.done(key) {
                     tracing::error!(call_id = %result.call_id, error = %format!("{err:#}"), "result published but not marked done");
                 }
+                crate::payloads::forget_output(&self.config, &result);
             }
             Err(err) => {
                 tracing::warn!(call_id = %result.call_id, error = %format!("{err:#}"), "result kept for the next start")

@@ -163,16 +163,18 @@ async fn main() -> Result<()> {
     let miner = DevMiner::new(2048);
     let miner_address = miner.serve("127.0.0.1:0".parse()?).await?;
     let claims = watch_claims(&vhost).await?;
-    let _bridge =
-        FarmProcess::start_bridge(&vhost, &run_dir, &miner.api_info(miner_address), free_local_address(), &[]);
+    let listen = free_local_address();
+    let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &miner.api_info(miner_address), listen, &[]);
     let sizes = options.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
-    let mut real_worker = FarmProcess::start(&vhost, &run_dir, "bench-box", "ap,pc1,pc2,c1,fin,ru", &sizes);
+    let box_stages = "ap,pc1,pc2,c1,fin,ru";
+    let mut real_worker =
+        FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "bench-box", box_stages, &sizes, &[]);
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     wait_for_workers(&vhost, &["bench-box"], Duration::from_secs(60)).await?;
     // C2 on a worker of its own, started fresh: its first C2 is the cold one.
     let prover = if options.c2 && options.runs("overhead") {
         let started = std::time::Instant::now();
-        let prover = FarmProcess::start(&vhost, &run_dir, "prover", "c2", "2KiB");
+        let prover = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "prover", "c2", "2KiB", &[]);
         wait_for_workers(&vhost, &["prover"], Duration::from_secs(120)).await?;
         Some((prover, started.elapsed()))
     } else {

@@ -59,8 +59,9 @@ async fn main() -> Result<()> {
     let claims = watch_claims(&vhost).await?;
     let listen = free_local_address();
     let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, listen, &[]);
-    let _sealer = FarmProcess::start(&vhost, &run_dir, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB");
-    let _prover = FarmProcess::start(&vhost, &run_dir, "proving-box", "c2", "2KiB");
+    let _sealer =
+        FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB", &[]);
+    let _prover = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "proving-box", "c2", "2KiB", &[]);
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     println!("farm: sealfarm-bridge registered with the miner as {}", worker.info["Hostname"]);
     wait_for_workers(&vhost, &["sealing-box", "proving-box"], Duration::from_secs(60)).await?;

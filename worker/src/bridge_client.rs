@@ -1,0 +1,167 @@
+//! The worker's HTTP link to the bridge, for bytes that never ride the
+//! broker (`docs/ARCHITECTURE.md`, "Blobs"): a C2 task's C1 output is
+//! fetched from the bridge's blob path and checked against its digest; a C1
+//! output is uploaded there before its result is published; piece data the
+//! worker cannot read under its own sealing path is downloaded.
+//!
+//! The bridge's URL and the worker token come from `--bridge` and
+//! `--worker-token`; nothing in a broker message names where to connect, so a
+//! forged task cannot send the token elsewhere.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::StreamExt;
+use sealfarm_schemas::blob::BlobRef;
+use tokio::io::AsyncWriteExt;
+
+/// Where the bridge is and the token it expects.
+#[derive(Clone)]
+pub struct BridgeClient {
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for BridgeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeClient").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+/// Why a transfer failed: worth another try (the bridge is away), or not.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl BridgeClient {
+    pub fn new(url: &str, token: &str) -> Result<Self> {
+        let url = url.trim_end_matches('/').to_string();
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--bridge {url:?} is not an http:// or https:// URL (the bridge's --listen address, e.g. http://10.0.0.9:3456)"
+        );
+        anyhow::ensure!(!token.trim().is_empty(), "--worker-token is empty");
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .context("cannot build an HTTP client")?;
+        Ok(BridgeClient { url, token: token.trim().to_string(), http })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn blob_url(&self, blob: &BlobRef) -> String {
+        format!("{}/sealfarm/v0/blobs/{}", self.url, blob.sha256)
+    }
+
+    /// Fetches a blob and checks it against its reference.
+    pub async fn fetch_blob(&self, blob: &BlobRef) -> Result<Vec<u8>, TransferError> {
+        blob.validate().map_err(TransferError::Refused)?;
+        let url = self.blob_url(blob);
+        let response = self.send(self.http.get(&url)).await?;
+        if response.content_length().is_some_and(|n| n != blob.size) {
+            return Err(TransferError::Refused(format!(
+                "the bridge offers {} bytes for blob {blob}",
+                response.content_length().unwrap_or(0)
+            )));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(blob.size).unwrap_or(0));
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| TransferError::Unreachable(format!("GET {url} broke off: {e}")))?;
+            if (bytes.len() + chunk.len()) as u64 > blob.size {
+                return Err(TransferError::Refused(format!("the bridge sent more than the {} bytes of blob {blob}", blob.size)));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        blob.verify(&bytes).map_err(TransferError::Refused)?;
+        Ok(bytes)
+    }
+
+    /// Uploads the file at `path` as blob `blob`.
+    pub async fn upload_blob(&self, blob: &BlobRef, path: &Path) -> Result<(), TransferError> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| TransferError::Refused(format!("cannot read {}: {e}", path.display())))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
+        let request = self.http.put(self.blob_url(blob)).header(reqwest::header::CONTENT_LENGTH, blob.size).body(body);
+        self.send(request).await.map(|_| ())
+    }
+
+    /// Downloads piece data `id` into `path` (via a partial file).
+    pub async fn download_piece(&self, id: uuid::Uuid, path: &Path) -> Result<u64, TransferError> {
+        let url = format!("{}/sealfarm/v0/pieces/{id}", self.url);
+        let response = self.send(self.http.get(&url)).await?;
+        let partial = path.with_extension("partial");
+        let written = async {
+            let mut file = tokio::fs::File::create(&partial).await.map_err(|e| e.to_string())?;
+            let mut total = 0u64;
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| format!("GET {url} broke off: {e}"))?;
+                total += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(|e| e.to_string())?;
+            }
+            file.sync_all().await.map_err(|e| e.to_string())?;
+            tokio::fs::rename(&partial, path).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(total)
+        }
+        .await;
+        if written.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        written.map_err(TransferError::Unreachable)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, TransferError> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| TransferError::Unreachable(format!("cannot reach the bridge at {}: {e}", self.url)))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = format!("the bridge at {} answered {status}: {}", self.url, text.trim());
+        if status.is_server_error() && status != reqwest::StatusCode::INSUFFICIENT_STORAGE {
+            Err(TransferError::Unreachable(message))
+        } else {
+            Err(TransferError::Refused(message))
+        }
+    }
+}
+
+/// Runs `transfer` until it succeeds, is refused, or `attempts` tries found
+/// the bridge away (waiting longer after each).
+pub async fn with_retries<T, F, Fut>(attempts: u32, shutdown: &sealfarm_schemas::shutdown::Shutdown, mut transfer: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, TransferError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1..=attempts {
+        match transfer().await {
+            Ok(value) => return Ok(value),
+            Err(TransferError::Refused(message)) => bail!(message),
+            Err(TransferError::Unreachable(message)) if attempt == attempts => bail!(message),
+            Err(TransferError::Unreachable(message)) => {
+                tracing::warn!(error = %message, retry_in = ?delay, "bridge transfer failed; trying again");
+                if shutdown.wait_for(delay).await {
+                    bail!("stopping: {message}");
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    bail!("no attempt made")
+}
