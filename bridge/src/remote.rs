@@ -2,13 +2,26 @@
 //! as lotus-worker serves them (PROTOCOL.md §9.4), so the miner can move a
 //! finished sector to long-term storage.
 //!
-//! * `GET /remote/{type}/{s-t0M-N}` — a file as `application/octet-stream`,
-//!   a cache directory as a flat tar (`application/x-tar`) of its files;
+//! * `GET /remote/{type}/{s-t0M-N}` — a file as `application/octet-stream`
+//!   (honouring `Range`: 206 with `Content-Range`, 416 past the end), a
+//!   cache directory as a flat tar (`application/x-tar`) of its files, both
+//!   with their exact `Content-Length`;
 //! * `DELETE /remote/{type}/{s-t0M-N}?keep=<id>[.<id>…]` — remove the copy
 //!   from every path not listed, and drop it from the miner's index;
 //! * `GET /remote/stat/{storage-id}` — the path's `FsStat`.
 //!
 //! Every request needs a token with `admin`, verified with the miner.
+//!
+//! Files and tars stream in 1 MiB chunks from a blocking thread that waits
+//! while the connection is behind, so memory stays bounded whatever the size
+//! (a 32 GiB file or an unfinalized cache of hundreds of GiB), and stops
+//! when the client goes away: the answer is
+//! [`sealfarm_schemas::sector_store::http_get`], the same the workers' file
+//! servers give (ranges: [`sealfarm_schemas::byte_range`]). In worker-local
+//! storage the GET goes to the holder's file server with the client's
+//! `Range`, and its status (200/206/416), `Content-Type`, `Content-Length`,
+//! `Content-Range`, `Accept-Ranges` and body come back as they arrive.
+//! tests/tests/big_files.rs proves it on sparse 32 GiB files.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,7 +37,7 @@ use serde_json::json;
 use crate::rpc;
 use crate::server::Api;
 use crate::storage::FILE_TYPES;
-use sealfarm_schemas::sector_store::{file_type_bit, flat_tar, parse_sector_name};
+use sealfarm_schemas::sector_store::{file_type_bit, http_get, parse_sector_name};
 
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
@@ -76,55 +89,57 @@ async fn fetch(
     let Some(copies) = copies(&api, &file_type, &name) else {
         return error(StatusCode::BAD_REQUEST, format!("no sector file {file_type}/{name}"));
     };
-    let Some((_, path)) = copies.into_iter().next() else {
+    match copies.into_iter().next() {
+        Some((_, path)) => match http_get(path, &headers).await {
+            Ok(answer) => answer.map(Body::from_stream).into_response(),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {file_type}/{name}: {e}")),
+        },
         // Worker-local storage: the worker that made the file serves it.
-        return match from_holder(&api, reqwest::Method::GET, &file_type, &name).await {
-            Ok(answer) if answer.status().is_success() => {
-                let kind = answer.headers().get(header::CONTENT_TYPE).cloned();
-                let length = answer.headers().get(header::CONTENT_LENGTH).cloned();
-                let mut response = Body::from_stream(answer.bytes_stream()).into_response();
-                for (name, value) in [(header::CONTENT_TYPE, kind), (header::CONTENT_LENGTH, length)] {
-                    if let Some(value) = value {
-                        response.headers_mut().insert(name, value);
-                    }
-                }
-                response
-            }
-            Ok(answer) => {
-                let status = answer.status();
-                let text = answer.text().await.unwrap_or_default();
-                error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("the worker holding {file_type}/{name} answered {status}: {text}"),
-                )
-            }
-            Err(refusal) => refusal.into_response(),
-        };
-    };
-    if path.is_dir() {
-        let tarred = tokio::task::spawn_blocking(move || flat_tar(&path)).await;
-        return match tarred {
-            Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response(),
-            Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot tar {file_type}/{name}: {e}")),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
-    }
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => {
-            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-            ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
-        }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open {}: {e}", path.display())),
+        None => through_holder(&api, &file_type, &name, &headers).await,
     }
 }
 
-/// Sends a request for a sector file to the file server of the worker that
-/// holds the sector (worker-local storage); an Err is the answer to give.
+/// The headers of a holder's answer that travel on with its body.
+const PASSED_ON: [header::HeaderName; 4] =
+    [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::CONTENT_RANGE, header::ACCEPT_RANGES];
+
+/// A GET passed on to the file server of the worker holding the sector (the
+/// client's `Range` with it), and its answer — 200, 206 or 416, with
+/// [`PASSED_ON`] and the body streamed as it arrives — passed back; another
+/// status is a 500 that quotes it.
+async fn through_holder(api: &Api, file_type: &str, name: &str, headers: &HeaderMap) -> Response {
+    let answer = match from_holder(api, reqwest::Method::GET, file_type, name, headers.get(header::RANGE)).await {
+        Ok(answer) => answer,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let status = answer.status();
+    if !(status.is_success() || status == StatusCode::RANGE_NOT_SATISFIABLE) {
+        let text = answer.text().await.unwrap_or_default();
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the worker holding {file_type}/{name} answered {status}: {text}"),
+        );
+    }
+    let mut response = Response::builder().status(status);
+    for passed in PASSED_ON {
+        if let Some(value) = answer.headers().get(&passed) {
+            response = response.header(passed, value);
+        }
+    }
+    response.body(Body::from_stream(answer.bytes_stream())).unwrap_or_else(|e| {
+        error(StatusCode::INTERNAL_SERVER_ERROR, format!("the worker's answer for {file_type}/{name}: {e}"))
+    })
+}
+
+/// Sends a request for a sector file (with the client's `Range`, if any) to
+/// the file server of the worker that holds the sector (worker-local
+/// storage); an Err is the answer to give.
 async fn from_holder(
     api: &Api,
     method: reqwest::Method,
     file_type: &str,
     name: &str,
+    range: Option<&header::HeaderValue>,
 ) -> Result<reqwest::Response, (StatusCode, String)> {
     let not_found = |why: String| Err((StatusCode::INTERNAL_SERVER_ERROR, why));
     let sector = parse_sector_name(name).expect("checked by copies");
@@ -149,7 +164,11 @@ async fn from_holder(
     let target = format!("{}/files/{file_type}/{name}", url.trim_end_matches('/'));
     let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build();
     let Ok(client) = client else { return not_found("cannot build an HTTP client".into()) };
-    match client.request(method, &target).bearer_auth(token).send().await {
+    let mut request = client.request(method, &target).bearer_auth(token);
+    if let Some(range) = range {
+        request = request.header(header::RANGE, range);
+    }
+    match request.send().await {
         Ok(answer) => Ok(answer),
         Err(e) => not_found(format!("cannot reach worker {} at {url}: {e}", location.worker)),
     }
@@ -179,7 +198,7 @@ async fn remove(
     let declared_as = api.miner.storage.first().map(|p| p.meta.id.clone()).unwrap_or_default();
     if copies.is_empty() && !keep.contains(&declared_as) {
         // Worker-local storage: the holder deletes its copy.
-        match from_holder(&api, reqwest::Method::DELETE, &file_type, &name).await {
+        match from_holder(&api, reqwest::Method::DELETE, &file_type, &name, None).await {
             Ok(answer) if answer.status().is_success() => {}
             Ok(answer) => {
                 let status = answer.status();

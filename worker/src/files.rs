@@ -2,9 +2,13 @@
 //! bridge, which passes them on to the miner through its `/remote`
 //! (PROTOCOL.md §9.4) when the miner moves a finished sector to storage.
 //!
-//! * `GET /files/{type}/{s-t0M-N}` — a file as `application/octet-stream`, a
+//! * `GET /files/{type}/{s-t0M-N}` — a file as `application/octet-stream`
+//!   (honouring `Range`: 206 with `Content-Range`, 416 past the end), a
 //!   cache directory as a flat tar of its files (`application/x-tar`), as
-//!   lotus sends them; 404 when this worker does not have it;
+//!   lotus sends them, streamed in 1 MiB chunks with their exact
+//!   `Content-Length` and never held in memory; 404 when this worker does not
+//!   have it. The answer is [`sealfarm_schemas::sector_store::http_get`], the
+//!   same the bridge's `/remote` gives for its own storage;
 //! * `DELETE /files/{type}/{s-t0M-N}` — removes it (the miner moved it).
 //!
 //! Every request needs `Authorization: Bearer <SEALFARM_FILES_TOKEN>`; the
@@ -19,7 +23,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sealfarm_schemas::sector_store::{file_type_bit, flat_tar, parse_sector_name};
+use sealfarm_schemas::sector_store::{file_type_bit, http_get, parse_sector_name};
 use sealfarm_schemas::shutdown::Shutdown;
 
 use crate::sector_files::SealingPath;
@@ -92,38 +96,17 @@ async fn request(
     if method == Method::DELETE {
         remove(&path, &file_type, &name)
     } else {
-        fetch(path, &file_type, &name).await
+        fetch(path, &file_type, &name, &headers).await
     }
 }
 
-async fn fetch(path: PathBuf, file_type: &str, name: &str) -> Response {
-    if path.is_dir() {
-        let (file_type, name) = (file_type.to_string(), name.to_string());
-        return match tokio::task::spawn_blocking(move || flat_tar(&path)).await {
-            Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/x-tar")], bytes).into_response(),
-            Ok(Err(e)) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot tar {file_type}/{name}: {e}")).into_response()
-            }
-            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-        };
-    }
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => {
-            let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-            (
-                [
-                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                    (header::CONTENT_LENGTH, length.to_string()),
-                ],
-                body,
-            )
-                .into_response()
-        }
+async fn fetch(path: PathBuf, file_type: &str, name: &str, headers: &HeaderMap) -> Response {
+    match http_get(path, headers).await {
+        Ok(answer) => answer.map(Body::from_stream).into_response(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             (StatusCode::NOT_FOUND, format!("this worker has no {file_type}/{name}")).into_response()
         }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot open {file_type}/{name}: {e}")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {file_type}/{name}: {e}")).into_response(),
     }
 }
 
