@@ -159,6 +159,8 @@ impl Blobs {
                 let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload of blob {sha256} broke off: {e}")))?;
                 size += chunk.len() as u64;
                 if size > self.max_bytes {
+                    // Read to its end (not kept), so the sender gets to read the answer.
+                    while let Some(Ok(_)) = stream.next().await {}
                     return Err((
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("blob {sha256} is over the bridge's limit of {} bytes (--max-request-size)", self.max_bytes),

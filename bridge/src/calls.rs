@@ -781,7 +781,8 @@ impl Calls {
             true
         });
         match recorded {
-            Ok(Some(returned)) => self.release_blobs(&returned),
+            // The call as it was delivered still names its output blob.
+            Ok(Some(_)) => self.release_blobs(&call),
             Ok(None) => {}
             Err(err) => tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded"),
         }

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
+use futures_util::StreamExt;
 use sealfarm_schemas::lotus::{Range, ReaderStream};
 use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::PieceData;
@@ -111,6 +112,8 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
     let limit = api.max_request_size;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
+        // Read and dropped, so the client gets to read the answer.
+        discard(body).await;
         return rpc::too_large(limit);
     }
     // Large bodies (a SealCommit2 of a 32 GiB sector: tens of MiB) are read
@@ -120,24 +123,29 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
         Some(n) if n <= LARGE_REQUEST => None,
         _ => gate.large_requests.acquire().await.ok(),
     };
-    let body = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
-        Ok(body) => body,
-        Err(err) if is_length_limit(&err) => return rpc::too_large(limit),
-        Err(err) => return (StatusCode::BAD_REQUEST, format!("reading the request: {err}")).into_response(),
-    };
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return (StatusCode::BAD_REQUEST, "the request body broke off").into_response();
+        };
+        if (bytes.len() + chunk.len()) as u64 > limit {
+            discard_stream(stream).await;
+            return rpc::too_large(limit);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let body = bytes;
     rpc::serve(&body, |request| async move { api.dispatch(request, &perms).await }).await
 }
 
-/// Whether reading a body failed on the size limit.
-fn is_length_limit(err: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = source {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
+/// Reads a refused body to its end without keeping it.
+async fn discard(body: Body) {
+    discard_stream(body.into_data_stream()).await
+}
+
+async fn discard_stream(mut stream: axum::body::BodyDataStream) {
+    while let Some(Ok(_)) = stream.next().await {}
 }
 
 impl Api {
