@@ -106,6 +106,39 @@ async fn a_40_mib_c2_input_travels_as_a_blob_and_its_refusal_reaches_the_miner()
     }
 }
 
+/// The most memory the bridge ever held (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+/// Four SealCommit2 calls of 40 MiB each arriving at once: the bridge takes
+/// them all and its memory stays bounded (large bodies are read one at a
+/// time and decoded into their blobs piece by piece).
+#[tokio::test(flavor = "multi_thread")]
+async fn four_40_mib_c2_calls_at_once_keep_the_bridge_under_150_mb() {
+    let farm = BridgeFarm::start("large-four").await;
+    let inputs: Vec<Vec<u8>> = (0..4).map(|n| noise(40 << 20, 2 * n + 101)).collect();
+    let calls = inputs.iter().enumerate().map(|(n, bytes)| {
+        let params = json!([sector_ref(n as u64 + 1, P2K), Bytes(bytes.clone())]);
+        let client = &farm.worker.client;
+        async move { client.call::<CallId>("SealCommit2", params).await }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for answer in &answers {
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    let mut kept = blob_files(&farm);
+    let mut expected: Vec<String> = inputs.iter().map(|b| BlobRef::of(b).sha256).collect();
+    kept.sort();
+    expected.sort();
+    assert_eq!(kept, expected);
+    let peak = peak_rss_mib(farm.bridge.pid());
+    eprintln!("bridge peak RSS with four 40 MiB SealCommit2 calls at once: {peak:.1} MiB");
+    assert!(peak < 150.0 * 1e6 / (1 << 20) as f64, "the bridge peaked at {peak:.1} MiB");
+}
+
 /// A 40 MiB C1 output a worker uploads reaches the miner byte for byte as
 /// `ReturnSealCommit1`; a result naming a blob that never arrived fails
 /// its call with a reason instead. Blob uploads are checked.
@@ -160,6 +193,9 @@ async fn a_40_mib_c1_output_reaches_the_miner_through_the_blob_path() {
     assert_eq!(returned.method, "ReturnSealCommit1");
     assert!(returned.params[2].is_null(), "{:?}", returned.params[2]);
     let received = base64::engine::general_purpose::STANDARD.decode(returned.params[1].as_str().unwrap()).unwrap();
+    let peak = peak_rss_mib(farm.bridge.pid());
+    eprintln!("bridge peak RSS after a 40 MiB upload and ReturnSealCommit1: {peak:.1} MiB");
+    assert!(peak < 150.0 * 1e6 / (1 << 20) as f64, "the bridge peaked at {peak:.1} MiB");
     assert!(received == c1_out, "the miner got {} bytes, not the 40 MiB uploaded", received.len());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !blob_files(&farm).is_empty() {
