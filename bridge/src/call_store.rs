@@ -250,6 +250,18 @@ impl Index {
     }
 }
 
+/// The key of a returned call in the `returned-at` tree.
+fn returned_key(at_ms: u64, id: Uuid) -> Vec<u8> {
+    let mut key = at_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+fn parse_returned_key(key: &[u8]) -> Option<(u64, Uuid)> {
+    let (at, id) = key.split_at_checked(8)?;
+    Some((u64::from_be_bytes(at.try_into().ok()?), Uuid::from_slice(id).ok()?))
+}
+
 /// The digest that recognises a re-issued call.
 pub fn input_digest(method: &str, sector: &SectorRef, inputs: &serde_json::Value) -> String {
     let mut hasher = Sha256::new();
@@ -281,6 +293,9 @@ pub struct CallStore {
     deals: sled::Tree,
     /// Sector files declared in the miner's index: `<sector>/<type>` → storage id.
     declared: sled::Tree,
+    /// Returned calls by when they were returned: `<at_ms, big-endian><call id>`,
+    /// so pruning reads only the calls it removes.
+    returned_at: sled::Tree,
     /// Serialises read-change-write of calls (results, controls, leases and
     /// Return delivery change them from different tasks).
     write: Arc<Mutex<()>>,
@@ -305,10 +320,12 @@ impl CallStore {
             locations: db.open_tree("sector-locations")?,
             deals: db.open_tree("deal-sectors")?,
             declared: db.open_tree("declared-files")?,
+            returned_at: db.open_tree("returned-at")?,
             write: Default::default(),
             index: Default::default(),
             db,
         };
+        // The one read of the whole store at start (bounded by --retain-returned).
         let mut calls = store.all()?;
         calls.sort_by_key(|c| match c.state {
             CallState::Returned { at_ms } => at_ms,
@@ -317,9 +334,77 @@ impl CallStore {
         let mut index = store.index.lock().unwrap();
         for call in &calls {
             index.record(call);
+            if let CallState::Returned { at_ms } = call.state {
+                // Calls returned before this index existed.
+                store.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
+            }
         }
         drop(index);
         Ok(store)
+    }
+
+    /// The calls not yet returned to the miner, read from the store (not the whole history).
+    pub fn unreturned(&self) -> Result<Vec<Call>> {
+        let ids: Vec<Uuid> = self.index.lock().unwrap().unreturned.keys().copied().collect();
+        let mut calls = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(call) = self.get(&id.to_string())? {
+                calls.push(call);
+            }
+        }
+        calls.sort_by_key(|c| c.arrived_at_ms);
+        Ok(calls)
+    }
+
+    /// Removes the calls returned more than `retain` ago, and what the store
+    /// keeps of sectors none of whose calls is left open (location, deal
+    /// mark) once they are that old; how many calls went.
+    pub fn prune(&self, retain: std::time::Duration) -> Result<usize> {
+        let cutoff = now_ms().saturating_sub(retain.as_millis() as u64);
+        let mut removed = 0;
+        for entry in self.returned_at.range(..returned_key(cutoff, Uuid::nil()).as_slice()) {
+            let (key, _) = entry?;
+            let Some((at_ms, id)) = parse_returned_key(&key) else {
+                self.returned_at.remove(&key)?;
+                continue;
+            };
+            let _one_writer = self.write.lock().unwrap();
+            let id_text = id.to_string();
+            // Only if it is still returned, then (a replayed call is open again).
+            if let Some(call) = self.get(&id_text)? {
+                if call.state == (CallState::Returned { at_ms }) {
+                    self.calls.remove(id_text.as_bytes())?;
+                    self.index.lock().unwrap().forget(id);
+                    removed += 1;
+                }
+            }
+            self.returned_at.remove(&key)?;
+        }
+        let open_sectors: std::collections::HashSet<SectorId> =
+            self.index.lock().unwrap().unreturned.values().map(|r| r.sector.id).collect();
+        for entry in self.locations.iter() {
+            let (key, bytes) = entry?;
+            let old = serde_json::from_slice::<Location>(&bytes).map_or(true, |l| l.since_ms < cutoff);
+            let sector = sealfarm_schemas::sector_store::parse_sector_name(&String::from_utf8_lossy(&key));
+            if old && !sector.is_some_and(|s| open_sectors.contains(&s)) {
+                self.locations.remove(&key)?;
+            }
+        }
+        for entry in self.deals.iter() {
+            let (key, value) = entry?;
+            let since = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            let sector = sealfarm_schemas::sector_store::parse_sector_name(&String::from_utf8_lossy(&key));
+            if since < cutoff && !sector.is_some_and(|s| open_sectors.contains(&s)) {
+                self.deals.remove(&key)?;
+            }
+        }
+        self.flush()?;
+        Ok(removed)
+    }
+
+    /// How many calls the store holds, and its size on disk in bytes.
+    pub fn size(&self) -> (usize, u64) {
+        (self.calls.len(), self.db.size_on_disk().unwrap_or(0))
     }
 
     /// The rows of the calls not yet returned and of the last
@@ -432,7 +517,8 @@ impl CallStore {
             return Ok(None);
         }
         call.updated_at_ms = now_ms();
-        if let CallState::Returned { .. } = call.state {
+        if let CallState::Returned { at_ms } = call.state {
+            self.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
             // Only if the index still names this call (a re-issued call may hold it now).
             let _ = self.open_by_digest.compare_and_swap(
                 call.input_digest.as_bytes(),
@@ -505,7 +591,7 @@ impl CallStore {
 
     /// Notes that a sector holds deal data.
     pub fn mark_deal(&self, sector: SectorId) -> Result<()> {
-        self.deals.insert(sector.file_name().as_bytes(), b"")?;
+        self.deals.insert(sector.file_name().as_bytes(), &now_ms().to_be_bytes())?;
         self.flush()
     }
 
@@ -569,6 +655,38 @@ mod tests {
             queue: None,
             run: None,
         }
+    }
+
+    /// Returned calls older than the retention go, with nothing else; the
+    /// store then holds what it held before they came.
+    #[test]
+    fn prune_removes_only_calls_returned_before_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CallStore::open(dir.path()).unwrap();
+        let calls: Vec<Call> = (0..30).map(fetch_call).collect();
+        for call in &calls {
+            store.insert(call).unwrap();
+        }
+        let now = now_ms();
+        // 0-9 returned 4 days ago, 10-19 an hour ago, 20-29 open.
+        for (n, call) in calls.iter().enumerate().take(20) {
+            let at_ms = if n < 10 { now - 4 * 86_400_000 } else { now - 3_600_000 };
+            store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms }).unwrap();
+        }
+        // A returned call opened again (a replayed dead letter) is kept.
+        store.set_state(&calls[0].call_id.id.to_string(), CallState::Dispatched).unwrap();
+        let removed = store.prune(std::time::Duration::from_secs(3 * 86_400)).unwrap();
+        assert_eq!(removed, 9);
+        let left: Vec<u64> = store.all().unwrap().iter().map(|c| c.sector.id.number).collect();
+        assert_eq!(left, [0].into_iter().chain(10..30).collect::<Vec<u64>>());
+        assert!(store.rows(false).unwrap().iter().all(|r| r.sector.id.number == 0 || r.sector.id.number >= 10));
+        assert_eq!(store.prune(std::time::Duration::from_secs(3 * 86_400)).unwrap(), 0);
+        // After a restart the index knows the same.
+        drop(store);
+        let store = CallStore::open(dir.path()).unwrap();
+        assert_eq!(store.unreturned().unwrap().len(), 11);
+        assert_eq!(store.prune(std::time::Duration::from_secs(60)).unwrap(), 10);
+        assert_eq!(store.size().0, 11);
     }
 
     /// The views read the index: it must list every unreturned call and the

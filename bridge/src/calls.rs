@@ -174,12 +174,12 @@ impl Calls {
     /// yet, and publishes every call whose task the broker never confirmed
     /// (the bridge died in between; the miner's re-issued call attaches to it).
     pub async fn redeliver_pending(self: &Arc<Self>) -> Result<()> {
-        let calls = self.store.all()?;
+        let calls = self.store.unreturned()?;
         // Blobs and piece data that no unreturned call needs any more.
-        let unreturned = calls.iter().filter(|c| !matches!(c.state, CallState::Returned { .. }));
-        let keep = unreturned.clone().flat_map(|c| c.blobs()).map(|b| b.sha256).collect();
+        let keep = calls.iter().flat_map(|c| c.blobs()).map(|b| b.sha256).collect();
         let swept = self.blobs.sweep(&keep, crate::blobs::ORPHAN_AGE);
-        let pieces = unreturned
+        let pieces = calls
+            .iter()
             .filter(|c| c.is_open())
             .filter_map(|c| match c.task() {
                 Some(TaskMessage { task: Task::Ap { data: PieceData::Piece { id }, .. }, .. }) => Some(*id),

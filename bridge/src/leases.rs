@@ -62,10 +62,10 @@ impl Leases {
     /// Leases for every call the store says is held, each fresh from now.
     pub fn new(calls: Arc<Calls>, timeout: Duration) -> Result<Arc<Self>> {
         let mut held = HashMap::new();
-        for call in calls.store.all()? {
+        for call in calls.store.rows(false)? {
             if let (true, Some(holder)) = (call.is_open(), &call.holder) {
                 held.insert(
-                    call.call_id.id,
+                    call.call_id,
                     Lease { worker: holder.worker.clone(), attempt: holder.attempt, expires: Instant::now() + timeout },
                 );
             }

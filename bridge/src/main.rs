@@ -236,6 +236,11 @@ struct RunArgs {
     /// Units: B, KiB, MiB, GiB.
     #[arg(long, env = "SEALFARM_MAX_REQUEST_SIZE", default_value = "100MiB", value_parser = parse_size)]
     max_request_size: u64,
+    /// How long the call store keeps a call after it was returned to the
+    /// miner (for `jobs --all` and re-issued calls); older ones are removed
+    /// hourly, so the store does not grow with the farm's history.
+    #[arg(long, env = "SEALFARM_RETAIN_RETURNED", default_value = "3d", value_parser = humantime::parse_duration)]
+    retain_returned: std::time::Duration,
     /// The secret workers present to fetch C2 inputs and upload C1 outputs
     /// (`sealfarm-worker run --bridge … --worker-token …`). Default: the
     /// `token-worker` file in the state directory, made at the first start.
@@ -371,6 +376,7 @@ async fn run(args: RunArgs) -> Result<()> {
         "  leases       {} without a sign of life, then dispatched again",
         humantime::format_duration(args.lease_timeout)
     );
+    eprintln!("  retention    returned calls kept {}", humantime::format_duration(args.retain_returned));
     for path in &miner.storage {
         eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
     }
@@ -418,6 +424,7 @@ async fn run(args: RunArgs) -> Result<()> {
     tokio::spawn(calls.clone().consume_dead_letters());
     tokio::spawn(leases.clone().consume_events());
     tokio::spawn(leases.clone().expire());
+    tokio::spawn(prune_returned(calls.clone(), args.retain_returned));
     let session = miner.connect().await?;
     let keeper = {
         let miner = miner.clone();
@@ -433,6 +440,22 @@ async fn run(args: RunArgs) -> Result<()> {
     }
     link.close().await;
     Ok(())
+}
+
+/// Removes calls returned longer than `retain` ago, at start and hourly.
+async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
+    loop {
+        let store = calls.store.clone();
+        match tokio::task::spawn_blocking(move || store.prune(retain)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "calls returned long ago removed from the call store"),
+            Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the call store"),
+            Err(err) => tracing::warn!(error = %err, "cannot prune the call store"),
+        }
+        if calls.shutdown.wait_for(std::time::Duration::from_secs(3600)).await {
+            return;
+        }
+    }
 }
 
 /// The operator commands: ask the running bridge, print its answer.

@@ -88,6 +88,27 @@ impl JobStore {
         Ok(JobStore { db, jobs })
     }
 
+    /// Removes the records of jobs that ended (done, released, superseded)
+    /// more than `retain` ago; how many went. Open jobs are never removed.
+    pub fn prune(&self, retain: std::time::Duration) -> Result<usize> {
+        let cutoff = now_ms().saturating_sub(retain.as_millis() as u64);
+        let mut removed = 0;
+        for entry in self.jobs.iter() {
+            let (key, bytes) = entry?;
+            let Ok(record) = serde_json::from_slice::<JobRecord>(&bytes) else { continue };
+            if !record.state.is_open() && record.updated_at_ms < cutoff {
+                // Only if unchanged since it was read.
+                if self.jobs.compare_and_swap(&key, Some(bytes), None::<&[u8]>)?.is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            self.db.flush()?;
+        }
+        Ok(removed)
+    }
+
     /// Why the operator drained this worker, while it is drained (kept across restarts).
     pub fn drained(&self) -> Result<Option<String>> {
         Ok(self.db.get(DRAINED_KEY)?.map(|reason| String::from_utf8_lossy(&reason).into_owned()))
@@ -294,5 +315,22 @@ mod tests {
         store.done(&task.job_key()).unwrap();
         assert!(store.unfinished().unwrap().is_empty());
         assert!(matches!(store.claim(&task).unwrap(), Claim::Known(JobState::Done { .. })));
+    }
+
+    /// Ended jobs past the retention go; open ones stay whatever their age.
+    #[test]
+    fn prune_removes_only_jobs_that_ended_before_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let (ended, open) = (task(), task());
+        store.claim(&ended).unwrap();
+        store.claim(&open).unwrap();
+        store.done(&ended.job_key()).unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(store.prune(hour).unwrap(), 0, "a job that ended just now is kept");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(store.prune(std::time::Duration::from_millis(10)).unwrap(), 1);
+        assert!(store.get(&ended.job_key()).unwrap().is_none());
+        assert_eq!(store.unfinished().unwrap().len(), 1, "the open job is kept");
     }
 }

@@ -177,6 +177,10 @@ struct RunArgs {
     /// directory, or its own --worker-token).
     #[arg(long, env = "SEALFARM_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
+    /// How long the job store keeps the record of a job that ended (done,
+    /// released, superseded); older ones are removed hourly.
+    #[arg(long, env = "SEALFARM_RETAIN_DONE", default_value = "3d", value_parser = humantime::parse_duration)]
+    retain_done: Duration,
     /// Serve Prometheus metrics (`GET /metrics`) on this address; `off`:
     /// none. Port 0 picks a free port (the start-up table shows it).
     #[arg(long, env = "SEALFARM_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_listen)]
@@ -618,6 +622,7 @@ fn run_worker(args: RunArgs) -> Result<()> {
         hardware: hw,
         files,
         bridge,
+        retain_done: args.retain_done,
         heartbeat_interval: args.heartbeat_interval,
         shutdown_grace: args.shutdown_grace,
         on_stop: match args.on_stop {

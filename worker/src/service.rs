@@ -81,6 +81,8 @@ pub struct WorkerConfig {
     /// The bridge's blob and piece path (`--bridge`, `--worker-token`):
     /// C2 inputs, C1 outputs and piece data travel there, never on the broker.
     pub bridge: Option<crate::bridge_client::BridgeClient>,
+    /// How long the records of ended jobs are kept (`--retain-done`).
+    pub retain_done: Duration,
     pub heartbeat_interval: Duration,
     /// How long SIGTERM waits for running jobs before stopping them.
     pub shutdown_grace: Duration,
@@ -278,6 +280,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         crate::metrics::serve(listener.try_clone()?, worker.metrics.clone(), now, shutdown.clone())?;
     }
     let heartbeat = tokio::spawn(worker.clone().heartbeats());
+    let pruning = tokio::spawn(prune_ended(worker.store.clone(), worker.config.retain_done, shutdown.clone()));
     let mut delay = Duration::from_millis(200);
     while !shutdown.is_set() {
         match worker.clone().consume(&mut jobs, &mut delay).await {
@@ -306,6 +309,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     }
     worker.release_held().await;
     heartbeat.abort();
+    pruning.abort();
     // The marks written without a flush (done) are on disk before a clean
     // stop ends: a restart republishes nothing the broker confirmed.
     if let Err(err) = worker.store.flush() {
@@ -1208,6 +1212,23 @@ impl Worker {
 /// The simulated compute backend (`--simulate-compute`, benchmarks only):
 /// an AddPiece "fills" the sector with a placeholder piece at once; nothing
 /// else is computed.
+/// Removes the records of jobs that ended longer than `retain` ago, at
+/// start and hourly, so the job store does not grow with the worker's history.
+async fn prune_ended(store: JobStore, retain: Duration, shutdown: Shutdown) {
+    loop {
+        let jobs = store.clone();
+        match tokio::task::spawn_blocking(move || jobs.prune(retain)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "records of jobs that ended long ago removed"),
+            Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the job store"),
+            Err(err) => tracing::warn!(error = %err, "cannot prune the job store"),
+        }
+        if shutdown.wait_for(Duration::from_secs(3600)).await {
+            return;
+        }
+    }
+}
+
 fn simulated(task: &TaskMessage) -> Outcome {
     match (&task.task, task.sector.proof_type.info()) {
         (Task::Ap { .. }, Some(info)) => Outcome::Done(StageOutput::Ap {
