@@ -1,4 +1,4 @@
-//! Piece data for `AddPiece` (`docs/LOTUS.md`, "Piece data"): lotus sends it
+//! Piece data for `AddPiece` (`docs/ARCHITECTURE.md`, "Piece data"): lotus sends it
 //! as a ReaderStream — `null` (zeros, CC sectors), `push` (the miner POSTs
 //! the bytes to `/rpc/streams/v0/push/<uuid>`, before or after the call) or
 //! `http` (the bridge GETs a URL).
