@@ -97,7 +97,7 @@ impl Blobs {
         const CHUNK: usize = 4 << 20;
         use base64::Engine as _;
         let engine = &base64::engine::general_purpose::STANDARD;
-        if text.len() % 4 != 0 {
+        if !text.len().is_multiple_of(4) {
             return Err("invalid base64: its length is not a multiple of 4".into());
         }
         let partial = self.partial_path("base64");
@@ -124,7 +124,9 @@ impl Blobs {
             return Err(e);
         }
         let blob = BlobRef { sha256: hex::encode(hasher.finalize()), size };
-        tokio::fs::rename(&partial, self.path(&blob.sha256)).await.map_err(|e| format!("cannot store the payload: {e}"))?;
+        tokio::fs::rename(&partial, self.path(&blob.sha256))
+            .await
+            .map_err(|e| format!("cannot store the payload: {e}"))?;
         Ok(blob)
     }
 
@@ -156,14 +158,18 @@ impl Blobs {
             let mut size = 0u64;
             let mut stream = body.into_data_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload of blob {sha256} broke off: {e}")))?;
+                let chunk =
+                    chunk.map_err(|e| (StatusCode::BAD_REQUEST, format!("upload of blob {sha256} broke off: {e}")))?;
                 size += chunk.len() as u64;
                 if size > self.max_bytes {
                     // Read to its end (not kept), so the sender gets to read the answer.
                     while let Some(Ok(_)) = stream.next().await {}
                     return Err((
                         StatusCode::PAYLOAD_TOO_LARGE,
-                        format!("blob {sha256} is over the bridge's limit of {} bytes (--max-request-size)", self.max_bytes),
+                        format!(
+                            "blob {sha256} is over the bridge's limit of {} bytes (--max-request-size)",
+                            self.max_bytes
+                        ),
                     ));
                 }
                 hasher.update(&chunk);
@@ -216,7 +222,12 @@ impl Blobs {
             if !is_digest(&name) || keep.contains(&name) {
                 continue;
             }
-            let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|a| a >= age);
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|a| a >= age);
             if old && std::fs::remove_file(entry.path()).is_ok() {
                 removed += 1;
             }
@@ -258,37 +269,44 @@ pub fn router(api: Arc<BlobApi>) -> Router {
         .with_state(api)
 }
 
-fn authorized(api: &BlobApi, headers: &HeaderMap) -> Result<(), Response> {
+/// Why a request is refused: its status and what to say.
+type Refusal = (StatusCode, String);
+
+fn authorized(api: &BlobApi, headers: &HeaderMap) -> Result<(), Refusal> {
     let token = crate::rpc::bearer_token(headers, None);
     let allowed =
         token.is_some_and(|t| crate::ops::same(&t, &api.worker_token) || crate::ops::same(&t, &api.admin_token));
     if !allowed {
-        let text =
-            "blobs and pieces need `Authorization: Bearer <worker token>` (the bridge's token-worker file, or its --worker-token)";
-        return Err((StatusCode::UNAUTHORIZED, text).into_response());
+        let text = "blobs and pieces need `Authorization: Bearer <worker token>` (the bridge's token-worker file, or \
+                    its --worker-token)";
+        return Err((StatusCode::UNAUTHORIZED, text.to_string()));
     }
     Ok(())
 }
 
-fn check(api: &BlobApi, headers: &HeaderMap, sha256: &str) -> Result<(), Response> {
+fn check(api: &BlobApi, headers: &HeaderMap, sha256: &str) -> Result<(), Refusal> {
     authorized(api, headers)?;
     if !is_digest(sha256) {
-        return Err((StatusCode::BAD_REQUEST, format!("{sha256:?} is not a SHA-256 in lower-case hex")).into_response());
+        return Err((StatusCode::BAD_REQUEST, format!("{sha256:?} is not a SHA-256 in lower-case hex")));
     }
     Ok(())
 }
 
 async fn fetch(State(api): State<Arc<BlobApi>>, UrlPath(sha256): UrlPath<String>, headers: HeaderMap) -> Response {
     if let Err(refusal) = check(&api, &headers, &sha256) {
-        return refusal;
+        return refusal.into_response();
     }
     let missing = format!("no blob {sha256} on this bridge (its call was returned, or it never arrived)");
     send_file(api.blobs.path(&sha256), missing).await
 }
 
-async fn fetch_piece(State(api): State<Arc<BlobApi>>, UrlPath(id): UrlPath<uuid::Uuid>, headers: HeaderMap) -> Response {
+async fn fetch_piece(
+    State(api): State<Arc<BlobApi>>,
+    UrlPath(id): UrlPath<uuid::Uuid>,
+    headers: HeaderMap,
+) -> Response {
     if let Err(refusal) = authorized(&api, &headers) {
-        return refusal;
+        return refusal.into_response();
     }
     let missing = format!("no piece data {id} on this bridge (its AddPiece has its result, or it never arrived)");
     send_file(api.pieces.path(id), missing).await
@@ -318,11 +336,13 @@ async fn upload(
     body: Body,
 ) -> Response {
     if let Err(refusal) = check(&api, &headers, &sha256) {
-        return refusal;
+        return refusal.into_response();
     }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > api.blobs.max_bytes) {
-        let text = format!("blob {sha256} is over the bridge's limit of {} bytes (--max-request-size)", api.blobs.max_bytes);
+        let text =
+            format!("blob {sha256} is over the bridge's limit of {} bytes (--max-request-size)", api.blobs.max_bytes);
         return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();
     }
     match api.blobs.receive(&sha256, body).await {

@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
-use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::blob::{BlobRef, Payload};
+use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, StageOutput, Task, TaskMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -15,8 +15,8 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use sealfarm_schemas::broker::{header, BrokerLink};
 use sealfarm_schemas::blob::Payload;
+use sealfarm_schemas::broker::{header, BrokerLink};
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::shutdown::Shutdown;
@@ -784,7 +784,9 @@ impl Calls {
             // The call as it was delivered still names its output blob.
             Ok(Some(_)) => self.release_blobs(&call),
             Ok(None) => {}
-            Err(err) => tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded"),
+            Err(err) => {
+                tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "returned but not recorded")
+            }
         }
         if let Outcome::Done(output) = outcome.as_ref() {
             self.miner.declare_outputs(call.sector, output).await;

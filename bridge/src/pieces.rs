@@ -113,10 +113,9 @@ impl PieceInbox {
             return Err(format!("push stream {id} is already named by another AddPiece call"));
         }
         let mut state = slot.subscribe();
-        let started =
-            tokio::time::timeout(PUSH_WAIT, state.wait_for(|s| !matches!(s, PushState::Announced { .. })))
-                .await
-                .is_ok_and(|s| s.is_ok());
+        let started = tokio::time::timeout(PUSH_WAIT, state.wait_for(|s| !matches!(s, PushState::Announced { .. })))
+            .await
+            .is_ok_and(|s| s.is_ok());
         let outcome = match started {
             true => match state.wait_for(|s| matches!(s, PushState::Arrived(_))).await.map(|s| s.clone()) {
                 Ok(PushState::Arrived(Ok(_))) => Ok(()),

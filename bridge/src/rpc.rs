@@ -237,7 +237,10 @@ impl RpcClient {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(&Outgoing { jsonrpc: "2.0", id, method: format!("Filecoin.{method}"), params })
-            .map_err(|e| CallFailure::BadAnswer { url: self.url.clone(), detail: format!("cannot encode {method}: {e}") })?;
+            .map_err(|e| CallFailure::BadAnswer {
+            url: self.url.clone(),
+            detail: format!("cannot encode {method}: {e}"),
+        })?;
         let mut request =
             self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         if let Some(token) = &self.token {

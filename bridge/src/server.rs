@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use futures_util::StreamExt;
-use sealfarm_schemas::lotus::{Range, ReaderStream};
 use sealfarm_schemas::blob::Payload;
+use sealfarm_schemas::lotus::{Range, ReaderStream};
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
 use serde_json::{json, Value};
@@ -110,7 +110,8 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
         },
     };
     let limit = api.max_request_size;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         // Read and dropped, so the client gets to read the answer.
         discard(body).await;
@@ -253,7 +254,9 @@ impl Api {
                         self.calls.blobs.put(bytes.0).await.map_err(|e| format!("{e:#}"))
                     }
                 }
-                .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("SealCommit2 (param: 1, the C1 output): {e}")))?;
+                .map_err(|e| {
+                    RpcError::new(rpc::INVALID_PARAMS, format!("SealCommit2 (param: 1, the C1 output): {e}"))
+                })?;
                 let task = Task::C2 { c1_out: Payload::Blob(c1_out) };
                 call_id(calls.accept(&name, sector, task).await?)
             }

@@ -232,13 +232,23 @@ impl TaskMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "stage", rename_all = "lowercase")]
 pub enum StageOutput {
-    Ap { piece: PieceInfo },
-    Pc1 { pc1_out: Bytes },
-    Pc2 { cids: SectorCids },
+    Ap {
+        piece: PieceInfo,
+    },
+    Pc1 {
+        pc1_out: Bytes,
+    },
+    Pc2 {
+        cids: SectorCids,
+    },
     /// The C1 output: a blob the worker handed to the bridge (inline only up
     /// to [`crate::blob::INLINE_LIMIT`], from a worker with no bridge to talk to).
-    C1 { c1_out: Payload },
-    C2 { proof: Bytes },
+    C1 {
+        c1_out: Payload,
+    },
+    C2 {
+        proof: Bytes,
+    },
     Fin {},
     Ru {},
 }
@@ -530,7 +540,8 @@ mod tests {
 
     #[test]
     fn a_task_without_its_inputs_does_not_parse() {
-        let mut json = serde_json::to_value(TaskMessage::new(sector(), Task::C2 { c1_out: Bytes(vec![1]).into() })).unwrap();
+        let mut json =
+            serde_json::to_value(TaskMessage::new(sector(), Task::C2 { c1_out: Bytes(vec![1]).into() })).unwrap();
         json.as_object_mut().unwrap().remove("c1_out");
         let err = serde_json::from_value::<TaskMessage>(json).unwrap_err();
         assert!(err.to_string().contains("c1_out"), "{err}");

@@ -96,7 +96,8 @@ impl DevMiner {
     pub async fn serve(self: &Arc<Self>, listen: SocketAddr) -> Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
-        let router = axum::Router::new().route("/rpc/v0", post(handle))
+        let router = axum::Router::new()
+            .route("/rpc/v0", post(handle))
             // lotus-miner takes request bodies up to 100 MiB (a 32 GiB ReturnSealCommit1 is tens of MiB).
             .layer(axum::extract::DefaultBodyLimit::max(100 << 20))
             .with_state(self.clone());

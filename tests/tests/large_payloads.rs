@@ -90,9 +90,10 @@ async fn a_40_mib_c2_input_travels_as_a_blob_and_its_refusal_reaches_the_miner()
     assert_eq!(blob_files(&farm), vec![blob.sha256.clone()]);
 
     let worker = farm.start_worker("w-c2", "c2");
-    let returned = farm.miner.wait_for_return(&id, Duration::from_secs(120)).await.unwrap_or_else(|e| {
-        panic!("{e}\nworker log:\n{}\nbridge log:\n{}", worker.log_text(), farm.bridge.log_text())
-    });
+    let returned =
+        farm.miner.wait_for_return(&id, Duration::from_secs(120)).await.unwrap_or_else(|e| {
+            panic!("{e}\nworker log:\n{}\nbridge log:\n{}", worker.log_text(), farm.bridge.log_text())
+        });
     assert_eq!(returned.method, "ReturnSealCommit2");
     let error = returned.params[2]["Message"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("not a rust-fil-proofs C1 output"), "the miner got: {:?}", returned.params);
@@ -258,9 +259,7 @@ async fn pushed_piece_data_is_taken_only_for_a_waiting_add_piece_and_removed_aft
     let push_url = |id: uuid::Uuid| format!("http://{}/rpc/streams/v0/push/{id}", farm.listen);
     let pieces = farm.dir.path().join("sealing/sealfarm/pieces");
     let unpadded = SectorSize::KIB2.unpadded();
-    let add_piece = |number: u64, id: uuid::Uuid| {
-        json!([sector_ref(number, P2K), [], unpadded, {"Type": "push", "Info": id.to_string()}])
-    };
+    let add_piece = |number: u64, id: uuid::Uuid| json!([sector_ref(number, P2K), [], unpadded, {"Type": "push", "Info": id.to_string()}]);
 
     // An id no call names, pushed on its own: refused after lotus' 30 s wait.
     let stray = http.post(push_url(uuid::Uuid::new_v4())).body(vec![1u8; 64]).send();

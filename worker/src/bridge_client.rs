@@ -78,7 +78,10 @@ impl BridgeClient {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| TransferError::Unreachable(format!("GET {url} broke off: {e}")))?;
             if (bytes.len() + chunk.len()) as u64 > blob.size {
-                return Err(TransferError::Refused(format!("the bridge sent more than the {} bytes of blob {blob}", blob.size)));
+                return Err(TransferError::Refused(format!(
+                    "the bridge sent more than the {} bytes of blob {blob}",
+                    blob.size
+                )));
             }
             bytes.extend_from_slice(&chunk);
         }
@@ -143,7 +146,11 @@ impl BridgeClient {
 
 /// Runs `transfer` until it succeeds, is refused, or `attempts` tries found
 /// the bridge away (waiting longer after each).
-pub async fn with_retries<T, F, Fut>(attempts: u32, shutdown: &sealfarm_schemas::shutdown::Shutdown, mut transfer: F) -> Result<T>
+pub async fn with_retries<T, F, Fut>(
+    attempts: u32,
+    shutdown: &sealfarm_schemas::shutdown::Shutdown,
+    mut transfer: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, TransferError>>,

@@ -8,8 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sealfarm_schemas::messages::StageSlots;
 use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
-use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::bridge_client::BridgeClient;
+use sealfarm_worker::sector_files::SealingPath;
 use sealfarm_worker::service::{self, FilesConfig, OnStop, WorkerConfig};
 use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs, resources, warm_up};
 
@@ -587,7 +587,9 @@ fn run_worker(args: RunArgs) -> Result<()> {
     let bridge = match (&args.bridge_url, &args.worker_token) {
         (None, None) => None,
         (Some(url), Some(token)) => Some(BridgeClient::new(url, token)?),
-        (Some(_), None) => bail!("--bridge needs --worker-token (env SEALFARM_WORKER_TOKEN): the bridge's token-worker"),
+        (Some(_), None) => {
+            bail!("--bridge needs --worker-token (env SEALFARM_WORKER_TOKEN): the bridge's token-worker")
+        }
         (None, Some(_)) => bail!("--worker-token needs --bridge (env SEALFARM_BRIDGE_URL): the bridge's URL"),
     };
     let (mut capacity, mut needs) = (

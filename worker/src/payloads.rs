@@ -60,7 +60,11 @@ pub fn piece_path(sealing_root: &Path, id: uuid::Uuid) -> PathBuf {
 }
 
 /// Puts the task's inputs where the executor reads them.
-pub async fn resolve_inputs(config: &WorkerConfig, task: &TaskMessage, shutdown: &Shutdown) -> Result<Resolved, CallError> {
+pub async fn resolve_inputs(
+    config: &WorkerConfig,
+    task: &TaskMessage,
+    shutdown: &Shutdown,
+) -> Result<Resolved, CallError> {
     match &task.task {
         Task::C2 { c1_out: Payload::Blob(blob) } => {
             let client = bridge(config, &format!("this C2 names its C1 output as blob {blob}"))?;
@@ -77,7 +81,8 @@ pub async fn resolve_inputs(config: &WorkerConfig, task: &TaskMessage, shutdown:
             if path.is_file() {
                 return Ok(Resolved { task: task.clone(), downloaded: None });
             }
-            let what = format!("the piece data of {} is not in {} (not shared storage)", task.sector.id, path.display());
+            let what =
+                format!("the piece data of {} is not in {} (not shared storage)", task.sector.id, path.display());
             let client = bridge(config, &what)?;
             if let Some(folder) = path.parent() {
                 std::fs::create_dir_all(folder)
@@ -124,7 +129,9 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<BlobRef> {
     let path = dir.join(&blob.sha256);
     let partial = path.with_extension("partial");
     let mut file = std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("cannot write {}", partial.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", partial.display()))?;
     std::fs::rename(&partial, &path).with_context(|| format!("cannot rename {}", partial.display()))?;
     Ok(blob)
 }

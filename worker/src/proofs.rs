@@ -16,9 +16,9 @@ use std::path::Path;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use filecoin_proofs_api::seal::{self, SealCommitPhase1Output, SealPreCommitPhase1Output, SealPreCommitPhase2Output};
 use filecoin_proofs_api::{PieceInfo as ApiPieceInfo, SectorId as ApiSectorId, UnpaddedBytesAmount};
+use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::lotus::Range;
-use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
 
@@ -157,9 +157,13 @@ fn add_piece(
         PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
         PieceData::Piece { id } => {
             let path = crate::payloads::piece_path(sealing.root(), *id);
-            Box::new(File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size))
+            Box::new(
+                File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size),
+            )
         }
-        PieceData::File { path } => bail!("piece data named by file path ({path:?}) is refused; pieces are named by id"),
+        PieceData::File { path } => {
+            bail!("piece data named by file path ({path:?}) is refused; pieces are named by id")
+        }
     };
     let (info, _) = seal::add_piece(proof, source, &mut file, UnpaddedBytesAmount(piece_size), &existing)?;
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;

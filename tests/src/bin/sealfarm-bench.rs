@@ -167,8 +167,7 @@ async fn main() -> Result<()> {
     let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &miner.api_info(miner_address), listen, &[]);
     let sizes = options.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(",");
     let box_stages = "ap,pc1,pc2,c1,fin,ru";
-    let mut real_worker =
-        FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "bench-box", box_stages, &sizes, &[]);
+    let mut real_worker = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "bench-box", box_stages, &sizes, &[]);
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     wait_for_workers(&vhost, &["bench-box"], Duration::from_secs(60)).await?;
     // C2 on a worker of its own, started fresh: its first C2 is the cold one.
