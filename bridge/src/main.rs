@@ -442,7 +442,8 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// Removes calls returned longer than `retain` ago, at start and hourly.
+/// Removes calls returned longer than `retain` ago, at start and hourly (a
+/// quarter of a shorter retention).
 async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
     loop {
         let store = calls.store.clone();
@@ -452,7 +453,9 @@ async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
             Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the call store"),
             Err(err) => tracing::warn!(error = %err, "cannot prune the call store"),
         }
-        if calls.shutdown.wait_for(std::time::Duration::from_secs(3600)).await {
+        // Hourly; more often for a short retention.
+        let every = (retain / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+        if calls.shutdown.wait_for(every).await {
             return;
         }
     }

@@ -157,6 +157,13 @@ impl DevMiner {
         self.inner.lock().unwrap().duplicate_returns.clone()
     }
 
+    /// Forgets the params of a call's `Return*` (long runs keep only that it came).
+    pub fn drop_params(&self, call: &CallId) {
+        if let Some(returned) = self.inner.lock().unwrap().returns.get_mut(&call.id) {
+            returned.params = Vec::new();
+        }
+    }
+
     pub fn returned(&self, call: &CallId) -> Option<Returned> {
         self.inner.lock().unwrap().returns.get(&call.id).cloned()
     }

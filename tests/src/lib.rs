@@ -49,6 +49,18 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Resident memory of a process in MiB: now (`VmRSS:`) or its peak (`VmHWM:`).
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
 /// A RabbitMQ virtual host of one test, deleted when dropped, so tests
 /// running in parallel never see each other's queues.
 pub struct TestVhost {

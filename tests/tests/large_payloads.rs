@@ -109,9 +109,7 @@ async fn a_40_mib_c2_input_travels_as_a_blob_and_its_refusal_reaches_the_miner()
 
 /// The most memory the bridge ever held (VmHWM), in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+    sealfarm_tests::memory_mib(pid, "VmHWM:")
 }
 
 /// Four SealCommit2 calls of 40 MiB each arriving at once: the bridge takes

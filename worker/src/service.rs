@@ -1223,7 +1223,7 @@ async fn prune_ended(store: JobStore, retain: Duration, shutdown: Shutdown) {
             Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the job store"),
             Err(err) => tracing::warn!(error = %err, "cannot prune the job store"),
         }
-        if shutdown.wait_for(Duration::from_secs(3600)).await {
+        if shutdown.wait_for((retain / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))).await {
             return;
         }
     }

@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{CallId, EventKind, EventMessage, RegisteredSealProof, SectorRef, SectorSize, Stage};
 use sealfarm_tests::devminer::{add_piece_params, sector_ref, DevMiner, SealReport};
+use sealfarm_tests::memory_mib;
 use sealfarm_tests::{free_local_address, subscribe_events, wait_for_workers, FarmProcess, TestVhost};
 use serde_json::{json, Value};
 
@@ -348,18 +349,6 @@ fn crash_cost(runs: u32) -> Result<String> {
         ratios.len(),
         table.trim_end()
     ))
-}
-
-/// Resident memory of a process in MiB: now (`VmRSS`) or its peak (`VmHWM`).
-fn memory_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    kib / 1024.0
 }
 
 fn rss_mib(pid: u32) -> f64 {
