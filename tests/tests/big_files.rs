@@ -525,10 +525,39 @@ fn curl(url: &str, token: &str) -> (u64, f64, String) {
     (next().parse().unwrap(), next().parse().unwrap(), next().to_string())
 }
 
+/// What any server could do here: one answer to one request, from a thread
+/// that reads the file 1 MiB at a time and writes it to the socket (no
+/// framework, no zero-copy).
+fn bare_server(file: PathBuf) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0u8];
+        while !request.ends_with(b"\r\n\r\n") && socket.read(&mut byte).unwrap() == 1 {
+            request.push(byte[0]);
+        }
+        let mut file = std::fs::File::open(file).unwrap();
+        let length = file.metadata().unwrap().len();
+        write!(socket, "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buf).unwrap() {
+                0 => break,
+                n => socket.write_all(&buf[..n]).unwrap(),
+            }
+        }
+    });
+    address
+}
+
 /// `scripts/bench-remote`: a full download of a 32 GiB sparse sealed file
 /// (`SEALFARM_BENCH_GIB` to change the size) with curl on loopback, through
 /// the bridge from its own storage, from the worker's file server directly,
-/// and through the bridge from the worker (worker-local storage); each
+/// and through the bridge from the worker (worker-local storage), and from a
+/// bare server as the yardstick of what this machine's loopback allows; each
 /// against `cat FILE > /dev/null` of the same file, with the peak RSS of the
 /// bridge and the worker during the download. Prints a Markdown table.
 #[tokio::test(flavor = "multi_thread")]
@@ -545,7 +574,9 @@ async fn remote_bench() {
     let remote = remote_of(&farm);
     let (bridge, farm_token) = (&remote.base, &remote.token);
     let (own, held) = (shared.join("sealed/s-t01000-1"), local.join("sealed/s-t01000-3"));
+    let bare = format!("http://{}/", bare_server(own.clone()));
     let routes = [
+        ("bare server (a thread: read 1 MiB, write it to the socket)", bare, farm_token, own.clone()),
         ("bridge, its own storage", format!("{bridge}/sealed/s-t01000-1"), farm_token, own),
         (
             "worker's file server, directly",
@@ -581,5 +612,10 @@ async fn remote_bench() {
             mib(worker_rss.peak())
         );
     }
-    println!("\n{gib} GiB sparse file, curl -o /dev/null on loopback; peak RSS: VmHWM reset before each download");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\n{gib} GiB sparse file, curl -o /dev/null on loopback; peak RSS: VmHWM reset before each download; \
+         load average at the end: {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
 }
