@@ -43,6 +43,10 @@ pub struct Blobs {
     dir: PathBuf,
     /// The largest blob accepted.
     max_bytes: u64,
+    /// Blobs just stored whose call is not recorded yet (a SealCommit2 being
+    /// accepted, an upload whose result is on the way), with a count: never
+    /// removed meanwhile, even when a returned call named the same bytes.
+    pins: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl Blobs {
@@ -55,7 +59,7 @@ impl Blobs {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(Blobs { dir, max_bytes })
+        Ok(Blobs { dir, max_bytes, pins: Default::default() })
     }
 
     pub fn max_bytes(&self) -> u64 {
@@ -74,6 +78,7 @@ impl Blobs {
     /// Stores `bytes` (fsynced) and names them.
     pub async fn put(&self, bytes: Vec<u8>) -> Result<BlobRef> {
         let blob = BlobRef::of(&bytes);
+        self.pin(&blob.sha256);
         if self.contains(&blob) {
             return Ok(blob);
         }
@@ -86,6 +91,7 @@ impl Blobs {
             Ok(())
         })
         .await?
+        .inspect_err(|_| self.unpin(&blob.sha256))
         .with_context(|| format!("cannot store blob {blob}"))?;
         Ok(blob)
     }
@@ -124,9 +130,11 @@ impl Blobs {
             return Err(e);
         }
         let blob = BlobRef { sha256: hex::encode(hasher.finalize()), size };
-        tokio::fs::rename(&partial, self.path(&blob.sha256))
-            .await
-            .map_err(|e| format!("cannot store the payload: {e}"))?;
+        self.pin(&blob.sha256);
+        if let Err(e) = tokio::fs::rename(&partial, self.path(&blob.sha256)).await {
+            self.unpin(&blob.sha256);
+            return Err(format!("cannot store the payload: {e}"));
+        }
         Ok(blob)
     }
 
@@ -184,6 +192,8 @@ impl Blobs {
             file.sync_all()
                 .await
                 .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, format!("cannot store blob {sha256}: {e}")))?;
+            // Until the result that names it is recorded.
+            self.pin(sha256);
             tokio::fs::rename(&partial, self.path(sha256))
                 .await
                 .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store blob {sha256}: {e}")))?;
@@ -200,10 +210,29 @@ impl Blobs {
         self.dir.join(format!("{name}.partial-{}", uuid::Uuid::new_v4().simple()))
     }
 
-    /// Removes a blob its call no longer needs, unless `still_needed` (another
-    /// unreturned call names the same bytes).
-    pub fn release(&self, blob: &BlobRef, still_needed: bool) {
-        if still_needed || blob.validate().is_err() {
+    /// Holds a blob in place until [`unpin`](Self::unpin): its call is not recorded yet.
+    pub fn pin(&self, sha256: &str) {
+        *self.pins.lock().unwrap().entry(sha256.to_string()).or_default() += 1;
+    }
+
+    /// The call a pinned blob belongs to is recorded (or will not be).
+    pub fn unpin(&self, sha256: &str) {
+        let mut pins = self.pins.lock().unwrap();
+        if let Some(count) = pins.get_mut(sha256) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(sha256);
+            }
+        }
+    }
+
+    /// Removes a blob its call no longer needs, unless it is pinned (stored
+    /// again for a call being recorded) or `still_needed` says another
+    /// unreturned call names the same bytes. Both are judged under the pin
+    /// lock, so a blob stored again meanwhile is never removed.
+    pub fn release(&self, blob: &BlobRef, still_needed: impl FnOnce() -> bool) {
+        let pins = self.pins.lock().unwrap();
+        if pins.contains_key(&blob.sha256) || still_needed() || blob.validate().is_err() {
             return;
         }
         match std::fs::remove_file(self.path(&blob.sha256)) {
@@ -354,5 +383,35 @@ async fn upload(
             tracing::warn!(blob = %sha256, error = %text, "blob upload refused");
             (status, text).into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob stored again for a call being accepted is not removed by the
+    /// return of an earlier call that named the same bytes (a C1 output and
+    /// the SealCommit2 input made of it).
+    #[tokio::test]
+    async fn a_blob_stored_again_outlives_the_release_of_an_earlier_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path(), 1 << 20).unwrap();
+        let blob = blobs.put(b"c1 output".to_vec()).await.unwrap();
+        // Pinned until its call is recorded: a release finds it pinned.
+        blobs.release(&blob, || false);
+        assert!(blobs.contains(&blob));
+        blobs.unpin(&blob.sha256);
+        // Named by another unreturned call: kept.
+        blobs.release(&blob, || true);
+        assert!(blobs.contains(&blob));
+        blobs.release(&blob, || false);
+        assert!(!blobs.contains(&blob));
+        // Stored from base64 text: the same bytes, the same name; a bad length is refused.
+        let again = blobs.put_base64("YzEgb3V0cHV0").await.unwrap();
+        assert_eq!(again, blob);
+        assert!(blobs.put_base64("abc").await.unwrap_err().contains("multiple of 4"));
+        assert_eq!(blobs.read(&blob).await.unwrap(), b"c1 output");
+        assert_eq!(blobs.list().len(), 1, "no partial file left behind");
     }
 }

@@ -628,6 +628,15 @@ impl Calls {
 
     /// Stores a result unless its call already has one; returns the call to deliver.
     fn record_result(&self, result: &ResultMessage) -> Result<Option<Call>> {
+        let recorded = self.record_result_once(result);
+        if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = &result.outcome {
+            // Pinned since its upload; from here on the store says whether a call needs it.
+            self.blobs.unpin(&blob.sha256);
+        }
+        recorded
+    }
+
+    fn record_result_once(&self, result: &ResultMessage) -> Result<Option<Call>> {
         let id = result.call_id.to_string();
         let Some(call) = self.store.get(&id)? else {
             tracing::warn!(call_id = %id, "result for a call this bridge does not know; ignored");
@@ -712,8 +721,7 @@ impl Calls {
     /// that no other unreturned call names.
     fn release_blobs(&self, call: &Call) {
         for blob in call.blobs() {
-            let needed = self.store.blob_in_use(&blob.sha256, call.call_id.id);
-            self.blobs.release(&blob, needed);
+            self.blobs.release(&blob, || self.store.blob_in_use(&blob.sha256, call.call_id.id));
         }
     }
 

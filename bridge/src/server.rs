@@ -257,8 +257,12 @@ impl Api {
                 .map_err(|e| {
                     RpcError::new(rpc::INVALID_PARAMS, format!("SealCommit2 (param: 1, the C1 output): {e}"))
                 })?;
+                let sha256 = c1_out.sha256.clone();
                 let task = Task::C2 { c1_out: Payload::Blob(c1_out) };
-                call_id(calls.accept(&name, sector, task).await?)
+                let accepted = calls.accept(&name, sector, task).await;
+                // Recorded (or refused): the store decides its fate from here on.
+                self.calls.blobs.unpin(&sha256);
+                call_id(accepted?)
             }
             "FinalizeSector" => {
                 let p = request.params(1)?;
