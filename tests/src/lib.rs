@@ -49,6 +49,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `len` pseudo-random bytes (xorshift) from `seed`: payloads of real size
+/// whose digests and comparisons mean something.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
 /// Resident memory of a process in MiB: now (`VmRSS:`) or its peak (`VmHWM:`).
 pub fn memory_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

@@ -13,27 +13,13 @@ use sealfarm_schemas::{
     Bytes, CallId, Outcome, RegisteredSealProof, ResultMessage, SectorSize, Stage, StageOutput, Task, TaskMessage,
 };
 use sealfarm_tests::devminer::sector_ref;
-use sealfarm_tests::{BridgeFarm, FarmProcess, Publisher, TestVhost};
+use sealfarm_tests::{noise, BridgeFarm, FarmProcess, Publisher, TestVhost};
 use serde_json::{json, Value};
 
 const P2K: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
 
 /// The most a message sealfarm publishes may hold.
 const MESSAGE_LIMIT: usize = 1 << 20;
-
-/// `len` pseudo-random bytes (xorshift), so digests and comparisons mean something.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// The blobs the bridge keeps now.
 fn blob_files(farm: &BridgeFarm) -> Vec<String> {

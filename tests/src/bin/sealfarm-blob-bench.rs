@@ -29,7 +29,7 @@ use sealfarm_schemas::{
     Bytes, CallId, Outcome, RegisteredSealProof, ResultMessage, SectorSize, Stage, StageOutput, Task, TaskMessage,
 };
 use sealfarm_tests::devminer::{sector_ref, DevMiner};
-use sealfarm_tests::{free_local_address, memory_mib, FarmProcess, TestVhost};
+use sealfarm_tests::{free_local_address, memory_mib, noise, FarmProcess, TestVhost};
 use serde_json::{json, Value};
 
 const P2K: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
@@ -119,19 +119,6 @@ impl Farm {
     }
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -197,7 +184,12 @@ async fn answer_tasks(farm: Arc<Farm>, c1_bytes: usize) -> Result<()> {
         let queue = task_queue(stage, SectorSize::KIB2);
         let tag = format!("bench-{stage}");
         let consumer = channel
-            .basic_consume(queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         streams.push(consumer);
     }
@@ -317,14 +309,13 @@ async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<(
         "## store: {} sector sequences (7 calls each, {} B C1 blobs), bridge {:?}",
         options.sequences, options.c1_bytes, bridge_args
     );
-    println!("| sequences | calls in store | store on disk MiB | blobs kept | bridge RSS MiB | bridge peak MiB | s |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| sequences | store on disk MiB | blobs kept | bridge RSS MiB | bridge peak MiB | s |");
+    println!("|---|---|---|---|---|---|");
     let started = Instant::now();
     let report = |done: usize| {
-        let calls = std::fs::read_dir(farm.state_dir.join("blobs")).map(|d| d.count()).unwrap_or(0);
+        let blobs = std::fs::read_dir(farm.state_dir.join("blobs")).map(|d| d.count()).unwrap_or(0);
         println!(
-            "| {done} | {} | {:.1} | {calls} | {:.1} | {:.1} | {:.0} |",
-            farm_calls(&farm),
+            "| {done} | {:.1} | {blobs} | {:.1} | {:.1} | {:.0} |",
             dir_size(&farm.state_dir.join("calls.sled")) as f64 / (1 << 20) as f64,
             memory_mib(farm.bridge.pid(), "VmRSS:"),
             memory_mib(farm.bridge.pid(), "VmHWM:"),
@@ -352,19 +343,20 @@ async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<(
         report(done);
     }
     answering.abort();
-    println!();
+    // Counted once the bridge is gone (a status request for every call would weigh on its memory).
+    let pid = farm.bridge.pid();
+    std::process::Command::new("kill").arg(pid.to_string()).status()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{pid}/status")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default().contains("zombie")
+    {
+        anyhow::ensure!(Instant::now() < deadline, "the bridge did not stop");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = sealfarm_bridge::call_store::CallStore::open(&farm.state_dir)?;
+    let (calls, bytes) = store.size();
+    println!("calls in the store at the end: {calls} ({:.1} MiB on disk)\n", bytes as f64 / (1 << 20) as f64);
     Ok(())
-}
-
-/// The calls the bridge's store holds, from its status API (`jobs --all`).
-fn farm_calls(farm: &Farm) -> usize {
-    let out = std::process::Command::new(sealfarm_tests::binary("sealfarm-bridge"))
-        .args(["jobs", "--all", "--json"])
-        .env("SEALFARM_STATE_DIR", &farm.state_dir)
-        .env_remove("SEALFARM_TOKEN")
-        .env_remove("SEALFARM_BRIDGE_URL")
-        .output();
-    out.ok().and_then(|o| serde_json::from_slice::<Vec<Value>>(&o.stdout).ok()).map_or(0, |jobs| jobs.len())
 }
 
 #[tokio::main]
