@@ -326,7 +326,7 @@ async fn fetch(State(api): State<Arc<BlobApi>>, UrlPath(sha256): UrlPath<String>
         return refusal.into_response();
     }
     let missing = format!("no blob {sha256} on this bridge (its call was returned, or it never arrived)");
-    send_file(api.blobs.path(&sha256), missing).await
+    send_file(api.blobs.path(&sha256), &headers, missing).await
 }
 
 async fn fetch_piece(
@@ -338,21 +338,14 @@ async fn fetch_piece(
         return refusal.into_response();
     }
     let missing = format!("no piece data {id} on this bridge (its AddPiece has its result, or it never arrived)");
-    send_file(api.pieces.path(id), missing).await
+    send_file(api.pieces.path(id), &headers, missing).await
 }
 
-/// A whole file as the body, in 1 MiB reads; 404 with `missing` when absent.
-async fn send_file(path: PathBuf, missing: String) -> Response {
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => {
-            let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-            let headers = [
-                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-                (header::CONTENT_LENGTH, length.to_string()),
-            ];
-            (headers, body).into_response()
-        }
+/// A file as the body through the answer `/remote` gives (bounded reads,
+/// exact `Content-Length`, `Range`); 404 with `missing` when absent.
+async fn send_file(path: PathBuf, headers: &HeaderMap, missing: String) -> Response {
+    match sealfarm_schemas::sector_store::http_get(path.clone(), headers).await {
+        Ok(answer) => answer.map(Body::from_stream).into_response(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, missing).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {}: {e}", path.display())).into_response(),
     }

@@ -98,9 +98,6 @@ pub fn router(api: Arc<Api>) -> Router {
 /// A request body over this many bytes waits for [`Api::large_requests`].
 const LARGE_REQUEST: u64 = 1 << 20;
 
-/// The default of `--max-request-size`: what lotus' own JSON-RPC servers take.
-pub const DEFAULT_MAX_REQUEST_SIZE: u64 = 100 << 20;
-
 async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
     let perms = match rpc::bearer_token(&headers, query.as_deref()) {
         None => vec!["read".to_string()],
