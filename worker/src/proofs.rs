@@ -451,7 +451,7 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
     };
     let len32 = |bytes: &Bytes, what: &str| bytes32(bytes, what).map(|_| ()).map_err(|e| e.to_string());
     match &task.task {
-        Task::Ap { existing_piece_sizes, piece_size, data } => {
+        Task::Ap { existing_piece_sizes, piece_size, .. } => {
             let total: u64 = existing_piece_sizes.iter().sum::<u64>() + piece_size;
             if *piece_size == 0 || total > size.unpadded() {
                 return Err(format!(
@@ -462,9 +462,6 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
             }
             if !existing_piece_sizes.is_empty() {
                 file(sealing.unsealed(sector.id), "unsealed file")?;
-            }
-            if let PieceData::File { path } = data {
-                return Err(format!("piece data named by file path ({path:?}); pieces are named by id"));
             }
             Ok(())
         }
