@@ -24,6 +24,9 @@ use crate::calls::Calls;
 
 /// At most this many dead letters are read at once.
 const MAX: u16 = 1000;
+/// How long the queue must stay quiet, once its count is read, for the
+/// reading to end.
+const QUIET: Duration = Duration::from_millis(500);
 
 /// One message in `sealfarm.dead-letters`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -93,38 +96,40 @@ impl DeadLetters {
             .await
             .context("reading sealfarm.dead-letters")?
             .message_count();
+        // The count is a hint, not the truth: messages a reader just gave
+        // back (a `list` a moment ago closed its channel) are counted only
+        // once the queue has taken them back. So read until the count is
+        // reached and then until the queue stays quiet for QUIET.
         let mut handled = Vec::new();
-        if waiting > 0 {
-            let count = waiting.min(u32::from(MAX)) as usize;
-            channel.basic_qos(count as u16, BasicQosOptions::default()).await?;
-            let mut deliveries = channel
-                .basic_consume(
-                    topology::DEAD_LETTER_QUEUE.into(),
-                    "sealfarm-bridge:dead-letters".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            for _ in 0..count {
-                let next = tokio::time::timeout(Duration::from_secs(2), deliveries.next()).await;
-                let Ok(Some(Ok(delivery))) = next else { break };
-                let letter = describe(&delivery);
-                let chosen = all || selected.iter().any(|s| letter.id.starts_with(s.as_str()));
-                let outcome = match action {
-                    _ if !chosen => None,
-                    Action::List => None,
-                    Action::Purge => Some(match delivery.ack(BasicAckOptions::default()).await {
-                        Ok(_) => (true, "purged".to_string()),
-                        Err(err) => (false, format!("not purged: {err}")),
-                    }),
-                    Action::Replay => Some(replay(calls, &delivery).await),
-                };
-                if action == Action::List || outcome.is_some() {
-                    let (ok, message) = outcome.unwrap_or((true, String::new()));
-                    handled.push(Handled { dead_letter: letter, message, ok });
-                } else {
-                    handled.push(Handled { dead_letter: letter, message: "kept".into(), ok: true });
-                }
+        channel.basic_qos(MAX, BasicQosOptions::default()).await?;
+        let mut deliveries = channel
+            .basic_consume(
+                topology::DEAD_LETTER_QUEUE.into(),
+                "sealfarm-bridge:dead-letters".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        while handled.len() < usize::from(MAX) {
+            let wait = if (handled.len() as u64) < u64::from(waiting) { Duration::from_secs(2) } else { QUIET };
+            let next = tokio::time::timeout(wait, deliveries.next()).await;
+            let Ok(Some(Ok(delivery))) = next else { break };
+            let letter = describe(&delivery);
+            let chosen = all || selected.iter().any(|s| letter.id.starts_with(s.as_str()));
+            let outcome = match action {
+                _ if !chosen => None,
+                Action::List => None,
+                Action::Purge => Some(match delivery.ack(BasicAckOptions::default()).await {
+                    Ok(_) => (true, "purged".to_string()),
+                    Err(err) => (false, format!("not purged: {err}")),
+                }),
+                Action::Replay => Some(replay(calls, &delivery).await),
+            };
+            if action == Action::List || outcome.is_some() {
+                let (ok, message) = outcome.unwrap_or((true, String::new()));
+                handled.push(Handled { dead_letter: letter, message, ok });
+            } else {
+                handled.push(Handled { dead_letter: letter, message: "kept".into(), ok: true });
             }
         }
         // Everything not acknowledged goes back to the queue.

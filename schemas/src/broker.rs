@@ -88,6 +88,8 @@ impl Broker {
         self.publish(exchange, routing_key, body, headers, true).await
     }
 
+    /// One publish, confirmed. A negative confirm is retried a few times
+    /// (see [`NACK_RETRIES`]); an unroutable mandatory message is not.
     async fn publish(
         &self,
         exchange: &str,
@@ -104,29 +106,52 @@ impl Broker {
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_headers(table);
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions { mandatory, ..BasicPublishOptions::default() },
-                body,
-                properties,
-            )
-            .await
-            .with_context(|| format!("publishing to {routing_key:?}"))?
-            .await
-            .with_context(|| format!("waiting for the broker to confirm a message to {routing_key:?}"))?;
-        match confirm {
-            Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(returned)) => {
-                bail!("the broker could not route a message to {routing_key:?}: {}", returned.reply_text)
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1..=NACK_RETRIES + 1 {
+            let confirm = self
+                .publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions { mandatory, ..BasicPublishOptions::default() },
+                    body,
+                    properties.clone(),
+                )
+                .await
+                .with_context(|| format!("publishing to {routing_key:?}"))?
+                .await
+                .with_context(|| format!("waiting for the broker to confirm a message to {routing_key:?}"))?;
+            match confirm {
+                Confirmation::Ack(None) => return Ok(()),
+                Confirmation::Ack(Some(returned)) => {
+                    bail!("the broker could not route a message to {routing_key:?}: {}", returned.reply_text)
+                }
+                Confirmation::Nack(_) if attempt <= NACK_RETRIES => {
+                    tracing::debug!(queue = routing_key, attempt, "the broker refused a message; publishing it again");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Confirmation::Nack(_) => break,
+                Confirmation::NotRequested => {
+                    return Err(anyhow!("publisher confirms are off on the publishing channel"))
+                }
             }
-            Confirmation::Nack(_) => bail!("the broker refused a message to {routing_key:?}"),
-            Confirmation::NotRequested => Err(anyhow!("publisher confirms are off on the publishing channel")),
         }
+        bail!(
+            "the broker refused a message to {routing_key:?} {} times (a quorum queue refuses while it has no \
+             leader or cannot register the publisher in time; see RabbitMQ's log)",
+            NACK_RETRIES + 1
+        )
     }
 }
+
+/// How often a publish the broker refused (a negative confirm) is tried
+/// again, 0.2 s, 0.4 s, 0.8 s, 1.6 s apart. RabbitMQ 3.10's quorum queues
+/// refuse the first message of a channel when registering that channel as a
+/// publisher fails or times out (a queue just declared, a leader election,
+/// a busy node); the message was not enqueued, so publishing it again
+/// duplicates nothing.
+pub const NACK_RETRIES: u32 = 4;
 
 /// A broker connection that is re-established on demand.
 pub struct BrokerLink {
