@@ -12,12 +12,13 @@
 //! its own restart) finds the open call by its input digest and attaches to it.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::blob::{BlobRef, Payload};
 use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::sled_rewrite;
 use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, StageOutput, Task, TaskMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -283,8 +284,9 @@ pub struct Location {
     pub since_ms: u64,
 }
 
-#[derive(Clone)]
-pub struct CallStore {
+/// The store's trees, opened together; replaced as a whole when the store
+/// is rewritten ([`CallStore::compact`]).
+struct Trees {
     db: sled::Db,
     calls: sled::Tree,
     open_by_digest: sled::Tree,
@@ -296,10 +298,62 @@ pub struct CallStore {
     /// Returned calls by when they were returned: `<at_ms, big-endian><call id>`,
     /// so pruning reads only the calls it removes.
     returned_at: sled::Tree,
+}
+
+impl Trees {
+    fn open(path: &Path) -> Result<Trees> {
+        // sled caches up to 1 GiB by default; the views read the index
+        // instead, and a call is read back only while it changes.
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .with_context(|| format!("cannot open call store {} (is another bridge using it?)", path.display()))?;
+        Ok(Trees {
+            calls: db.open_tree("calls")?,
+            open_by_digest: db.open_tree("open-by-digest")?,
+            locations: db.open_tree("sector-locations")?,
+            deals: db.open_tree("deal-sectors")?,
+            declared: db.open_tree("declared-files")?,
+            returned_at: db.open_tree("returned-at")?,
+            db,
+        })
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Call>> {
+        match self.calls.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("call {id} is corrupt"))?)),
+            None => Ok(None),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().context("flushing the call store")?;
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct CallStore {
+    path: PathBuf,
+    /// Every method reads or writes through a read guard; a rewrite holds
+    /// the write guard while it copies and swaps. None only if reopening
+    /// after a rewrite failed.
+    trees: Arc<RwLock<Option<Trees>>>,
     /// Serialises read-change-write of calls (results, controls, leases and
     /// Return delivery change them from different tasks).
     write: Arc<Mutex<()>>,
     index: Arc<Mutex<Index>>,
+}
+
+/// A read guard on the store's trees.
+struct Open<'a>(RwLockReadGuard<'a, Option<Trees>>);
+
+impl std::ops::Deref for Open<'_> {
+    type Target = Trees;
+    fn deref(&self) -> &Trees {
+        self.0.as_ref().expect("checked when the guard was taken")
+    }
 }
 
 impl CallStore {
@@ -307,23 +361,12 @@ impl CallStore {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
         let path = state_dir.join("calls.sled");
-        // sled caches up to 1 GiB by default; the views read the index
-        // instead, and a call is read back only while it changes.
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .with_context(|| format!("cannot open call store {} (is another bridge using it?)", path.display()))?;
+        sled_rewrite::recover(&path).context("finishing an interrupted rewrite of the call store")?;
         let store = CallStore {
-            calls: db.open_tree("calls")?,
-            open_by_digest: db.open_tree("open-by-digest")?,
-            locations: db.open_tree("sector-locations")?,
-            deals: db.open_tree("deal-sectors")?,
-            declared: db.open_tree("declared-files")?,
-            returned_at: db.open_tree("returned-at")?,
+            trees: Arc::new(RwLock::new(Some(Trees::open(&path)?))),
+            path,
             write: Default::default(),
             index: Default::default(),
-            db,
         };
         // The one read of the whole store at start (bounded by --retain-returned).
         let mut calls = store.all()?;
@@ -331,16 +374,55 @@ impl CallStore {
             CallState::Returned { at_ms } => at_ms,
             _ => 0,
         });
+        let t = store.open_trees()?;
         let mut index = store.index.lock().unwrap();
         for call in &calls {
             index.record(call);
             if let CallState::Returned { at_ms } = call.state {
                 // Calls returned before this index existed.
-                store.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
+                t.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
             }
         }
-        drop(index);
+        drop((index, t));
         Ok(store)
+    }
+
+    fn open_trees(&self) -> Result<Open<'_>> {
+        let guard = self.trees.read().unwrap();
+        if guard.is_none() {
+            anyhow::bail!(
+                "the call store {} could not be opened again after a rewrite; restart the bridge",
+                self.path.display()
+            );
+        }
+        Ok(Open(guard))
+    }
+
+    /// Rewrites the store into a fresh directory when its live records are
+    /// under a quarter of its size on disk (see [`sled_rewrite`]); calls wait
+    /// meanwhile. Returns the size on disk before and after, or None when
+    /// the store was not worth rewriting.
+    pub fn compact(&self) -> Result<Option<(u64, u64)>> {
+        {
+            let t = self.open_trees()?;
+            let (live, on_disk) = sled_rewrite::usage(&t.db)?;
+            if !sled_rewrite::worth_rewriting(live, on_disk) {
+                return Ok(None);
+            }
+        }
+        let _one_writer = self.write.lock().unwrap();
+        let mut guard = self.trees.write().unwrap();
+        let Some(trees) = guard.as_ref() else { anyhow::bail!("the call store is not open") };
+        let before = trees.db.size_on_disk()?;
+        trees.flush()?;
+        sled_rewrite::copy(&trees.db, &self.path).context("copying the call store")?;
+        // Every handle of the old store goes before the swap.
+        *guard = None;
+        sled_rewrite::swap(&self.path).context("putting the rewritten call store in place")?;
+        let trees = Trees::open(&self.path)?;
+        let after = trees.db.size_on_disk()?;
+        *guard = Some(trees);
+        Ok(Some((before, after)))
     }
 
     /// The calls not yet returned to the miner, read from the store (not the whole history).
@@ -362,49 +444,59 @@ impl CallStore {
     pub fn prune(&self, retain: std::time::Duration) -> Result<usize> {
         let cutoff = now_ms().saturating_sub(retain.as_millis() as u64);
         let mut removed = 0;
-        for entry in self.returned_at.range(..returned_key(cutoff, Uuid::nil()).as_slice()) {
+        // Lock order, everywhere: `write`, then the trees.
+        let _one_writer = self.write.lock().unwrap();
+        let t = self.open_trees()?;
+        for entry in t.returned_at.range(..returned_key(cutoff, Uuid::nil()).as_slice()) {
             let (key, _) = entry?;
             let Some((at_ms, id)) = parse_returned_key(&key) else {
-                self.returned_at.remove(&key)?;
+                t.returned_at.remove(&key)?;
                 continue;
             };
-            let _one_writer = self.write.lock().unwrap();
             let id_text = id.to_string();
             // Only if it is still returned, then (a replayed call is open again).
-            if let Some(call) = self.get(&id_text)? {
+            if let Some(call) = t.get(&id_text)? {
                 if call.state == (CallState::Returned { at_ms }) {
-                    self.calls.remove(id_text.as_bytes())?;
+                    t.calls.remove(id_text.as_bytes())?;
                     self.index.lock().unwrap().forget(id);
                     removed += 1;
                 }
             }
-            self.returned_at.remove(&key)?;
+            t.returned_at.remove(&key)?;
         }
         let open_sectors: std::collections::HashSet<SectorId> =
             self.index.lock().unwrap().unreturned.values().map(|r| r.sector.id).collect();
-        for entry in self.locations.iter() {
+        for entry in t.locations.iter() {
             let (key, bytes) = entry?;
             let old = serde_json::from_slice::<Location>(&bytes).map_or(true, |l| l.since_ms < cutoff);
             let sector = sealfarm_schemas::sector_store::parse_sector_name(&String::from_utf8_lossy(&key));
             if old && !sector.is_some_and(|s| open_sectors.contains(&s)) {
-                self.locations.remove(&key)?;
+                t.locations.remove(&key)?;
             }
         }
-        for entry in self.deals.iter() {
+        for entry in t.deals.iter() {
             let (key, value) = entry?;
             let since = value.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
             let sector = sealfarm_schemas::sector_store::parse_sector_name(&String::from_utf8_lossy(&key));
             if since < cutoff && !sector.is_some_and(|s| open_sectors.contains(&s)) {
-                self.deals.remove(&key)?;
+                t.deals.remove(&key)?;
             }
         }
-        self.flush()?;
+        t.flush()?;
         Ok(removed)
     }
 
     /// How many calls the store holds, and its size on disk in bytes.
     pub fn size(&self) -> (usize, u64) {
-        (self.calls.len(), self.db.size_on_disk().unwrap_or(0))
+        match self.open_trees() {
+            Ok(t) => (t.calls.len(), t.db.size_on_disk().unwrap_or(0)),
+            Err(_) => (0, 0),
+        }
+    }
+
+    /// The store's size on disk in bytes (without counting its calls).
+    pub fn disk_bytes(&self) -> u64 {
+        self.open_trees().map_or(0, |t| t.db.size_on_disk().unwrap_or(0))
     }
 
     /// The rows of the calls not yet returned and of the last
@@ -433,17 +525,19 @@ impl CallStore {
 
     /// The open (not yet returned) call with this input digest, if any.
     pub fn open_call_with_digest(&self, digest: &str) -> Result<Option<Call>> {
-        match self.open_by_digest.get(digest.as_bytes())? {
-            Some(id) => self.get(&String::from_utf8_lossy(&id)),
+        let t = self.open_trees()?;
+        match t.open_by_digest.get(digest.as_bytes())? {
+            Some(id) => t.get(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
     }
 
     /// Records a new call durably.
     pub fn insert(&self, call: &Call) -> Result<()> {
-        self.calls.insert(call.call_id.id.to_string().as_bytes(), serde_json::to_vec(call)?)?;
-        self.open_by_digest.insert(call.input_digest.as_bytes(), call.call_id.id.to_string().as_bytes())?;
-        self.flush()?;
+        let t = self.open_trees()?;
+        t.calls.insert(call.call_id.id.to_string().as_bytes(), serde_json::to_vec(call)?)?;
+        t.open_by_digest.insert(call.input_digest.as_bytes(), call.call_id.id.to_string().as_bytes())?;
+        t.flush()?;
         self.index.lock().unwrap().record(call);
         Ok(())
     }
@@ -453,9 +547,10 @@ impl CallStore {
     /// those inputs already (the miner re-issued it).
     pub fn reopen(&self, call: &Call) -> Result<bool> {
         let id = call.call_id.id.to_string();
+        let t = self.open_trees()?;
         let swapped =
-            self.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?;
-        self.flush()?;
+            t.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), None::<&[u8]>, Some(id.as_bytes()))?;
+        t.flush()?;
         Ok(match swapped {
             Ok(()) => true,
             Err(taken) => taken.current.as_deref() == Some(id.as_bytes()),
@@ -464,18 +559,16 @@ impl CallStore {
 
     /// Forgets a call that never reached the broker (the miner got an error).
     pub fn remove(&self, call: &Call) -> Result<()> {
-        self.calls.remove(call.call_id.id.to_string().as_bytes())?;
-        self.open_by_digest.remove(call.input_digest.as_bytes())?;
-        self.flush()?;
+        let t = self.open_trees()?;
+        t.calls.remove(call.call_id.id.to_string().as_bytes())?;
+        t.open_by_digest.remove(call.input_digest.as_bytes())?;
+        t.flush()?;
         self.index.lock().unwrap().forget(call.call_id.id);
         Ok(())
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Call>> {
-        match self.calls.get(id.as_bytes())? {
-            Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("call {id} is corrupt"))?)),
-            None => Ok(None),
-        }
+        self.open_trees()?.get(id)
     }
 
     /// Moves a call to `state`; a returned call leaves the digest index.
@@ -512,23 +605,24 @@ impl CallStore {
 
     fn change(&self, id: &str, change: impl FnOnce(&mut Call) -> bool, flush: Flush) -> Result<Option<Call>> {
         let _one_writer = self.write.lock().unwrap();
-        let mut call = self.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
+        let t = self.open_trees()?;
+        let mut call = t.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
         if !change(&mut call) {
             return Ok(None);
         }
         call.updated_at_ms = now_ms();
         if let CallState::Returned { at_ms } = call.state {
-            self.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
+            t.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
             // Only if the index still names this call (a re-issued call may hold it now).
-            let _ = self.open_by_digest.compare_and_swap(
+            let _ = t.open_by_digest.compare_and_swap(
                 call.input_digest.as_bytes(),
                 Some(id.as_bytes()),
                 None::<&[u8]>,
             )?;
         }
-        self.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
+        t.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
         if flush == Flush::Now {
-            self.flush()?;
+            t.flush()?;
         }
         self.index.lock().unwrap().record(&call);
         Ok(Some(call))
@@ -538,13 +632,14 @@ impl CallStore {
     /// closed call leaves the digest index if it names it.
     pub fn restore(&self, call: &Call) -> Result<()> {
         let _one_writer = self.write.lock().unwrap();
+        let t = self.open_trees()?;
         let id = call.call_id.id.to_string();
         if !call.is_open() {
             let digest = call.input_digest.as_bytes();
-            let _ = self.open_by_digest.compare_and_swap(digest, Some(id.as_bytes()), None::<&[u8]>)?;
+            let _ = t.open_by_digest.compare_and_swap(digest, Some(id.as_bytes()), None::<&[u8]>)?;
         }
-        self.calls.insert(id.as_bytes(), serde_json::to_vec(call)?)?;
-        self.flush()?;
+        t.calls.insert(id.as_bytes(), serde_json::to_vec(call)?)?;
+        t.flush()?;
         self.index.lock().unwrap().record(call);
         Ok(())
     }
@@ -565,7 +660,8 @@ impl CallStore {
     /// Every call, oldest first.
     pub fn all(&self) -> Result<Vec<Call>> {
         let mut calls = Vec::new();
-        for entry in self.calls.iter() {
+        let t = self.open_trees()?;
+        for entry in t.calls.iter() {
             let (_, bytes) = entry?;
             calls.push(serde_json::from_slice::<Call>(&bytes).context("a call record is corrupt")?);
         }
@@ -575,7 +671,7 @@ impl CallStore {
 
     /// Where a sector's files are, if a worker created them.
     pub fn location(&self, sector: SectorId) -> Result<Option<Location>> {
-        match self.locations.get(sector.file_name().as_bytes())? {
+        match self.open_trees()?.locations.get(sector.file_name().as_bytes())? {
             Some(bytes) => Ok(Some(serde_json::from_slice(&bytes).context("a sector location is corrupt")?)),
             None => Ok(None),
         }
@@ -585,36 +681,40 @@ impl CallStore {
     /// brought the location is stored (and flushed) right after it, before
     /// the result message is acknowledged.
     pub fn set_location(&self, sector: SectorId, location: &Location) -> Result<()> {
-        self.locations.insert(sector.file_name().as_bytes(), serde_json::to_vec(location)?)?;
+        self.open_trees()?.locations.insert(sector.file_name().as_bytes(), serde_json::to_vec(location)?)?;
         Ok(())
     }
 
     /// Notes that a sector holds deal data.
     pub fn mark_deal(&self, sector: SectorId) -> Result<()> {
-        self.deals.insert(sector.file_name().as_bytes(), &now_ms().to_be_bytes())?;
-        self.flush()
+        let t = self.open_trees()?;
+        t.deals.insert(sector.file_name().as_bytes(), &now_ms().to_be_bytes())?;
+        t.flush()
     }
 
     pub fn is_deal(&self, sector: SectorId) -> bool {
-        self.deals.contains_key(sector.file_name().as_bytes()).unwrap_or(false)
+        self.open_trees().is_ok_and(|t| t.deals.contains_key(sector.file_name().as_bytes()).unwrap_or(false))
     }
 
     /// Notes a sector file the bridge declared to the miner.
     pub fn declared_add(&self, sector: SectorId, file_type: u64, storage_id: &str) -> Result<()> {
         let key = format!("{}/{file_type}", sector.file_name());
-        self.declared.insert(key.as_bytes(), storage_id.as_bytes())?;
-        self.flush()
+        let t = self.open_trees()?;
+        t.declared.insert(key.as_bytes(), storage_id.as_bytes())?;
+        t.flush()
     }
 
     /// Notes that a sector file was dropped from the miner's index.
     pub fn declared_remove(&self, sector: SectorId, file_type: u64) -> Result<()> {
-        self.declared.remove(format!("{}/{file_type}", sector.file_name()).as_bytes())?;
-        self.flush()
+        let t = self.open_trees()?;
+        t.declared.remove(format!("{}/{file_type}", sector.file_name()).as_bytes())?;
+        t.flush()
     }
 
     /// Every sector file declared and not dropped: (sector, type, storage id).
     pub fn declared(&self) -> Vec<(SectorId, u64, String)> {
-        self.declared
+        let Ok(t) = self.open_trees() else { return Vec::new() };
+        t.declared
             .iter()
             .flatten()
             .filter_map(|(key, id)| {
@@ -628,8 +728,7 @@ impl CallStore {
 
     /// Writes out everything stored so far (also what [`update_soon`](Self::update_soon) left).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().context("flushing the call store")?;
-        Ok(())
+        self.open_trees()?.flush()
     }
 }
 
@@ -687,6 +786,42 @@ mod tests {
         assert_eq!(store.unreturned().unwrap().len(), 11);
         assert_eq!(store.prune(std::time::Duration::from_secs(60)).unwrap(), 10);
         assert_eq!(store.size().0, 11);
+    }
+
+    /// A store pruned down to a few calls is rewritten smaller, keeps every
+    /// call and index entry, stays usable while and after it is rewritten,
+    /// and opens again as it was.
+    #[test]
+    fn compact_gives_disk_back_and_keeps_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CallStore::open(dir.path()).unwrap();
+        let mut calls: Vec<Call> = (0..6000).map(fetch_call).collect();
+        for call in &mut calls {
+            call.input_digest = format!("{}-{}", call.input_digest, "x".repeat(3000));
+            store.insert(call).unwrap();
+        }
+        let long_ago = now_ms() - 4 * 86_400_000;
+        for call in &calls[..5900] {
+            store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms: long_ago }).unwrap();
+        }
+        assert_eq!(store.prune(std::time::Duration::from_secs(86_400)).unwrap(), 5900);
+        let before = store.disk_bytes();
+        let (was, now) = store.compact().unwrap().expect("mostly empty: rewritten");
+        assert_eq!(was, before);
+        assert!(now * 4 < before, "{before} bytes before, {now} after");
+        assert_eq!(store.disk_bytes(), now);
+        assert_eq!(store.compact().unwrap(), None, "just rewritten: not worth another");
+        // The clones the bridge's tasks hold see the rewritten store.
+        let other = store.clone();
+        assert_eq!(other.all().unwrap().len(), 100);
+        let open = &calls[5950];
+        assert_eq!(other.open_call_with_digest(&open.input_digest).unwrap().unwrap().call_id, open.call_id);
+        other.set_state(&open.call_id.id.to_string(), CallState::Dispatched).unwrap();
+        drop((store, other));
+        let store = CallStore::open(dir.path()).unwrap();
+        assert_eq!(store.unreturned().unwrap().len(), 100);
+        assert_eq!(store.get(&open.call_id.id.to_string()).unwrap().unwrap().state, CallState::Dispatched);
+        assert!(!dir.path().join("calls.sled.new").exists() && !dir.path().join("calls.sled.old").exists());
     }
 
     /// The views read the index: it must list every unreturned call and the

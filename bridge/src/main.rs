@@ -443,8 +443,11 @@ async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// Removes calls returned longer than `retain` ago, at start and hourly (a
-/// quarter of a shorter retention).
+/// quarter of a shorter retention); then, when the store grew by a quarter
+/// since it was last looked at, rewrites it if its live records are a
+/// small part of it (sled does not give the space of removed records back).
 async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
+    let mut looked_at_size = 0u64;
     loop {
         let store = calls.store.clone();
         match tokio::task::spawn_blocking(move || store.prune(retain)).await {
@@ -452,6 +455,19 @@ async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
             Ok(Ok(removed)) => tracing::info!(removed, "calls returned long ago removed from the call store"),
             Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the call store"),
             Err(err) => tracing::warn!(error = %err, "cannot prune the call store"),
+        }
+        let on_disk = calls.store.disk_bytes();
+        if on_disk > 16 << 20 && on_disk > looked_at_size + looked_at_size / 4 {
+            let store = calls.store.clone();
+            match tokio::task::spawn_blocking(move || store.compact()).await {
+                Ok(Ok(Some((before, after)))) => {
+                    tracing::info!(before_mib = before >> 20, after_mib = after >> 20, "call store rewritten");
+                    looked_at_size = after;
+                }
+                Ok(Ok(None)) => looked_at_size = on_disk,
+                Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "cannot rewrite the call store"),
+                Err(err) => tracing::error!(error = %err, "cannot rewrite the call store"),
+            }
         }
         // Hourly; more often for a short retention.
         let every = (retain / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));

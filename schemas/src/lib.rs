@@ -15,6 +15,8 @@
 //! * [`broker`] — the confirmed, reconnecting RabbitMQ link every process
 //!   uses to put these messages on the wire, and [`shutdown`], the signal
 //!   that stops it.
+//! * [`sled_rewrite`] — how the bridge's call store and a worker's job
+//!   store give disk space back (sled does not, by itself).
 //!
 //! The bridge and the worker both depend on this crate; neither defines a
 //! wire type of its own.
@@ -30,6 +32,7 @@ pub mod messages;
 pub mod metrics;
 pub mod sector_store;
 pub mod shutdown;
+pub mod sled_rewrite;
 pub mod topology;
 
 pub use lotus::{

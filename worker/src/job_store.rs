@@ -81,8 +81,12 @@ impl JobStore {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
         let path = state_dir.join("jobs.sled");
-        let db = sled::open(&path).with_context(|| {
-            format!("cannot open job store {} (is another worker using this --state-dir?)", path.display())
+        // Rewritten at start when removed jobs left most of it empty (sled
+        // does not give that space back by itself).
+        let db = sealfarm_schemas::sled_rewrite::open_compacted(&path, |path| {
+            sled::open(path).with_context(|| {
+                format!("cannot open job store {} (is another worker using this --state-dir?)", path.display())
+            })
         })?;
         let jobs = db.open_tree("jobs")?;
         Ok(JobStore { db, jobs })
