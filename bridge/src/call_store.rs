@@ -614,11 +614,8 @@ impl CallStore {
         if let CallState::Returned { at_ms } = call.state {
             t.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
             // Only if the index still names this call (a re-issued call may hold it now).
-            let _ = t.open_by_digest.compare_and_swap(
-                call.input_digest.as_bytes(),
-                Some(id.as_bytes()),
-                None::<&[u8]>,
-            )?;
+            let _ =
+                t.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
         }
         t.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
         if flush == Flush::Now {

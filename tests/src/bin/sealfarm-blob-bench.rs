@@ -309,13 +309,14 @@ async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<(
         "## store: {} sector sequences (7 calls each, {} B C1 blobs), bridge {:?}",
         options.sequences, options.c1_bytes, bridge_args
     );
-    println!("| sequences | store on disk MiB | blobs kept | bridge RSS MiB | bridge peak MiB | s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| sequences | store on disk MiB | rewrites | blobs kept | bridge RSS MiB | bridge peak MiB | s |");
+    println!("|---|---|---|---|---|---|---|");
     let started = Instant::now();
     let report = |done: usize| {
         let blobs = std::fs::read_dir(farm.state_dir.join("blobs")).map(|d| d.count()).unwrap_or(0);
+        let rewrites = farm.bridge.log_text().matches("call store rewritten").count();
         println!(
-            "| {done} | {:.1} | {blobs} | {:.1} | {:.1} | {:.0} |",
+            "| {done} | {:.1} | {rewrites} | {blobs} | {:.1} | {:.1} | {:.0} |",
             dir_size(&farm.state_dir.join("calls.sled")) as f64 / (1 << 20) as f64,
             memory_mib(farm.bridge.pid(), "VmRSS:"),
             memory_mib(farm.bridge.pid(), "VmHWM:"),
@@ -323,7 +324,7 @@ async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<(
         );
     };
     report(0);
-    let step = (options.sequences / 4).max(1);
+    let step = (options.sequences / 8).max(1);
     let mut done = 0;
     while done < options.sequences {
         let batch = step.min(options.sequences - done);
