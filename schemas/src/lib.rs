@@ -11,7 +11,8 @@
 //! * [`hardware`] — what a worker's machine has, as heartbeats carry it;
 //! * [`sector_store`] — lotus' `sectorstore.json`, sector file names, the
 //!   flat tar a cache directory travels as, and the HTTP answer that streams
-//!   a sector file or cache over `/remote` (with [`byte_range`]);
+//!   a sector file or cache over `/remote` (with [`byte_range`], and
+//!   [`direct_read`] for files read past the page cache);
 //! * [`broker`] — the confirmed, reconnecting RabbitMQ link every process
 //!   uses to put these messages on the wire, and [`shutdown`], the signal
 //!   that stops it.
@@ -25,6 +26,7 @@ pub mod blob;
 pub mod broker;
 pub mod byte_range;
 pub mod commitment;
+pub mod direct_read;
 pub mod hardware;
 pub mod json_schema;
 pub mod lotus;

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::byte_range::{self, Ranged};
+use crate::direct_read;
 use crate::lotus::SectorId;
 
 /// `storiface.LocalStorageMeta`, the content of `sectorstore.json`.
@@ -237,7 +238,13 @@ const OCTETS: &str = "application/octet-stream";
 
 /// What an [`http_get`] sends.
 enum Source {
-    File { file: File, total: u64, range: Ranged },
+    /// `direct`: `file` was opened for reads past the page cache ([`direct_read`]).
+    File {
+        file: File,
+        direct: bool,
+        total: u64,
+        range: Ranged,
+    },
     Tar(FlatTar),
 }
 
@@ -246,9 +253,12 @@ impl Source {
         if std::fs::metadata(path)?.is_dir() {
             return Ok(Source::Tar(FlatTar::open(path)?));
         }
-        let file = File::open(path)?;
+        let (file, direct) = match direct_read::open(path) {
+            Some(file) => (file, true),
+            None => (File::open(path)?, false),
+        };
         let total = file.metadata()?.len();
-        Ok(Source::File { file, total, range: byte_range::select(range, total) })
+        Ok(Source::File { file, direct, total, range: byte_range::select(range, total) })
     }
 
     /// Status and headers.
@@ -278,12 +288,17 @@ impl Source {
     fn send(self, out: &mut ChunkWriter) -> io::Result<()> {
         match self {
             Source::Tar(tar) => tar.write_with(out, ChunkWriter::read_from),
-            Source::File { mut file, total, range } => {
+            Source::File { mut file, direct, total, range } => {
                 let (start, count) = match range {
                     Ranged::Whole => (0, total),
                     Ranged::Part(span) => (span.start, span.len()),
                     Ranged::Unsatisfiable => return Ok(()),
                 };
+                if direct {
+                    let sent = direct_read::send(&file, start, count, CHUNK, &out.tx);
+                    out.gone = matches!(&sent, Err(e) if e.kind() == io::ErrorKind::BrokenPipe);
+                    return sent;
+                }
                 file.seek(SeekFrom::Start(start))?;
                 out.read_from(&mut file, count)
             }
