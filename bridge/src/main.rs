@@ -238,7 +238,8 @@ struct RunArgs {
     max_request_size: u64,
     /// How long the call store keeps a call after it was returned to the
     /// miner (for `jobs --all` and re-issued calls); older ones are removed
-    /// hourly, so the store does not grow with the farm's history.
+    /// hourly, and the store is rewritten when removed calls leave it mostly
+    /// empty, so neither its calls nor its files grow with the farm's history.
     #[arg(long, env = "SEALFARM_RETAIN_RETURNED", default_value = "3d", value_parser = humantime::parse_duration)]
     retain_returned: std::time::Duration,
     /// The secret workers present to fetch C2 inputs and upload C1 outputs
@@ -360,6 +361,10 @@ async fn run(args: RunArgs) -> Result<()> {
         files_token: args.files_token.clone(),
         max_request_size: args.max_request_size,
         large_requests: tokio::sync::Semaphore::new(1),
+        files_client: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client for workers' file servers")?,
     });
     let blob_api = Arc::new(BlobApi {
         blobs,

@@ -162,9 +162,7 @@ async fn from_holder(
         ));
     };
     let target = format!("{}/files/{file_type}/{name}", url.trim_end_matches('/'));
-    let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build();
-    let Ok(client) = client else { return not_found("cannot build an HTTP client".into()) };
-    let mut request = client.request(method, &target).bearer_auth(token);
+    let mut request = api.files_client.request(method, &target).bearer_auth(token);
     if let Some(range) = range {
         request = request.header(header::RANGE, range);
     }

@@ -76,6 +76,9 @@ pub struct Api {
     pub max_request_size: u64,
     /// One large request body is read and decoded at a time (bounded memory).
     pub large_requests: tokio::sync::Semaphore,
+    /// The client `/remote` fetches worker-local files with (one, so its
+    /// connections to the workers' file servers are reused).
+    pub files_client: reqwest::Client,
 }
 
 /// A worker heard from within this long counts towards the farm's capacity.

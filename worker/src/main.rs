@@ -178,7 +178,8 @@ struct RunArgs {
     #[arg(long, env = "SEALFARM_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
     /// How long the job store keeps the record of a job that ended (done,
-    /// released, superseded); older ones are removed hourly.
+    /// released, superseded); older ones are removed hourly, and the store
+    /// is rewritten at start when they left it mostly empty.
     #[arg(long, env = "SEALFARM_RETAIN_DONE", default_value = "3d", value_parser = humantime::parse_duration)]
     retain_done: Duration,
     /// Serve Prometheus metrics (`GET /metrics`) on this address; `off`:
