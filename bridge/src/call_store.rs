@@ -422,6 +422,7 @@ impl CallStore {
         let trees = Trees::open(&self.path)?;
         let after = trees.db.size_on_disk()?;
         *guard = Some(trees);
+        sled_rewrite::trim_heap();
         Ok(Some((before, after)))
     }
 

@@ -40,6 +40,8 @@ struct Options {
     sequences: usize,
     c1_bytes: usize,
     concurrency: usize,
+    /// `keep` (default retention), `prune` (`--retain-returned 20s`).
+    retention: Vec<String>,
 }
 
 fn options() -> Result<Options> {
@@ -49,6 +51,7 @@ fn options() -> Result<Options> {
         sequences: 10_000,
         c1_bytes: 100 << 10,
         concurrency: 32,
+        retention: vec!["keep".into(), "prune".into()],
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -59,10 +62,11 @@ fn options() -> Result<Options> {
             "--sequences" => options.sequences = value()?.parse()?,
             "--c1-bytes" => options.c1_bytes = value()?.parse()?,
             "--concurrency" => options.concurrency = value()?.parse()?,
+            "--retention" => options.retention = value()?.split(',').map(str::to_string).collect(),
             "--help" | "-h" => {
                 println!(
                     "sealfarm-blob-bench [--only c2,store] [--c2-calls 20] [--sequences 10000] [--c1-bytes 102400] \
-                     [--concurrency 32]\nc2: 40 MiB SealCommit2 inputs to a worker holding the checked blob; store: \
+                     [--concurrency 32] [--retention keep,prune]\nc2: 40 MiB SealCommit2 inputs to a worker holding the checked blob; store: \
                      the call store and the bridge's memory over simulated sector sequences"
                 );
                 std::process::exit(0);
@@ -372,8 +376,12 @@ async fn main() -> Result<()> {
         c2(options.c2_calls).await?;
     }
     if options.parts.iter().any(|p| p == "store") {
-        store(&options, "blob-bench-keep", &[]).await?;
-        store(&options, "blob-bench-prune", &["--retain-returned", "20s"]).await?;
+        if options.retention.iter().any(|r| r == "keep") {
+            store(&options, "blob-bench-keep", &[]).await?;
+        }
+        if options.retention.iter().any(|r| r == "prune") {
+            store(&options, "blob-bench-prune", &["--retain-returned", "20s"]).await?;
+        }
     }
     Ok(())
 }
