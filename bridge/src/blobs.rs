@@ -153,6 +153,74 @@ impl Blobs {
         checked.map_err(|e| anyhow::anyhow!("{e} (the file {} is damaged)", path.display()))
     }
 
+    /// The file of a blob, once its bytes were read through and checked
+    /// against its name (in 1 MiB pieces: memory stays small whatever its size).
+    pub async fn checked_path(&self, blob: &BlobRef) -> Result<PathBuf> {
+        blob.validate().map_err(anyhow::Error::msg)?;
+        let path = self.path(&blob.sha256);
+        let (expected, file) = (blob.clone(), path.clone());
+        let checked = tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Read as _;
+            let mut reader = std::fs::File::open(&file)
+                .with_context(|| format!("blob {expected} is not in {} (removed, or never stored)", file.display()))?;
+            let (mut hasher, mut size, mut piece) = (Sha256::new(), 0u64, vec![0; 1 << 20]);
+            loop {
+                let read = reader.read(&mut piece)?;
+                if read == 0 {
+                    break;
+                }
+                hasher.update(&piece[..read]);
+                size += read as u64;
+            }
+            let got = hex::encode(hasher.finalize());
+            anyhow::ensure!(
+                size == expected.size && got == expected.sha256,
+                "blob {expected} holds {size} bytes with SHA-256 {got} (the file {} is damaged)",
+                file.display()
+            );
+            Ok(())
+        });
+        checked.await??;
+        Ok(path)
+    }
+
+    /// The bytes of the blob file at `path` as standard base64 text (as a Go
+    /// `[]byte` travels in JSON), produced 3 MiB of file at a time by a
+    /// blocking thread, two pieces ahead at most.
+    pub fn base64_stream(path: PathBuf) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+        use base64::Engine as _;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read as _;
+            let mut file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            // A multiple of 3 bytes encodes without padding: the pieces join.
+            let mut piece = Vec::with_capacity(3 << 20);
+            loop {
+                piece.clear();
+                match (&mut file).take(3 << 20).read_to_end(&mut piece) {
+                    Ok(0) => return,
+                    Ok(_) => {
+                        let text = base64::engine::general_purpose::STANDARD.encode(&piece);
+                        if tx.blocking_send(Ok(axum::body::Bytes::from(text))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    }
+
     /// Receives an upload of `sha256` from `body`: streamed to a temporary
     /// file, refused past the size limit or when the bytes do not match the
     /// name, renamed into place when whole.

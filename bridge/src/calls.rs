@@ -22,7 +22,7 @@ use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{
-    Bytes, CallError, CallId, Control, ControlMessage, ErrorCode, Outcome, ResultMessage, SectorCids, SectorRef, Stage,
+    CallError, CallId, Control, ControlMessage, ErrorCode, Outcome, ResultMessage, SectorCids, SectorRef, Stage,
     StageOutput, Task, TaskMessage,
 };
 use serde_json::{json, Value};
@@ -739,13 +739,14 @@ impl Calls {
     async fn deliver_in_span(self: Arc<Self>, call: Call) {
         let CallState::Resulted { outcome, .. } = &call.state else { return };
         let (method, mut params) = return_call(&call, outcome);
-        // A C1 output kept as a blob goes into the output slot when sent, one at a time.
+        // A C1 output kept as a blob is checked, then streamed into the
+        // output slot as the request is sent, one such Return at a time.
         let mut _large = None;
-        let mut output = None;
+        let mut blob_file = None;
         if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = outcome.as_ref() {
             _large = self.large_returns.acquire().await.ok();
-            match self.blobs.read(blob).await {
-                Ok(bytes) => output = Some(Bytes(bytes)),
+            match self.blobs.checked_path(blob).await {
+                Ok(path) => blob_file = Some(path),
                 Err(err) => {
                     // Nothing to return but the loss: the miner's state machine runs C1 again.
                     tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "the C1 output is lost");
@@ -754,11 +755,19 @@ impl Calls {
                 }
             }
         }
-        let params = ReturnParams { params: &params, output: output.as_ref() };
+        let items = params.as_array().cloned().unwrap_or_default();
         let mut delay = Duration::from_millis(500);
         let since = std::time::Instant::now();
         loop {
-            match self.miner.client().call_with::<Value, _>(method, &params).await {
+            let client = self.miner.client();
+            let sent = match &blob_file {
+                Some(path) if items.len() == 3 => {
+                    let text = crate::blobs::Blobs::base64_stream(path.clone());
+                    client.call_streamed::<Value>(method, &items[..1], text, &items[2..]).await
+                }
+                _ => client.call_with::<Value, _>(method, &params).await,
+            };
+            match sent {
                 Ok(_) => break,
                 Err(err) => {
                     let text = err.to_string();
@@ -829,28 +838,6 @@ pub fn return_call(call: &Call, outcome: &Outcome) -> (&'static str, Value) {
         C2 => ("ReturnSealCommit2", json!([id, output, error])),
         Fin => ("ReturnFinalizeSector", json!([id, error])),
         Ru => ("ReturnReleaseUnsealed", json!([id, error])),
-    }
-}
-
-/// A `Return*`'s params as sent: `output`, when given, stands in the output
-/// slot (index 1), written straight into the request body.
-struct ReturnParams<'a> {
-    params: &'a Value,
-    output: Option<&'a Bytes>,
-}
-
-impl serde::Serialize for ReturnParams<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let items = self.params.as_array().map(Vec::as_slice).unwrap_or_default();
-        let mut seq = s.serialize_seq(Some(items.len()))?;
-        for (index, item) in items.iter().enumerate() {
-            match self.output {
-                Some(bytes) if index == 1 => seq.serialize_element(bytes)?,
-                _ => seq.serialize_element(item)?,
-            }
-        }
-        seq.end()
     }
 }
 

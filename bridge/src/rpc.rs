@@ -214,6 +214,43 @@ impl RpcClient {
         params: &P,
     ) -> Result<T, CallFailure> {
         let outcome = self.call_once(method, params).await;
+        self.record(outcome)
+    }
+
+    /// Calls `Filecoin.<method>` with params `[head…, "<text>", tail…]`
+    /// where the string's text (base64, which needs no escaping) comes from
+    /// `text` as the request is sent: a `ReturnSealCommit1` of tens of MiB
+    /// is never whole in memory.
+    pub async fn call_streamed<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        head: &[Value],
+        text: impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static,
+        tail: &[Value],
+    ) -> Result<T, CallFailure> {
+        use futures_util::StreamExt as _;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut start = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"Filecoin.{method}","params":["#);
+        for item in head {
+            start.push_str(&item.to_string());
+            start.push(',');
+        }
+        start.push('"');
+        let mut end = String::from('"');
+        for item in tail {
+            end.push(',');
+            end.push_str(&item.to_string());
+        }
+        end.push_str("]}");
+        let pieces = futures_util::stream::once(async move { Ok(axum::body::Bytes::from(start)) })
+            .chain(text)
+            .chain(futures_util::stream::once(async move { Ok(axum::body::Bytes::from(end)) }));
+        let outcome = self.send(method, reqwest::Body::wrap_stream(pieces)).await;
+        self.record(outcome)
+    }
+
+    /// Notes how a call went (the miner's status in the views).
+    fn record<T>(&self, outcome: Result<T, CallFailure>) -> Result<T, CallFailure> {
         let now = sealfarm_schemas::messages::now_ms();
         let mut contact = self.contact.lock().unwrap();
         match &outcome {
@@ -241,6 +278,11 @@ impl RpcClient {
             url: self.url.clone(),
             detail: format!("cannot encode {method}: {e}"),
         })?;
+        self.send(method, reqwest::Body::from(body)).await
+    }
+
+    /// Posts a JSON-RPC request body and reads the answer.
+    async fn send<T: DeserializeOwned>(&self, method: &str, body: reqwest::Body) -> Result<T, CallFailure> {
         let mut request =
             self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
         if let Some(token) = &self.token {
