@@ -431,6 +431,10 @@ async fn upload(
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > api.blobs.max_bytes) {
+        // Read to its end (not kept), so the sender gets to read the answer
+        // (answered at once, the sender was cut off writing: a broken pipe).
+        let mut stream = body.into_data_stream();
+        while let Some(Ok(_)) = stream.next().await {}
         let text =
             format!("blob {sha256} is over the bridge's limit of {} bytes (--max-request-size)", api.blobs.max_bytes);
         return (StatusCode::PAYLOAD_TOO_LARGE, text).into_response();

@@ -267,7 +267,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 fn main() {
     let cli = Cli::parse();
-    few_malloc_arenas();
+    tune_malloc();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -291,12 +291,27 @@ fn main() {
 /// on I/O: two arenas hold its heap in about 9 MiB less RSS under load
 /// (`sealfarm-bench`'s scale part). `MALLOC_ARENA_MAX` in the environment
 /// still wins.
-fn few_malloc_arenas() {
+///
+/// glibc also raises its mmap threshold each time a large block is freed,
+/// after which MiB-sized buffers (request bodies, file chunks, blob pieces)
+/// come from the arenas and leave holes there: with 40 MiB C1 outputs
+/// streaming through, the bridge's resting RSS crept upwards. A fixed
+/// threshold of 256 KiB keeps them mapped apart and unmapped when freed.
+/// `MALLOC_MMAP_THRESHOLD_` in the environment still wins.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; no allocation races it this early.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only sets an allocator parameter; no allocation races it this early.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+            }
         }
     }
 }
