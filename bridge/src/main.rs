@@ -479,9 +479,11 @@ async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
         let on_disk = calls.store.disk_bytes();
         if on_disk > 16 << 20 && on_disk > looked_at_size + looked_at_size / 4 {
             let store = calls.store.clone();
+            let started = std::time::Instant::now();
             match tokio::task::spawn_blocking(move || store.compact()).await {
                 Ok(Ok(Some((before, after)))) => {
-                    tracing::info!(before_mib = before >> 20, after_mib = after >> 20, "call store rewritten");
+                    let took_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(before_mib = before >> 20, after_mib = after >> 20, took_ms, "call store rewritten");
                     looked_at_size = after;
                 }
                 Ok(Ok(None)) => looked_at_size = on_disk,

@@ -296,6 +296,25 @@ fn dir_size(path: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// A log line without its terminal colours.
+fn plain(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ … m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The call store and the bridge's memory over `sequences` simulated sectors.
 async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<()> {
     let farm = Arc::new(Farm::start(label, bridge_args).await?);
@@ -348,6 +367,16 @@ async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<(
         report(done);
     }
     answering.abort();
+    let took: Vec<u64> = farm
+        .bridge
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("call store rewritten"))
+        .filter_map(|l| plain(l).split("took_ms=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    if let (Some(min), Some(max)) = (took.iter().min(), took.iter().max()) {
+        println!("{} rewrites of the call store took {min}-{max} ms (calls wait meanwhile)", took.len());
+    }
     // Counted once the bridge is gone (a status request for every call would weigh on its memory).
     let pid = farm.bridge.pid();
     std::process::Command::new("kill").arg(pid.to_string()).status()?;
