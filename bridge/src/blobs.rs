@@ -138,47 +138,16 @@ impl Blobs {
         Ok(blob)
     }
 
-    /// The bytes of a blob, checked against its name.
-    pub async fn read(&self, blob: &BlobRef) -> Result<Vec<u8>> {
-        blob.validate().map_err(anyhow::Error::msg)?;
-        let path = self.path(&blob.sha256);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .with_context(|| format!("blob {blob} is not in {} (removed, or never stored)", self.dir.display()))?;
-        let checked = tokio::task::spawn_blocking({
-            let blob = blob.clone();
-            move || blob.verify(&bytes).map(|()| bytes)
-        })
-        .await?;
-        checked.map_err(|e| anyhow::anyhow!("{e} (the file {} is damaged)", path.display()))
-    }
-
     /// The file of a blob, once its bytes were read through and checked
     /// against its name (in 1 MiB pieces: memory stays small whatever its size).
     pub async fn checked_path(&self, blob: &BlobRef) -> Result<PathBuf> {
         blob.validate().map_err(anyhow::Error::msg)?;
         let path = self.path(&blob.sha256);
-        let (expected, file) = (blob.clone(), path.clone());
+        let (expected, file, dir) = (blob.clone(), path.clone(), self.dir.clone());
         let checked = tokio::task::spawn_blocking(move || -> Result<()> {
-            use std::io::Read as _;
-            let mut reader = std::fs::File::open(&file)
-                .with_context(|| format!("blob {expected} is not in {} (removed, or never stored)", file.display()))?;
-            let (mut hasher, mut size, mut piece) = (Sha256::new(), 0u64, vec![0; 1 << 20]);
-            loop {
-                let read = reader.read(&mut piece)?;
-                if read == 0 {
-                    break;
-                }
-                hasher.update(&piece[..read]);
-                size += read as u64;
-            }
-            let got = hex::encode(hasher.finalize());
-            anyhow::ensure!(
-                size == expected.size && got == expected.sha256,
-                "blob {expected} holds {size} bytes with SHA-256 {got} (the file {} is damaged)",
-                file.display()
-            );
-            Ok(())
+            let reader = std::fs::File::open(&file)
+                .with_context(|| format!("blob {expected} is not in {} (removed, or never stored)", dir.display()))?;
+            expected.verify_reader(reader).map_err(|e| anyhow::anyhow!("{e} (the file {} is damaged)", file.display()))
         });
         checked.await??;
         Ok(path)
@@ -476,7 +445,7 @@ mod tests {
         let again = blobs.put_base64("YzEgb3V0cHV0").await.unwrap();
         assert_eq!(again, blob);
         assert!(blobs.put_base64("abc").await.unwrap_err().contains("multiple of 4"));
-        assert_eq!(blobs.read(&blob).await.unwrap(), b"c1 output");
+        assert_eq!(std::fs::read(blobs.checked_path(&blob).await.unwrap()).unwrap(), b"c1 output");
         assert_eq!(blobs.list().len(), 1, "no partial file left behind");
     }
 }

@@ -755,13 +755,12 @@ impl Calls {
                 }
             }
         }
-        let items = params.as_array().cloned().unwrap_or_default();
         let mut delay = Duration::from_millis(500);
         let since = std::time::Instant::now();
         loop {
             let client = self.miner.client();
-            let sent = match &blob_file {
-                Some(path) if items.len() == 3 => {
+            let sent = match (&blob_file, params.as_array()) {
+                (Some(path), Some(items)) if items.len() == 3 => {
                     let text = crate::blobs::Blobs::base64_stream(path.clone());
                     client.call_streamed::<Value>(method, &items[..1], text, &items[2..]).await
                 }

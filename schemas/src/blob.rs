@@ -56,9 +56,38 @@ impl BlobRef {
     /// Checks fetched bytes against the reference.
     pub fn verify(&self, bytes: &[u8]) -> Result<(), String> {
         if bytes.len() as u64 != self.size {
-            return Err(format!("blob {} should hold {} bytes, got {}", self.short(), self.size, bytes.len()));
+            return Err(self.wrong_size(bytes.len() as u64));
         }
-        let got = hex::encode(Sha256::digest(bytes));
+        self.check_digest(Sha256::digest(bytes).into())
+    }
+
+    /// [`verify`](Self::verify) for bytes read from `reader` in 1 MiB
+    /// pieces (a blob file: memory stays small whatever its size).
+    pub fn verify_reader(&self, mut reader: impl std::io::Read) -> Result<(), String> {
+        let (mut hasher, mut size, mut piece) = (Sha256::new(), 0u64, vec![0; 1 << 20]);
+        loop {
+            match reader.read(&mut piece) {
+                Ok(0) => break,
+                Ok(read) => {
+                    hasher.update(&piece[..read]);
+                    size += read as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("cannot read blob {}: {e}", self.short())),
+            }
+        }
+        if size != self.size {
+            return Err(self.wrong_size(size));
+        }
+        self.check_digest(hasher.finalize().into())
+    }
+
+    fn wrong_size(&self, got: u64) -> String {
+        format!("blob {} should hold {} bytes, got {got}", self.short(), self.size)
+    }
+
+    fn check_digest(&self, digest: [u8; 32]) -> Result<(), String> {
+        let got = hex::encode(digest);
         if got != self.sha256 {
             return Err(format!("blob {} arrived with SHA-256 {got}: the bytes are not the ones named", self.short()));
         }
@@ -198,5 +227,8 @@ mod tests {
         assert!(blob.verify(b"c1 output").is_ok());
         assert!(blob.verify(b"c1 outpuT").unwrap_err().contains("not the ones named"));
         assert!(blob.verify(b"c1").unwrap_err().contains("should hold 9 bytes"));
+        assert!(blob.verify_reader(&b"c1 output"[..]).is_ok());
+        assert!(blob.verify_reader(&b"c1 outpuT"[..]).unwrap_err().contains("not the ones named"));
+        assert!(blob.verify_reader(&b"c1"[..]).unwrap_err().contains("should hold 9 bytes"));
     }
 }

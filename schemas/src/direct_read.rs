@@ -90,20 +90,28 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// A sent chunk, handed back to the reader for the next read once the
-/// connection wrote it (fresh memory for every chunk costs page faults).
-struct Recycled {
-    buf: Option<AlignedBuf>,
-    to: std::sync::mpsc::Sender<AlignedBuf>,
+/// A sent chunk, handed back to its reader for the next read once the
+/// connection wrote it (fresh memory for every chunk costs page faults);
+/// the buffer is freed instead when the reader is gone. Also the chunks of
+/// [`crate::sector_store`]'s page-cache reads (`B` = `Vec<u8>`).
+pub(crate) struct Recycled<B> {
+    buf: Option<B>,
+    to: std::sync::mpsc::Sender<B>,
 }
 
-impl AsRef<[u8]> for Recycled {
-    fn as_ref(&self) -> &[u8] {
-        self.buf.as_ref().map_or(&[], AlignedBuf::as_ref)
+impl<B> Recycled<B> {
+    pub(crate) fn new(buf: B, to: std::sync::mpsc::Sender<B>) -> Self {
+        Recycled { buf: Some(buf), to }
     }
 }
 
-impl Drop for Recycled {
+impl<B: AsRef<[u8]>> AsRef<[u8]> for Recycled<B> {
+    fn as_ref(&self) -> &[u8] {
+        self.buf.as_ref().map_or(&[], B::as_ref)
+    }
+}
+
+impl<B> Drop for Recycled<B> {
     fn drop(&mut self) {
         if let Some(buf) = self.buf.take() {
             let _ = self.to.send(buf);
@@ -149,7 +157,7 @@ pub fn send(file: &File, start: u64, count: u64, chunk: usize, tx: &mpsc::Sender
         buf.end = read.min((end - offset) as usize);
         offset += read as u64;
         skip = 0;
-        let chunk = Recycled { buf: Some(buf), to: returns.clone() };
+        let chunk = Recycled::new(buf, returns.clone());
         if tx.blocking_send(Ok(Bytes::from_owner(chunk))).is_err() {
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"));
         }

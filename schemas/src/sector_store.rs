@@ -322,25 +322,6 @@ struct ChunkWriter {
     returns: std::sync::mpsc::Sender<Vec<u8>>,
 }
 
-/// A sent chunk's buffer, handed back to its writer when dropped.
-struct Returned {
-    buf: Vec<u8>,
-    to: std::sync::mpsc::Sender<Vec<u8>>,
-}
-
-impl AsRef<[u8]> for Returned {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Returned {
-    fn drop(&mut self) {
-        // The writer may be gone: then the buffer is freed.
-        let _ = self.to.send(std::mem::take(&mut self.buf));
-    }
-}
-
 impl ChunkWriter {
     fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
         let (returns, spare) = std::sync::mpsc::channel();
@@ -359,7 +340,7 @@ impl ChunkWriter {
             }
             Err(_) => Vec::with_capacity(CHUNK),
         };
-        let chunk = Returned { buf: std::mem::replace(&mut self.buf, next), to: self.returns.clone() };
+        let chunk = direct_read::Recycled::new(std::mem::replace(&mut self.buf, next), self.returns.clone());
         if self.tx.blocking_send(Ok(Bytes::from_owner(chunk))).is_err() {
             self.gone = true;
             return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"));
