@@ -21,11 +21,10 @@
 
 pub mod api_info;
 pub mod blobs;
-pub mod call_store;
 pub mod calls;
+pub mod consume;
 pub mod dead_letters;
 pub mod farm;
-pub mod leases;
 pub mod metrics;
 pub mod ops;
 pub mod pieces;

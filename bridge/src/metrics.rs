@@ -190,7 +190,7 @@ impl Metrics {
         self.worker_heartbeat_age.clear();
 
         for (stage, state, count) in overview.call_counts() {
-            self.calls.get_or_create(&vec![("stage", stage), ("state", state)]).set(count as i64);
+            self.calls.get_or_create(&vec![("stage", stage), ("state", state.to_string())]).set(count as i64);
         }
         for job in overview.jobs.iter().filter(|j| j.is_open()) {
             if let Some(deadline) = job.ticket_deadline_ms {

@@ -280,7 +280,7 @@ async fn job_control(
 }
 
 /// The call a full id or an id prefix (as `jobs` prints it) names.
-fn find_call(calls: &Calls, id: &str) -> Result<crate::call_store::Call, (StatusCode, Json<serde_json::Value>)> {
+fn find_call(calls: &Calls, id: &str) -> Result<crate::calls::store::Call, (StatusCode, Json<serde_json::Value>)> {
     let wanted = id.replace('-', "").to_lowercase();
     if wanted.len() < 4 {
         return Err(refuse(StatusCode::BAD_REQUEST, "give at least 4 hex digits of the call id"));

@@ -15,7 +15,7 @@ use sealfarm_schemas::{SectorRef, StageOutput};
 use serde_json::{json, Value};
 
 use crate::api_info::MinerApiInfo;
-use crate::call_store::CallStore;
+use crate::calls::store::CallStore;
 use crate::rpc::{CallFailure, RpcClient};
 use crate::storage::StoragePath;
 

@@ -19,7 +19,7 @@ use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
 use serde_json::{json, Value};
 
-use crate::call_store::CallKind;
+use crate::calls::store::CallKind;
 use crate::calls::Calls;
 use crate::registration::Miner;
 use crate::rpc::{self, Request, RpcError};

@@ -12,7 +12,8 @@ use sealfarm_schemas::{topology, SectorSize, Stage};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::call_store::{CallRow, RowState};
+use crate::calls::lifecycle::{Held, Phase, RowState};
+use crate::calls::store::CallRow;
 use crate::calls::Calls;
 
 /// Everything at once (`GET /sealfarm/v0/overview`).
@@ -136,7 +137,7 @@ pub struct JobStatus {
     pub worker: Option<String>,
     pub hostname: Option<String>,
     /// queued, claimed, running, returning, ret-wait, done, failed or dead.
-    pub state: String,
+    pub state: Phase,
     pub attempt: u32,
     pub queue: Option<String>,
     pub arrived_at_ms: u64,
@@ -152,7 +153,7 @@ pub struct JobStatus {
 
 impl JobStatus {
     pub fn is_open(&self) -> bool {
-        matches!(self.state.as_str(), "queued" | "claimed" | "running")
+        self.state.is_open()
     }
 
     pub fn sector_name(&self) -> String {
@@ -181,14 +182,14 @@ pub struct Throughput {
 /// Calls closed longer ago than this are left out of the overview unless asked for.
 pub const RECENT: Duration = Duration::from_secs(3600);
 /// At most this many closed calls in the overview (the store's index keeps these).
-const CLOSED_SHOWN: usize = crate::call_store::RETURNED_KEPT;
+const CLOSED_SHOWN: usize = crate::calls::store::RETURNED_KEPT;
 
 impl Overview {
     /// (stage, state, count) over the jobs in the overview.
-    pub fn call_counts(&self) -> Vec<(String, String, u64)> {
-        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+    pub fn call_counts(&self) -> Vec<(String, Phase, u64)> {
+        let mut counts: BTreeMap<(String, Phase), u64> = BTreeMap::new();
         for job in &self.jobs {
-            *counts.entry((job.stage.clone(), job.state.clone())).or_default() += 1;
+            *counts.entry((job.stage.clone(), job.state)).or_default() += 1;
         }
         counts.into_iter().map(|((stage, state), n)| (stage, state, n)).collect()
     }
@@ -327,7 +328,7 @@ fn jobs(calls: &Calls, workers: &[WorkerStatus], now: u64, all: bool) -> anyhow:
         // Newest first while counting, so the newest closed calls stay.
         rows.reverse();
         rows.retain(|j| {
-            if j.is_open() || matches!(j.state.as_str(), "returning" | "ret-wait") {
+            if j.is_open() || j.state.is_returning() {
                 return true;
             }
             let keep =
@@ -345,21 +346,13 @@ fn job(calls: &Calls, call: &CallRow, workers: &[WorkerStatus]) -> JobStatus {
     let worker_name = call.run.as_ref().map(|r| r.worker.clone()).or_else(|| holder.map(|h| h.worker.clone()));
     let view = worker_name.as_ref().and_then(|w| workers.iter().find(|v| &v.id == w));
     let held = view.and_then(|v| v.jobs.iter().find(|j| j.call_id == call.call_id));
-    let state = match &call.state {
-        RowState::Accepted | RowState::Dispatched => match (holder, held) {
-            (None, _) => "queued",
-            (Some(_), Some(job)) if job.running_since_ms.is_some() => "running",
-            (Some(_), _) => "claimed",
-        },
-        RowState::Resulted { .. } if call.run.as_ref().is_some_and(|r| r.dead) => "dead",
-        RowState::Resulted { .. } if calls.return_failures(call.call_id) > 0 => "ret-wait",
-        RowState::Resulted { .. } => "returning",
-        RowState::Returned { .. } => match &call.run {
-            Some(run) if run.dead => "dead",
-            Some(run) if run.error.is_some() => "failed",
-            _ => "done",
-        },
+    let running = match held {
+        Some(job) if job.running_since_ms.is_some() => Held::Running,
+        Some(_) => Held::Waiting,
+        None => Held::No,
     };
+    let state =
+        Phase::of(&call.state, holder.is_some(), running, call.run.as_ref(), calls.return_failures(call.call_id));
     let returned_at_ms = match call.state {
         RowState::Returned { at_ms } => Some(at_ms),
         _ => None,
@@ -377,7 +370,7 @@ fn job(calls: &Calls, call: &CallRow, workers: &[WorkerStatus]) -> JobStatus {
         sector_size: call.sector.proof_type.info().map(|i| i.sector_size),
         hostname: view.map(|v| v.hostname.clone()),
         worker: worker_name,
-        state: state.to_string(),
+        state,
         attempt: call.attempt,
         queue: call.queue.clone(),
         arrived_at_ms: call.arrived_at_ms,
@@ -412,7 +405,7 @@ fn throughput(jobs: &[JobStatus], now: u64) -> Throughput {
     let since = now.saturating_sub(RECENT.as_millis() as u64);
     let mut done: BTreeMap<String, u64> = BTreeMap::new();
     let mut sealed = 0;
-    for job in jobs.iter().filter(|j| j.state == "done" && j.returned_at_ms.is_some_and(|t| t >= since)) {
+    for job in jobs.iter().filter(|j| j.state == Phase::Done && j.returned_at_ms.is_some_and(|t| t >= since)) {
         *done.entry(job.stage.clone()).or_default() += 1;
         sealed += u64::from(job.stage == Stage::C2.to_string());
     }

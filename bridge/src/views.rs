@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::calls::lifecycle::Phase;
 use crate::dead_letters::{DeadLetter, Handled};
 use crate::status::{short_duration, JobStatus, QueueStatus, WorkerStatus};
 
@@ -185,24 +186,11 @@ pub fn format_workers(workers: &[WorkerStatus], now_ms: u64) -> String {
     out
 }
 
-/// Where a job's state sorts: running first, then what waits, then what ended.
-fn state_rank(state: &str) -> u8 {
-    match state {
-        "running" => 0,
-        "claimed" => 1,
-        "queued" => 2,
-        "returning" => 3,
-        "ret-wait" => 4,
-        "dead" => 5,
-        "failed" => 6,
-        _ => 7,
-    }
-}
-
 /// `lotus-miner sealing jobs`, for the farm.
 pub fn format_jobs(jobs: &[JobStatus], now_ms: u64) -> String {
     let mut sorted: Vec<&JobStatus> = jobs.iter().collect();
-    sorted.sort_by_key(|j| (state_rank(&j.state), std::cmp::Reverse(j.arrived_at_ms)));
+    // Running first, then what waits, then what ended (the order of `Phase`).
+    sorted.sort_by_key(|j| (j.state, std::cmp::Reverse(j.arrived_at_ms)));
     let mut rows = vec![["ID", "Sector", "Worker", "Hostname", "Task", "State", "Attempt", "Time"].map(String::from)];
     for j in sorted {
         let task = match j.stage.as_str() {
@@ -211,8 +199,8 @@ pub fn format_jobs(jobs: &[JobStatus], now_ms: u64) -> String {
             stage => stage.to_uppercase(),
         };
         let state = match &j.progress {
-            Some(p) if j.state == "running" => format!("running ({} {}/{})", p.step, p.done, p.total),
-            _ => j.state.clone(),
+            Some(p) if j.state == Phase::Running => format!("running ({} {}/{})", p.step, p.done, p.total),
+            _ => j.state.to_string(),
         };
         let time = match (j.started_at_ms, j.finished_at_ms, j.returned_at_ms) {
             (Some(start), Some(end), _) => short_duration(end.saturating_sub(start)),
@@ -233,7 +221,7 @@ pub fn format_jobs(jobs: &[JobStatus], now_ms: u64) -> String {
         ]);
     }
     let mut out = table(&rows);
-    for j in jobs.iter().filter(|j| matches!(j.state.as_str(), "failed" | "dead")) {
+    for j in jobs.iter().filter(|j| j.state.is_failure()) {
         if let Some(error) = &j.error {
             out.push_str(&format!("{} {}: {error}\n", j.short_id, j.state));
         }

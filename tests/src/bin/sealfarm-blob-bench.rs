@@ -387,7 +387,7 @@ async fn store(options: &Options, label: &str, bridge_args: &[&str]) -> Result<(
         anyhow::ensure!(Instant::now() < deadline, "the bridge did not stop");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let store = sealfarm_bridge::call_store::CallStore::open(&farm.state_dir)?;
+    let store = sealfarm_bridge::calls::store::CallStore::open(&farm.state_dir)?;
     let (calls, bytes) = store.size();
     println!("calls in the store at the end: {calls} ({:.1} MiB on disk)\n", bytes as f64 / (1 << 20) as f64);
     Ok(())

@@ -16,130 +16,33 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use anyhow::{Context, Result};
-use sealfarm_schemas::blob::{BlobRef, Payload};
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::sled_rewrite;
-use sealfarm_schemas::{CallId, Outcome, SectorId, SectorRef, StageOutput, Task, TaskMessage};
+use sealfarm_schemas::{SectorId, SectorRef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+pub use super::lifecycle::{Call, CallKind, CallState, Holder, RowState, RunRecord, Stale};
+
 /// sled's page cache for the call store.
 const CACHE_BYTES: u64 = 16 << 20;
 
-/// Whether a write is flushed before the call that made it returns.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Flush {
-    Now,
-    Soon,
+/// Whether a change is on disk before [`CallStore::apply`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsynced: the bridge acts on the change (answers the miner, acks a
+    /// message, moves on from a Return) only once it would survive a crash.
+    Flushed,
+    /// Written out by sled within half a second; a crash before that loses
+    /// only what the bridge makes good at start (a dispatch mark: the task is
+    /// published once more; a claim: the worker's next event or heartbeat
+    /// names it again).
+    Lazy,
 }
 
 /// Returned calls the in-memory index keeps (the views show at most these).
 pub const RETURNED_KEPT: usize = 200;
-
-/// What a call asks for: a farm stage, or a bridge-local no-op in shared storage.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum CallKind {
-    /// Computed by the farm; the task as published.
-    Task { task: Box<TaskMessage> },
-    /// `Fetch`: the files are already in shared storage.
-    Fetch,
-    /// `MoveStorage`: nothing moves in shared storage.
-    MoveStorage,
-}
-
-/// Where a call stands.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum CallState {
-    /// Accepted; the task may not have reached the broker yet.
-    Accepted,
-    /// The broker confirmed the task.
-    Dispatched,
-    /// The farm answered; the miner has not accepted the Return yet.
-    Resulted { outcome: Box<Outcome>, worker: String },
-    /// The miner accepted the Return.
-    Returned { at_ms: u64 },
-}
-
-/// One miner call.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Call {
-    pub call_id: CallId,
-    pub sector: SectorRef,
-    /// The lotus method that made the call (`SealPreCommit1`, …).
-    pub method: String,
-    pub kind: CallKind,
-    /// Digest of method, sector and inputs: a re-issued call has the same one.
-    pub input_digest: String,
-    pub arrived_at_ms: u64,
-    pub updated_at_ms: u64,
-    #[serde(flatten)]
-    pub state: CallState,
-    /// The worker that claimed the current attempt, once it said so.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub holder: Option<Holder>,
-    /// The queue the current attempt was published to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue: Option<String>,
-    /// The attempt that gave the call its result, once one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run: Option<RunRecord>,
-}
-
-/// How the call's result came about: who computed it, when, and how it ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// The worker; `bridge`, `dead-letter` or `operator` when the call failed without a run.
-    pub worker: String,
-    pub attempt: u32,
-    pub started_at_ms: u64,
-    pub finished_at_ms: u64,
-    /// The error returned to the miner, when the call failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The task was dead-lettered (it waits in `sealfarm.dead-letters`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dead: bool,
-}
-
-/// Who holds a dispatched call's current attempt.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Holder {
-    pub worker: String,
-    pub attempt: u32,
-    pub since_ms: u64,
-}
-
-impl Call {
-    /// The task as last dispatched, for farm calls.
-    pub fn task(&self) -> Option<&TaskMessage> {
-        match &self.kind {
-            CallKind::Task { task } => Some(task),
-            _ => None,
-        }
-    }
-
-    /// Whether the call still waits for a result from the farm.
-    pub fn is_open(&self) -> bool {
-        matches!(self.state, CallState::Accepted | CallState::Dispatched)
-    }
-
-    /// The blobs the call names: its C2 input, its C1 output.
-    pub fn blobs(&self) -> Vec<BlobRef> {
-        let mut blobs = Vec::new();
-        if let Some(TaskMessage { task: Task::C2 { c1_out: Payload::Blob(blob) }, .. }) = self.task() {
-            blobs.push(blob.clone());
-        }
-        if let CallState::Resulted { outcome, .. } = &self.state {
-            if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = outcome.as_ref() {
-                blobs.push(blob.clone());
-            }
-        }
-        blobs
-    }
-}
 
 /// What the views need of a call: its identity, stage and state, without
 /// the task's inputs or the result's outputs.
@@ -159,20 +62,6 @@ pub struct CallRow {
     pub run: Option<RunRecord>,
     /// The digests of the blobs the call names.
     pub blobs: Vec<String>,
-}
-
-/// [`CallState`] without the outcome's outputs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum RowState {
-    Accepted,
-    Dispatched,
-    /// The farm answered; `error` when the outcome is a failure.
-    Resulted {
-        error: Option<String>,
-    },
-    Returned {
-        at_ms: u64,
-    },
 }
 
 impl CallRow {
@@ -196,17 +85,7 @@ impl From<&Call> for CallRow {
             attempt: task.map_or(1, |t| t.attempt),
             ticket_deadline_ms: task.and_then(|t| t.ticket_deadline_ms),
             arrived_at_ms: call.arrived_at_ms,
-            state: match &call.state {
-                CallState::Accepted => RowState::Accepted,
-                CallState::Dispatched => RowState::Dispatched,
-                CallState::Resulted { outcome, .. } => RowState::Resulted {
-                    error: match outcome.as_ref() {
-                        Outcome::Failed(err) => Some(err.message.clone()),
-                        _ => None,
-                    },
-                },
-                CallState::Returned { at_ms } => RowState::Returned { at_ms: *at_ms },
-            },
+            state: RowState::from(&call.state),
             holder: call.holder.clone(),
             queue: call.queue.clone(),
             run: call.run.clone(),
@@ -282,6 +161,15 @@ pub struct Location {
     /// The worker's file server, in worker-local storage.
     pub files_url: Option<String>,
     pub since_ms: u64,
+}
+
+/// What [`CallStore::open_or_attach`] did.
+#[derive(Debug)]
+pub enum Opened {
+    /// The call is recorded.
+    New,
+    /// An open call with the same inputs was there; nothing was recorded.
+    Attached(Box<Call>),
 }
 
 /// The store's trees, opened together; replaced as a whole when the store
@@ -533,20 +421,33 @@ impl CallStore {
         }
     }
 
-    /// Records a new call durably.
-    pub fn insert(&self, call: &Call) -> Result<()> {
+    /// Records a new call durably, unless a call not yet returned has the
+    /// same inputs (the miner re-issued it): then that call, untouched. The look-up and
+    /// the insert are one step under the store's write lock, so two
+    /// identical calls arriving together open one call.
+    pub fn open_or_attach(&self, call: &Call) -> Result<Opened> {
+        let _one_writer = self.write.lock().unwrap();
         let t = self.open_trees()?;
-        t.calls.insert(call.call_id.id.to_string().as_bytes(), serde_json::to_vec(call)?)?;
-        t.open_by_digest.insert(call.input_digest.as_bytes(), call.call_id.id.to_string().as_bytes())?;
+        if let Some(id) = t.open_by_digest.get(call.input_digest.as_bytes())? {
+            // Open, or with a result not yet returned: the miner gets that result.
+            if let Some(open) = t.get(&String::from_utf8_lossy(&id))? {
+                return Ok(Opened::Attached(Box::new(open)));
+            }
+        }
+        let id = call.call_id.id.to_string();
+        t.calls.insert(id.as_bytes(), serde_json::to_vec(call)?)?;
+        t.open_by_digest.insert(call.input_digest.as_bytes(), id.as_bytes())?;
         t.flush()?;
         self.index.lock().unwrap().record(call);
-        Ok(())
+        Ok(Opened::New)
     }
 
-    /// Opens a call again (a replayed dead letter): a re-issued call with
-    /// the same inputs will attach to it. False when another open call has
-    /// those inputs already (the miner re-issued it).
-    pub fn reopen(&self, call: &Call) -> Result<bool> {
+    /// Claims the digest index for a call about to be opened again (a
+    /// replayed dead letter), so that a re-issued call with the same inputs
+    /// attaches to it. False when another open call has those inputs
+    /// already (the miner re-issued it).
+    pub fn claim_digest(&self, call: &Call) -> Result<bool> {
+        let _one_writer = self.write.lock().unwrap();
         let id = call.call_id.id.to_string();
         let t = self.open_trees()?;
         let swapped =
@@ -560,9 +461,11 @@ impl CallStore {
 
     /// Forgets a call that never reached the broker (the miner got an error).
     pub fn remove(&self, call: &Call) -> Result<()> {
+        let _one_writer = self.write.lock().unwrap();
         let t = self.open_trees()?;
-        t.calls.remove(call.call_id.id.to_string().as_bytes())?;
-        t.open_by_digest.remove(call.input_digest.as_bytes())?;
+        let id = call.call_id.id.to_string();
+        t.calls.remove(id.as_bytes())?;
+        let _ = t.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
         t.flush()?;
         self.index.lock().unwrap().forget(call.call_id.id);
         Ok(())
@@ -572,44 +475,22 @@ impl CallStore {
         self.open_trees()?.get(id)
     }
 
-    /// Moves a call to `state`; a returned call leaves the digest index.
-    pub fn set_state(&self, id: &str, state: CallState) -> Result<Call> {
-        self.modify(id, |call| call.state = state)
-    }
-
-    /// Changes a stored call and returns it as stored.
-    pub fn modify(&self, id: &str, change: impl FnOnce(&mut Call)) -> Result<Call> {
-        let changed = self.update(id, |call| {
-            change(call);
-            true
-        })?;
-        Ok(changed.expect("an unconditional change"))
-    }
-
-    /// Changes a stored call if `change` says so (returns true), atomically
-    /// with respect to every other change; the call as stored, or None when
-    /// `change` declined (the call had moved on). A call that is returned
-    /// leaves the digest index.
-    pub fn update(&self, id: &str, change: impl FnOnce(&mut Call) -> bool) -> Result<Option<Call>> {
-        self.change(id, change, Flush::Now)
-    }
-
-    /// [`update`](Self::update) for a change that need not be on disk before
-    /// the bridge acts on it: sled writes it out within half a second, and a
-    /// crash before that loses only what the bridge makes good at start (a
-    /// dispatch mark: the task is published once more; a claim: the worker's
-    /// next event or heartbeat names it again; a Return mark: the Return is
-    /// made again and the miner says it has it).
-    pub fn update_soon(&self, id: &str, change: impl FnOnce(&mut Call) -> bool) -> Result<Option<Call>> {
-        self.change(id, change, Flush::Soon)
-    }
-
-    fn change(&self, id: &str, change: impl FnOnce(&mut Call) -> bool, flush: Flush) -> Result<Option<Call>> {
+    /// Applies a named change of the call's lifecycle (a method of [`Call`])
+    /// atomically with respect to every other change: the call as stored,
+    /// or the [`Stale`] refusal when it had moved on (nothing written). A
+    /// call that is returned leaves the digest index. With
+    /// [`Durability::Flushed`] the change is on disk when this returns.
+    pub fn apply(
+        &self,
+        id: &str,
+        durability: Durability,
+        change: impl FnOnce(&mut Call) -> Result<(), Stale>,
+    ) -> Result<Result<Call, Stale>> {
         let _one_writer = self.write.lock().unwrap();
         let t = self.open_trees()?;
         let mut call = t.get(id)?.with_context(|| format!("call {id} is not in the store"))?;
-        if !change(&mut call) {
-            return Ok(None);
+        if let Err(stale) = change(&mut call) {
+            return Ok(Err(stale));
         }
         call.updated_at_ms = now_ms();
         if let CallState::Returned { at_ms } = call.state {
@@ -619,11 +500,19 @@ impl CallStore {
                 t.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
         }
         t.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
-        if flush == Flush::Now {
+        if durability == Durability::Flushed {
             t.flush()?;
         }
         self.index.lock().unwrap().record(&call);
-        Ok(Some(call))
+        Ok(Ok(call))
+    }
+
+    /// Marks a call returned once the miner accepted the Return of the
+    /// result of `attempt`, on disk before this returns: a crash after the
+    /// miner's answer repeats the Return only if it falls within this one
+    /// fsync (lotus answers a repeat with "already reported", or parks it).
+    pub fn mark_returned(&self, id: &str, attempt: Option<u32>) -> Result<Result<Call, Stale>> {
+        self.apply(id, Durability::Flushed, |c| c.returned(attempt, now_ms()))
     }
 
     /// Puts a call back as it was (a control that could not complete); a
@@ -640,19 +529,6 @@ impl CallStore {
         t.flush()?;
         self.index.lock().unwrap().record(call);
         Ok(())
-    }
-
-    /// Marks a call whose task the broker confirmed as dispatched, unless
-    /// something (its result) came first.
-    pub fn confirm_dispatch(&self, id: &str, attempt: u32, queue: &str) -> Result<Option<Call>> {
-        self.update_soon(id, |c| {
-            if !matches!(c.state, CallState::Accepted) || c.task().map(|t| t.attempt) != Some(attempt) {
-                return false;
-            }
-            c.state = CallState::Dispatched;
-            c.queue = Some(queue.to_string());
-            true
-        })
     }
 
     /// Every call, oldest first.
@@ -732,9 +608,20 @@ impl CallStore {
 
 #[cfg(test)]
 mod tests {
-    use sealfarm_schemas::{RegisteredSealProof, SectorId};
+    use sealfarm_schemas::{CallId, RegisteredSealProof, SectorId};
 
     use super::*;
+
+    /// Puts a call in `state` directly (the fixtures of these tests).
+    fn set_state(store: &CallStore, id: &str, state: CallState) -> Call {
+        store
+            .apply(id, Durability::Flushed, |c| {
+                c.state = state;
+                Ok(())
+            })
+            .unwrap()
+            .unwrap()
+    }
 
     fn fetch_call(number: u64) -> Call {
         let sector =
@@ -762,16 +649,16 @@ mod tests {
         let store = CallStore::open(dir.path()).unwrap();
         let calls: Vec<Call> = (0..30).map(fetch_call).collect();
         for call in &calls {
-            store.insert(call).unwrap();
+            store.open_or_attach(call).unwrap();
         }
         let now = now_ms();
         // 0-9 returned 4 days ago, 10-19 an hour ago, 20-29 open.
         for (n, call) in calls.iter().enumerate().take(20) {
             let at_ms = if n < 10 { now - 4 * 86_400_000 } else { now - 3_600_000 };
-            store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms }).unwrap();
+            set_state(&store, &call.call_id.id.to_string(), CallState::Returned { at_ms });
         }
         // A returned call opened again (a replayed dead letter) is kept.
-        store.set_state(&calls[0].call_id.id.to_string(), CallState::Dispatched).unwrap();
+        set_state(&store, &calls[0].call_id.id.to_string(), CallState::Dispatched);
         let removed = store.prune(std::time::Duration::from_secs(3 * 86_400)).unwrap();
         assert_eq!(removed, 9);
         let left: Vec<u64> = store.all().unwrap().iter().map(|c| c.sector.id.number).collect();
@@ -796,11 +683,11 @@ mod tests {
         let mut calls: Vec<Call> = (0..6000).map(fetch_call).collect();
         for call in &mut calls {
             call.input_digest = format!("{}-{}", call.input_digest, "x".repeat(3000));
-            store.insert(call).unwrap();
+            store.open_or_attach(call).unwrap();
         }
         let long_ago = now_ms() - 4 * 86_400_000;
         for call in &calls[..5900] {
-            store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms: long_ago }).unwrap();
+            set_state(&store, &call.call_id.id.to_string(), CallState::Returned { at_ms: long_ago });
         }
         assert_eq!(store.prune(std::time::Duration::from_secs(86_400)).unwrap(), 5900);
         let before = store.disk_bytes();
@@ -814,7 +701,7 @@ mod tests {
         assert_eq!(other.all().unwrap().len(), 100);
         let open = &calls[5950];
         assert_eq!(other.open_call_with_digest(&open.input_digest).unwrap().unwrap().call_id, open.call_id);
-        other.set_state(&open.call_id.id.to_string(), CallState::Dispatched).unwrap();
+        set_state(&other, &open.call_id.id.to_string(), CallState::Dispatched);
         drop((store, other));
         let store = CallStore::open(dir.path()).unwrap();
         assert_eq!(store.unreturned().unwrap().len(), 100);
@@ -832,11 +719,11 @@ mod tests {
             let store = CallStore::open(dir.path()).unwrap();
             let calls: Vec<Call> = (0..total).map(fetch_call).collect();
             for call in &calls {
-                store.insert(call).unwrap();
+                store.open_or_attach(call).unwrap();
             }
             // All but the last three are returned, oldest first.
             for (n, call) in calls.iter().enumerate().take(total as usize - 3) {
-                store.set_state(&call.call_id.id.to_string(), CallState::Returned { at_ms: 1_000 + n as u64 }).unwrap();
+                set_state(&store, &call.call_id.id.to_string(), CallState::Returned { at_ms: 1_000 + n as u64 });
             }
             let rows = store.rows(false).unwrap();
             assert_eq!(rows.len(), RETURNED_KEPT + 3);
@@ -846,7 +733,7 @@ mod tests {
             assert_eq!(store.rows(true).unwrap().len(), total as usize);
             // A returned call taken up again (a replayed dead letter) is open again.
             let again = calls[total as usize - 4].call_id.id.to_string();
-            store.set_state(&again, CallState::Dispatched).unwrap();
+            set_state(&store, &again, CallState::Dispatched);
             let row = store.row(calls[total as usize - 4].call_id.id).unwrap();
             assert_eq!(row.state, RowState::Dispatched);
             calls.iter().map(|c| c.call_id.id.to_string()).collect()
@@ -861,5 +748,80 @@ mod tests {
             let call = store.get(&row.call_id.to_string()).unwrap().unwrap();
             assert_eq!(*row, CallRow::from(&call));
         }
+    }
+
+    /// Two identical calls arriving together open one call: the look-up of
+    /// a call with the same inputs and the insert are one step.
+    #[test]
+    fn identical_calls_arriving_together_open_one_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CallStore::open(dir.path()).unwrap();
+        let rounds = 20;
+        for round in 0..rounds {
+            let barrier = Arc::new(std::sync::Barrier::new(8));
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (store, barrier) = (store.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        let call = fetch_call(round);
+                        barrier.wait();
+                        match store.open_or_attach(&call).unwrap() {
+                            Opened::New => call.call_id,
+                            Opened::Attached(open) => open.call_id,
+                        }
+                    })
+                })
+                .collect();
+            let ids: std::collections::HashSet<CallId> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(ids.len(), 1, "round {round}: {} calls opened for one set of inputs", ids.len());
+        }
+        assert_eq!(store.unreturned().unwrap().len(), rounds as usize);
+    }
+
+    /// A bridge killed (SIGKILL) right after the miner accepted Returns does
+    /// not return those calls again: each mark is on disk before the bridge
+    /// moves on. The child process marks 40 calls returned and kills itself.
+    #[test]
+    fn returned_marks_survive_sigkill() {
+        const CHILD: &str = "SEALFARM_TEST_RETURNED_MARKS_DIR";
+        let calls: Vec<Call> = (0..40).map(fetch_call).collect();
+        if let Ok(dir) = std::env::var(CHILD) {
+            let store = CallStore::open(Path::new(&dir)).unwrap();
+            let ids: Vec<String> = store.all().unwrap().iter().map(|c| c.call_id.id.to_string()).collect();
+            for id in &ids {
+                store.mark_returned(id, Some(1)).unwrap().unwrap();
+            }
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            unreachable!("killed");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = CallStore::open(dir.path()).unwrap();
+            for call in &calls {
+                store.open_or_attach(call).unwrap();
+                let id = call.call_id.id.to_string();
+                let run = RunRecord {
+                    worker: "w-a".into(),
+                    attempt: 1,
+                    started_at_ms: 1,
+                    finished_at_ms: 2,
+                    error: None,
+                    dead: false,
+                };
+                let outcome = sealfarm_schemas::Outcome::Done(sealfarm_schemas::StageOutput::Fin {});
+                store.apply(&id, Durability::Flushed, |c| c.result(outcome, run)).unwrap().unwrap();
+            }
+        }
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "calls::store::tests::returned_marks_survive_sigkill", "--test-threads", "1"])
+            .env(CHILD, dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "the child must die by SIGKILL after marking: {status}");
+        let store = CallStore::open(dir.path()).unwrap();
+        let unreturned = store.unreturned().unwrap();
+        assert!(unreturned.is_empty(), "{} of 40 calls would be returned again after the restart", unreturned.len());
     }
 }

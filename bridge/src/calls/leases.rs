@@ -26,8 +26,9 @@ use sealfarm_schemas::topology;
 use sealfarm_schemas::{EventKind, EventMessage};
 use uuid::Uuid;
 
-use crate::call_store::{Call, CallState, Holder, RowState};
-use crate::calls::{consume, Calls};
+use crate::calls::store::{Call, CallState, Durability, RowState};
+use crate::calls::Calls;
+use crate::consume::consume;
 use crate::farm::WorkerView;
 
 /// What the bridge knows of a held call.
@@ -204,14 +205,8 @@ impl Leases {
             return Ok(());
         }
         if call.holder.as_ref().is_none_or(|h| h.worker != worker || h.attempt != attempt) {
-            let holder = Holder { worker: worker.to_string(), attempt, since_ms: now_ms() };
-            self.calls.store.update_soon(&call_id.to_string(), |c| {
-                let current = c.is_open() && c.task().map(|t| t.attempt) == Some(attempt);
-                if current {
-                    c.holder = Some(holder);
-                }
-                current
-            })?;
+            let id = call_id.to_string();
+            let _ = self.calls.store.apply(&id, Durability::Lazy, |c| c.claim(worker, attempt, now_ms()))?;
         }
         let mut held = self.held.lock().unwrap();
         let lease = held.entry(call_id).or_insert_with(|| Lease {
