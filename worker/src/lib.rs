@@ -2,12 +2,13 @@
 //! Filecoin proofs (`filecoin-proofs-api`) on this machine.
 //!
 //! * [`service`] — consume, claim, run, publish (the worker's main loop);
+//!   a job's lifecycle (`service::job`) and its durable record
+//!   (`service::job_store`, sled);
 //! * [`executor`] — the child process that runs the proofs, restarted after a
 //!   library panic;
 //! * [`proofs`] — each stage as the library call lotus makes;
 //! * [`payloads`], [`bridge_client`] — C1 outputs, C2 inputs and piece data,
 //!   which travel over HTTP to and from the bridge, never on the broker;
-//! * [`job_store`] — the durable record of claimed jobs (sled);
 //! * [`bench`] — the same execution code, timed, without a broker;
 //! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
 //! * [`sector_files`] — the lotus layout of a sealing path;
@@ -19,7 +20,6 @@ pub mod budget;
 pub mod executor;
 pub mod files;
 pub mod hardware;
-pub mod job_store;
 pub mod layers;
 pub mod metrics;
 pub mod paramgen;

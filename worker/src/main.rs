@@ -10,8 +10,9 @@ use sealfarm_schemas::{broker, shutdown};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize, Stage};
 use sealfarm_worker::bridge_client::BridgeClient;
 use sealfarm_worker::sector_files::SealingPath;
+use sealfarm_worker::service::job_store;
 use sealfarm_worker::service::{self, FilesConfig, OnStop, WorkerConfig};
-use sealfarm_worker::{bench, executor, hardware, job_store, paramgen, params, proofs, resources, warm_up};
+use sealfarm_worker::{bench, executor, hardware, paramgen, params, proofs, resources, warm_up};
 
 /// A sealfarm worker: takes Filecoin sealing tasks from RabbitMQ and runs the
 /// real proofs on this machine.

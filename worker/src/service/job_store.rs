@@ -7,56 +7,15 @@
 //! confirmed its result; done records make a redelivered task a no-op.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{ResultMessage, TaskMessage};
-use serde::{Deserialize, Serialize};
 
 use crate::layers::LayerRecord;
 
-/// Where a job is in its life on this worker.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum JobState {
-    /// Recorded and acknowledged; not finished. `runs` counts the times a
-    /// run of it was started (a job that keeps killing the worker stops).
-    Claimed { runs: u32 },
-    /// Computed; the result is not yet confirmed by the broker.
-    Finished { result: Box<ResultMessage> },
-    /// The broker confirmed the result.
-    Done { finished_at_ms: u64 },
-    /// Given back without a result (SIGTERM with `--on-stop redispatch`):
-    /// the bridge dispatches it again; this worker does not resume it.
-    Released { at_ms: u64, reason: String },
-    /// The bridge dispatched this call again (this attempt's lease expired):
-    /// not resumed here, and its result, if one comes, is discarded.
-    Superseded { at_ms: u64, reason: String },
-}
-
-impl JobState {
-    /// Whether the job still needs this worker (to run it or publish its result).
-    pub fn is_open(&self) -> bool {
-        matches!(self, JobState::Claimed { .. } | JobState::Finished { .. })
-    }
-}
-
-/// One job: the task as it arrived and where it stands.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub task: TaskMessage,
-    pub claimed_at_ms: u64,
-    pub updated_at_ms: u64,
-    #[serde(flatten)]
-    pub state: JobState,
-    /// PC1: the layers finished so far, with their checksums.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub layers: Vec<LayerRecord>,
-    /// What happened to the job on this worker, one line per event
-    /// ("run 2: layer 1 verified and kept", …).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<String>,
-}
+pub use super::job::{JobRecord, JobState, Stale};
 
 /// What [`JobStore::claim`] found.
 #[derive(Debug)]
@@ -74,6 +33,10 @@ const DRAINED_KEY: &[u8] = b"drained";
 pub struct JobStore {
     db: sled::Db,
     jobs: sled::Tree,
+    /// Serialises read-change-write of a job: the run loop, the PC1 layer
+    /// watcher and control messages (supersede) change jobs from different
+    /// tasks.
+    changes: Arc<Mutex<()>>,
 }
 
 impl JobStore {
@@ -89,7 +52,7 @@ impl JobStore {
             })
         })?;
         let jobs = db.open_tree("jobs")?;
-        Ok(JobStore { db, jobs })
+        Ok(JobStore { db, jobs, changes: Default::default() })
     }
 
     /// Removes the records of jobs that ended (done, released, superseded)
@@ -130,54 +93,66 @@ impl JobStore {
 
     /// Records a new job durably, or reports what is known of it already.
     pub fn claim(&self, task: &TaskMessage) -> Result<Claim> {
+        let _one_writer = self.changes.lock().unwrap();
         let key = task.job_key();
         if let Some(existing) = self.get(&key)? {
             return Ok(Claim::Known(existing.state));
         }
-        let now = now_ms();
-        let record = JobRecord {
-            task: task.clone(),
-            claimed_at_ms: now,
-            updated_at_ms: now,
-            state: JobState::Claimed { runs: 0 },
-            layers: Vec::new(),
-            history: Vec::new(),
-        };
-        self.put(&key, &record)?;
+        self.put(&key, &JobRecord::claimed(task.clone(), now_ms()))?;
         Ok(Claim::New)
+    }
+
+    /// Applies a named change of the job's lifecycle (a method of
+    /// [`JobRecord`]) atomically with respect to every other change, and
+    /// flushes it; the value the change gave, or the [`Stale`] refusal when
+    /// the job had moved on (nothing written).
+    pub fn apply<T>(
+        &self,
+        key: &str,
+        change: impl FnOnce(&mut JobRecord) -> Result<T, Stale>,
+    ) -> Result<Result<T, Stale>> {
+        self.apply_with(key, true, change)
+    }
+
+    fn apply_with<T>(
+        &self,
+        key: &str,
+        flush: bool,
+        change: impl FnOnce(&mut JobRecord) -> Result<T, Stale>,
+    ) -> Result<Result<T, Stale>> {
+        let _one_writer = self.changes.lock().unwrap();
+        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
+        let value = match change(&mut record) {
+            Ok(value) => value,
+            Err(stale) => return Ok(Err(stale)),
+        };
+        record.updated_at_ms = now_ms();
+        self.write(key, &record)?;
+        if flush {
+            // fsync before anything that depends on this record (an ack, a publish).
+            self.flush()?;
+        }
+        Ok(Ok(value))
     }
 
     /// Counts one more start of a claimed job and returns how many there were
     /// (0: the job is not claimed here any more).
     pub fn start_run(&self, key: &str) -> Result<u32> {
-        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
-        let runs = match &mut record.state {
-            JobState::Claimed { runs } => {
-                *runs += 1;
-                *runs
-            }
-            _ => return Ok(0),
-        };
-        self.update(key, record)?;
-        Ok(runs)
+        Ok(self.apply(key, JobRecord::start_run)?.unwrap_or(0))
     }
 
     /// Takes back the count of a run that was stopped on purpose (worker
     /// shutdown), so that only crashes count towards giving up.
     pub fn forgive_run(&self, key: &str) -> Result<()> {
-        self.modify(key, |record| {
-            if let JobState::Claimed { runs } = &mut record.state {
-                *runs = runs.saturating_sub(1);
-            }
-        })
+        let _ = self.apply(key, JobRecord::forgive_run)?;
+        Ok(())
     }
 
-    /// Stores a job's result before it is published.
-    pub fn finish(&self, result: &ResultMessage) -> Result<()> {
+    /// Stores a job's result before it is published; Stale when the job was
+    /// released or superseded meanwhile (the result is then discarded).
+    pub fn finish(&self, result: &ResultMessage) -> Result<Result<(), Stale>> {
         let key = format!("{}/{}", result.call_id, result.attempt);
-        let mut record = self.get(&key)?.with_context(|| format!("job {key} is not in the store"))?;
-        record.state = JobState::Finished { result: Box::new(result.clone()) };
-        self.update(&key, record)
+        self.apply(&key, |record| record.finish(result.clone()))
     }
 
     /// Marks a job done once the broker confirmed its result. Not flushed:
@@ -185,10 +160,8 @@ impl JobStore {
     /// crash before that only publishes the result once more at start (the
     /// bridge keeps the first).
     pub fn done(&self, key: &str) -> Result<()> {
-        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
-        record.state = JobState::Done { finished_at_ms: now_ms() };
-        record.updated_at_ms = now_ms();
-        self.write(key, &record)
+        let _ = self.apply_with(key, false, |record| record.done(now_ms()))?;
+        Ok(())
     }
 
     /// Replaces the job's layer records (after a resume check).
@@ -210,21 +183,30 @@ impl JobStore {
         self.modify(key, |record| record.history.push(line))
     }
 
-    /// Ends a claimed job without a result (released or superseded); a job
-    /// already finished keeps its state. Returns whether it was claimed.
-    pub fn drop_claim(&self, key: &str, state: JobState) -> Result<bool> {
-        let Some(record) = self.get(key)? else { return Ok(false) };
-        if !matches!(record.state, JobState::Claimed { .. }) {
-            return Ok(false);
-        }
-        self.modify(key, |record| record.state = state)?;
-        Ok(true)
+    /// Ends a claimed job without a result: given back to the bridge.
+    /// Whether it was claimed (a finished job keeps its result).
+    pub fn release(&self, key: &str, reason: String) -> Result<bool> {
+        Ok(self.apply(key, |record| record.release(reason, now_ms()))?.is_ok())
     }
 
+    /// Ends a claimed job without a result: the bridge dispatched its call
+    /// again. Whether it was claimed (a finished job keeps its result).
+    pub fn supersede(&self, key: &str, reason: String) -> Result<bool> {
+        Ok(self.apply(key, |record| record.supersede(reason, now_ms()))?.is_ok())
+    }
+
+    /// Whether the job was superseded (its result, if one comes, is discarded).
+    pub fn is_superseded(&self, key: &str) -> bool {
+        matches!(self.get(key), Ok(Some(JobRecord { state: JobState::Superseded { .. }, .. })))
+    }
+
+    /// Changes what a job records besides its state (layers, history).
     fn modify(&self, key: &str, change: impl FnOnce(&mut JobRecord)) -> Result<()> {
-        let mut record = self.get(key)?.with_context(|| format!("job {key} is not in the store"))?;
-        change(&mut record);
-        self.update(key, record)
+        let _ = self.apply(key, |record| {
+            change(record);
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Writes out everything stored so far (also what [`done`](Self::done) left unflushed).
@@ -235,6 +217,7 @@ impl JobStore {
 
     /// Drops a job whose claim did not take (its delivery could not be acknowledged).
     pub fn forget(&self, key: &str) -> Result<()> {
+        let _one_writer = self.changes.lock().unwrap();
         self.jobs.remove(key.as_bytes())?;
         self.flush()
     }
@@ -273,11 +256,6 @@ impl JobStore {
             .collect()
     }
 
-    fn update(&self, key: &str, mut record: JobRecord) -> Result<()> {
-        record.updated_at_ms = now_ms();
-        self.put(key, &record)
-    }
-
     fn put(&self, key: &str, record: &JobRecord) -> Result<()> {
         self.write(key, record)?;
         // fsync before anything that depends on this record (an ack, a publish).
@@ -301,6 +279,25 @@ mod tests {
         TaskMessage::new(sector, Task::Fin {})
     }
 
+    /// Finishes a claimed job and marks it done, as the service does once
+    /// the broker confirmed its result.
+    fn finish_and_done(store: &JobStore, task: &TaskMessage) {
+        let result = ResultMessage {
+            schema: sealfarm_schemas::SCHEMA_VERSION,
+            call_id: task.call_id,
+            attempt: task.attempt,
+            sector: task.sector,
+            stage: task.stage(),
+            worker: "w-a".into(),
+            storage_id: None,
+            started_at_ms: 1,
+            finished_at_ms: 2,
+            outcome: sealfarm_schemas::Outcome::Done(sealfarm_schemas::StageOutput::Fin {}),
+        };
+        store.finish(&result).unwrap().unwrap();
+        store.done(&task.job_key()).unwrap();
+    }
+
     #[test]
     fn a_claimed_job_survives_reopening_and_is_claimed_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -316,7 +313,7 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(store.unfinished().unwrap().len(), 1);
-        store.done(&task.job_key()).unwrap();
+        finish_and_done(&store, &task);
         assert!(store.unfinished().unwrap().is_empty());
         assert!(matches!(store.claim(&task).unwrap(), Claim::Known(JobState::Done { .. })));
     }
@@ -329,12 +326,49 @@ mod tests {
         let (ended, open) = (task(), task());
         store.claim(&ended).unwrap();
         store.claim(&open).unwrap();
-        store.done(&ended.job_key()).unwrap();
+        finish_and_done(&store, &ended);
         let hour = std::time::Duration::from_secs(3600);
         assert_eq!(store.prune(hour).unwrap(), 0, "a job that ended just now is kept");
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(store.prune(std::time::Duration::from_millis(10)).unwrap(), 1);
         assert!(store.get(&ended.job_key()).unwrap().is_none());
         assert_eq!(store.unfinished().unwrap().len(), 1, "the open job is kept");
+    }
+
+    /// A supersede that lands while the PC1 layer watcher records a layer is
+    /// never written back to `claimed` by the watcher's read-change-write
+    /// (which would resume the dropped attempt after a restart). The
+    /// watcher's change is held open until the supersede has been issued.
+    #[test]
+    fn a_supersede_racing_a_layer_update_is_never_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(dir.path()).unwrap();
+        let task = task();
+        let key = task.job_key();
+        store.claim(&task).unwrap();
+        let (entered, in_change) = std::sync::mpsc::channel();
+        let watcher = {
+            let (store, key) = (store.clone(), key.clone());
+            std::thread::spawn(move || {
+                // What `add_layers` does, with the change held open a moment.
+                store
+                    .apply(&key, |record| {
+                        entered.send(()).unwrap();
+                        std::thread::sleep(std::time::Duration::from_millis(200));
+                        record.history.push("run 1: layer 1 computed".into());
+                        Ok(())
+                    })
+                    .unwrap()
+                    .unwrap();
+            })
+        };
+        in_change.recv().unwrap();
+        let superseded = store.supersede(&key, "attempt 2 was dispatched".into()).unwrap();
+        watcher.join().unwrap();
+        assert!(superseded);
+        let record = store.get(&key).unwrap().unwrap();
+        assert!(matches!(record.state, JobState::Superseded { .. }), "written back to {:?}", record.state);
+        assert_eq!(record.history, ["run 1: layer 1 computed"]);
+        assert!(store.unfinished().unwrap().is_empty(), "no dropped attempt resumes at the next start");
     }
 }

@@ -1,7 +1,7 @@
 //! The worker service: consume the stage queues this worker serves, claim
 //! each task durably, run it, publish its result.
 //!
-//! Life of a task here (DESIGN.md, "Life of a call"):
+//! Life of a task here (docs/ARCHITECTURE.md, "The life of a call"):
 //! 1. a delivery arrives on a stage queue or on this worker's own queue;
 //! 2. it is parsed and checked — a task that can never run is dead-lettered
 //!    with a readable reason (and, when its call is known, a failed result is
@@ -18,7 +18,10 @@
 //! finish within the grace period, and leaves the rest claimed for the next
 //! start.
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod job;
+pub mod job_store;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,9 +42,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use self::job::Held;
+use self::job_store::{Claim, JobState, JobStore};
 use crate::budget::{Budget, Need};
 use crate::executor::Executor;
-use crate::job_store::{Claim, JobState, JobStore};
 use crate::layers::{self, LayerRecord};
 use crate::proofs;
 use crate::sector_files::SealingPath;
@@ -162,10 +166,9 @@ struct Worker {
     slots: BTreeMap<(Stage, SectorSize), Arc<Semaphore>>,
     /// The machine's memory, cores and GPUs, shared by all running jobs.
     budget: Arc<Budget>,
-    /// Jobs this worker holds (claimed, running or waiting for a slot), by job key.
-    running: Mutex<BTreeMap<String, RunningJob>>,
-    /// Held jobs the bridge dispatched again: their results are discarded.
-    superseded: Mutex<BTreeSet<String>>,
+    /// Jobs this worker holds (claimed, running or waiting for a slot): a
+    /// view of the claimed jobs, for heartbeats and metrics.
+    held: Held,
     /// False while the operator has the worker drained: the stage queues are
     /// not consumed (its own queue is: tasks bound to its files, controls).
     enabled: tokio::sync::watch::Sender<bool>,
@@ -207,8 +210,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         config,
         store,
         link,
-        running: Mutex::new(BTreeMap::new()),
-        superseded: Mutex::new(BTreeSet::new()),
+        held: Held::default(),
         enabled: tokio::sync::watch::Sender::new(true),
         metrics: Arc::new(crate::metrics::Metrics::new()),
         last_heartbeat: Mutex::new(std::time::Instant::now()),
@@ -243,7 +245,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             }
             JobState::Claimed { .. } => {
                 tracing::info!(call_id = %record.task.call_id, sector = %record.task.sector.id, stage = %record.task.stage(), "resuming claimed job");
-                worker.hold(&record.task);
+                worker.held.hold(&record.task);
                 let worker = worker.clone();
                 let span = record.task.span();
                 jobs.spawn(
@@ -270,7 +272,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     if let Some(listener) = &worker.config.metrics_listener {
         let this = worker.clone();
         let now = move || crate::metrics::Now {
-            running: this.running.lock().unwrap().values().cloned().collect(),
+            running: this.held.list(),
             capacity: this.config.capacity.clone(),
             draining: !*this.enabled.borrow(),
             warming: !*this.warmed.borrow(),
@@ -295,7 +297,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
         }
     }
 
-    tracing::info!(running = worker.running.lock().unwrap().len(), grace = ?worker.config.shutdown_grace, "stopping: no new tasks");
+    tracing::info!(running = worker.held.len(), grace = ?worker.config.shutdown_grace, "stopping: no new tasks");
     let drained =
         tokio::time::timeout(worker.config.shutdown_grace, async { while jobs.join_next().await.is_some() {} }).await;
     if let Some(warm_up) = warm_up {
@@ -518,7 +520,7 @@ impl Worker {
         tracing::info!(call_id = %task.call_id, sector = %task.sector.id, stage = %task.stage(), attempt = task.attempt, queue, "claimed");
         let waited = now_ms().saturating_sub(task.issued_at_ms) as f64 / 1000.0;
         self.metrics.queue_wait.get_or_create(&crate::metrics::of_task(&task)).observe(waited);
-        self.hold(&task);
+        self.held.hold(&task);
         self.event(EventKind::Claim {
             call_id: task.call_id,
             attempt: task.attempt,
@@ -629,24 +631,6 @@ impl Worker {
         }
     }
 
-    /// Lists a claimed job in heartbeats (its lease is renewed) until it ends here.
-    fn hold(&self, task: &TaskMessage) {
-        let held = RunningJob {
-            call_id: task.call_id,
-            attempt: task.attempt,
-            sector: task.sector,
-            stage: task.stage(),
-            started_at_ms: now_ms(),
-            running_since_ms: None,
-            progress: None,
-        };
-        self.running.lock().unwrap().insert(task.job_key(), held);
-    }
-
-    fn is_superseded(&self, key: &str) -> bool {
-        self.superseded.lock().unwrap().contains(key)
-    }
-
     async fn run_job(self: &Arc<Self>, task: TaskMessage, permit: OwnedSemaphorePermit) {
         let key = task.job_key();
         // Its share of the machine, in lotus' order among waiting jobs.
@@ -668,24 +652,20 @@ impl Worker {
             _ = stop.wait() => return, // stays held: released or resumed per --on-stop
         };
         let started = now_ms();
-        if let Some(job) = self.running.lock().unwrap().get_mut(&key) {
-            job.running_since_ms = Some(started);
-        }
+        self.held.running(&key, started);
         let outcome = self.execute(&key, &task).await;
         drop(grant);
         drop(permit);
         let Some(outcome) = outcome else {
             // Superseded (dropped), or stopping: then it stays held, for
             // `release_held` to give back or keep for the next start.
-            if !self.shutdown.is_set() || self.is_superseded(&key) {
-                self.running.lock().unwrap().remove(&key);
+            if !self.shutdown.is_set() || self.store.is_superseded(&key) {
+                self.held.end(&key);
             }
             return;
         };
-        if self.is_superseded(&key) {
-            self.metrics.job_ended(task.stage(), &task.sector, "superseded");
-            tracing::info!(call_id = %task.call_id, attempt = task.attempt, "job finished after it was dispatched again; result discarded");
-            self.running.lock().unwrap().remove(&key);
+        if self.store.is_superseded(&key) {
+            self.discard(&task);
             return;
         }
         let outcome = crate::payloads::keep_output(&self.config, outcome);
@@ -702,13 +682,26 @@ impl Worker {
             }
         }
         let result = self.result(&task, started, outcome);
-        if let Err(err) = self.store.finish(&result) {
-            tracing::error!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot store the result; publishing it anyway");
+        match self.store.finish(&result) {
+            Ok(Ok(())) => {}
+            // Superseded (or released) while it ended: the bridge has another attempt.
+            Ok(Err(_moved_on)) => return self.discard(&task),
+            Err(err) => {
+                tracing::error!(call_id = %task.call_id, error = %format!("{err:#}"), "cannot store the result; publishing it anyway")
+            }
         }
-        self.running.lock().unwrap().remove(&key);
+        self.held.end(&key);
         self.publish_result(&key, result).await;
         // Watchers see the freed share of the machine at once.
         self.heartbeat_soon().await;
+    }
+
+    /// A job that finished after the bridge dispatched its call again: its
+    /// result is not published.
+    fn discard(&self, task: &TaskMessage) {
+        self.metrics.job_ended(task.stage(), &task.sector, "superseded");
+        tracing::info!(call_id = %task.call_id, attempt = task.attempt, "job finished after it was dispatched again; result discarded");
+        self.held.end(&task.job_key());
     }
 
     /// Returns once `stage` is warm: at once for a stage the warm-up is not
@@ -827,7 +820,7 @@ impl Worker {
     async fn execute_resolved(self: &Arc<Self>, key: &str, task: &TaskMessage) -> Option<Outcome> {
         let mut first = true;
         loop {
-            if self.is_superseded(key) || self.shutdown.is_set() {
+            if self.store.is_superseded(key) || self.shutdown.is_set() {
                 return None;
             }
             let runs = match self.store.start_run(key) {
@@ -977,9 +970,7 @@ impl Worker {
             bytes: layer.bytes * u64::from(layer.layer),
             eta_s,
         };
-        if let Some(job) = self.running.lock().unwrap().get_mut(&task.job_key()) {
-            job.progress = Some(progress);
-        }
+        self.held.progress(&task.job_key(), progress);
         self.event(EventKind::Progress {
             call_id: task.call_id,
             attempt: task.attempt,
@@ -1032,8 +1023,7 @@ impl Worker {
         match message.control {
             Control::Supersede { call_id, attempt, reason } => {
                 let key = format!("{call_id}/{attempt}");
-                let state = JobState::Superseded { at_ms: now_ms(), reason: reason.clone() };
-                match self.store.drop_claim(&key, state) {
+                match self.store.supersede(&key, reason.clone()) {
                     Ok(true) => {
                         tracing::warn!(%call_id, attempt, reason, "this attempt was dispatched again elsewhere; dropping it")
                     }
@@ -1042,14 +1032,10 @@ impl Worker {
                         tracing::error!(%call_id, error = %format!("{err:#}"), "cannot record a superseded job")
                     }
                 }
-                self.superseded.lock().unwrap().insert(key.clone());
                 // A job still computing stays listed (it holds its share of the
                 // machine) until it ends; its result is discarded then.
-                let mut running = self.running.lock().unwrap();
-                if running.get(&key).is_some_and(|j| j.running_since_ms.is_none()) {
-                    if let Some(job) = running.remove(&key) {
-                        self.metrics.job_ended(job.stage, &job.sector, "superseded");
-                    }
+                if let Some(job) = self.held.end_if_waiting(&key) {
+                    self.metrics.job_ended(job.stage, &job.sector, "superseded");
                 }
             }
             Control::Drain { reason } => {
@@ -1058,7 +1044,7 @@ impl Worker {
                 }
                 tracing::warn!(
                     reason,
-                    held = self.running.lock().unwrap().len(),
+                    held = self.held.len(),
                     "drained: no new tasks from the stage queues; finishing the held ones"
                 );
                 self.enabled.send_replace(false);
@@ -1076,8 +1062,7 @@ impl Worker {
     /// At stop, after the grace period: with `--on-stop redispatch`, gives
     /// every held job back to the bridge; otherwise they stay claimed.
     async fn release_held(&self) {
-        let held: Vec<(String, RunningJob)> =
-            self.running.lock().unwrap().iter().map(|(k, j)| (k.clone(), j.clone())).collect();
+        let held: Vec<(String, RunningJob)> = self.held.keyed();
         if self.config.on_stop == OnStop::Resume {
             if !held.is_empty() {
                 tracing::warn!(
@@ -1100,8 +1085,7 @@ impl Worker {
 
     /// Gives a claimed job back to the bridge, which dispatches it again at once.
     async fn release(&self, key: &str, call_id: uuid::Uuid, attempt: u32, reason: String) {
-        let state = JobState::Released { at_ms: now_ms(), reason: reason.clone() };
-        if !matches!(self.store.drop_claim(key, state), Ok(true)) {
+        if !matches!(self.store.release(key, reason.clone()), Ok(true)) {
             return;
         }
         if let Ok(Some(record)) = self.store.get(key) {
@@ -1179,7 +1163,7 @@ impl Worker {
         // not be published after one that read it after (the warm-up's end).
         let _one = self.heartbeat_lock.lock().await;
         *self.last_heartbeat.lock().unwrap() = std::time::Instant::now();
-        let running = self.running.lock().unwrap().values().cloned().collect();
+        let running = self.held.list();
         let draining = !*self.enabled.borrow();
         let warming = self.warming.lock().unwrap().clone();
         self.event(EventKind::Heartbeat {

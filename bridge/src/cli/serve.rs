@@ -1,0 +1,231 @@
+//! `sealfarm-bridge run`: open the state directory, wire the parts together
+//! (call store, blobs, piece inbox, miner client, broker link, worker API,
+//! operators' API), register with the miner and serve its calls until
+//! SIGTERM/Ctrl-C; and the background loops alongside (results, dead
+//! letters, lease events and expiry, pruning the call store).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use sealfarm_schemas::broker::{self, BrokerLink};
+use sealfarm_schemas::shutdown;
+
+use super::RunArgs;
+use crate::blobs::{self, BlobApi, Blobs};
+use crate::calls::leases::Leases;
+use crate::calls::store::CallStore;
+use crate::calls::Calls;
+use crate::miner::api_info::MinerApiInfo;
+use crate::miner::client::Miner;
+use crate::miner::pieces::PieceInbox;
+use crate::miner::storage::StoragePath;
+use crate::miner::worker_api::{self, Api};
+use crate::ops::dead_letters::DeadLetters;
+use crate::ops::metrics::Metrics;
+use crate::ops::queues::QueueWatch;
+use crate::ops::snapshot::StatusSource;
+use crate::ops::{self, Ops, Tokens};
+use crate::workers::Farm;
+
+pub(crate) async fn run(args: RunArgs) -> Result<()> {
+    let info = MinerApiInfo::parse(&args.miner_api_info)?;
+    let storage = args
+        .storage
+        .iter()
+        .map(|p| StoragePath::open(p).with_context(|| format!("cannot use storage path {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    let advertised = advertised_address(&args.listen, &info).await?;
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
+    });
+    let store = CallStore::open(&state_dir)?;
+    let mut tokens = Tokens::load_or_create(&state_dir)?;
+    if let Some(token) = &args.worker_token {
+        tokens.worker = token.clone();
+    }
+    let blobs = Arc::new(Blobs::open(&state_dir, args.max_request_size)?);
+    let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
+    let (trigger, shutdown) = shutdown::channel();
+    let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
+    let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
+    link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
+    let metrics = Arc::new(Metrics::new());
+    let calls = Arc::new(Calls {
+        store,
+        blobs: blobs.clone(),
+        link: link.clone(),
+        miner: miner.clone(),
+        shutdown: shutdown.clone(),
+        ticket_window: args.pc1_ticket_window,
+        farm: Arc::new(Farm::new(args.lease_timeout)),
+        shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
+        metrics: metrics.clone(),
+        return_failures: Default::default(),
+        pieces: pieces.clone(),
+        large_returns: tokio::sync::Semaphore::new(1),
+    });
+    let ops = Arc::new(Ops {
+        calls: calls.clone(),
+        status: StatusSource {
+            hostname: hostname(),
+            started_at_ms: sealfarm_schemas::messages::now_ms(),
+            lease_timeout: args.lease_timeout,
+            queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
+        },
+        tokens: tokens.clone(),
+        dead_letters: DeadLetters::new(),
+        metrics,
+    });
+    let leases = Leases::new(calls.clone(), args.lease_timeout)?;
+    let api = Arc::new(Api {
+        session: uuid::Uuid::new_v4(),
+        hostname: hostname(),
+        calls: calls.clone(),
+        miner: miner.clone(),
+        pieces: pieces.clone(),
+        limits: args.max_concurrent.clone(),
+        files_token: args.files_token.clone(),
+        max_request_size: args.max_request_size,
+        large_requests: tokio::sync::Semaphore::new(1),
+        files_client: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("building the HTTP client for workers' file servers")?,
+    });
+    let blob_api = Arc::new(BlobApi {
+        blobs,
+        worker_token: tokens.worker.clone(),
+        admin_token: tokens.admin.clone(),
+        pieces: pieces.clone(),
+    });
+    eprintln!("sealfarm-bridge");
+    eprintln!("  miner        {}", info.url);
+    eprintln!("  listen       {} (advertised as http://{advertised})", args.listen);
+    eprintln!("  broker       {}", broker::redact(&args.amqp_url));
+    eprintln!("  state dir    {}", state_dir.display());
+    eprintln!(
+        "  leases       {} without a sign of life, then dispatched again",
+        humantime::format_duration(args.lease_timeout)
+    );
+    eprintln!("  retention    returned calls kept {}", humantime::format_duration(args.retain_returned));
+    for path in &miner.storage {
+        eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
+    }
+    // Where the operator commands on this host find the bridge.
+    let local = if args.listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), args.listen.port())
+    } else {
+        args.listen
+    };
+    let api_file = state_dir.join("api");
+    std::fs::write(&api_file, format!("http://{local}\n"))
+        .with_context(|| format!("cannot write {}", api_file.display()))?;
+    eprintln!("  dashboard    http://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
+    eprintln!("  metrics      http://{local}/metrics");
+    eprintln!(
+        "  workers      sealfarm-worker run --bridge http://{advertised} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
+        if args.worker_token.is_some() { "SEALFARM_WORKER_TOKEN".to_string() } else { state_dir.join("token-worker").display().to_string() },
+        args.max_request_size
+    );
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mut server_shutdown = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, worker_api::router(api).merge(ops::router(ops)).merge(blobs::router(blob_api)))
+            .with_graceful_shutdown(async move { server_shutdown.wait().await })
+            .await
+    });
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("signal received; stopping");
+        trigger.fire();
+    });
+
+    miner.check_version(&shutdown).await?;
+    miner.attach_storage().await?;
+    calls.redeliver_pending().await?;
+    tokio::spawn(calls.clone().consume_results());
+    tokio::spawn(calls.clone().consume_dead_letters());
+    tokio::spawn(leases.clone().consume_events());
+    tokio::spawn(leases.clone().expire());
+    tokio::spawn(prune_returned(calls.clone(), args.retain_returned));
+    let session = miner.connect().await?;
+    let keeper = {
+        let miner = miner.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { miner.keep_registered(session, shutdown).await })
+    };
+    let _ = server.await;
+    keeper.abort();
+    // The marks written without a flush (dispatched, claimed, returned) are
+    // on disk before a clean stop ends.
+    if let Err(err) = calls.store.flush() {
+        tracing::error!(error = %format!("{err:#}"), "cannot flush the call store at stop");
+    }
+    link.close().await;
+    Ok(())
+}
+
+/// Removes calls returned longer than `retain` ago, at start and hourly (a
+/// quarter of a shorter retention); then, when the store grew by a quarter
+/// since it was last looked at, rewrites it if its live records are a
+/// small part of it (sled does not give the space of removed records back).
+async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
+    let mut looked_at_size = 0u64;
+    loop {
+        let store = calls.store.clone();
+        match tokio::task::spawn_blocking(move || store.prune(retain)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(removed)) => tracing::info!(removed, "calls returned long ago removed from the call store"),
+            Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the call store"),
+            Err(err) => tracing::warn!(error = %err, "cannot prune the call store"),
+        }
+        let on_disk = calls.store.disk_bytes();
+        if on_disk > 16 << 20 && on_disk > looked_at_size + looked_at_size / 4 {
+            let store = calls.store.clone();
+            let started = std::time::Instant::now();
+            match tokio::task::spawn_blocking(move || store.compact()).await {
+                Ok(Ok(Some((before, after)))) => {
+                    let took_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(before_mib = before >> 20, after_mib = after >> 20, took_ms, "call store rewritten");
+                    looked_at_size = after;
+                }
+                Ok(Ok(None)) => looked_at_size = on_disk,
+                Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "cannot rewrite the call store"),
+                Err(err) => tracing::error!(error = %err, "cannot rewrite the call store"),
+            }
+        }
+        // Hourly; more often for a short retention.
+        let every = (retain / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+        if calls.shutdown.wait_for(every).await {
+            return;
+        }
+    }
+}
+
+/// The address the miner reaches the bridge at: the listen address, or, when
+/// that is unspecified (0.0.0.0), this host's address on the route to the miner.
+async fn advertised_address(listen: &SocketAddr, miner: &MinerApiInfo) -> Result<SocketAddr> {
+    if !listen.ip().is_unspecified() {
+        return Ok(*listen);
+    }
+    let stream = tokio::net::TcpStream::connect(&miner.address)
+        .await
+        .with_context(|| format!("cannot reach the miner at {} to find this host's address", miner.address))?;
+    Ok(SocketAddr::new(stream.local_addr()?.ip(), listen.port()))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "sealfarm-bridge".into())
+}
