@@ -1,5 +1,5 @@
 //! devminer: a lotus-miner stand-in that speaks the miner's side of the
-//! worker protocol (PROTOCOL.md §4–§9), for tests and the main job.
+//! worker protocol (docs/LOTUS.md §1–§10), for tests and the main job.
 //!
 //! It serves `POST /rpc/v0` with real HS256 JWTs (`AuthNew`/`AuthVerify`),
 //! `Version` (API 1.5.0), `Session`, the actor methods, the sector-index
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use sealfarm_bridge::rpc::{self, Request, RpcClient, RpcError};
+use crate::jsonrpc::{self, Client as RpcClient, Request, RpcError};
 use sealfarm_schemas::{CallId, SectorId, SectorRef};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -196,7 +196,7 @@ impl DevMiner {
         }
     }
 
-    async fn dispatch(self: &Arc<Self>, request: Request<'_>, perms: &[String]) -> Result<Value, RpcError> {
+    async fn dispatch(self: &Arc<Self>, request: Request, perms: &[String]) -> Result<Value, RpcError> {
         let name = request.method.strip_prefix("Filecoin.").unwrap_or("").to_string();
         let read_only = ["Version", "Session", "AuthVerify", "ActorAddress", "ActorSectorSize"];
         let need = if read_only.contains(&name.as_str()) { "read" } else { "admin" };
@@ -213,13 +213,13 @@ impl DevMiner {
                 Ok(json!(*self.session.lock().unwrap()))
             }
             "AuthNew" => {
-                let p = request.params(1)?;
-                let perms: Vec<String> = request.arg(&p, 0)?;
+                request.params(1)?;
+                let perms: Vec<String> = request.arg(0)?;
                 Ok(json!(self.mint(&perms.iter().map(String::as_str).collect::<Vec<_>>())))
             }
             "AuthVerify" => {
-                let p = request.params(1)?;
-                let token: String = request.arg(&p, 0)?;
+                request.params(1)?;
+                let token: String = request.arg(0)?;
                 self.verify(&token).map(|p| json!(p)).ok_or_else(|| RpcError::method("JWT Verification failed"))
             }
             "ActorAddress" => {
@@ -236,20 +236,20 @@ impl DevMiner {
                     "StorageDropSector" => 3,
                     _ => 2,
                 };
-                let params = values(&request.params(count)?);
+                let params = request.params(count)?.to_vec();
                 self.inner.lock().unwrap().index.push(IndexCall { method: name, params });
                 Ok(Value::Null)
             }
             "WorkerConnect" => {
-                let p = request.params(1)?;
-                let url: String = request.arg(&p, 0)?;
+                request.params(1)?;
+                let url: String = request.arg(0)?;
                 self.connect_worker(url).await.map_err(|e| RpcError::method(format!("{e:#}")))?;
                 Ok(Value::Null)
             }
             method if method.starts_with("Return") => {
-                let params = request.params(if return_has_output(method) { 3 } else { 2 })?;
-                let call: CallId = request.arg(&params, 0)?;
-                let returned = Returned { method: method.to_string(), params: values(&params), at: Instant::now() };
+                let params = request.params(if return_has_output(method) { 3 } else { 2 })?.to_vec();
+                let call: CallId = request.arg(0)?;
+                let returned = Returned { method: method.to_string(), params, at: Instant::now() };
                 let mut inner = self.inner.lock().unwrap();
                 if inner.returns.contains_key(&call.id) {
                     inner.duplicate_returns.push(returned);
@@ -264,9 +264,9 @@ impl DevMiner {
         }
     }
 
-    /// What the miner does inside `WorkerConnect` (PROTOCOL.md §5.1).
+    /// What the miner does inside `WorkerConnect` (docs/LOTUS.md §3.3).
     async fn connect_worker(&self, url: String) -> Result<()> {
-        let client = RpcClient::new(url.clone(), Some(self.mint(&["admin"])));
+        let client = RpcClient::new(url.clone(), self.mint(&["admin"]));
         let version: u64 = client.call("Version", json!([])).await.context("worker Version")?;
         if version & 0xffff00 != 67328 & 0xffff00 {
             bail!("worker API version {version} is not 1.7");
@@ -300,11 +300,6 @@ fn return_has_output(method: &str) -> bool {
     )
 }
 
-/// Params as JSON trees, to keep.
-fn values(params: &[&serde_json::value::RawValue]) -> Vec<Value> {
-    params.iter().map(|raw| serde_json::from_str(raw.get()).expect("a param is JSON")).collect()
-}
-
 async fn handle(
     State(miner): State<Arc<DevMiner>>,
     RawQuery(query): RawQuery,
@@ -314,14 +309,14 @@ async fn handle(
     if miner.away.load(std::sync::atomic::Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let perms = match rpc::bearer_token(&headers, query.as_deref()) {
+    let perms = match jsonrpc::bearer_token(&headers, query.as_deref()) {
         None => vec!["read".to_string()],
         Some(token) => match miner.verify(&token) {
             Some(perms) => perms,
             None => return StatusCode::UNAUTHORIZED.into_response(),
         },
     };
-    rpc::serve(&body, |request| async move { miner.dispatch(request, &perms).await }).await
+    jsonrpc::serve(&body, |request| async move { miner.dispatch(request, &perms).await }).await
 }
 
 /// The params of a CC `AddPiece` call that fills `sector` (lotus' order:
@@ -381,7 +376,7 @@ impl DevMiner {
     }
 
     /// Walks one CC sector through the pipeline in lotus' order and encoding
-    /// (PROTOCOL.md §9.7), checking CommD and verifying the proof.
+    /// (docs/LOTUS.md §10), checking CommD and verifying the proof.
     pub async fn seal_cc(&self, worker: &ConnectedWorker, sector: SectorRef, timeout: Duration) -> Result<SealReport> {
         use sealfarm_schemas::{PieceInfo, SectorCids};
 

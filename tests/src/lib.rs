@@ -7,6 +7,7 @@
 //! binaries, proofs are real.
 
 pub mod devminer;
+pub mod jsonrpc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
