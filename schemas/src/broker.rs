@@ -4,8 +4,6 @@
 //! Every publish waits for the broker's confirm; a message the broker could
 //! not route (mandatory flag) or refused is an error, never a silent loss.
 
-use std::time::Duration;
-
 use anyhow::{anyhow, bail, Context, Result};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -106,7 +104,7 @@ impl Broker {
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_headers(table);
-        let mut delay = Duration::from_millis(200);
+        let mut pauses = crate::retry::Backoff::new(crate::retry::NACK);
         for attempt in 1..=NACK_RETRIES + 1 {
             let confirm = self
                 .publisher
@@ -128,8 +126,7 @@ impl Broker {
                 }
                 Confirmation::Nack(_) if attempt <= NACK_RETRIES => {
                     tracing::debug!(queue = routing_key, attempt, "the broker refused a message; publishing it again");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
+                    tokio::time::sleep(pauses.next_pause().unwrap_or(crate::retry::NACK.max)).await;
                 }
                 Confirmation::Nack(_) => break,
                 Confirmation::NotRequested => {
@@ -146,7 +143,7 @@ impl Broker {
 }
 
 /// How often a publish the broker refused (a negative confirm) is tried
-/// again, 0.2 s, 0.4 s, 0.8 s, 1.6 s apart. RabbitMQ 3.10's quorum queues
+/// again, about 0.2 s, 0.4 s, 0.8 s, 1.6 s apart (`retry::NACK`, jittered). RabbitMQ 3.10's quorum queues
 /// refuse the first message of a channel when registering that channel as a
 /// publisher fails or times out (a queue just declared, a leader election,
 /// a busy node); the message was not enqueued, so publishing it again
@@ -199,16 +196,16 @@ impl BrokerLink {
         headers: &[(&str, String)],
         give_up: &Shutdown,
     ) -> Result<()> {
-        let mut delay = Duration::from_millis(200);
+        let mut pauses = crate::retry::Backoff::new(crate::retry::PUBLISH);
         loop {
             match self.publish_json(exchange, routing_key, message, headers).await {
                 Ok(()) => return Ok(()),
                 Err(err) => {
+                    let delay = pauses.next_pause().unwrap_or(crate::retry::PUBLISH.max);
                     tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "publish failed; retrying");
                     if give_up.wait_for(delay).await {
                         return Err(err.context("gave up publishing: shutting down"));
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -32,6 +32,7 @@ pub mod json_schema;
 pub mod lotus;
 pub mod messages;
 pub mod metrics;
+pub mod retry;
 pub mod sector_store;
 pub mod shutdown;
 pub mod sled_rewrite;

@@ -1,45 +1,54 @@
 //! Graceful shutdown as a first-class part: a signal passed down to every
-//! task, which each checks at its own safe points.
+//! task, which each checks at its own safe points. A thin layer over
+//! `tokio_util`'s `CancellationToken`, whose child tokens and `TaskTracker`
+//! the processes use for the tasks they spawn.
 
 use std::time::Duration;
-use tokio::sync::watch;
 
+use tokio_util::sync::CancellationToken;
+
+/// What tasks hold: whether, and when, to stop.
 #[derive(Clone)]
 pub struct Shutdown {
-    receiver: watch::Receiver<bool>,
+    token: CancellationToken,
 }
 
+/// What fires the shutdown (the signal handler holds it).
 pub struct Trigger {
-    sender: watch::Sender<bool>,
+    token: CancellationToken,
 }
 
 pub fn channel() -> (Trigger, Shutdown) {
-    let (sender, receiver) = watch::channel(false);
-    (Trigger { sender }, Shutdown { receiver })
+    let token = CancellationToken::new();
+    (Trigger { token: token.clone() }, Shutdown { token })
 }
 
 impl Trigger {
     pub fn fire(&self) {
-        let _ = self.sender.send(true);
+        self.token.cancel();
     }
 }
 
 impl Shutdown {
     pub fn is_set(&self) -> bool {
-        *self.receiver.borrow()
+        self.token.is_cancelled()
     }
 
     /// Resolves once shutdown is requested.
     pub async fn wait(&mut self) {
-        let _ = self.receiver.wait_for(|set| *set).await;
+        self.token.cancelled().await;
     }
 
     /// Sleeps `delay`; true if shutdown came first.
     pub async fn wait_for(&self, delay: Duration) -> bool {
-        let mut this = self.clone();
         tokio::select! {
-            _ = this.wait() => true,
-            _ = tokio::time::sleep(delay) => this.is_set(),
+            _ = self.token.cancelled() => true,
+            _ = tokio::time::sleep(delay) => self.is_set(),
         }
+    }
+
+    /// The token, for a child token or a `tokio::select!`.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
     }
 }
