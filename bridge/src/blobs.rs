@@ -323,7 +323,7 @@ pub struct BlobApi {
     /// The operator's admin token, accepted too.
     pub admin_token: String,
     /// Piece data for AddPiece, which workers that do not mount the bridge's storage download.
-    pub pieces: Arc<crate::pieces::PieceInbox>,
+    pub pieces: Arc<crate::miner::pieces::PieceInbox>,
 }
 
 /// `GET|PUT /sealfarm/v0/blobs/{sha256}`, `GET /sealfarm/v0/pieces/{id}`.
@@ -339,7 +339,7 @@ pub fn router(api: Arc<BlobApi>) -> Router {
 type Refusal = (StatusCode, String);
 
 fn authorized(api: &BlobApi, headers: &HeaderMap) -> Result<(), Refusal> {
-    let token = crate::rpc::bearer_token(headers, None);
+    let token = crate::miner::rpc::bearer_token(headers, None);
     let allowed =
         token.is_some_and(|t| crate::ops::same(&t, &api.worker_token) || crate::ops::same(&t, &api.admin_token));
     if !allowed {

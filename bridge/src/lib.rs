@@ -1,38 +1,37 @@
 //! sealfarm-bridge: to lotus-miner it is one lotus-worker; behind it, the
 //! whole farm through RabbitMQ.
 //!
-//! * [`server`] — the worker API the miner calls (`POST /rpc/v0`);
-//! * [`calls`] — accepting calls as tasks, returning results as `Return*`;
-//! * [`farm`] — the live workers, from their heartbeats (routing, capacity);
-//! * [`pieces`] — piece data the miner pushes or links for AddPiece;
+//! * [`miner`] — everything facing lotus-miner:
+//!   * [`miner::worker_api`] — the worker API the miner calls (`POST /rpc/v0`);
+//!   * [`miner::client`] — version check, storage attach, `WorkerConnect`,
+//!     session watch, token verification;
+//!   * [`miner::rpc`] — lotus' JSON-RPC over HTTP, both directions;
+//!   * [`miner::api_info`] — `MINER_API_INFO` parsing;
+//!   * [`miner::remote`] — `/remote`, the sector files served to the miner;
+//!   * [`miner::pieces`] — piece data the miner pushes or links for AddPiece;
+//!   * [`miner::storage`] — the sealing paths declared to the miner;
+//! * [`calls`] — accepting calls as tasks, returning results as `Return*`,
+//!   and their durable record ([`calls::store`], sled);
+//! * [`workers`] — the live workers, from their heartbeats (routing, capacity);
 //! * [`blobs`] — C1 outputs and other payloads too large for a message;
-//! * [`call_store`] — the durable record of every call (sled);
-//! * [`registration`] — version check, storage attach, `WorkerConnect`,
-//!   session watch, token verification;
-//! * [`storage`] — the sealing paths declared to the miner;
-//! * [`remote`] — `/remote`, the sector files served to the miner;
-//! * [`rpc`] — lotus' JSON-RPC over HTTP, both directions;
-//! * [`api_info`] — `MINER_API_INFO` parsing;
-//! * [`ops`] — the status API, controls, web dashboard and `/metrics`;
-//! * [`status`] — the snapshot of the farm every view is drawn from;
-//! * [`queues`], [`dead_letters`], [`metrics`] — queue figures, the
-//!   dead-letter queue, Prometheus;
-//! * [`views`] — the `workers` / `jobs` / `queues` / control commands.
+//! * [`consume`] — the one way the bridge consumes a queue;
+//! * [`ops`] — the operators' HTTP API: status, controls, web dashboard, `/metrics`:
+//!   * [`ops::snapshot`] — the snapshot of the farm every view is drawn from;
+//!   * [`ops::queues`] — queue figures (broker protocol or management API);
+//!   * [`ops::dead_letters`] — the dead-letter queue: list, replay, purge;
+//!   * [`ops::metrics`] — Prometheus;
+//! * [`cli`] — the command line: its arguments and commands;
+//!   * [`cli::serve`] — `run`: wiring the parts together, background loops;
+//!   * [`cli::views`] — the `workers` / `jobs` / `queues` / control commands.
 
-pub mod api_info;
-pub mod blobs;
+// The list above also links crate-private modules, for readers of the
+// source and of `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
+
+pub(crate) mod blobs;
 pub mod calls;
-pub mod consume;
-pub mod dead_letters;
-pub mod farm;
-pub mod metrics;
+pub mod cli;
+pub(crate) mod consume;
+pub(crate) mod miner;
 pub mod ops;
-pub mod pieces;
-pub mod queues;
-pub mod registration;
-pub mod remote;
-pub mod rpc;
-pub mod server;
-pub mod status;
-pub mod storage;
-pub mod views;
+pub(crate) mod workers;

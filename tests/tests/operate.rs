@@ -253,7 +253,7 @@ async fn dead_letters_are_listed_replayed_and_purged_and_metrics_tell_the_story(
 
     // Every sealfarm series the dashboard and the alert rules use exists.
     // (An empty family writes nothing, so the names come from the registries.)
-    let bridge_names = sealfarm_bridge::metrics::Metrics::new().names().to_vec();
+    let bridge_names = sealfarm_bridge::ops::metrics::Metrics::new().names().to_vec();
     let worker_names = sealfarm_worker::metrics::Metrics::new().names().to_vec();
     let exposed: BTreeSet<String> = bridge_names.into_iter().chain(worker_names).collect();
     assert!(exposed.contains("sealfarm_calls_accepted_total") && exposed.contains("sealfarm_worker_jobs_total"));

@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::calls::store::{Call, CallState, Durability, RowState};
 use crate::calls::Calls;
 use crate::consume::consume;
-use crate::farm::WorkerView;
+use crate::workers::WorkerView;
 
 /// What the bridge knows of a held call.
 #[derive(Clone, Debug)]
@@ -228,7 +228,7 @@ impl Leases {
         // From its arrival, or for a later attempt from when it was dispatched again.
         let since = if task.attempt > 1 { call.updated_at_ms } else { call.arrived_at_ms };
         let waited = at_ms.saturating_sub(since) as f64 / 1000.0;
-        let labels = crate::metrics::stage_size(task.stage(), info.sector_size);
+        let labels = crate::ops::metrics::stage_size(task.stage(), info.sector_size);
         self.calls.metrics.queue_wait.get_or_create(&labels).observe(waited);
         tracing::debug!(%call_id, worker, waited, "claimed");
     }

@@ -25,10 +25,10 @@ use sealfarm_schemas::{CallId, SectorRef, Stage, Task, TaskMessage};
 
 use self::lifecycle::{Call, CallKind, CallState, FailedBy};
 use self::store::{input_digest, CallStore, Durability, Opened};
-use crate::farm::Farm;
-use crate::metrics::Metrics;
-use crate::registration::Miner;
-use crate::rpc::RpcError;
+use crate::miner::client::Miner;
+use crate::miner::rpc::RpcError;
+use crate::ops::metrics::Metrics;
+use crate::workers::Farm;
 
 /// Accepts calls and returns results.
 pub struct Calls {
@@ -48,7 +48,7 @@ pub struct Calls {
     /// Returns the miner did not accept yet, per call: failed tries.
     pub return_failures: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>,
     /// Piece data received for AddPiece calls, removed once their result is stored.
-    pub pieces: Arc<crate::pieces::PieceInbox>,
+    pub pieces: Arc<crate::miner::pieces::PieceInbox>,
     /// One `Return*` carrying a large output (a C1 output read from its blob) is sent at a time.
     pub large_returns: tokio::sync::Semaphore,
 }

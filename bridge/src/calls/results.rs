@@ -130,7 +130,7 @@ impl Calls {
             let took = result.finished_at_ms.saturating_sub(result.started_at_ms) as f64 / 1000.0;
             self.metrics
                 .stage_duration
-                .get_or_create(&crate::metrics::stage_size(stage, info.sector_size))
+                .get_or_create(&crate::ops::metrics::stage_size(stage, info.sector_size))
                 .observe(took);
         }
         // Only while the call is open: a failure (abort, dead letter) may have come first.

@@ -1,29 +1,21 @@
-//! `sealfarm-bridge`: parse arguments, wire the parts, run.
+//! The `sealfarm-bridge` command line: its arguments and subcommands (clap),
+//! and their dispatch. `run` is [`serve`]; the operator commands (`workers`,
+//! `jobs`, `queues`, the controls, `dead-letters`, `dashboard`) ask the
+//! running bridge's status API and print its answer ([`views`]).
+
+pub(crate) mod serve;
+pub(crate) mod views;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sealfarm_bridge::api_info::MinerApiInfo;
-use sealfarm_bridge::blobs::{self, BlobApi, Blobs};
-use sealfarm_bridge::calls::leases::Leases;
-use sealfarm_bridge::calls::store::CallStore;
-use sealfarm_bridge::calls::Calls;
-use sealfarm_bridge::dead_letters::{DeadLetter, DeadLetters, Handled};
-use sealfarm_bridge::farm::Farm;
-use sealfarm_bridge::metrics::Metrics;
-use sealfarm_bridge::ops::{self, Ops, Tokens};
-use sealfarm_bridge::pieces::PieceInbox;
-use sealfarm_bridge::queues::QueueWatch;
-use sealfarm_bridge::registration::Miner;
-use sealfarm_bridge::server::{self, Api};
-use sealfarm_bridge::status::{JobStatus, QueueStatus, StatusSource, WorkerStatus};
-use sealfarm_bridge::storage::StoragePath;
-use sealfarm_bridge::views;
-use sealfarm_schemas::broker::{self, BrokerLink};
-use sealfarm_schemas::shutdown;
+use sealfarm_schemas::broker;
+
+use crate::miner::worker_api;
+use crate::ops::dead_letters::{DeadLetter, Handled};
+use crate::ops::snapshot::{JobStatus, QueueStatus, WorkerStatus};
 
 /// sealfarm's bridge to lotus-miner: it registers with the miner as one
 /// lotus-worker and runs every sealing call the miner sends on the farm's
@@ -34,17 +26,17 @@ use sealfarm_schemas::shutdown;
 ///   sealfarm-bridge run --listen 10.0.0.9:3456 --storage /mnt/shared/sealing
 #[derive(Parser, Debug)]
 #[command(name = "sealfarm-bridge", version)]
-struct Cli {
+pub struct Cli {
     /// Log format: `human`, or `json` (one object per line; lines about a
     /// call carry its call id and sector).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "SEALFARM_LOG_FORMAT")]
-    log_format: LogFormat,
+    pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum LogFormat {
+pub enum LogFormat {
     Human,
     Json,
 }
@@ -204,7 +196,7 @@ struct RunArgs {
     storage: Vec<PathBuf>,
     /// How many calls of a stage the miner may have running at once on the
     /// farm, e.g. `pc1=64` (repeatable or comma-separated; default unlimited).
-    #[arg(long, env = "SEALFARM_MAX_CONCURRENT", value_delimiter = ',', value_parser = server::parse_limit)]
+    #[arg(long, env = "SEALFARM_MAX_CONCURRENT", value_delimiter = ',', value_parser = worker_api::parse_limit)]
     max_concurrent: Vec<(sealfarm_schemas::TaskType, u32)>,
     /// How long a worker may hold a call without a sign of life (claim,
     /// heartbeat, progress) before the bridge dispatches it to another worker.
@@ -265,24 +257,11 @@ fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
 }
 
-fn main() {
-    let cli = Cli::parse();
-    tune_malloc();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,lapin=warn,amq_protocol=warn,sled=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    let outcome = match cli.command {
-        Command::Run(args) => runtime.block_on(run(args)),
-        other => runtime.block_on(operate(other)),
-    };
-    if let Err(err) = outcome {
-        eprintln!("error: {err:#}");
-        std::process::exit(1);
+/// Runs the parsed command to its end.
+pub async fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Run(args) => serve::run(args).await,
+        other => operate(other).await,
     }
 }
 
@@ -298,7 +277,7 @@ fn main() {
 /// streaming through, the bridge's resting RSS crept upwards. A fixed
 /// threshold of 256 KiB keeps them mapped apart and unmapped when freed.
 /// `MALLOC_MMAP_THRESHOLD_` in the environment still wins.
-fn tune_malloc() {
+pub fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -312,189 +291,6 @@ fn tune_malloc() {
             unsafe {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
             }
-        }
-    }
-}
-
-async fn run(args: RunArgs) -> Result<()> {
-    let info = MinerApiInfo::parse(&args.miner_api_info)?;
-    let storage = args
-        .storage
-        .iter()
-        .map(|p| StoragePath::open(p).with_context(|| format!("cannot use storage path {}", p.display())))
-        .collect::<Result<Vec<_>>>()?;
-    let advertised = advertised_address(&args.listen, &info).await?;
-    let state_dir = args.state_dir.unwrap_or_else(|| {
-        std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
-    });
-    let store = CallStore::open(&state_dir)?;
-    let mut tokens = Tokens::load_or_create(&state_dir)?;
-    if let Some(token) = &args.worker_token {
-        tokens.worker = token.clone();
-    }
-    let blobs = Arc::new(Blobs::open(&state_dir, args.max_request_size)?);
-    let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
-    let (trigger, shutdown) = shutdown::channel();
-    let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
-    let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
-    link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
-    let metrics = Arc::new(Metrics::new());
-    let calls = Arc::new(Calls {
-        store,
-        blobs: blobs.clone(),
-        link: link.clone(),
-        miner: miner.clone(),
-        shutdown: shutdown.clone(),
-        ticket_window: args.pc1_ticket_window,
-        farm: Arc::new(Farm::new(args.lease_timeout)),
-        shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
-        metrics: metrics.clone(),
-        return_failures: Default::default(),
-        pieces: pieces.clone(),
-        large_returns: tokio::sync::Semaphore::new(1),
-    });
-    let ops = Arc::new(Ops {
-        calls: calls.clone(),
-        status: StatusSource {
-            hostname: hostname(),
-            started_at_ms: sealfarm_schemas::messages::now_ms(),
-            lease_timeout: args.lease_timeout,
-            queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
-        },
-        tokens: tokens.clone(),
-        dead_letters: DeadLetters::new(),
-        metrics,
-    });
-    let leases = Leases::new(calls.clone(), args.lease_timeout)?;
-    let api = Arc::new(Api {
-        session: uuid::Uuid::new_v4(),
-        hostname: hostname(),
-        calls: calls.clone(),
-        miner: miner.clone(),
-        pieces: pieces.clone(),
-        limits: args.max_concurrent.clone(),
-        files_token: args.files_token.clone(),
-        max_request_size: args.max_request_size,
-        large_requests: tokio::sync::Semaphore::new(1),
-        files_client: reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .build()
-            .context("building the HTTP client for workers' file servers")?,
-    });
-    let blob_api = Arc::new(BlobApi {
-        blobs,
-        worker_token: tokens.worker.clone(),
-        admin_token: tokens.admin.clone(),
-        pieces: pieces.clone(),
-    });
-    eprintln!("sealfarm-bridge");
-    eprintln!("  miner        {}", info.url);
-    eprintln!("  listen       {} (advertised as http://{advertised})", args.listen);
-    eprintln!("  broker       {}", broker::redact(&args.amqp_url));
-    eprintln!("  state dir    {}", state_dir.display());
-    eprintln!(
-        "  leases       {} without a sign of life, then dispatched again",
-        humantime::format_duration(args.lease_timeout)
-    );
-    eprintln!("  retention    returned calls kept {}", humantime::format_duration(args.retain_returned));
-    for path in &miner.storage {
-        eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
-    }
-    // Where the operator commands on this host find the bridge.
-    let local = if args.listen.ip().is_unspecified() {
-        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), args.listen.port())
-    } else {
-        args.listen
-    };
-    let api_file = state_dir.join("api");
-    std::fs::write(&api_file, format!("http://{local}\n"))
-        .with_context(|| format!("cannot write {}", api_file.display()))?;
-    eprintln!("  dashboard    http://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
-    eprintln!("  metrics      http://{local}/metrics");
-    eprintln!(
-        "  workers      sealfarm-worker run --bridge http://{advertised} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
-        if args.worker_token.is_some() { "SEALFARM_WORKER_TOKEN".to_string() } else { state_dir.join("token-worker").display().to_string() },
-        args.max_request_size
-    );
-
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let mut server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, server::router(api).merge(ops::router(ops)).merge(blobs::router(blob_api)))
-            .with_graceful_shutdown(async move { server_shutdown.wait().await })
-            .await
-    });
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("signal received; stopping");
-        trigger.fire();
-    });
-
-    miner.check_version(&shutdown).await?;
-    miner.attach_storage().await?;
-    calls.redeliver_pending().await?;
-    tokio::spawn(calls.clone().consume_results());
-    tokio::spawn(calls.clone().consume_dead_letters());
-    tokio::spawn(leases.clone().consume_events());
-    tokio::spawn(leases.clone().expire());
-    tokio::spawn(prune_returned(calls.clone(), args.retain_returned));
-    let session = miner.connect().await?;
-    let keeper = {
-        let miner = miner.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { miner.keep_registered(session, shutdown).await })
-    };
-    let _ = server.await;
-    keeper.abort();
-    // The marks written without a flush (dispatched, claimed, returned) are
-    // on disk before a clean stop ends.
-    if let Err(err) = calls.store.flush() {
-        tracing::error!(error = %format!("{err:#}"), "cannot flush the call store at stop");
-    }
-    link.close().await;
-    Ok(())
-}
-
-/// Removes calls returned longer than `retain` ago, at start and hourly (a
-/// quarter of a shorter retention); then, when the store grew by a quarter
-/// since it was last looked at, rewrites it if its live records are a
-/// small part of it (sled does not give the space of removed records back).
-async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
-    let mut looked_at_size = 0u64;
-    loop {
-        let store = calls.store.clone();
-        match tokio::task::spawn_blocking(move || store.prune(retain)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(removed)) => tracing::info!(removed, "calls returned long ago removed from the call store"),
-            Ok(Err(err)) => tracing::warn!(error = %format!("{err:#}"), "cannot prune the call store"),
-            Err(err) => tracing::warn!(error = %err, "cannot prune the call store"),
-        }
-        let on_disk = calls.store.disk_bytes();
-        if on_disk > 16 << 20 && on_disk > looked_at_size + looked_at_size / 4 {
-            let store = calls.store.clone();
-            let started = std::time::Instant::now();
-            match tokio::task::spawn_blocking(move || store.compact()).await {
-                Ok(Ok(Some((before, after)))) => {
-                    let took_ms = started.elapsed().as_millis() as u64;
-                    tracing::info!(before_mib = before >> 20, after_mib = after >> 20, took_ms, "call store rewritten");
-                    looked_at_size = after;
-                }
-                Ok(Ok(None)) => looked_at_size = on_disk,
-                Ok(Err(err)) => tracing::error!(error = %format!("{err:#}"), "cannot rewrite the call store"),
-                Err(err) => tracing::error!(error = %err, "cannot rewrite the call store"),
-            }
-        }
-        // Hourly; more often for a short retention.
-        let every = (retain / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
-        if calls.shutdown.wait_for(every).await {
-            return;
         }
     }
 }
@@ -607,22 +403,4 @@ mod erased {
             serde_json::to_string_pretty(self).unwrap_or_default()
         }
     }
-}
-
-/// The address the miner reaches the bridge at: the listen address, or, when
-/// that is unspecified (0.0.0.0), this host's address on the route to the miner.
-async fn advertised_address(listen: &SocketAddr, miner: &MinerApiInfo) -> Result<SocketAddr> {
-    if !listen.ip().is_unspecified() {
-        return Ok(*listen);
-    }
-    let stream = tokio::net::TcpStream::connect(&miner.address)
-        .await
-        .with_context(|| format!("cannot reach the miner at {} to find this host's address", miner.address))?;
-    Ok(SocketAddr::new(stream.local_addr()?.ip(), listen.port()))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "sealfarm-bridge".into())
 }

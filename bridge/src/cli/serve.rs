@@ -29,7 +29,7 @@ use crate::ops::snapshot::StatusSource;
 use crate::ops::{self, Ops, Tokens};
 use crate::workers::Farm;
 
-pub(crate) async fn run(args: RunArgs) -> Result<()> {
+pub(super) async fn run(args: RunArgs) -> Result<()> {
     let info = MinerApiInfo::parse(&args.miner_api_info)?;
     let storage = args
         .storage

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::calls::lifecycle::Phase;
-use crate::dead_letters::{DeadLetter, Handled};
-use crate::status::{short_duration, JobStatus, QueueStatus, WorkerStatus};
+use crate::ops::dead_letters::{DeadLetter, Handled};
+use crate::ops::snapshot::{short_duration, JobStatus, QueueStatus, WorkerStatus};
 
 /// Where the bridge is and the token to show it.
 pub struct Client {

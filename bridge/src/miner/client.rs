@@ -14,10 +14,10 @@ use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::{SectorRef, StageOutput};
 use serde_json::{json, Value};
 
-use crate::api_info::MinerApiInfo;
 use crate::calls::store::CallStore;
-use crate::rpc::{CallFailure, RpcClient};
-use crate::storage::StoragePath;
+use crate::miner::api_info::MinerApiInfo;
+use crate::miner::rpc::{CallFailure, RpcClient};
+use crate::miner::storage::StoragePath;
 
 /// The miner API version lotus-worker requires (1.5.0).
 pub const MINER_API_VERSION: u64 = 66816;

@@ -10,10 +10,10 @@
 //! * [`pieces`] — piece data the miner pushes or links for AddPiece;
 //! * [`storage`] — the sealing paths declared to the miner.
 
-pub mod api_info;
-pub mod client;
-pub mod pieces;
-pub mod remote;
-pub mod rpc;
-pub mod storage;
-pub mod worker_api;
+pub(crate) mod api_info;
+pub(crate) mod client;
+pub(crate) mod pieces;
+pub(crate) mod remote;
+pub(crate) mod rpc;
+pub(crate) mod storage;
+pub(crate) mod worker_api;

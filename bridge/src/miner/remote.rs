@@ -34,9 +34,9 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 
-use crate::rpc;
-use crate::server::Api;
-use crate::storage::FILE_TYPES;
+use crate::miner::rpc;
+use crate::miner::storage::FILE_TYPES;
+use crate::miner::worker_api::Api;
 use sealfarm_schemas::sector_store::{file_type_bit, http_get, parse_sector_name};
 
 pub fn router(api: Arc<Api>) -> Router {

@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 
 use crate::calls::store::CallKind;
 use crate::calls::Calls;
-use crate::registration::Miner;
-use crate::rpc::{self, Request, RpcError};
+use crate::miner::client::Miner;
+use crate::miner::rpc::{self, Request, RpcError};
 
 /// The worker API version the miner requires (1.7.0).
 pub const WORKER_API_VERSION: u64 = 67328;
@@ -66,7 +66,7 @@ pub struct Api {
     pub hostname: String,
     pub calls: Arc<Calls>,
     pub miner: Arc<Miner>,
-    pub pieces: Arc<crate::pieces::PieceInbox>,
+    pub pieces: Arc<crate::miner::pieces::PieceInbox>,
     /// Per-stage limits the operator set (`--max-concurrent`); none: the
     /// live workers' slots.
     pub limits: Vec<(TaskType, u32)>,
@@ -94,8 +94,8 @@ pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/rpc/v0", post(rpc_v0))
         .with_state(api.clone())
-        .merge(crate::pieces::router(api.pieces.clone()))
-        .merge(crate::remote::router(api))
+        .merge(crate::miner::pieces::router(api.pieces.clone()))
+        .merge(crate::miner::remote::router(api))
 }
 
 /// A request body over this many bytes waits for [`Api::large_requests`].

@@ -10,10 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sealfarm_schemas::metrics::{histograms, Histograms, Labels, NamedRegistry};
 
-use crate::status::Overview;
+use crate::ops::snapshot::Overview;
 
 /// Label pairs of one series.
-pub type FloatGauge = Gauge<f64, AtomicU64>;
+pub(crate) type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Everything the bridge exports.
 pub struct Metrics {
@@ -159,7 +159,7 @@ impl Metrics {
         self.registry.names()
     }
 
-    pub fn render(&self, overview: &Overview) -> String {
+    pub(crate) fn render(&self, overview: &Overview) -> String {
         self.fill(overview);
         self.registry.encode()
     }
@@ -243,7 +243,7 @@ impl Metrics {
         for queue in &overview.queues {
             let mut labels = vec![("queue", queue.name.clone())];
             if let (Some(stage), Some(size)) = (queue.stage, queue.sector_size) {
-                labels.extend(crate::metrics::stage_size(stage, size));
+                labels.extend(stage_size(stage, size));
             }
             self.queue_messages.get_or_create(&labels).set(queue.ready as i64);
             self.queue_consumers.get_or_create(&labels).set(i64::from(queue.consumers));
@@ -258,6 +258,6 @@ impl Metrics {
 }
 
 /// Labels of a stage and sector size.
-pub fn stage_size(stage: impl ToString, size: impl ToString) -> Labels {
+pub(crate) fn stage_size(stage: impl ToString, size: impl ToString) -> Labels {
     vec![("stage", stage.to_string()), ("sector_size", size.to_string())]
 }

@@ -12,6 +12,16 @@
 //! admin token also steers. Both are made at the bridge's first start and
 //! kept in its state directory (`token-read`, `token-admin`, mode 0600),
 //! where `sealfarm-bridge workers` & co. find them; `api` there holds the URL.
+//!
+//! What the handlers draw on:
+//! * [`snapshot`] — the snapshot of the farm every view is drawn from;
+//! * [`queues`](mod@queues) — queue figures; [`dead_letters`] — the dead-letter queue;
+//! * [`metrics`](mod@metrics) — the Prometheus metrics.
+
+pub(crate) mod dead_letters;
+pub mod metrics;
+pub(crate) mod queues;
+pub(crate) mod snapshot;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,13 +38,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::calls::Calls;
-use crate::dead_letters::{Action, DeadLetters};
-use crate::metrics::Metrics;
-use crate::status::StatusSource;
+use crate::ops::dead_letters::{Action, DeadLetters};
+use crate::ops::metrics::Metrics;
+use crate::ops::snapshot::StatusSource;
 
 /// The two tokens of the status API, and the workers' token for blobs.
 #[derive(Clone)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     pub read: String,
     pub admin: String,
     /// What workers present to fetch and upload blobs (`token-worker`).
@@ -51,7 +61,7 @@ impl Tokens {
     }
 
     fn access(&self, headers: &HeaderMap) -> Option<Access> {
-        let token = crate::rpc::bearer_token(headers, None)?;
+        let token = crate::miner::rpc::bearer_token(headers, None)?;
         if same(&token, &self.admin) {
             Some(Access::Admin)
         } else if same(&token, &self.read) {
@@ -93,7 +103,7 @@ enum Access {
 }
 
 /// What the handlers share.
-pub struct Ops {
+pub(crate) struct Ops {
     pub calls: Arc<Calls>,
     pub status: StatusSource,
     pub tokens: Tokens,
@@ -101,7 +111,7 @@ pub struct Ops {
     pub metrics: Arc<Metrics>,
 }
 
-pub fn router(ops: Arc<Ops>) -> Router {
+pub(crate) fn router(ops: Arc<Ops>) -> Router {
     Router::new()
         .route("/sealfarm/v0/overview", get(overview))
         .route("/sealfarm/v0/workers", get(workers))
@@ -154,7 +164,7 @@ async fn overview(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query):
 }
 
 /// The bridge's clock, for views that print "how long ago" from a part of the overview.
-pub const NOW_HEADER: &str = "sealfarm-now-ms";
+pub(crate) const NOW_HEADER: &str = "sealfarm-now-ms";
 
 fn with_now(body: impl IntoResponse) -> Response {
     let mut response = body.into_response();
@@ -189,7 +199,7 @@ async fn list_dead_letters(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> A
 
 /// Which dead letters a replay or purge is for.
 #[derive(Deserialize, Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Ids (`<call-id>/<attempt>`, `msg-<digest>`) or prefixes of them.
     #[serde(default)]
     pub ids: Vec<String>,

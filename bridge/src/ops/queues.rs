@@ -12,7 +12,7 @@ use sealfarm_schemas::topology;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
-use crate::status::{queue_row, QueueStatus, WorkerStatus};
+use crate::ops::snapshot::{queue_row, QueueStatus, WorkerStatus};
 
 /// A snapshot is reused for this long (every view and scrape asks).
 const FRESH: Duration = Duration::from_secs(2);

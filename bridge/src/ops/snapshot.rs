@@ -200,7 +200,7 @@ pub struct StatusSource {
     pub hostname: String,
     pub started_at_ms: u64,
     pub lease_timeout: Duration,
-    pub queues: std::sync::Arc<crate::queues::QueueWatch>,
+    pub queues: std::sync::Arc<crate::ops::queues::QueueWatch>,
 }
 
 impl StatusSource {
