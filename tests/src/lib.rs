@@ -433,7 +433,7 @@ pub fn verify_sector_proof(
     proof: &[u8],
 ) -> Result<bool> {
     use sealfarm_schemas::commitment::Commitment;
-    let api = sealfarm_worker::proofs::api_proof(sector.proof_type).context("known proof type")?;
+    let api = sealfarm_worker::sealing::proofs::api_proof(sector.proof_type).context("known proof type")?;
     let comm_r = Commitment::Replica.from_cid(cids.sealed.as_ref().context("CommR")?).map_err(anyhow::Error::msg)?;
     let comm_d = Commitment::Data.from_cid(cids.unsealed.as_ref().context("CommD")?).map_err(anyhow::Error::msg)?;
     let id = filecoin_proofs_api::SectorId::from(sector.id.number);

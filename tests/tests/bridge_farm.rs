@@ -203,7 +203,7 @@ async fn piece_data_the_miner_pushes_is_what_the_sector_holds() {
         *byte = (i * 7 % 251) as u8 & 0x3f;
     }
     let proof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
-    let api = sealfarm_worker::proofs::api_proof(proof).unwrap();
+    let api = sealfarm_worker::sealing::proofs::api_proof(proof).unwrap();
     let expected = generate_piece_commitment(api, &data[..], filecoin_proofs_api::UnpaddedBytesAmount(2032)).unwrap();
 
     // lotus pushes the bytes and makes the call concurrently, in either order.

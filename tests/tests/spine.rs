@@ -11,7 +11,7 @@ use filecoin_proofs_api::SectorId as ApiSectorId;
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::{Outcome, RegisteredSealProof, ResultMessage, SectorRef, StageOutput, Task, TaskMessage};
 use sealfarm_tests::{cc, FarmProcess, Publisher, TestVhost};
-use sealfarm_worker::proofs::api_proof;
+use sealfarm_worker::sealing::proofs::api_proof;
 
 const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
 

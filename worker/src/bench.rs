@@ -1,8 +1,8 @@
 //! `sealfarm-worker bench`: seal sectors on this machine through the same
-//! job-execution code a worker runs ([`crate::proofs::execute`]), with no
-//! broker, and time each stage — the in-process baseline that the farm's
-//! overhead is measured against, and what an operator runs to decide which
-//! stages a box should take.
+//! job-execution code a worker runs ([`crate::sealing::proofs::execute`]),
+//! with no broker, and time each stage — the in-process baseline that the
+//! farm's overhead is measured against, and what an operator runs to decide
+//! which stages a box should take.
 
 use std::time::Instant;
 
@@ -13,8 +13,8 @@ use sealfarm_schemas::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::proofs;
-use crate::sector_files::SealingPath;
+use crate::sealing::layout::SealingPath;
+use crate::sealing::proofs;
 
 /// One timed stage.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,7 +29,7 @@ pub struct StageTiming {
     /// Whether the library's GPU code ran the stage: it said so in its log
     /// (see [`GpuWitness`]).
     pub gpu: bool,
-    /// A stage of the warm-up sector (`crate::warm_up`), not of the bench.
+    /// A stage of the warm-up sector (`crate::sealing::warm_up`), not of the bench.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warm_up: bool,
 }

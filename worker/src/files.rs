@@ -26,8 +26,17 @@ use axum::Router;
 use sealfarm_schemas::sector_store::{file_type_bit, http_get, parse_sector_name};
 use sealfarm_schemas::shutdown::Shutdown;
 
-use crate::sector_files::SealingPath;
-use crate::service::FilesConfig;
+use crate::sealing::layout::SealingPath;
+
+/// The file server of a worker with worker-local storage.
+#[derive(Clone, Debug)]
+pub struct FilesConfig {
+    pub listen: std::net::SocketAddr,
+    /// How the bridge reaches it.
+    pub url: String,
+    /// The secret the bridge presents.
+    pub token: String,
+}
 
 struct Files {
     root: PathBuf,

@@ -1,35 +1,25 @@
 //! sealfarm-worker: takes sealing tasks from RabbitMQ and runs the real
 //! Filecoin proofs (`filecoin-proofs-api`) on this machine.
 //!
-//! * [`service`] — consume, claim, run, publish (the worker's main loop);
-//!   a job's lifecycle (`service::job`) and its durable record
-//!   (`service::job_store`, sled);
-//! * [`executor`] — the child process that runs the proofs, restarted after a
-//!   library panic;
-//! * [`proofs`] — each stage as the library call lotus makes;
-//! * [`payloads`], [`bridge_client`] — C1 outputs, C2 inputs and piece data,
-//!   which travel over HTTP to and from the bridge, never on the broker;
-//! * [`bench`] — the same execution code, timed, without a broker;
-//! * [`params`], [`paramgen`] — Groth parameters: fetch, check, generate;
-//! * [`sector_files`] — the lotus layout of a sealing path;
-//! * [`warm_up`] — the small sector a GPU worker proves before its GPU stages.
+//! * [`cli`] — the `sealfarm-worker` command line: flags, subcommands, start-up;
+//! * [`service`] — consume, claim, run, publish: the worker's main loop, a job's lifecycle and its store;
+//! * [`sealing`] — running a stage: the executor process, the proofs calls, the sealing path, PC1 layers, warm-up;
+//! * `transfer` — C1 outputs, C2 inputs and piece data, over HTTP to and from the bridge, never on the broker;
+//! * `placement` — what this machine takes: hardware probe, lotus' resource table, overrides, the shared budget;
+//! * `params` — Groth parameters: fetch, check, generate;
+//! * `files` — the worker's `/files` HTTP file server (worker-local storage);
+//! * [`metrics`] — the Prometheus metrics (`/metrics`);
+//! * [`mod@bench`] — the same execution code, timed, without a broker.
 
 pub mod bench;
-pub mod bridge_client;
-pub mod budget;
-pub mod executor;
-pub mod files;
-pub mod hardware;
-pub mod layers;
+pub mod cli;
+pub(crate) mod files;
 pub mod metrics;
-pub mod paramgen;
-pub mod params;
-pub mod payloads;
-pub mod proofs;
-pub mod resources;
-pub mod sector_files;
+pub(crate) mod params;
+pub(crate) mod placement;
+pub mod sealing;
 pub mod service;
-pub mod warm_up;
+pub(crate) mod transfer;
 
 /// This machine's host name.
 pub fn hostname() -> String {

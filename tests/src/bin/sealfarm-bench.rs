@@ -189,7 +189,7 @@ async fn main() -> Result<()> {
             "| size | stage | in-process | through the farm | farm ÷ in-process |\n|---|---|---:|---:|---:|\n",
         );
     }
-    let sealing = sealfarm_worker::sector_files::SealingPath::open(run_dir.join("in-process"))?;
+    let sealing = sealfarm_worker::sealing::layout::SealingPath::open(run_dir.join("in-process"))?;
     let mut number = 1;
     let sizes_measured = if options.runs("overhead") { options.sizes.as_slice() } else { &[] };
     for size in sizes_measured {

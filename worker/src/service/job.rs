@@ -26,7 +26,7 @@ use sealfarm_schemas::messages::{now_ms, JobProgress, RunningJob};
 use sealfarm_schemas::{ResultMessage, TaskMessage};
 use serde::{Deserialize, Serialize};
 
-use crate::layers::LayerRecord;
+use crate::sealing::layers::LayerRecord;
 
 /// Where a job is in its life on this worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{ResultMessage, TaskMessage};
 
-use crate::layers::LayerRecord;
+use crate::sealing::layers::LayerRecord;
 
 pub use super::job::{JobRecord, JobState, Stale};
 

@@ -3,10 +3,11 @@
 //! types.
 //!
 //! Everything here blocks (PC1 of a 32 GiB sector runs for hours). It runs in
-//! the worker's executor process (see `executor.rs`): [`execute`] catches a
-//! panic of the library (it panics on some corrupt inputs), turns it into a
-//! failed job, and tells the executor to end, because the library's thread
-//! pools are not usable after a panic (a PC2 after a panicked PC2 hangs).
+//! the worker's executor process (see `super::executor`): [`execute`]
+//! catches a panic of the library (it panics on some corrupt inputs), turns it
+//! into a failed job, and tells the executor to end, because the library's
+//! thread pools are not usable after a panic (a PC2 after a panicked PC2
+//! hangs).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -22,7 +23,7 @@ use sealfarm_schemas::lotus::Range;
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
 
-use crate::sector_files::SealingPath;
+use super::layout::SealingPath;
 
 /// Key lotus adds to a PC1 output: the ticket, base64 (PROTOCOL.md §9.7).
 const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
@@ -156,7 +157,7 @@ fn add_piece(
     let source: Box<dyn Read> = match data {
         PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
         PieceData::Piece { id } => {
-            let path = crate::payloads::piece_path(sealing.root(), *id);
+            let path = super::layout::piece_path(sealing.root(), *id);
             Box::new(
                 File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size),
             )

@@ -27,8 +27,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 
-use crate::sector_files::SealingPath;
-use crate::{bench, proofs, warm_up};
+use super::layout::SealingPath;
+use super::{proofs, warm_up};
+use crate::bench;
 
 /// Exit status of an executor that ended because the library panicked.
 pub const EXIT_AFTER_PANIC: i32 = 70;

@@ -1,11 +1,14 @@
 //! Groth parameters: where they live, fetching the published ones, checking
-//! what the cache holds.
+//! what the cache holds; generating insecure ones for test sizes is
+//! [`generate`].
 //!
 //! The cache is `FIL_PROOFS_PARAMETER_CACHE` (default
 //! `/var/tmp/filecoin-proof-parameters`), the same folder lotus uses. The
 //! manifest of published files (IPFS CID, digest, sector size) is the
 //! `parameters.json` compiled into the proofs library; a file's digest is the
 //! first 32 hex characters of its BLAKE2b-512 hash.
+
+pub(crate) mod generate;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -17,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use sealfarm_schemas::{RegisteredSealProof, SectorSize};
 use serde::Deserialize;
 
-use crate::proofs::api_proof;
+use crate::sealing::proofs::api_proof;
 
 /// The gateway lotus fetches parameters from when `IPFS_GATEWAY` is unset.
 pub const DEFAULT_GATEWAY: &str = "https://proofs.filecoin.io/ipfs/";

@@ -1,6 +1,6 @@
 //! Offline generation of insecure Groth parameters for test sector sizes.
 //!
-//! Real farms download the published parameters (see `params.rs`); for the
+//! Real farms download the published parameters (see [`super`]); for the
 //! test sizes (2 KiB, 8 MiB) the library can generate its own set with a
 //! random toxic waste. Those parameters prove and verify locally but are
 //! worthless on chain, which is why real sizes are refused. The calls are the

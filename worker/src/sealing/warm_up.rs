@@ -29,9 +29,9 @@ use sealfarm_schemas::messages::StageSlots;
 use sealfarm_schemas::{SectorSize, Stage};
 use serde::{Deserialize, Serialize};
 
+use super::layout::SealingPath;
 use crate::bench::{self, StageTiming};
 use crate::params;
-use crate::sector_files::SealingPath;
 
 /// `--warm-up`: when a worker warms up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 //! <sealing-path>/unsealed/s-t0<miner>-<number>   fr32-padded piece data (AP)
 //! <sealing-path>/sealed/s-t0<miner>-<number>     the replica (PC1 creates it empty, PC2 writes it)
 //! <sealing-path>/cache/s-t0<miner>-<number>/     SDR layers, trees, p_aux/t_aux
+//! <sealing-path>/sealfarm/pieces/<id>             AddPiece's piece data (sealfarm's own)
 //! ```
 
 use std::io;
@@ -42,4 +43,9 @@ impl SealingPath {
     pub fn cache(&self, sector: SectorId) -> PathBuf {
         self.root.join("cache").join(sector.file_name())
     }
+}
+
+/// Where piece data `id` is read from under a sealing path.
+pub fn piece_path(sealing_root: &Path, id: uuid::Uuid) -> PathBuf {
+    sealing_root.join("sealfarm").join("pieces").join(id.to_string())
 }

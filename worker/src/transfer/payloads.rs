@@ -27,7 +27,8 @@ use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, Outcome, ResultMessage, StageOutput, Task, TaskMessage};
 
-use crate::bridge_client::{with_retries, BridgeClient};
+use super::bridge_client::{with_retries, BridgeClient};
+use crate::sealing::layout::piece_path;
 use crate::service::WorkerConfig;
 
 /// Tries at a transfer before a job gives up on the bridge (about 4 minutes).
@@ -52,11 +53,6 @@ fn bridge<'a>(config: &'a WorkerConfig, what: &str) -> Result<&'a BridgeClient, 
             config.worker_id
         ))
     })
-}
-
-/// Where piece data `id` is read from under a sealing path.
-pub fn piece_path(sealing_root: &Path, id: uuid::Uuid) -> PathBuf {
-    sealing_root.join("sealfarm").join("pieces").join(id.to_string())
 }
 
 /// Puts the task's inputs where the executor reads them.

@@ -1,0 +1,101 @@
+//! `sealfarm-worker params`: generate (test sizes), fetch (published) and
+//! list Groth parameters.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use sealfarm_schemas::{RegisteredSealProof, SectorSize};
+
+use crate::params;
+use crate::sealing::proofs;
+
+#[derive(Subcommand, Debug)]
+pub(super) enum ParamsCommand {
+    /// Generate insecure local parameters for a test sector size, offline.
+    ///
+    /// Proofs made with them verify locally and are worthless on chain, so only
+    /// 2KiB, 8MiB and 512MiB are accepted. 2KiB takes about 17 minutes on 2 cores
+    /// and writes about 1.1 GB; do it once per machine.
+    Generate {
+        #[arg(long)]
+        sector_size: SectorSize,
+    },
+    /// Download the published parameters of a sector size and check every digest.
+    Fetch {
+        #[arg(long)]
+        sector_size: SectorSize,
+        /// IPFS gateway to download from.
+        #[arg(long, env = "IPFS_GATEWAY", default_value = params::DEFAULT_GATEWAY)]
+        gateway: String,
+        /// A parameters.json to use instead of the one built into the proofs library.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// List the seal parameters the cache holds.
+    Status {
+        /// Hash each file and say whether it is the published one (slow for big files).
+        #[arg(long)]
+        verify: bool,
+    },
+}
+
+pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
+    match command {
+        ParamsCommand::Generate { sector_size } => {
+            if !sector_size.is_test_size() {
+                bail!(
+                    "refusing to generate {sector_size} parameters: locally generated parameters make proofs the chain rejects; \
+                     real sector sizes use the published ones (`sealfarm-worker params fetch --sector-size {sector_size}`)"
+                );
+            }
+            let (params_path, vk_path) = params::seal_param_paths(sector_size)?;
+            if params_path.exists() && vk_path.exists() {
+                eprintln!("{sector_size} parameters already present: {}", params_path.display());
+                return Ok(());
+            }
+            std::fs::create_dir_all(params::cache_dir())
+                .with_context(|| format!("cannot create parameter cache {}", params::cache_dir().display()))?;
+            // Measured: 2 cores 13-20 min and 5-7 GB for either test size; 16 cores about 2 min.
+            eprintln!(
+                "generating {sector_size} seal parameters into {} (test sizes: 13-20 min on 2 cores, 5-7 GB RAM; \
+                 about 2 min on 16 cores)",
+                params::cache_dir().display()
+            );
+            let started = Instant::now();
+            let ticker = std::thread::spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(30));
+                eprintln!("  still generating: {:.0} s elapsed", started.elapsed().as_secs_f64());
+            });
+            drop(ticker);
+            let proof = proofs::api_proof(RegisteredSealProof::v1_1_for(sector_size)).expect("known proof");
+            params::generate::generate_porep_params(proof)?;
+            eprintln!("done in {:.0} s: {}", started.elapsed().as_secs_f64(), params_path.display());
+            Ok(())
+        }
+        ParamsCommand::Fetch { sector_size, gateway, manifest } => {
+            let manifest = params::manifest(manifest.as_deref())?;
+            let outcomes = params::fetch(sector_size, &gateway, &manifest)?;
+            eprintln!("{} files for {sector_size} in {}", outcomes.len(), params::cache_dir().display());
+            Ok(())
+        }
+        ParamsCommand::Status { verify } => {
+            let manifest = params::manifest(None)?;
+            println!("parameter cache: {}", params::cache_dir().display());
+            println!("{:<7} {:<6} {:>14}  {:<10} file", "size", "kind", "bytes", "origin");
+            for line in params::status(verify, &manifest)? {
+                let origin = match (line.bytes, line.published) {
+                    (None, _) => "missing",
+                    (Some(_), None) => "present",
+                    (Some(_), Some(true)) => "published",
+                    (Some(_), Some(false)) => "local",
+                };
+                let bytes = line.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+                let name = line.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                println!("{:<7} {:<6} {:>14}  {:<10} {name}", line.size.to_string(), line.kind, bytes, origin);
+            }
+            Ok(())
+        }
+    }
+}
