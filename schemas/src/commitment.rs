@@ -59,7 +59,7 @@ impl Commitment {
 mod tests {
     use super::*;
 
-    /// CommD of an all-zero 2 KiB sector (SEALING.md).
+    /// CommD of an all-zero 2 KiB sector (docs/LOTUS.md §8.4).
     const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
 
     #[test]

@@ -17,7 +17,9 @@
 //!   uses to put these messages on the wire, and [`shutdown`], the signal
 //!   that stops it.
 //! * [`sled_rewrite`] — how the bridge's call store and a worker's job
-//!   store give disk space back (sled does not, by itself).
+//!   store give disk space back (sled does not, by itself);
+//! * [`retry`] — the one retry policy (exponential backoff with jitter);
+//! * [`metrics`] — what both processes' Prometheus registries share.
 //!
 //! The bridge and the worker both depend on this crate; neither defines a
 //! wire type of its own.

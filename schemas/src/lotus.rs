@@ -1,6 +1,6 @@
 //! lotus wire types shared by the bridge and the workers.
 //!
-//! Shapes follow lotus' Go JSON encoding (PROTOCOL.md §6.1 and §11): field
+//! Shapes follow lotus' Go JSON encoding (docs/LOTUS.md §8): field
 //! names are the Go field names verbatim, byte slices are standard base64 with
 //! padding, CIDs are `{"/": "<cid>"}` and a nil CID is `null`, integers are
 //! plain JSON numbers.
@@ -505,7 +505,7 @@ impl TaskType {
     }
 }
 
-/// `rpcenc.ReaderStream`: how piece bytes reach a worker call (PROTOCOL.md §9.6).
+/// `rpcenc.ReaderStream`: how piece bytes reach a worker call (docs/LOTUS.md §7.1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReaderStream {
     /// `null` (Info = byte count of zeros), `push` (Info = stream UUID) or `http` (Info = URL).

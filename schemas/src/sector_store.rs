@@ -1,7 +1,7 @@
 //! lotus' on-disk and on-the-wire forms of sector storage, shared by the
 //! bridge (which declares storage to the miner and serves `/remote`) and the
 //! workers (which hold the files): `sectorstore.json`, sector file names and
-//! types, and the flat tar a cache directory travels as (PROTOCOL.md §9).
+//! types, and the flat tar a cache directory travels as (docs/LOTUS.md §9).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};

@@ -81,7 +81,7 @@ fn sealing_call_params_round_trip() {
 
 #[test]
 fn reader_stream_wire_form_parses() {
-    // The docs show `{}`; the Go client sends Type/Info (PROTOCOL.md §11.3).
+    // The docs show `{}`; the Go client sends Type/Info (docs/LOTUS.md §8.6).
     let stream: ReaderStream = round_trip(&serde_json::json!({"Type": "null", "Info": "2032"}));
     assert_eq!(stream.kind, "null");
 }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::jsonrpc::{self, Client as RpcClient, Request, RpcError};
 use anyhow::{bail, Context, Result};
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
@@ -22,7 +23,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
-use crate::jsonrpc::{self, Client as RpcClient, Request, RpcError};
 use sealfarm_schemas::{CallId, SectorId, SectorRef};
 use serde_json::{json, Value};
 use sha2::Sha256;

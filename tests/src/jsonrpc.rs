@@ -73,9 +73,8 @@ impl Request {
     /// Param `index`, decoded.
     pub fn arg<T: DeserializeOwned>(&self, index: usize) -> Result<T, RpcError> {
         let value = self.params.get(index).cloned().unwrap_or(Value::Null);
-        serde_json::from_value(value).map_err(|e| {
-            RpcError::params(format!("unmarshaling params for '{}' (param: {index}): {e}", self.method))
-        })
+        serde_json::from_value(value)
+            .map_err(|e| RpcError::params(format!("unmarshaling params for '{}' (param: {index}): {e}", self.method)))
     }
 }
 
@@ -119,9 +118,7 @@ pub fn bearer_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_string());
-    from_header.or_else(|| {
-        query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(str::to_string))
-    })
+    from_header.or_else(|| query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(str::to_string)))
 }
 
 /// Why a call failed.
@@ -153,7 +150,8 @@ impl Client {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": format!("Filecoin.{method}"), "params": params});
         let transport = |e: reqwest::Error| CallError::Transport { url: self.url.clone(), detail: e.to_string() };
-        let response = self.http.post(&self.url).bearer_auth(&self.token).json(&body).send().await.map_err(transport)?;
+        let response =
+            self.http.post(&self.url).bearer_auth(&self.token).json(&body).send().await.map_err(transport)?;
         let status = response.status().as_u16();
         // go-jsonrpc's client: any status above 400 but 500 is a transport failure.
         if status > 400 && status != 500 || status == 401 {

@@ -1,6 +1,6 @@
 //! Worker-local storage: this worker's sector files, served over HTTP to the
 //! bridge, which passes them on to the miner through its `/remote`
-//! (PROTOCOL.md §9.4) when the miner moves a finished sector to storage.
+//! (docs/LOTUS.md §9.5) when the miner moves a finished sector to storage.
 //!
 //! * `GET /files/{type}/{s-t0M-N}` — a file as `application/octet-stream`
 //!   (honouring `Range`: 206 with `Content-Range`, 416 past the end), a

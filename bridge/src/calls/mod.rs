@@ -7,6 +7,7 @@
 //! accepts it. At start, every stored result not yet returned is delivered.
 
 pub mod dispatch;
+mod index;
 pub mod leases;
 pub mod lifecycle;
 pub mod results;
@@ -122,7 +123,7 @@ impl Calls {
     }
 
     /// Returns a call that has its result right after the CallID answer has
-    /// left (the safe order, docs/LOTUS.md §7.2).
+    /// left (the safe order, docs/LOTUS.md §4.4).
     fn deliver_soon(self: &Arc<Self>, call: Call) {
         let this = self.clone();
         tokio::spawn(async move {

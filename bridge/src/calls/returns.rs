@@ -108,7 +108,7 @@ impl Calls {
     }
 }
 
-/// The `Return*` method and params for a call's outcome (PROTOCOL.md §7.1):
+/// The `Return*` method and params for a call's outcome (docs/LOTUS.md §5.1):
 /// `[callID, output, error]`, or `[callID, error]` for error-only returns. A
 /// failed call carries `null` as output (the zero SectorCids for PC2).
 pub fn return_call(call: &Call, outcome: &Outcome) -> (&'static str, Value) {

@@ -1,4 +1,4 @@
-//! The bridge's side of lotus-worker registration (PROTOCOL.md §4, §5, §9.3):
+//! The bridge's side of lotus-worker registration (docs/LOTUS.md §3, §9.4):
 //! check the miner's API version, attach the storage paths, declare sector
 //! files, heartbeat the paths' health, `WorkerConnect`, and watch the miner's
 //! session to register again after a miner restart. Also the miner-facing

@@ -1,5 +1,5 @@
 //! `/remote`: the sector files of the bridge's storage, served to the miner
-//! as lotus-worker serves them (PROTOCOL.md §9.4), so the miner can move a
+//! as lotus-worker serves them (docs/LOTUS.md §9.5), so the miner can move a
 //! finished sector to long-term storage.
 //!
 //! * `GET /remote/{type}/{s-t0M-N}` — a file as `application/octet-stream`

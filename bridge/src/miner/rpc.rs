@@ -1,4 +1,4 @@
-//! JSON-RPC 2.0 over HTTP as lotus speaks it (go-jsonrpc, PROTOCOL.md §2):
+//! JSON-RPC 2.0 over HTTP as lotus speaks it (go-jsonrpc, docs/LOTUS.md §1):
 //! positional params with strict counts, `Filecoin.`-prefixed method names,
 //! method errors with code 1 and HTTP 200, protocol errors with HTTP 500
 //! (400 for an invalid request), `null` results for error-only methods.

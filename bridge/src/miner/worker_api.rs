@@ -1,4 +1,4 @@
-//! The worker API the miner calls (PROTOCOL.md §6.2) on `POST /rpc/v0`.
+//! The worker API the miner calls (docs/LOTUS.md §4) on `POST /rpc/v0`.
 //!
 //! Every incoming token is verified through the miner's `AuthVerify` and must
 //! carry `admin`, as lotus-worker requires: a token the miner rejects gets an
@@ -86,7 +86,7 @@ pub const LIVE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Stages advertised only while a live worker takes them; C1, finalize,
 /// release-unsealed and fetch are always advertised: the miner sends them
-/// only to the worker that holds the sector's files (PROTOCOL.md §8.1).
+/// only to the worker that holds the sector's files (docs/LOTUS.md §6.2).
 const COMPUTE_STAGES: [Stage; 4] = [Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C2];
 
 /// `/rpc/v0`, `/rpc/streams/v0/push` and `/remote`.
@@ -302,7 +302,7 @@ impl Api {
             .collect()
     }
 
-    /// `storiface.WorkerInfo` for the farm (PROTOCOL.md §6.1): the live
+    /// `storiface.WorkerInfo` for the farm (docs/LOTUS.md §6.3): the live
     /// workers' cores, memory and GPUs added up, and per task and proof
     /// type the slots they have (`MaxConcurrent`; the operator's
     /// `--max-concurrent` instead when given).

@@ -1,7 +1,7 @@
 //! Which stages and sector sizes this machine serves, and how many jobs of
 //! each it runs at once (its slots), decided at start from the hardware
 //! probe ([`hardware`]) and lotus' default resource table ([`lotus_table`],
-//! PROTOCOL.md §8.2) with the operator's overrides ([`overrides`]); while
+//! docs/LOTUS.md §6.4) with the operator's overrides ([`overrides`]); while
 //! the worker runs, its jobs share the machine through the [`budget`].
 //!
 //! A stage and size is served when the operator wants it and one job fits:

@@ -25,11 +25,11 @@ use sealfarm_schemas::{Bytes, CallError, ErrorCode, PieceInfo, SectorCids, Secto
 
 use super::layout::SealingPath;
 
-/// Key lotus adds to a PC1 output: the ticket, base64 (PROTOCOL.md §9.7).
+/// Key lotus adds to a PC1 output: the ticket, base64 (docs/LOTUS.md §8.3).
 const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
 /// Folder of the sealing path that records, per sector, the ticket its
 /// cache layers belong to. Outside `cache/`: lotus rejects a cache directory
-/// holding any file the proofs library did not write (PROTOCOL.md §9.4).
+/// holding any file the proofs library did not write (docs/LOTUS.md §9.3).
 const TICKET_MARKERS: &str = "sealfarm/tickets";
 /// Folder of the sealing path that marks, per sector, that a PC2 started:
 /// PC2 encodes the sealed file in place, so a second PC2 over the same file
