@@ -2,7 +2,6 @@
 //! acknowledging each delivery only after its handler succeeded.
 
 use std::future::Future;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
@@ -10,6 +9,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sealfarm_schemas::broker::BrokerLink;
+use sealfarm_schemas::retry::{self, Backoff};
 use sealfarm_schemas::shutdown::Shutdown;
 
 /// Consumes `queue` until shutdown, reconnecting with backoff; each delivery
@@ -20,7 +20,7 @@ where
     F: Fn(Delivery) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let mut delay = Duration::from_millis(200);
+    let mut pauses = Backoff::new(retry::BROKER);
     while !shutdown.is_set() {
         let session = async {
             let broker = link.get().await?;
@@ -34,7 +34,7 @@ where
                     FieldTable::default(),
                 )
                 .await?;
-            delay = Duration::from_millis(200);
+            pauses.reset();
             let mut shutdown = shutdown.clone();
             loop {
                 let delivery = tokio::select! {
@@ -49,11 +49,11 @@ where
         match session.await {
             Ok(()) => break,
             Err(err) => {
+                let delay = pauses.next_pause().unwrap_or(retry::BROKER.max);
                 tracing::warn!(queue, error = %format!("{err:#}"), retry_in = ?delay, "consumer lost the broker; reconnecting");
                 if shutdown.wait_for(delay).await {
                     break;
                 }
-                delay = (delay * 2).min(Duration::from_secs(15));
             }
         }
     }

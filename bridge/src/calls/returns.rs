@@ -3,15 +3,16 @@
 //! (on disk before the bridge moves on).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use sealfarm_schemas::blob::Payload;
+use sealfarm_schemas::retry::{self, Backoff};
 use sealfarm_schemas::{CallError, ErrorCode, Outcome, SectorCids, StageOutput};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
 use super::lifecycle::{Call, CallKind, CallState};
 use super::Calls;
+use crate::miner::rpc::CallFailure;
 
 impl Calls {
     /// How often the miner refused this call's Return so far (0 once returned).
@@ -57,7 +58,7 @@ impl Calls {
                 }
             }
         }
-        let mut delay = Duration::from_millis(500);
+        let mut pauses = Backoff::new(retry::RETURN);
         let since = std::time::Instant::now();
         loop {
             let client = self.miner.client();
@@ -70,19 +71,19 @@ impl Calls {
             };
             match sent {
                 Ok(_) => break,
+                Err(CallFailure::AlreadyReported(_)) => {
+                    tracing::info!(call_id = %call.call_id, "the miner already has this result");
+                    break;
+                }
                 Err(err) => {
                     let text = err.to_string();
-                    if text.contains("already reported") || text.contains("already has a response") {
-                        tracing::info!(call_id = %call.call_id, "the miner already has this result");
-                        break;
-                    }
+                    let delay = pauses.next_pause().unwrap_or(retry::RETURN.max);
                     *self.return_failures.lock().unwrap().entry(call.call_id.id).or_default() += 1;
                     self.metrics.return_failures.get_or_create(&vec![("method", method.to_string())]).inc();
                     tracing::warn!(call_id = %call.call_id, method, error = %text, retry_in = ?delay, "Return not accepted; retrying");
                     if self.shutdown.wait_for(delay).await {
                         return;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use sealfarm_schemas::retry::{self, Backoff};
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::{SectorRef, StageOutput};
 use serde_json::{json, Value};
@@ -81,7 +82,7 @@ impl Miner {
 
     /// Checks the miner's API version, retrying while the miner is away.
     pub async fn check_version(&self, shutdown: &Shutdown) -> Result<()> {
-        let mut delay = Duration::from_secs(1);
+        let mut pauses = Backoff::new(retry::MINER);
         loop {
             match self.client.call::<Value>("Version", json!([])).await {
                 Ok(version) => {
@@ -101,11 +102,11 @@ impl Miner {
                     bail!("the miner at {} refused the MINER_API_INFO token (HTTP 401)", self.info.url)
                 }
                 Err(err) => {
+                    let delay = pauses.next_pause().unwrap_or(retry::MINER.max);
                     tracing::warn!(error = %err, retry_in = ?delay, "waiting for the miner");
                     if shutdown.wait_for(delay).await {
                         bail!("stopped while waiting for the miner");
                     }
-                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -153,8 +153,20 @@ pub enum CallFailure {
     Unauthorized { url: String },
     #[error("{0}")]
     Rpc(RpcError),
+    /// The miner has a result for this call already: lotus answers a
+    /// repeated `Return*` so while the first is unread (docs/LOTUS.md §5.3).
+    #[error("the miner already has this result: {0}")]
+    AlreadyReported(RpcError),
     #[error("unexpected answer from {url}: {detail}")]
     BadAnswer { url: String, detail: String },
+}
+
+/// Whether a method error is lotus refusing a repeated `Return*`: the only
+/// place its wording is matched (`storage/sealer/manager_calltracker.go`
+/// for tracked calls, `manager.go` for simple ones).
+fn is_already_reported(error: &RpcError) -> bool {
+    error.code == METHOD_ERROR
+        && (error.message.contains("already reported") || error.message.contains("already has a response"))
 }
 
 /// A JSON-RPC client over HTTP POST with a bearer token.
@@ -254,7 +266,7 @@ impl RpcClient {
         let now = sealfarm_schemas::messages::now_ms();
         let mut contact = self.contact.lock().unwrap();
         match &outcome {
-            Ok(_) | Err(CallFailure::Rpc(_)) => contact.last_ok_ms = Some(now),
+            Ok(_) | Err(CallFailure::Rpc(_) | CallFailure::AlreadyReported(_)) => contact.last_ok_ms = Some(now),
             Err(failure) => contact.last_error = Some((now, failure.to_string())),
         }
         outcome
@@ -301,10 +313,15 @@ impl RpcClient {
         let answer: Value =
             response.json().await.map_err(|e| CallFailure::BadAnswer { url: url.clone(), detail: e.to_string() })?;
         if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
-            return Err(CallFailure::Rpc(RpcError::new(
+            let error = RpcError::new(
                 error.get("code").and_then(Value::as_i64).unwrap_or(0),
                 error.get("message").and_then(Value::as_str).unwrap_or("").to_string(),
-            )));
+            );
+            return Err(if is_already_reported(&error) {
+                CallFailure::AlreadyReported(error)
+            } else {
+                CallFailure::Rpc(error)
+            });
         }
         let result = answer.get("result").cloned().unwrap_or(Value::Null);
         serde_json::from_value(result).map_err(|e| CallFailure::BadAnswer { url, detail: format!("{method}: {e}") })

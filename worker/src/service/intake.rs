@@ -12,6 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sealfarm_schemas::messages::{now_ms, PieceData};
+use sealfarm_schemas::retry::Backoff;
 use sealfarm_schemas::topology::{self, QueueSpec};
 use sealfarm_schemas::{CallError, DeadLetterReason, ErrorCode, EventKind, Outcome, Task, TaskMessage, SCHEMA_VERSION};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -29,7 +30,7 @@ const OWN_QUEUE_PREFETCH: u16 = 32;
 
 impl Worker {
     /// One consuming session on one connection; returns Ok at shutdown.
-    pub(super) async fn consume(self: Arc<Self>, jobs: &mut JoinSet<()>, delay: &mut Duration) -> Result<()> {
+    pub(super) async fn consume(self: Arc<Self>, jobs: &mut JoinSet<()>, pauses: &mut Backoff) -> Result<()> {
         let broker = self.link.get().await?;
         // This worker's own queue: tasks bound to its files (claimed at once,
         // they wait for their slot here) and control messages.
@@ -68,7 +69,7 @@ impl Worker {
         tracing::info!(worker = %self.config.worker_id, queues = ?self.config.queues(), "consuming");
         // Announce at once: a heartbeat also tells watchers this worker now takes tasks.
         self.heartbeat().await;
-        *delay = Duration::from_millis(200);
+        pauses.reset();
         let mut shutdown = self.shutdown.clone();
         let outcome = loop {
             tokio::select! {

@@ -45,6 +45,7 @@ use anyhow::Result;
 use sealfarm_schemas::broker::BrokerLink;
 use sealfarm_schemas::hardware::Hardware;
 use sealfarm_schemas::messages::StageSlots;
+use sealfarm_schemas::retry::{self, Backoff};
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{EventKind, EventMessage, SectorSize, Stage, TaskMessage};
@@ -264,16 +265,16 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     }
     let heartbeat = tokio::spawn(worker.clone().heartbeats());
     let pruning = tokio::spawn(prune_ended(worker.store.clone(), worker.config.retain_done, shutdown.clone()));
-    let mut delay = Duration::from_millis(200);
+    let mut pauses = Backoff::new(retry::BROKER);
     while !shutdown.is_set() {
-        match worker.clone().consume(&mut jobs, &mut delay).await {
+        match worker.clone().consume(&mut jobs, &mut pauses).await {
             Ok(()) => break,
             Err(err) => {
+                let delay = pauses.next_pause().unwrap_or(retry::BROKER.max);
                 tracing::warn!(error = %format!("{err:#}"), retry_in = ?delay, "lost the broker; reconnecting");
                 if shutdown.wait_for(delay).await {
                     break;
                 }
-                delay = (delay * 2).min(Duration::from_secs(15));
             }
         }
     }

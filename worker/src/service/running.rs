@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use sealfarm_schemas::messages::now_ms;
+use sealfarm_schemas::retry::{self, Backoff};
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{
     CallError, DeadLetterReason, ErrorCode, Outcome, ResultMessage, Stage, TaskMessage, SCHEMA_VERSION,
@@ -135,7 +136,8 @@ impl Worker {
             // A rerun in this process waits, longer each time; a job resumed
             // at start does not (the restart was the pause).
             if runs > 1 && !first {
-                let pause = self.config.retry_backoff * 2u32.pow(runs - 2);
+                let policy = retry::RERUN.starting_at(self.config.retry_backoff);
+                let pause = Backoff::nth(policy, runs - 1);
                 tracing::warn!(call_id = %task.call_id, run = runs, ?pause, "the last run of this job ended without a result; running it again after a pause");
                 if self.shutdown.wait_for(pause).await {
                     let _ = self.store.forgive_run(key); // this run never started

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use sealfarm_schemas::blob::BlobRef;
+use sealfarm_schemas::retry::{self, Backoff};
 use tokio::io::AsyncWriteExt;
 
 /// Where the bridge is and the token it expects.
@@ -155,18 +156,18 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, TransferError>>,
 {
-    let mut delay = Duration::from_millis(500);
+    let mut pauses = Backoff::new(retry::BRIDGE);
     for attempt in 1..=attempts {
         match transfer().await {
             Ok(value) => return Ok(value),
             Err(TransferError::Refused(message)) => bail!(message),
             Err(TransferError::Unreachable(message)) if attempt == attempts => bail!(message),
             Err(TransferError::Unreachable(message)) => {
+                let delay = pauses.next_pause().unwrap_or(retry::BRIDGE.max);
                 tracing::warn!(error = %message, retry_in = ?delay, "bridge transfer failed; trying again");
                 if shutdown.wait_for(delay).await {
                     bail!("stopping: {message}");
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }
