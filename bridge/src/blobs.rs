@@ -339,10 +339,7 @@ pub fn router(api: Arc<BlobApi>) -> Router {
 type Refusal = (StatusCode, String);
 
 fn authorized(api: &BlobApi, headers: &HeaderMap) -> Result<(), Refusal> {
-    let token = crate::miner::rpc::bearer_token(headers, None);
-    let allowed =
-        token.is_some_and(|t| crate::ops::same(&t, &api.worker_token) || crate::ops::same(&t, &api.admin_token));
-    if !allowed {
+    if !crate::auth::carries(headers, None, &[&api.worker_token, &api.admin_token]) {
         let text = "blobs and pieces need `Authorization: Bearer <worker token>` (the bridge's token-worker file, or \
                     its --worker-token)";
         return Err((StatusCode::UNAUTHORIZED, text.to_string()));

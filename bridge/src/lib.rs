@@ -13,6 +13,7 @@
 //! * [`calls`] — accepting calls as tasks, returning results as `Return*`,
 //!   and their durable record ([`calls::store`], sled);
 //! * [`workers`] — the live workers, from their heartbeats (routing, capacity);
+//! * [`auth`] — tokens: which one a request carries, compared in constant time;
 //! * [`blobs`] — C1 outputs and other payloads too large for a message;
 //! * [`consume`] — the one way the bridge consumes a queue;
 //! * [`ops`] — the operators' HTTP API: status, controls, web dashboard, `/metrics`:
@@ -28,6 +29,7 @@
 // source and of `cargo doc --document-private-items`.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub(crate) mod auth;
 pub(crate) mod blobs;
 pub mod calls;
 pub mod cli;

@@ -27,7 +27,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{FromRequestParts, Path as UrlPath, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -61,10 +62,9 @@ impl Tokens {
     }
 
     fn access(&self, headers: &HeaderMap) -> Option<Access> {
-        let token = crate::miner::rpc::bearer_token(headers, None)?;
-        if same(&token, &self.admin) {
+        if crate::auth::carries(headers, None, &[&self.admin]) {
             Some(Access::Admin)
-        } else if same(&token, &self.read) {
+        } else if crate::auth::carries(headers, None, &[&self.read]) {
             Some(Access::Read)
         } else {
             None
@@ -91,15 +91,37 @@ fn token_file(path: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Compares tokens without stopping at the first difference.
-pub(crate) fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Access {
     Read,
     Admin,
+}
+
+/// A request with the read or the admin token: what the status routes
+/// take. `admin` says which (the dashboard shows the controls then).
+pub(crate) struct Reader {
+    admin: bool,
+}
+
+/// A request with the admin token: what the controls take.
+pub(crate) struct Admin;
+
+type Refused = (StatusCode, Json<serde_json::Value>);
+
+impl FromRequestParts<Arc<Ops>> for Reader {
+    type Rejection = Refused;
+    async fn from_request_parts(parts: &mut Parts, ops: &Arc<Ops>) -> Result<Self, Refused> {
+        let access = check(ops, &parts.headers, Access::Read)?;
+        Ok(Reader { admin: access == Access::Admin })
+    }
+}
+
+impl FromRequestParts<Arc<Ops>> for Admin {
+    type Rejection = Refused;
+    async fn from_request_parts(parts: &mut Parts, ops: &Arc<Ops>) -> Result<Self, Refused> {
+        check(ops, &parts.headers, Access::Admin)?;
+        Ok(Admin)
+    }
 }
 
 /// What the handlers share.
@@ -157,9 +179,8 @@ struct ListQuery {
     all: bool,
 }
 
-async fn overview(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Answer {
-    let access = check(&ops, &headers, Access::Read)?;
-    let overview = ops.status.overview(&ops.calls, access == Access::Admin, query.all).await.map_err(internal)?;
+async fn overview(State(ops): State<Arc<Ops>>, reader: Reader, Query(query): Query<ListQuery>) -> Answer {
+    let overview = ops.status.overview(&ops.calls, reader.admin, query.all).await.map_err(internal)?;
     Ok(Json(overview).into_response())
 }
 
@@ -172,26 +193,22 @@ fn with_now(body: impl IntoResponse) -> Response {
     response
 }
 
-async fn workers(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
-    check(&ops, &headers, Access::Read)?;
+async fn workers(State(ops): State<Arc<Ops>>, _reader: Reader) -> Answer {
     Ok(with_now(Json(ops.status.workers(&ops.calls))))
 }
 
-async fn jobs(State(ops): State<Arc<Ops>>, headers: HeaderMap, Query(query): Query<ListQuery>) -> Answer {
-    check(&ops, &headers, Access::Read)?;
+async fn jobs(State(ops): State<Arc<Ops>>, _reader: Reader, Query(query): Query<ListQuery>) -> Answer {
     let jobs = ops.status.jobs(&ops.calls, query.all).map_err(internal)?;
     Ok(with_now(Json(jobs)))
 }
 
-async fn queues(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
-    check(&ops, &headers, Access::Read)?;
+async fn queues(State(ops): State<Arc<Ops>>, _reader: Reader) -> Answer {
     let workers = ops.status.workers(&ops.calls);
     let (queues, dead_letters) = ops.status.queues(&ops.calls, &workers).await;
     Ok(Json(json!({ "queues": queues, "dead_letters": dead_letters })).into_response())
 }
 
-async fn list_dead_letters(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
-    check(&ops, &headers, Access::Read)?;
+async fn list_dead_letters(State(ops): State<Arc<Ops>>, _reader: Reader) -> Answer {
     let listed = ops.dead_letters.handle(&ops.calls, Action::List, &[], false).await.map_err(internal)?;
     let letters: Vec<_> = listed.into_iter().map(|h| h.dead_letter).collect();
     Ok(Json(letters).into_response())
@@ -209,11 +226,10 @@ pub(crate) struct Selection {
 
 async fn act_on_dead_letters(
     State(ops): State<Arc<Ops>>,
-    headers: HeaderMap,
+    _admin: Admin,
     UrlPath(action): UrlPath<String>,
     Json(selection): Json<Selection>,
 ) -> Answer {
-    check(&ops, &headers, Access::Admin)?;
     let action = match action.as_str() {
         "replay" => Action::Replay,
         "purge" => Action::Purge,
@@ -229,10 +245,9 @@ async fn act_on_dead_letters(
 
 async fn worker_control(
     State(ops): State<Arc<Ops>>,
-    headers: HeaderMap,
+    _admin: Admin,
     UrlPath((id, action)): UrlPath<(String, String)>,
 ) -> Answer {
-    check(&ops, &headers, Access::Admin)?;
     let control = match action.as_str() {
         "drain" => Control::Drain { reason: "drained by the operator (sealfarm-bridge drain)".into() },
         "resume" => Control::Resume {},
@@ -269,10 +284,9 @@ async fn worker_control(
 
 async fn job_control(
     State(ops): State<Arc<Ops>>,
-    headers: HeaderMap,
+    _admin: Admin,
     UrlPath((id, action)): UrlPath<(String, String)>,
 ) -> Answer {
-    check(&ops, &headers, Access::Admin)?;
     let call = find_call(&ops.calls, &id)?;
     let done = match action.as_str() {
         "requeue" => ops.calls.requeue(&call).await,
