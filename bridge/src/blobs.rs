@@ -18,7 +18,6 @@
 //! [`Blobs::sweep`] at start once older than [`ORPHAN_AGE`].
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +31,8 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
 use sealfarm_schemas::blob::{is_digest, BlobRef};
+use sealfarm_schemas::partial_file::{write_whole, PartialFile};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 /// How long an upload no call names is kept (its result may still be on the way).
 pub const ORPHAN_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -83,16 +82,10 @@ impl Blobs {
             return Ok(blob);
         }
         let (path, partial) = (self.path(&blob.sha256), self.partial_path(&blob.sha256));
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            let mut file = std::fs::File::create(&partial)?;
-            file.write_all(&bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&partial, &path)?;
-            Ok(())
-        })
-        .await?
-        .inspect_err(|_| self.unpin(&blob.sha256))
-        .with_context(|| format!("cannot store blob {blob}"))?;
+        tokio::task::spawn_blocking(move || -> Result<()> { Ok(write_whole(&partial, &path, &bytes)?) })
+            .await?
+            .inspect_err(|_| self.unpin(&blob.sha256))
+            .with_context(|| format!("cannot store blob {blob}"))?;
         Ok(blob)
     }
 
@@ -106,8 +99,9 @@ impl Blobs {
         if !text.len().is_multiple_of(4) {
             return Err("invalid base64: its length is not a multiple of 4".into());
         }
-        let partial = self.partial_path("base64");
-        let mut file = tokio::fs::File::create(&partial).await.map_err(|e| format!("cannot store the payload: {e}"))?;
+        let mut file = PartialFile::create(self.partial_path("base64"))
+            .await
+            .map_err(|e| format!("cannot store the payload: {e}"))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut buffer = Vec::with_capacity(CHUNK / 4 * 3);
@@ -122,16 +116,13 @@ impl Blobs {
                 }
                 file.write_all(&buffer).await.map_err(|e| format!("cannot store the payload: {e}"))?;
             }
-            file.sync_all().await.map_err(|e| format!("cannot store the payload: {e}"))
+            Ok(())
         }
         .await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(e);
-        }
+        written?;
         let blob = BlobRef { sha256: hex::encode(hasher.finalize()), size };
         self.pin(&blob.sha256);
-        if let Err(e) = tokio::fs::rename(&partial, self.path(&blob.sha256)).await {
+        if let Err(e) = file.commit(&self.path(&blob.sha256)).await {
             self.unpin(&blob.sha256);
             return Err(format!("cannot store the payload: {e}"));
         }
@@ -194,9 +185,8 @@ impl Blobs {
     /// file, refused past the size limit or when the bytes do not match the
     /// name, renamed into place when whole.
     async fn receive(&self, sha256: &str, body: Body) -> Result<u64, (StatusCode, String)> {
-        let partial = self.partial_path(sha256);
         let outcome = async {
-            let mut file = tokio::fs::File::create(&partial)
+            let mut file = PartialFile::create(self.partial_path(sha256))
                 .await
                 .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, format!("cannot store blob {sha256}: {e}")))?;
             let mut hasher = Sha256::new();
@@ -226,20 +216,14 @@ impl Blobs {
             if got != sha256 {
                 return Err((StatusCode::BAD_REQUEST, format!("the uploaded bytes have SHA-256 {got}, not {sha256}")));
             }
-            file.sync_all()
-                .await
-                .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, format!("cannot store blob {sha256}: {e}")))?;
             // Until the result that names it is recorded.
             self.pin(sha256);
-            tokio::fs::rename(&partial, self.path(sha256))
+            file.commit(&self.path(sha256))
                 .await
-                .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot store blob {sha256}: {e}")))?;
+                .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, format!("cannot store blob {sha256}: {e}")))?;
             Ok(size)
         }
         .await;
-        if outcome.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
-        }
         outcome
     }
 

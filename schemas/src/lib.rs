@@ -18,6 +18,7 @@
 //!   that stops it.
 //! * [`sled_rewrite`] — how the bridge's call store and a worker's job
 //!   store give disk space back (sled does not, by itself);
+//! * [`partial_file`] — files that are whole under their name or absent;
 //! * [`retry`] — the one retry policy (exponential backoff with jitter);
 //! * [`metrics`] — what both processes' Prometheus registries share.
 //!
@@ -34,6 +35,7 @@ pub mod json_schema;
 pub mod lotus;
 pub mod messages;
 pub mod metrics;
+pub mod partial_file;
 pub mod retry;
 pub mod sector_store;
 pub mod shutdown;

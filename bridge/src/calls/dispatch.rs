@@ -222,7 +222,7 @@ impl Calls {
                 }
                 self.release_piece(&call);
                 let this = self.clone();
-                tokio::spawn(async move { this.deliver(call).await });
+                this.tasks.clone().spawn(async move { this.deliver(call).await });
             }
             Err(err) => {
                 tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "cannot record a failure")

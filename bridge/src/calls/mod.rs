@@ -52,6 +52,9 @@ pub struct Calls {
     pub pieces: Arc<crate::miner::pieces::PieceInbox>,
     /// One `Return*` carrying a large output (a C1 output read from its blob) is sent at a time.
     pub large_returns: tokio::sync::Semaphore,
+    /// Every task the bridge spawns (deliveries, consumers, loops): a clean
+    /// stop waits for them before the store is flushed.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Calls {
@@ -126,7 +129,7 @@ impl Calls {
     /// left (the safe order, docs/LOTUS.md §4.4).
     fn deliver_soon(self: &Arc<Self>, call: Call) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
             this.deliver(call).await;
         });
@@ -156,12 +159,12 @@ impl Calls {
             match call.state {
                 CallState::Resulted { .. } => {
                     let this = self.clone();
-                    tokio::spawn(async move { this.deliver(call).await });
+                    this.tasks.clone().spawn(async move { this.deliver(call).await });
                 }
                 CallState::Accepted => {
                     let Some(task) = call.task().cloned() else { continue };
                     let this = self.clone();
-                    tokio::spawn(async move {
+                    self.tasks.spawn(async move {
                         let queue = match this.route(&task, None) {
                             Ok(queue) => queue,
                             Err(error) => return this.fail(&call, task.attempt, error, FailedBy::Bridge),

@@ -65,11 +65,12 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         return_failures: Default::default(),
         pieces: pieces.clone(),
         large_returns: tokio::sync::Semaphore::new(1),
+        tasks: tokio_util::task::TaskTracker::new(),
     });
     let ops = Arc::new(Ops {
         calls: calls.clone(),
         status: StatusSource {
-            hostname: hostname(),
+            hostname: sealfarm_schemas::hardware::hostname(),
             started_at_ms: sealfarm_schemas::messages::now_ms(),
             lease_timeout: args.lease_timeout,
             queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
@@ -81,7 +82,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let leases = Leases::new(calls.clone(), args.lease_timeout)?;
     let api = Arc::new(Api {
         session: uuid::Uuid::new_v4(),
-        hostname: hostname(),
+        hostname: sealfarm_schemas::hardware::hostname(),
         calls: calls.clone(),
         miner: miner.clone(),
         pieces: pieces.clone(),
@@ -153,11 +154,12 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     miner.check_version(&shutdown).await?;
     miner.attach_storage().await?;
     calls.redeliver_pending().await?;
-    tokio::spawn(calls.clone().consume_results());
-    tokio::spawn(calls.clone().consume_dead_letters());
-    tokio::spawn(leases.clone().consume_events());
-    tokio::spawn(leases.clone().expire());
-    tokio::spawn(prune_returned(calls.clone(), args.retain_returned));
+    let tasks = calls.tasks.clone();
+    tasks.spawn(calls.clone().consume_results());
+    tasks.spawn(calls.clone().consume_dead_letters());
+    tasks.spawn(leases.clone().consume_events());
+    tasks.spawn(leases.clone().expire());
+    tasks.spawn(prune_returned(calls.clone(), args.retain_returned));
     let session = miner.connect().await?;
     let keeper = {
         let miner = miner.clone();
@@ -166,6 +168,12 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     };
     let _ = server.await;
     keeper.abort();
+    // Consumers, loops and deliveries stop at their next safe point (a
+    // delivery waiting to retry stops; its call is delivered at the next start).
+    tasks.close();
+    if tokio::time::timeout(STOP_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!(left = tasks.len(), "tasks still running at stop; stopping anyway");
+    }
     // The marks written without a flush (dispatched, claimed, returned) are
     // on disk before a clean stop ends.
     if let Err(err) = calls.store.flush() {
@@ -174,6 +182,10 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     link.close().await;
     Ok(())
 }
+
+/// How long a clean stop waits for the bridge's tasks (a Return on its way
+/// to the miner, a result being stored) before it flushes and ends.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Removes calls returned longer than `retain` ago, at start and hourly (a
 /// quarter of a shorter retention); then, when the store grew by a quarter
@@ -222,10 +234,4 @@ async fn advertised_address(listen: &SocketAddr, miner: &MinerApiInfo) -> Result
         .await
         .with_context(|| format!("cannot reach the miner at {} to find this host's address", miner.address))?;
     Ok(SocketAddr::new(stream.local_addr()?.ip(), listen.port()))
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "sealfarm-bridge".into())
 }

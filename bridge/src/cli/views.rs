@@ -292,17 +292,18 @@ pub fn format_handled(handled: &[Handled]) -> String {
 
 /// Left-aligned columns, two spaces apart.
 fn table<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
+    // Plain columns two spaces apart, as `lotus-miner sealing jobs` prints them.
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING).set_content_arrangement(comfy_table::ContentArrangement::Disabled);
     for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
+        table.add_row(row.iter().map(String::as_str));
+    }
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
     let mut out = String::new();
-    for row in rows {
-        let line: Vec<String> =
-            row.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = widths[i])).collect();
-        out.push_str(line.join("  ").trim_end());
+    for line in table.lines() {
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out

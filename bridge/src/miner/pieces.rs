@@ -20,6 +20,8 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use sealfarm_schemas::partial_file::PartialFile;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::head;
 use axum::Router;
 use futures_util::{Stream, StreamExt};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 /// How long one side of a push waits for the other (lotus: 30 s).
@@ -157,9 +158,8 @@ impl PieceInbox {
         max: u64,
     ) -> Result<u64, String> {
         let path = self.path(id);
-        let partial = path.with_extension("partial");
+        let mut file = PartialFile::create(path.with_extension("partial")).await.map_err(|e| e.to_string())?;
         let written = async {
-            let mut file = tokio::fs::File::create(&partial).await.map_err(|e| e.to_string())?;
             let mut total = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| format!("the upload broke off: {e}"))?;
@@ -169,15 +169,11 @@ impl PieceInbox {
                 }
                 file.write_all(&chunk).await.map_err(|e| e.to_string())?;
             }
-            file.sync_all().await.map_err(|e| e.to_string())?;
-            tokio::fs::rename(&partial, &path).await.map_err(|e| e.to_string())?;
             Ok(total)
         }
-        .await;
-        if written.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
-        }
-        written
+        .await?;
+        file.commit(&path).await.map_err(|e| e.to_string())?;
+        Ok(written)
     }
 
     /// Waits (up to [`PUSH_WAIT`]) for an AddPiece call that names stream

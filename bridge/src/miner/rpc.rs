@@ -56,13 +56,49 @@ impl<'a> Request<'a> {
         Ok(params)
     }
 
-    /// Decodes param `index` of `params`.
-    pub fn arg<T: DeserializeOwned>(&self, params: &[&RawValue], index: usize) -> Result<T, RpcError> {
+    /// The params as one typed value: a tuple with a type per param, its
+    /// arity the method's param count (any other count is refused as
+    /// go-jsonrpc refuses it), each param decoded in place.
+    pub fn decode<P: Positional<'a>>(&self) -> Result<P, RpcError> {
+        let params = self.params(P::COUNT)?;
+        P::decode(self, &params)
+    }
+
+    /// Decodes param `index` of `params`, borrowing from the body where the
+    /// type can (a `&RawValue` of tens of MiB is not copied).
+    fn arg_in<T: Deserialize<'a>>(&self, params: &[&'a RawValue], index: usize) -> Result<T, RpcError> {
         serde_json::from_str(params[index].get()).map_err(|e| {
             RpcError::new(INVALID_PARAMS, format!("unmarshaling params for '{}' (param: {index}): {e}", self.method))
         })
     }
 }
+
+/// A method's params as one type: implemented for tuples of up to five
+/// params, so `request.decode::<(SectorRef, Ticket, Vec<PieceInfo>)>()`
+/// is the whole signature of `SealPreCommit1`.
+pub trait Positional<'a>: Sized {
+    const COUNT: usize;
+    fn decode(request: &Request<'a>, params: &[&'a RawValue]) -> Result<Self, RpcError>;
+}
+
+macro_rules! positional {
+    ($count:expr; $($param:ident $index:tt),*) => {
+        impl<'a, $($param: Deserialize<'a>),*> Positional<'a> for ($($param,)*) {
+            const COUNT: usize = $count;
+            #[allow(unused_variables)]
+            fn decode(request: &Request<'a>, params: &[&'a RawValue]) -> Result<Self, RpcError> {
+                Ok(($(request.arg_in::<$param>(params, $index)?,)*))
+            }
+        }
+    };
+}
+
+positional!(0;);
+positional!(1; A 0);
+positional!(2; A 0, B 1);
+positional!(3; A 0, B 1, C 2);
+positional!(4; A 0, B 1, C 2, D 3);
+positional!(5; A 0, B 1, C 2, D 3, E 4);
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

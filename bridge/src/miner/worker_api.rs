@@ -40,25 +40,69 @@ pub const TASK_TYPES: [TaskType; 8] = [
     TaskType::Fetch,
 ];
 
-/// Worker methods that exist in lotus but that the bridge does not serve yet.
-const UNSUPPORTED: [&str; 16] = [
-    "DataCid",
-    "UnsealPiece",
-    "ReplicaUpdate",
-    "ProveReplicaUpdate1",
-    "ProveReplicaUpdate2",
-    "GenerateSectorKeyFromData",
-    "FinalizeReplicaUpdate",
-    "DownloadSectorData",
-    "GenerateWinningPoSt",
-    "GenerateWindowPoSt",
-    "Remove",
-    "StorageAddLocal",
-    "StorageDetachLocal",
-    "StorageDetachAll",
-    "StorageRedeclareLocal",
-    "StorageLocal",
-];
+/// Declares [`Method`]: every method of lotus' worker API
+/// (`api/api_worker.go`), by its Go name.
+macro_rules! worker_methods {
+    ($($name:ident),* $(,)?) => {
+        /// A method of lotus' worker API. The bridge serves the sealing ones
+        /// and the ones the miner needs to schedule; the others (snap deals,
+        /// unsealing, PoSt, storage management) it answers "not supported".
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Method {
+            $($name),*
+        }
+
+        impl Method {
+            /// The method a JSON-RPC name (without `Filecoin.`) calls.
+            pub fn parse(name: &str) -> Option<Method> {
+                match name {
+                    $(stringify!($name) => Some(Method::$name),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+worker_methods!(
+    Version,
+    Session,
+    ProcessSession,
+    Enabled,
+    Info,
+    TaskTypes,
+    Paths,
+    WaitQuiet,
+    SetEnabled,
+    TaskEnable,
+    TaskDisable,
+    Shutdown,
+    AddPiece,
+    SealPreCommit1,
+    SealPreCommit2,
+    SealCommit1,
+    SealCommit2,
+    FinalizeSector,
+    ReleaseUnsealed,
+    Fetch,
+    MoveStorage,
+    DataCid,
+    UnsealPiece,
+    ReplicaUpdate,
+    ProveReplicaUpdate1,
+    ProveReplicaUpdate2,
+    GenerateSectorKeyFromData,
+    FinalizeReplicaUpdate,
+    DownloadSectorData,
+    GenerateWinningPoSt,
+    GenerateWindowPoSt,
+    Remove,
+    StorageAddLocal,
+    StorageDetachLocal,
+    StorageDetachAll,
+    StorageRedeclareLocal,
+    StorageLocal,
+);
 
 /// What the handlers share.
 pub struct Api {
@@ -151,37 +195,37 @@ async fn discard_stream(mut stream: axum::body::BodyDataStream) {
 
 impl Api {
     async fn dispatch(&self, request: Request<'_>, perms: &[String]) -> Result<Value, RpcError> {
-        let Some(name) = request.method.strip_prefix("Filecoin.") else {
+        let method = request.method.strip_prefix("Filecoin.").and_then(Method::parse);
+        let Some(method) = method else {
             return Err(RpcError::not_found(&request.method));
         };
-        let name = name.to_string();
-        if !is_worker_method(&name) {
-            return Err(RpcError::not_found(&request.method));
-        }
+        let name = format!("{method:?}");
         if !perms.iter().any(|p| p == "admin") {
             return Err(RpcError::method(format!("missing permission to invoke '{name}' (need 'admin')")));
         }
         let calls = &self.calls;
         let call_id = |id| serde_json::to_value(id).map_err(|e| RpcError::method(e.to_string()));
-        match name.as_str() {
-            "Version" => {
-                request.params(0)?;
+        // Each arm decodes the method's params as one typed tuple (lotus'
+        // signature); a wrong count or type is refused before anything runs.
+        match method {
+            Method::Version => {
+                let () = request.decode()?;
                 Ok(json!(WORKER_API_VERSION))
             }
-            "Session" | "ProcessSession" => {
-                request.params(0)?;
+            Method::Session | Method::ProcessSession => {
+                let () = request.decode()?;
                 Ok(json!(self.session))
             }
-            "Enabled" => {
-                request.params(0)?;
+            Method::Enabled => {
+                let () = request.decode()?;
                 Ok(json!(true))
             }
-            "Info" => {
-                request.params(0)?;
+            Method::Info => {
+                let () = request.decode()?;
                 Ok(self.info())
             }
-            "TaskTypes" => {
-                request.params(0)?;
+            Method::TaskTypes => {
+                let () = request.decode()?;
                 let map: serde_json::Map<String, Value> = self
                     .task_types()
                     .iter()
@@ -189,16 +233,13 @@ impl Api {
                     .collect();
                 Ok(Value::Object(map))
             }
-            "Paths" => {
-                request.params(0)?;
+            Method::Paths => {
+                let () = request.decode()?;
                 Ok(Value::Array(self.miner.storage.iter().map(|p| p.worker_path()).collect()))
             }
-            "AddPiece" => {
-                let p = request.params(4)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
-                let existing: Option<Vec<u64>> = request.arg(&p, 1)?;
-                let piece_size: u64 = request.arg(&p, 2)?;
-                let data: ReaderStream = request.arg(&p, 3)?;
+            Method::AddPiece => {
+                let (sector, existing, piece_size, data): (SectorRef, Option<Vec<u64>>, u64, ReaderStream) =
+                    request.decode()?;
                 let data = match data.kind.as_str() {
                     "null" => PieceData::Null,
                     "push" => {
@@ -218,41 +259,31 @@ impl Api {
                 let task = Task::Ap { existing_piece_sizes: existing.unwrap_or_default(), piece_size, data };
                 call_id(calls.accept(&name, sector, task).await?)
             }
-            "SealPreCommit1" => {
-                let p = request.params(3)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
-                let task = Task::Pc1 { ticket: request.arg(&p, 1)?, pieces: request.arg::<Vec<PieceInfo>>(&p, 2)? };
+            Method::SealPreCommit1 => {
+                let (sector, ticket, pieces): (SectorRef, _, Vec<PieceInfo>) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Pc1 { ticket, pieces }).await?)
+            }
+            Method::SealPreCommit2 => {
+                let (sector, pc1_out): (SectorRef, LotusBytes) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Pc2 { pc1_out }).await?)
+            }
+            Method::SealCommit1 => {
+                let (sector, ticket, seed, pieces, cids): (SectorRef, _, _, _, SectorCids) = request.decode()?;
+                let task = Task::C1 { ticket, seed, pieces, cids: Box::new(cids) };
                 call_id(calls.accept(&name, sector, task).await?)
             }
-            "SealPreCommit2" => {
-                let p = request.params(2)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
-                let task = Task::Pc2 { pc1_out: request.arg::<LotusBytes>(&p, 1)? };
-                call_id(calls.accept(&name, sector, task).await?)
-            }
-            "SealCommit1" => {
-                let p = request.params(5)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
-                let task = Task::C1 {
-                    ticket: request.arg(&p, 1)?,
-                    seed: request.arg(&p, 2)?,
-                    pieces: request.arg(&p, 3)?,
-                    cids: Box::new(request.arg::<SectorCids>(&p, 4)?),
-                };
-                call_id(calls.accept(&name, sector, task).await?)
-            }
-            "SealCommit2" => {
-                let p = request.params(2)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
-                // Tens of MiB for a 32 GiB sector: kept as a blob, never sent through the broker.
-                let c1_out = match p[1].get() {
+            Method::SealCommit2 => {
+                // The C1 output, borrowed from the body: tens of MiB for a
+                // 32 GiB sector, kept as a blob, never sent through the broker.
+                let (sector, c1_out): (SectorRef, &serde_json::value::RawValue) = request.decode()?;
+                let c1_out = match c1_out.get() {
                     raw if raw.starts_with('"') && !raw.contains('\\') => {
                         self.calls.blobs.put_base64(&raw[1..raw.len() - 1]).await
                     }
-                    _ => {
-                        let bytes: LotusBytes = request.arg(&p, 1)?;
-                        self.calls.blobs.put(bytes.0).await.map_err(|e| format!("{e:#}"))
-                    }
+                    raw => match serde_json::from_str::<LotusBytes>(raw) {
+                        Ok(bytes) => self.calls.blobs.put(bytes.0).await.map_err(|e| format!("{e:#}")),
+                        Err(e) => Err(e.to_string()),
+                    },
                 }
                 .map_err(|e| {
                     RpcError::new(rpc::INVALID_PARAMS, format!("SealCommit2 (param: 1, the C1 output): {e}"))
@@ -264,28 +295,24 @@ impl Api {
                 self.calls.blobs.unpin(&sha256);
                 call_id(accepted?)
             }
-            "FinalizeSector" => {
-                let p = request.params(1)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
+            Method::FinalizeSector => {
+                let (sector,): (SectorRef,) = request.decode()?;
                 call_id(calls.accept(&name, sector, Task::Fin {}).await?)
             }
-            "ReleaseUnsealed" => {
-                let p = request.params(2)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
-                let keep: Option<Vec<Range>> = request.arg(&p, 1)?;
-                call_id(calls.accept(&name, sector, Task::Ru { keep_unsealed: keep }).await?)
+            Method::ReleaseUnsealed => {
+                let (sector, keep_unsealed): (SectorRef, Option<Vec<Range>>) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Ru { keep_unsealed }).await?)
             }
-            "Fetch" => {
-                let p = request.params(4)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
+            Method::Fetch => {
+                // The file types, path type and acquire mode do not matter in shared storage.
+                let (sector, _, _, _): (SectorRef, Value, Value, Value) = request.decode()?;
                 call_id(calls.accept_local(&name, sector, CallKind::Fetch)?)
             }
-            "MoveStorage" => {
-                let p = request.params(2)?;
-                let sector: SectorRef = request.arg(&p, 0)?;
+            Method::MoveStorage => {
+                let (sector, _types): (SectorRef, Value) = request.decode()?;
                 call_id(calls.accept_local(&name, sector, CallKind::MoveStorage)?)
             }
-            other => Err(RpcError::method(format!("sealfarm-bridge does not support {other} yet"))),
+            other => Err(RpcError::method(format!("sealfarm-bridge does not support {other:?} yet"))),
         }
     }
 
@@ -377,31 +404,6 @@ pub fn parse_limit(text: &str) -> Result<(TaskType, u32), String> {
     let stage: sealfarm_schemas::Stage = stage.parse()?;
     let limit = limit.trim().parse().map_err(|_| format!("{text:?}: {limit:?} is not a number"))?;
     Ok((stage.task_type(), limit))
-}
-
-fn is_worker_method(name: &str) -> bool {
-    const SERVED: [&str; 17] = [
-        "Version",
-        "Session",
-        "ProcessSession",
-        "Enabled",
-        "Info",
-        "TaskTypes",
-        "Paths",
-        "AddPiece",
-        "SealPreCommit1",
-        "SealPreCommit2",
-        "SealCommit1",
-        "SealCommit2",
-        "FinalizeSector",
-        "ReleaseUnsealed",
-        "Fetch",
-        "MoveStorage",
-        "WaitQuiet",
-    ];
-    SERVED.contains(&name)
-        || UNSUPPORTED.contains(&name)
-        || ["SetEnabled", "TaskEnable", "TaskDisable", "Shutdown"].contains(&name)
 }
 
 /// (MemTotal, MemAvailable, SwapTotal, SwapFree) in bytes from /proc/meminfo.

@@ -64,13 +64,28 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
                 params::cache_dir().display()
             );
             let started = Instant::now();
-            let ticker = std::thread::spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(30));
-                eprintln!("  still generating: {:.0} s elapsed", started.elapsed().as_secs_f64());
+            // A spinner with the time spent on a terminal; a line every 30 s in a log.
+            let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+                let spinner = indicatif::ProgressBar::new_spinner();
+                let style = indicatif::ProgressStyle::with_template("{spinner} generating {msg}: {elapsed} so far")
+                    .expect("a valid template");
+                spinner.set_style(style);
+                spinner.set_message(sector_size.to_string());
+                spinner.enable_steady_tick(Duration::from_millis(250));
+                spinner
             });
-            drop(ticker);
+            if spinner.is_none() {
+                std::thread::spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(30));
+                    eprintln!("  still generating: {:.0} s elapsed", started.elapsed().as_secs_f64());
+                });
+            }
             let proof = proofs::api_proof(RegisteredSealProof::v1_1_for(sector_size)).expect("known proof");
-            params::generate::generate_porep_params(proof)?;
+            let generated = params::generate::generate_porep_params(proof);
+            if let Some(spinner) = spinner {
+                spinner.finish_and_clear();
+            }
+            generated?;
             eprintln!("done in {:.0} s: {}", started.elapsed().as_secs_f64(), params_path.display());
             Ok(())
         }

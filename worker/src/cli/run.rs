@@ -185,7 +185,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
         state_dir.join("warm-up"),
         &|name| std::env::var(name).ok(),
     )?;
-    let hostname = crate::hostname();
+    let hostname = sealfarm_schemas::hardware::hostname();
     let files = match (args.files_listen, args.files_token) {
         (None, _) => None,
         (Some(_), None) => bail!("--files-listen needs SEALFARM_FILES_TOKEN (the secret the bridge presents)"),

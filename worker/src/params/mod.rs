@@ -156,6 +156,18 @@ fn download(gateway: &str, name: &str, entry: &ManifestEntry, path: &Path) -> Re
     let mut state = blake2b_simd::Params::new().hash_length(64).to_state();
     let mut buffer = vec![0u8; 1 << 20];
     let (mut done, started, mut last_report) = (0u64, Instant::now(), Instant::now());
+    // A progress bar on a terminal; a line every 5 s in a log.
+    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+        let bar = indicatif::ProgressBar::new(total.unwrap_or(0));
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+        )
+        .expect("a valid template")
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(name.to_string());
+        bar
+    });
     loop {
         let n = reader.read(&mut buffer).with_context(|| format!("reading {url}"))?;
         if n == 0 {
@@ -164,7 +176,9 @@ fn download(gateway: &str, name: &str, entry: &ManifestEntry, path: &Path) -> Re
         state.update(&buffer[..n]);
         out.write_all(&buffer[..n]).with_context(|| format!("writing {}", partial.display()))?;
         done += n as u64;
-        if last_report.elapsed() > Duration::from_secs(5) {
+        if let Some(bar) = &bar {
+            bar.set_position(done);
+        } else if last_report.elapsed() > Duration::from_secs(5) {
             last_report = Instant::now();
             let rate = done as f64 / started.elapsed().as_secs_f64() / 1e6;
             match total {
@@ -176,6 +190,9 @@ fn download(gateway: &str, name: &str, entry: &ManifestEntry, path: &Path) -> Re
                 None => eprintln!("{name}: {} MB, {rate:.1} MB/s", done / 1_000_000),
             }
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     out.sync_all()?;
     drop(out);

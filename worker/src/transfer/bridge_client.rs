@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use sealfarm_schemas::blob::BlobRef;
+use sealfarm_schemas::partial_file::PartialFile;
 use sealfarm_schemas::retry::{self, Backoff};
-use tokio::io::AsyncWriteExt;
 
 /// Where the bridge is and the token it expects.
 #[derive(Clone)]
@@ -104,9 +104,8 @@ impl BridgeClient {
     pub async fn download_piece(&self, id: uuid::Uuid, path: &Path) -> Result<u64, TransferError> {
         let url = format!("{}/sealfarm/v0/pieces/{id}", self.url);
         let response = self.send(self.http.get(&url)).await?;
-        let partial = path.with_extension("partial");
         let written = async {
-            let mut file = tokio::fs::File::create(&partial).await.map_err(|e| e.to_string())?;
+            let mut file = PartialFile::create(path.with_extension("partial")).await.map_err(|e| e.to_string())?;
             let mut total = 0u64;
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
@@ -114,14 +113,10 @@ impl BridgeClient {
                 total += chunk.len() as u64;
                 file.write_all(&chunk).await.map_err(|e| e.to_string())?;
             }
-            file.sync_all().await.map_err(|e| e.to_string())?;
-            tokio::fs::rename(&partial, path).await.map_err(|e| e.to_string())?;
+            file.commit(path).await.map_err(|e| e.to_string())?;
             Ok::<_, String>(total)
         }
         .await;
-        if written.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
-        }
         written.map_err(TransferError::Unreachable)
     }
 

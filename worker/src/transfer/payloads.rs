@@ -18,12 +18,12 @@
 //! [`INLINE_LIMIT`] (test sizes, a worker driven straight from the broker)
 //! and fails larger ones with an error that names the flag.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::blob::{BlobRef, Payload, INLINE_LIMIT};
 use sealfarm_schemas::messages::PieceData;
+use sealfarm_schemas::partial_file::write_whole;
 use sealfarm_schemas::shutdown::Shutdown;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, Outcome, ResultMessage, StageOutput, Task, TaskMessage};
 
@@ -123,12 +123,8 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<BlobRef> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let blob = BlobRef::of(bytes);
     let path = dir.join(&blob.sha256);
-    let partial = path.with_extension("partial");
-    let mut file = std::fs::File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    std::fs::rename(&partial, &path).with_context(|| format!("cannot rename {}", partial.display()))?;
+    write_whole(&path.with_extension("partial"), &path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(blob)
 }
 
