@@ -19,6 +19,7 @@
 //! * [`metrics`](mod@metrics) — the Prometheus metrics.
 
 pub(crate) mod dead_letters;
+mod exposition;
 pub mod metrics;
 pub(crate) mod queues;
 pub(crate) mod snapshot;
