@@ -27,6 +27,20 @@ impl Trigger {
     pub fn fire(&self) {
         self.token.cancel();
     }
+
+    /// Fires on SIGTERM or Ctrl-C (a task on the current runtime).
+    pub fn on_signals(self) {
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("signal received; stopping");
+            self.fire();
+        });
+    }
 }
 
 impl Shutdown {

@@ -140,16 +140,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
             .with_graceful_shutdown(async move { server_shutdown.wait().await })
             .await
     });
-    tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("signal received; stopping");
-        trigger.fire();
-    });
+    trigger.on_signals();
 
     miner.check_version(&shutdown).await?;
     miner.attach_storage().await?;

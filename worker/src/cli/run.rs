@@ -309,16 +309,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (trigger, shutdown) = shutdown::channel();
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::info!("signal received; stopping");
-            trigger.fire();
-        });
+        trigger.on_signals();
         service::run(config, shutdown).await
     })?;
     // Proof threads still running after the grace period must not hold the exit.

@@ -245,9 +245,26 @@ impl Held {
     }
 }
 
+/// A finished result of `task`, for the tests of the job and its store.
+#[cfg(test)]
+pub(crate) fn done_result(task: &TaskMessage) -> ResultMessage {
+    ResultMessage {
+        schema: sealfarm_schemas::SCHEMA_VERSION,
+        call_id: task.call_id,
+        attempt: task.attempt,
+        sector: task.sector,
+        stage: task.stage(),
+        worker: "w-a".into(),
+        storage_id: None,
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        outcome: sealfarm_schemas::Outcome::Done(sealfarm_schemas::StageOutput::Fin {}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use sealfarm_schemas::{Outcome, RegisteredSealProof, SectorId, SectorRef, StageOutput, Task};
+    use sealfarm_schemas::{RegisteredSealProof, SectorId, SectorRef, Task};
 
     use super::*;
 
@@ -257,28 +274,13 @@ mod tests {
         let mut record = JobRecord::claimed(task, 1);
         record.state = match state {
             "claimed" => JobState::Claimed { runs: 1 },
-            "finished" => JobState::Finished { result: Box::new(result(&record.task)) },
+            "finished" => JobState::Finished { result: Box::new(super::done_result(&record.task)) },
             "done" => JobState::Done { finished_at_ms: 2 },
             "released" => JobState::Released { at_ms: 2, reason: "stop".into() },
             "superseded" => JobState::Superseded { at_ms: 2, reason: "lease".into() },
             other => panic!("no fixture {other}"),
         };
         record
-    }
-
-    fn result(task: &TaskMessage) -> ResultMessage {
-        ResultMessage {
-            schema: sealfarm_schemas::SCHEMA_VERSION,
-            call_id: task.call_id,
-            attempt: task.attempt,
-            sector: task.sector,
-            stage: task.stage(),
-            worker: "w-a".into(),
-            storage_id: None,
-            started_at_ms: 1,
-            finished_at_ms: 2,
-            outcome: Outcome::Done(StageOutput::Fin {}),
-        }
     }
 
     type Change = fn(&mut JobRecord) -> Result<(), Stale>;
@@ -291,7 +293,7 @@ mod tests {
         let table: [(&str, Change, [&str; 5]); 6] = [
             ("start_run", |r| r.start_run().map(drop), ["claimed", "-", "-", "-", "-"]),
             ("forgive_run", |r| r.forgive_run(), ["claimed", "-", "-", "-", "-"]),
-            ("finish", |r| r.finish(result(&r.task.clone())), ["finished", "-", "-", "-", "-"]),
+            ("finish", |r| r.finish(super::done_result(&r.task.clone())), ["finished", "-", "-", "-", "-"]),
             ("done", |r| r.done(3), ["-", "done", "-", "-", "-"]),
             ("release", |r| r.release("stop".into(), 3), ["released", "-", "-", "-", "-"]),
             ("supersede", |r| r.supersede("lease".into(), 3), ["superseded", "-", "-", "-", "-"]),

@@ -282,18 +282,7 @@ mod tests {
     /// Finishes a claimed job and marks it done, as the service does once
     /// the broker confirmed its result.
     fn finish_and_done(store: &JobStore, task: &TaskMessage) {
-        let result = ResultMessage {
-            schema: sealfarm_schemas::SCHEMA_VERSION,
-            call_id: task.call_id,
-            attempt: task.attempt,
-            sector: task.sector,
-            stage: task.stage(),
-            worker: "w-a".into(),
-            storage_id: None,
-            started_at_ms: 1,
-            finished_at_ms: 2,
-            outcome: sealfarm_schemas::Outcome::Done(sealfarm_schemas::StageOutput::Fin {}),
-        };
+        let result = super::super::job::done_result(task);
         store.finish(&result).unwrap().unwrap();
         store.done(&task.job_key()).unwrap();
     }
