@@ -321,8 +321,15 @@ fn finished_here(calls: &Calls, worker: &str, call_id: Uuid, attempt: u32) -> bo
 /// Every call as a job row: the open ones and those closed within
 /// [`RECENT`] (at most [`CLOSED_SHOWN`]), or all with `all`.
 fn jobs(calls: &Calls, workers: &[WorkerStatus], now: u64, all: bool) -> anyhow::Result<Vec<JobStatus>> {
-    let mut rows: Vec<JobStatus> = calls.store.rows(all)?.iter().map(|c| job(calls, c, workers)).collect();
-    if !all {
+    let rows: Vec<JobStatus> =
+        calls.store.rows(all)?.iter().map(|c| job(c, workers, calls.return_failures(c.call_id))).collect();
+    Ok(if all { rows } else { recent_jobs(rows, now) })
+}
+
+/// The open jobs, the ones being returned, and the closed ones of the last
+/// [`RECENT`] (the newest [`CLOSED_SHOWN`] of them), in their order.
+fn recent_jobs(mut rows: Vec<JobStatus>, now: u64) -> Vec<JobStatus> {
+    {
         let recent = now.saturating_sub(RECENT.as_millis() as u64);
         let mut closed = 0;
         // Newest first while counting, so the newest closed calls stay.
@@ -338,10 +345,12 @@ fn jobs(calls: &Calls, workers: &[WorkerStatus], now: u64, all: bool) -> anyhow:
         });
         rows.reverse();
     }
-    Ok(rows)
+    rows
 }
 
-fn job(calls: &Calls, call: &CallRow, workers: &[WorkerStatus]) -> JobStatus {
+/// One call as a job row, from its row in the store, the workers as their
+/// heartbeats show them, and how often the miner refused its Return.
+fn job(call: &CallRow, workers: &[WorkerStatus], return_failures: u32) -> JobStatus {
     let holder = call.holder.as_ref();
     let worker_name = call.run.as_ref().map(|r| r.worker.clone()).or_else(|| holder.map(|h| h.worker.clone()));
     let view = worker_name.as_ref().and_then(|w| workers.iter().find(|v| &v.id == w));
@@ -351,8 +360,7 @@ fn job(calls: &Calls, call: &CallRow, workers: &[WorkerStatus]) -> JobStatus {
         Some(_) => Held::Waiting,
         None => Held::No,
     };
-    let state =
-        Phase::of(&call.state, holder.is_some(), running, call.run.as_ref(), calls.return_failures(call.call_id));
+    let state = Phase::of(&call.state, holder.is_some(), running, call.run.as_ref(), return_failures);
     let returned_at_ms = match call.state {
         RowState::Returned { at_ms } => Some(at_ms),
         _ => None,
@@ -443,5 +451,114 @@ pub fn short_duration(ms: u64) -> String {
         0..=59 => format!("{:.1}s", ms as f64 / 1000.0),
         60..=3599 => format!("{}m{}s", secs / 60, secs % 60),
         _ => format!("{}h{}m{}s", secs / 3600, secs / 60 % 60, secs % 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sealfarm_schemas::{RegisteredSealProof, SectorId, SectorRef};
+
+    use super::*;
+    use crate::calls::lifecycle::{Holder, RunRecord};
+
+    const HOUR: u64 = 3_600_000;
+    const NOW: u64 = 100 * HOUR;
+
+    fn row(n: u128, stage: &str, state: RowState, holder: Option<&str>, run: Option<RunRecord>) -> CallRow {
+        let sector = SectorRef {
+            id: SectorId { miner: 1000, number: n as u64 },
+            proof_type: RegisteredSealProof::STACKED_DRG_2KIB_V1_1,
+        };
+        CallRow {
+            call_id: Uuid::from_u128(n),
+            method: "SealPreCommit1".into(),
+            stage: stage.into(),
+            sector,
+            attempt: 1,
+            ticket_deadline_ms: None,
+            arrived_at_ms: NOW - 2 * HOUR + n as u64,
+            state,
+            holder: holder.map(|w| Holder { worker: w.into(), attempt: 1, since_ms: NOW - HOUR }),
+            queue: None,
+            run,
+            blobs: Vec::new(),
+        }
+    }
+
+    fn run(finished_at_ms: u64, error: bool) -> Option<RunRecord> {
+        Some(RunRecord {
+            worker: "w-a".into(),
+            attempt: 1,
+            started_at_ms: finished_at_ms - 1000,
+            finished_at_ms,
+            error: error.then(|| "boom".into()),
+            dead: false,
+        })
+    }
+
+    /// A worker as its heartbeat shows it, holding call `n` (running or waiting).
+    fn worker(holds: u128, running: bool) -> WorkerStatus {
+        WorkerStatus {
+            id: "w-a".into(),
+            hostname: "box-a".into(),
+            state: "enabled".into(),
+            warming: Vec::new(),
+            last_seen_ms_ago: 0,
+            hardware: None,
+            in_use: None,
+            capacity: Vec::new(),
+            jobs: vec![HeldJob {
+                call_id: Uuid::from_u128(holds),
+                attempt: 1,
+                sector: SectorNo { miner: 1000, number: holds as u64 },
+                sector_ref: None,
+                stage: Stage::Pc1,
+                started_at_ms: NOW - HOUR,
+                running_since_ms: running.then_some(NOW - HOUR),
+                progress: None,
+                last_progress_ms: NOW,
+            }],
+            storage_id: None,
+            files_url: None,
+        }
+    }
+
+    /// What a row shows, from the store's row and the heartbeats alone.
+    #[test]
+    fn job_rows_say_where_each_call_stands() {
+        let claimed = row(1, "pc1", RowState::Dispatched, Some("w-a"), None);
+        assert_eq!(job(&claimed, &[worker(1, true)], 0).state, Phase::Running);
+        assert_eq!(job(&claimed, &[worker(1, false)], 0).state, Phase::Claimed);
+        let shown = job(&claimed, &[worker(1, true)], 0);
+        assert_eq!((shown.worker.as_deref(), shown.hostname.as_deref()), (Some("w-a"), Some("box-a")));
+        assert_eq!(shown.started_at_ms, Some(NOW - HOUR), "running since, from the heartbeat");
+        assert_eq!(job(&row(2, "pc1", RowState::Accepted, None, None), &[], 0).state, Phase::Queued);
+        let resulted = row(3, "pc2", RowState::Resulted { error: None }, None, run(NOW, false));
+        assert_eq!(job(&resulted, &[], 0).state, Phase::Returning);
+        assert_eq!(job(&resulted, &[], 3).state, Phase::RetWait);
+        let failed = row(4, "c1", RowState::Returned { at_ms: NOW }, None, run(NOW, true));
+        let shown = job(&failed, &[], 0);
+        assert_eq!((shown.state, shown.error.as_deref()), (Phase::Failed, Some("boom")));
+        assert_eq!(shown.short_id.len(), 8);
+    }
+
+    /// The overview keeps what is open or on its way back, and of the
+    /// closed calls only the last hour's; throughput counts the returned ones.
+    #[test]
+    fn the_overview_keeps_open_and_recent_calls() {
+        let rows = [
+            row(1, "pc1", RowState::Dispatched, None, None),
+            row(2, "c2", RowState::Resulted { error: None }, None, run(NOW - 5 * HOUR, false)),
+            row(3, "c2", RowState::Returned { at_ms: NOW - 60_000 }, None, run(NOW - 120_000, false)),
+            row(4, "c1", RowState::Returned { at_ms: NOW - 3 * HOUR }, None, run(NOW - 3 * HOUR, false)),
+        ];
+        let jobs: Vec<JobStatus> = rows.iter().map(|r| job(r, &[], 0)).collect();
+        let kept: Vec<u64> = recent_jobs(jobs.clone(), NOW).iter().map(|j| j.sector.number).collect();
+        assert_eq!(kept, [1, 2, 3], "the call closed 3 h ago is left out");
+        let done = throughput(&jobs, NOW);
+        assert_eq!((done.sectors_sealed, done.done.get("c2").copied()), (1, Some(1)));
+        let sectors = timelines(&jobs);
+        assert_eq!(sectors.len(), 4);
+        assert_eq!(sectors[0].sector.number, 4, "newest sector first");
     }
 }
