@@ -31,7 +31,7 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
 use sealfarm_schemas::blob::{is_digest, BlobRef};
-use sealfarm_schemas::partial_file::{write_whole, PartialFile};
+use sealfarm_runtime::partial_file::{write_whole, PartialFile};
 use sha2::{Digest, Sha256};
 
 /// How long an upload no call names is kept (its result may still be on the way).
@@ -362,7 +362,7 @@ async fn fetch_piece(
 /// A file as the body through the answer `/remote` gives (bounded reads,
 /// exact `Content-Length`, `Range`); 404 with `missing` when absent.
 async fn send_file(path: PathBuf, headers: &HeaderMap, missing: String) -> Response {
-    match sealfarm_schemas::sector_store::http_get(path.clone(), headers).await {
+    match sealfarm_runtime::sector_files::http_get(path.clone(), headers).await {
         Ok(answer) => answer.map(Body::from_stream).into_response(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (StatusCode::NOT_FOUND, missing).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read {}: {e}", path.display())).into_response(),

@@ -8,9 +8,9 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use sealfarm_schemas::broker::BrokerLink;
-use sealfarm_schemas::retry::{self, Backoff};
-use sealfarm_schemas::shutdown::Shutdown;
+use sealfarm_runtime::broker::BrokerLink;
+use sealfarm_runtime::retry::{self, Backoff};
+use sealfarm_runtime::shutdown::Shutdown;
 
 /// Consumes `queue` until shutdown, reconnecting with backoff; each delivery
 /// is acknowledged after `handle` returns Ok (an Err reconnects, and the

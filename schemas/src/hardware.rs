@@ -52,8 +52,3 @@ impl Hardware {
         self.opencl_devices.iter().filter(|d| d.kind == "gpu")
     }
 }
-
-/// This machine's host name (what heartbeats and the status API show).
-pub fn hostname() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
-}

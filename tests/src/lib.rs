@@ -135,7 +135,7 @@ impl TaskSender {
     pub async fn open(connection: &Connection) -> Result<Self> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        topology::declare(&channel).await?;
+        sealfarm_runtime::queues::declare(&channel).await?;
         Ok(TaskSender { channel })
     }
 
@@ -283,7 +283,7 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
     out
 }
 
-pub use sealfarm_schemas::broker::header;
+pub use sealfarm_runtime::broker::header;
 
 /// A running sealfarm process (worker or bridge); killed when dropped.
 pub struct FarmProcess {
@@ -520,7 +520,7 @@ pub mod cc {
 pub async fn subscribe_events(vhost: &TestVhost, routing_key: &str) -> Result<(Connection, Consumer)> {
     let connection = Connection::connect(&vhost.url(), ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
-    topology::declare(&channel).await?;
+    sealfarm_runtime::queues::declare(&channel).await?;
     let queue = channel
         .queue_declare(
             "".into(),

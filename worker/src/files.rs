@@ -7,7 +7,7 @@
 //!   cache directory as a flat tar of its files (`application/x-tar`), as
 //!   lotus sends them, streamed in 1 MiB chunks with their exact
 //!   `Content-Length` and never held in memory; 404 when this worker does not
-//!   have it. The answer is [`sealfarm_schemas::sector_store::http_get`], the
+//!   have it. The answer is [`sealfarm_runtime::sector_files::http_get`], the
 //!   same the bridge's `/remote` gives for its own storage;
 //! * `DELETE /files/{type}/{s-t0M-N}` — removes it (the miner moved it).
 //!
@@ -23,8 +23,9 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sealfarm_schemas::sector_store::{file_type_bit, http_get, parse_sector_name};
-use sealfarm_schemas::shutdown::Shutdown;
+use sealfarm_runtime::sector_files::http_get;
+use sealfarm_schemas::sector_store::{file_type_bit, parse_sector_name};
+use sealfarm_runtime::shutdown::Shutdown;
 
 use crate::sealing::layout::SealingPath;
 

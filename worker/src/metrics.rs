@@ -12,8 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use sealfarm_schemas::hardware::Hardware;
 use sealfarm_schemas::messages::{ResourceUse, RunningJob, StageSlots, TaskMessage};
-use sealfarm_schemas::metrics::{histograms, Histograms, Labels, NamedRegistry};
-use sealfarm_schemas::shutdown::Shutdown;
+use sealfarm_runtime::metrics::{histograms, Histograms, Labels, NamedRegistry};
+use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::{SectorRef, Stage};
 
 /// The labels of a task's stage and sector size.
@@ -183,7 +183,7 @@ pub fn serve(
             let (metrics, now) = (metrics.clone(), now.clone());
             async move {
                 let text = tokio::task::spawn_blocking(move || metrics.render(&now())).await.unwrap_or_default();
-                ([(axum::http::header::CONTENT_TYPE, sealfarm_schemas::metrics::CONTENT_TYPE)], text)
+                ([(axum::http::header::CONTENT_TYPE, sealfarm_runtime::metrics::CONTENT_TYPE)], text)
             }
         }),
     );

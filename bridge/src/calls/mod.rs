@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use sealfarm_schemas::broker::BrokerLink;
+use sealfarm_runtime::broker::BrokerLink;
 use sealfarm_schemas::messages::{now_ms, PieceData};
-use sealfarm_schemas::shutdown::Shutdown;
+use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::{CallId, SectorRef, Stage, Task, TaskMessage};
 
 use self::lifecycle::{Call, CallKind, CallState, FailedBy};

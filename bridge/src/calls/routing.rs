@@ -97,7 +97,7 @@ impl Calls {
     /// here too so a task routed there is never unroutable. Other queues: nothing to do.
     pub(super) async fn declare_worker_queue(&self, queue: &str) -> Result<()> {
         if topology::worker_of_queue(queue).is_some() {
-            self.link.get().await?.declare_queue(&topology::QueueSpec::work(queue)).await?;
+            self.link.get().await?.declare_queue(&sealfarm_runtime::queues::QueueSpec::work(queue)).await?;
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use anyhow::{Context, Result};
 use sealfarm_schemas::messages::now_ms;
-use sealfarm_schemas::sled_rewrite;
+use sealfarm_runtime::sled_rewrite;
 use sealfarm_schemas::{SectorId, SectorRef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sealfarm_schemas::broker;
+use sealfarm_runtime::broker;
 
 use crate::miner::worker_api;
 use crate::ops::dead_letters::{DeadLetter, Handled};

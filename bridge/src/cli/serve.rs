@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use sealfarm_schemas::broker::{self, BrokerLink};
-use sealfarm_schemas::shutdown;
+use sealfarm_runtime::broker::{self, BrokerLink};
+use sealfarm_runtime::shutdown;
 
 use super::RunArgs;
 use crate::blobs::{self, BlobApi, Blobs};
@@ -70,7 +70,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let ops = Arc::new(Ops {
         calls: calls.clone(),
         status: StatusSource {
-            hostname: sealfarm_schemas::hardware::hostname(),
+            hostname: sealfarm_runtime::hostname(),
             started_at_ms: sealfarm_schemas::messages::now_ms(),
             lease_timeout: args.lease_timeout,
             queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
@@ -82,7 +82,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let leases = Leases::new(calls.clone(), args.lease_timeout)?;
     let api = Arc::new(Api {
         session: uuid::Uuid::new_v4(),
-        hostname: sealfarm_schemas::hardware::hostname(),
+        hostname: sealfarm_runtime::hostname(),
         calls: calls.clone(),
         miner: miner.clone(),
         pieces: pieces.clone(),

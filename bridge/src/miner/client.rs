@@ -10,8 +10,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use sealfarm_schemas::retry::{self, Backoff};
-use sealfarm_schemas::shutdown::Shutdown;
+use sealfarm_runtime::retry::{self, Backoff};
+use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::{SectorRef, StageOutput};
 use serde_json::{json, Value};
 

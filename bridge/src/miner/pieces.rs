@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use sealfarm_schemas::partial_file::PartialFile;
+use sealfarm_runtime::partial_file::PartialFile;
 use std::time::Duration;
 
 use axum::body::Body;

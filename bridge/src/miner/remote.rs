@@ -16,8 +16,8 @@
 //! while the connection is behind, so memory stays bounded whatever the size
 //! (a 32 GiB file or an unfinalized cache of hundreds of GiB), and stops
 //! when the client goes away: the answer is
-//! [`sealfarm_schemas::sector_store::http_get`], the same the workers' file
-//! servers give (ranges: [`sealfarm_schemas::byte_range`]). In worker-local
+//! [`sealfarm_runtime::sector_files::http_get`], the same the workers' file
+//! servers give (ranges: [`sealfarm_runtime::byte_range`]). In worker-local
 //! storage the GET goes to the holder's file server with the client's
 //! `Range`, and its status (200/206/416), `Content-Type`, `Content-Length`,
 //! `Content-Range`, `Accept-Ranges` and body come back as they arrive.
@@ -37,7 +37,8 @@ use serde_json::json;
 use crate::miner::rpc;
 use crate::miner::storage::FILE_TYPES;
 use crate::miner::worker_api::Api;
-use sealfarm_schemas::sector_store::{file_type_bit, http_get, parse_sector_name};
+use sealfarm_runtime::sector_files::http_get;
+use sealfarm_schemas::sector_store::{file_type_bit, parse_sector_name};
 
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use sealfarm_schemas::broker::header;
+use sealfarm_runtime::broker::header;
 use sealfarm_schemas::{topology, SectorRef, Stage, TaskMessage};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use sealfarm_schemas::metrics::{histograms, Histograms, Labels, NamedRegistry};
+use sealfarm_runtime::metrics::{histograms, Histograms, Labels, NamedRegistry};
 
 /// Label pairs of one series.
 pub(crate) type FloatGauge = Gauge<f64, AtomicU64>;

@@ -268,7 +268,7 @@ async fn worker_control(
     let message = ControlMessage { schema: sealfarm_schemas::SCHEMA_VERSION, control };
     let sent = async {
         let broker = ops.calls.link.get().await?;
-        broker.declare_queue(&topology::QueueSpec::work(&queue)).await?;
+        broker.declare_queue(&sealfarm_runtime::queues::QueueSpec::work(&queue)).await?;
         broker.publish_json("", &queue, &message, &[]).await
     };
     sent.await.map_err(internal)?;
@@ -333,7 +333,7 @@ fn find_call(calls: &Calls, id: &str) -> Result<crate::calls::store::Call, (Stat
 async fn metrics(State(ops): State<Arc<Ops>>) -> Answer {
     let overview = ops.status.overview(&ops.calls, false, false).await.map_err(internal)?;
     let text = ops.metrics.render(&overview);
-    Ok(([(axum::http::header::CONTENT_TYPE, sealfarm_schemas::metrics::CONTENT_TYPE)], text).into_response())
+    Ok(([(axum::http::header::CONTENT_TYPE, sealfarm_runtime::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 async fn dashboard() -> Html<&'static str> {

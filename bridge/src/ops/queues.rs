@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sealfarm_schemas::broker::BrokerLink;
+use sealfarm_runtime::broker::BrokerLink;
 use sealfarm_schemas::topology;
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -95,7 +95,7 @@ impl QueueWatch {
                 return (queues.clone(), *dead);
             }
         }
-        let mut names: Vec<String> = topology::shared_queues().into_iter().map(|q| q.name).collect();
+        let mut names: Vec<String> = sealfarm_runtime::queues::shared_queues().into_iter().map(|q| q.name).collect();
         names.retain(|n| n != topology::BRIDGE_EVENTS_QUEUE && n != topology::BRIDGE_DEAD_QUEUE);
         names.extend(workers.iter().map(|w| topology::worker_queue(&w.id)));
         let queues = match self.read_management(&names).await {

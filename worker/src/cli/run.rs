@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use sealfarm_schemas::messages::StageSlots;
-use sealfarm_schemas::{broker, shutdown};
+use sealfarm_runtime::{broker, shutdown};
 use sealfarm_schemas::{SectorSize, Stage};
 
 use super::home_path;
@@ -185,7 +185,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
         state_dir.join("warm-up"),
         &|name| std::env::var(name).ok(),
     )?;
-    let hostname = sealfarm_schemas::hardware::hostname();
+    let hostname = sealfarm_runtime::hostname();
     let files = match (args.files_listen, args.files_token) {
         (None, _) => None,
         (Some(_), None) => bail!("--files-listen needs SEALFARM_FILES_TOKEN (the secret the bridge presents)"),

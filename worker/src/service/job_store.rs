@@ -46,7 +46,7 @@ impl JobStore {
         let path = state_dir.join("jobs.sled");
         // Rewritten at start when removed jobs left most of it empty (sled
         // does not give that space back by itself).
-        let db = sealfarm_schemas::sled_rewrite::open_compacted(&path, |path| {
+        let db = sealfarm_runtime::sled_rewrite::open_compacted(&path, |path| {
             sled::open(path).with_context(|| {
                 format!("cannot open job store {} (is another worker using this --state-dir?)", path.display())
             })

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use sealfarm_schemas::blob::BlobRef;
-use sealfarm_schemas::partial_file::PartialFile;
-use sealfarm_schemas::retry::{self, Backoff};
+use sealfarm_runtime::partial_file::PartialFile;
+use sealfarm_runtime::retry::{self, Backoff};
 
 /// Where the bridge is and the token it expects.
 #[derive(Clone)]
@@ -144,7 +144,7 @@ impl BridgeClient {
 /// the bridge away (waiting longer after each).
 pub async fn with_retries<T, F, Fut>(
     attempts: u32,
-    shutdown: &sealfarm_schemas::shutdown::Shutdown,
+    shutdown: &sealfarm_runtime::shutdown::Shutdown,
     mut transfer: F,
 ) -> Result<T>
 where

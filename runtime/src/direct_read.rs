@@ -93,7 +93,7 @@ impl Drop for AlignedBuf {
 /// A sent chunk, handed back to its reader for the next read once the
 /// connection wrote it (fresh memory for every chunk costs page faults);
 /// the buffer is freed instead when the reader is gone. Also the chunks of
-/// [`crate::sector_store`]'s page-cache reads (`B` = `Vec<u8>`).
+/// [`crate::sector_files`]' page-cache reads (`B` = `Vec<u8>`).
 pub(crate) struct Recycled<B> {
     buf: Option<B>,
     to: std::sync::mpsc::Sender<B>,

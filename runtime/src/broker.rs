@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 
 use crate::shutdown::Shutdown;
-use crate::topology;
+use crate::queues as topology;
 
 /// The broker every sealfarm process uses unless told otherwise: a local
 /// RabbitMQ with its default account.

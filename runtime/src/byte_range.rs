@@ -1,6 +1,6 @@
 //! HTTP byte ranges (RFC 9110 §14) on one sector file: which bytes a `Range`
 //! header asks for, decided once for the bridge's `/remote` and the workers'
-//! file servers (both answer through [`crate::sector_store::get`]).
+//! file servers (both answer through [`crate::sector_files::http_get`]).
 //!
 //! lotus reads unsealed pieces from a remote worker with one range per
 //! request (`Range: bytes=START-END`). What this module decides:
