@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
-use sealfarm_schemas::blob::{is_digest, BlobRef};
 use sealfarm_runtime::partial_file::{write_whole, PartialFile};
+use sealfarm_schemas::blob::{is_digest, BlobRef};
 use sha2::{Digest, Sha256};
 
 /// How long an upload no call names is kept (its result may still be on the way).

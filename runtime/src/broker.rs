@@ -12,8 +12,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde::Serialize;
 use tokio::sync::Mutex;
 
-use crate::shutdown::Shutdown;
 use crate::queues as topology;
+use crate::shutdown::Shutdown;
 
 /// The broker every sealfarm process uses unless told otherwise: a local
 /// RabbitMQ with its default account.

@@ -24,8 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use sealfarm_runtime::sector_files::http_get;
-use sealfarm_schemas::sector_store::{file_type_bit, parse_sector_name};
 use sealfarm_runtime::shutdown::Shutdown;
+use sealfarm_schemas::sector_store::{file_type_bit, parse_sector_name};
 
 use crate::sealing::layout::SealingPath;
 

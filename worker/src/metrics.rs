@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use sealfarm_schemas::hardware::Hardware;
-use sealfarm_schemas::messages::{ResourceUse, RunningJob, StageSlots, TaskMessage};
 use sealfarm_runtime::metrics::{histograms, Histograms, Labels, NamedRegistry};
 use sealfarm_runtime::shutdown::Shutdown;
+use sealfarm_schemas::hardware::Hardware;
+use sealfarm_schemas::messages::{ResourceUse, RunningJob, StageSlots, TaskMessage};
 use sealfarm_schemas::{SectorRef, Stage};
 
 /// The labels of a task's stage and sector size.

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use sealfarm_runtime::broker::BrokerLink;
-use sealfarm_schemas::messages::{now_ms, PieceData};
 use sealfarm_runtime::shutdown::Shutdown;
+use sealfarm_schemas::messages::{now_ms, PieceData};
 use sealfarm_schemas::{CallId, SectorRef, Stage, Task, TaskMessage};
 
 use self::lifecycle::{Call, CallKind, CallState, FailedBy};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use lapin::message::Delivery;
-use sealfarm_schemas::blob::Payload;
 use sealfarm_runtime::broker::header;
+use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::{now_ms, PieceData};
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{CallError, ErrorCode, Outcome, ResultMessage, StageOutput, Task, TaskMessage};

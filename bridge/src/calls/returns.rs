@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use sealfarm_schemas::blob::Payload;
 use sealfarm_runtime::retry::{self, Backoff};
+use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::{CallError, ErrorCode, Outcome, SectorCids, StageOutput};
 use serde_json::{json, Value};
 use tracing::Instrument;

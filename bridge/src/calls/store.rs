@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use anyhow::{Context, Result};
-use sealfarm_schemas::messages::now_ms;
 use sealfarm_runtime::sled_rewrite;
+use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::{SectorId, SectorRef};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

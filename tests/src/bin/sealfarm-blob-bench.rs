@@ -182,7 +182,7 @@ async fn answer_tasks(farm: Arc<Farm>, c1_bytes: usize) -> Result<()> {
     let connection = lapin::Connection::connect(&farm.vhost.url(), Default::default()).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(64, BasicQosOptions::default()).await?;
-    sealfarm_schemas::sealfarm_runtime::queues::declare(&channel).await?;
+    sealfarm_runtime::queues::declare(&channel).await?;
     let mut streams = Vec::new();
     for stage in Stage::ALL {
         let queue = task_queue(stage, SectorSize::KIB2);

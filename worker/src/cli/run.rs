@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use sealfarm_schemas::messages::StageSlots;
 use sealfarm_runtime::{broker, shutdown};
+use sealfarm_schemas::messages::StageSlots;
 use sealfarm_schemas::{SectorSize, Stage};
 
 use super::home_path;

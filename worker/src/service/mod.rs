@@ -43,10 +43,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use sealfarm_runtime::broker::BrokerLink;
-use sealfarm_schemas::hardware::Hardware;
-use sealfarm_schemas::messages::StageSlots;
 use sealfarm_runtime::retry::{self, Backoff};
 use sealfarm_runtime::shutdown::Shutdown;
+use sealfarm_schemas::hardware::Hardware;
+use sealfarm_schemas::messages::StageSlots;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{EventKind, EventMessage, SectorSize, Stage, TaskMessage};
 use tokio::sync::Semaphore;

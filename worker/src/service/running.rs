@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use sealfarm_schemas::messages::now_ms;
 use sealfarm_runtime::retry::{self, Backoff};
+use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{
     CallError, DeadLetterReason, ErrorCode, Outcome, ResultMessage, Stage, TaskMessage, SCHEMA_VERSION,

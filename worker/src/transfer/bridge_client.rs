@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
-use sealfarm_schemas::blob::BlobRef;
 use sealfarm_runtime::partial_file::PartialFile;
 use sealfarm_runtime::retry::{self, Backoff};
+use sealfarm_schemas::blob::BlobRef;
 
 /// Where the bridge is and the token it expects.
 #[derive(Clone)]

@@ -21,10 +21,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use sealfarm_schemas::blob::{BlobRef, Payload, INLINE_LIMIT};
-use sealfarm_schemas::messages::PieceData;
 use sealfarm_runtime::partial_file::write_whole;
 use sealfarm_runtime::shutdown::Shutdown;
+use sealfarm_schemas::blob::{BlobRef, Payload, INLINE_LIMIT};
+use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, Outcome, ResultMessage, StageOutput, Task, TaskMessage};
 
 use super::bridge_client::{with_retries, BridgeClient};
