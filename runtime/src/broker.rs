@@ -87,7 +87,7 @@ impl Broker {
     }
 
     /// One publish, confirmed. A negative confirm is retried a few times
-    /// (see [`NACK_RETRIES`]); an unroutable mandatory message is not.
+    /// (see [`crate::retry::NACK`]); an unroutable mandatory message is not.
     async fn publish(
         &self,
         exchange: &str,
@@ -105,7 +105,7 @@ impl Broker {
             .with_delivery_mode(2)
             .with_headers(table);
         let mut pauses = crate::retry::Backoff::new(crate::retry::NACK);
-        for attempt in 1..=NACK_RETRIES + 1 {
+        for attempt in 1.. {
             let confirm = self
                 .publisher
                 .basic_publish(
@@ -124,31 +124,28 @@ impl Broker {
                 Confirmation::Ack(Some(returned)) => {
                     bail!("the broker could not route a message to {routing_key:?}: {}", returned.reply_text)
                 }
-                Confirmation::Nack(_) if attempt <= NACK_RETRIES => {
-                    tracing::debug!(queue = routing_key, attempt, "the broker refused a message; publishing it again");
-                    tokio::time::sleep(pauses.next_pause().unwrap_or(crate::retry::NACK.max)).await;
-                }
-                Confirmation::Nack(_) => break,
+                Confirmation::Nack(_) => match pauses.next_pause() {
+                    Some(pause) => {
+                        tracing::debug!(
+                            queue = routing_key,
+                            attempt,
+                            "the broker refused a message; publishing it again"
+                        );
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => bail!(
+                        "the broker refused a message to {routing_key:?} {attempt} times (a quorum queue refuses while \
+                         it has no leader or cannot register the publisher in time; see RabbitMQ's log)"
+                    ),
+                },
                 Confirmation::NotRequested => {
                     return Err(anyhow!("publisher confirms are off on the publishing channel"))
                 }
             }
         }
-        bail!(
-            "the broker refused a message to {routing_key:?} {} times (a quorum queue refuses while it has no \
-             leader or cannot register the publisher in time; see RabbitMQ's log)",
-            NACK_RETRIES + 1
-        )
+        unreachable!("the loop ends by returning")
     }
 }
-
-/// How often a publish the broker refused (a negative confirm) is tried
-/// again, about 0.2 s, 0.4 s, 0.8 s, 1.6 s apart (`retry::NACK`, jittered). RabbitMQ 3.10's quorum queues
-/// refuse the first message of a channel when registering that channel as a
-/// publisher fails or times out (a queue just declared, a leader election,
-/// a busy node); the message was not enqueued, so publishing it again
-/// duplicates nothing.
-pub const NACK_RETRIES: u32 = 4;
 
 /// A broker connection that is re-established on demand.
 pub struct BrokerLink {

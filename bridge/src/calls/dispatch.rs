@@ -208,21 +208,18 @@ impl Calls {
     /// Fails an open call (if `attempt` is still its current one) and returns
     /// the error to the miner.
     pub fn fail(self: &Arc<Self>, call: &Call, attempt: u32, error: CallError, by: FailedBy) {
-        if !call.is_open() || call.attempt() != attempt {
-            return;
-        }
-        tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, error = %error, "call failed");
         let id = call.call_id.id.to_string();
+        let text = error.to_string();
         match self.store.apply(&id, Durability::Flushed, |c| c.fail(attempt, error, by, now_ms())) {
             Ok(Err(_moved_on)) => {}
             Ok(Ok(call)) => {
+                tracing::warn!(call_id = %call.call_id, sector = %call.sector.id, error = %text, "call failed");
                 if let Some(task) = call.task() {
                     let labels = vec![("stage", task.stage().to_string()), ("outcome", "failed".to_string())];
                     self.metrics.results.get_or_create(&labels).inc();
                 }
                 self.release_piece(&call);
-                let this = self.clone();
-                this.tasks.clone().spawn(async move { this.deliver(call).await });
+                self.spawn_deliver(call);
             }
             Err(err) => {
                 tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "cannot record a failure")

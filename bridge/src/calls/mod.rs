@@ -135,6 +135,12 @@ impl Calls {
         });
     }
 
+    /// Delivers a call's result in a task of its own (tracked: a clean stop waits for it).
+    pub(super) fn spawn_deliver(self: &Arc<Self>, call: Call) {
+        let this = self.clone();
+        self.tasks.spawn(async move { this.deliver(call).await });
+    }
+
     /// At start: delivers every stored result the miner has not accepted
     /// yet, and publishes every call whose task the broker never confirmed
     /// (the bridge died in between; the miner's re-issued call attaches to it).
@@ -157,10 +163,7 @@ impl Calls {
         }
         for call in calls {
             match call.state {
-                CallState::Resulted { .. } => {
-                    let this = self.clone();
-                    this.tasks.clone().spawn(async move { this.deliver(call).await });
-                }
+                CallState::Resulted { .. } => self.spawn_deliver(call),
                 CallState::Accepted => {
                     let Some(task) = call.task().cloned() else { continue };
                     let this = self.clone();

@@ -28,7 +28,7 @@ impl Calls {
                     Ok(result) => {
                         // Durable first, then ack: a crash in between only repeats the store.
                         if let Some(call) = this.record_result(&result)? {
-                            this.tasks.clone().spawn(async move { this.deliver(call).await });
+                            this.spawn_deliver(call);
                         }
                     }
                     Err(err) => tracing::error!(error = %err, "unreadable result message dropped"),

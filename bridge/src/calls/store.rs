@@ -119,6 +119,15 @@ impl Trees {
         self.db.flush().context("flushing the call store")?;
         Ok(())
     }
+
+    /// Takes a call's inputs out of the digest index, only if the index
+    /// still names this call (a re-issued call may hold it now).
+    fn release_digest(&self, call: &Call) -> Result<()> {
+        let id = call.call_id.id.to_string();
+        let _ =
+            self.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -312,15 +321,6 @@ impl CallStore {
         index.unreturned.values().any(|r| r.call_id != except && r.blobs.iter().any(|b| b == sha256))
     }
 
-    /// The open (not yet returned) call with this input digest, if any.
-    pub fn open_call_with_digest(&self, digest: &str) -> Result<Option<Call>> {
-        let t = self.open_trees()?;
-        match t.open_by_digest.get(digest.as_bytes())? {
-            Some(id) => t.get(&String::from_utf8_lossy(&id)),
-            None => Ok(None),
-        }
-    }
-
     /// Records a new call durably, unless a call not yet returned has the
     /// same inputs (the miner re-issued it): then that call, untouched. The look-up and
     /// the insert are one step under the store's write lock, so two
@@ -365,7 +365,7 @@ impl CallStore {
         let t = self.open_trees()?;
         let id = call.call_id.id.to_string();
         t.calls.remove(id.as_bytes())?;
-        let _ = t.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
+        t.release_digest(call)?;
         t.flush()?;
         self.index.lock().unwrap().forget(call.call_id.id);
         Ok(())
@@ -395,9 +395,7 @@ impl CallStore {
         call.updated_at_ms = now_ms();
         if let CallState::Returned { at_ms } = call.state {
             t.returned_at.insert(returned_key(at_ms, call.call_id.id), b"")?;
-            // Only if the index still names this call (a re-issued call may hold it now).
-            let _ =
-                t.open_by_digest.compare_and_swap(call.input_digest.as_bytes(), Some(id.as_bytes()), None::<&[u8]>)?;
+            t.release_digest(&call)?;
         }
         t.calls.insert(id.as_bytes(), serde_json::to_vec(&call)?)?;
         if durability == Durability::Flushed {
@@ -422,8 +420,7 @@ impl CallStore {
         let t = self.open_trees()?;
         let id = call.call_id.id.to_string();
         if !call.is_open() {
-            let digest = call.input_digest.as_bytes();
-            let _ = t.open_by_digest.compare_and_swap(digest, Some(id.as_bytes()), None::<&[u8]>)?;
+            t.release_digest(call)?;
         }
         t.calls.insert(id.as_bytes(), serde_json::to_vec(call)?)?;
         t.flush()?;
@@ -600,7 +597,11 @@ mod tests {
         let other = store.clone();
         assert_eq!(other.all().unwrap().len(), 100);
         let open = &calls[5950];
-        assert_eq!(other.open_call_with_digest(&open.input_digest).unwrap().unwrap().call_id, open.call_id);
+        let reissued = Call { call_id: CallId { sector: open.sector.id, id: Uuid::new_v4() }, ..open.clone() };
+        match other.open_or_attach(&reissued).unwrap() {
+            Opened::Attached(found) => assert_eq!(found.call_id, open.call_id),
+            Opened::New => panic!("the digest index lost the open call in the rewrite"),
+        }
         set_state(&other, &open.call_id.id.to_string(), CallState::Dispatched);
         drop((store, other));
         let store = CallStore::open(dir.path()).unwrap();

@@ -119,7 +119,7 @@ impl Worker {
     async fn execute_resolved(self: &Arc<Self>, key: &str, task: &TaskMessage) -> Option<Outcome> {
         let mut first = true;
         loop {
-            if self.store.is_superseded(key) || self.shutdown.is_set() {
+            if self.shutdown.is_set() {
                 return None;
             }
             let runs = match self.store.start_run(key) {
