@@ -144,41 +144,20 @@ impl Blobs {
         Ok(path)
     }
 
+    /// The bytes of the blob file at `path` as they are (a blob that holds
+    /// JSON text), 1 MiB at a time, two pieces ahead at most.
+    pub fn raw_stream(path: PathBuf) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+        stream_file(path, 1 << 20, axum::body::Bytes::from)
+    }
+
     /// The bytes of the blob file at `path` as standard base64 text (as a Go
-    /// `[]byte` travels in JSON), produced 3 MiB of file at a time by a
-    /// blocking thread, two pieces ahead at most.
+    /// `[]byte` travels in JSON), 3 MiB of file at a time (a multiple of 3
+    /// bytes encodes without padding: the pieces join), two pieces ahead at most.
     pub fn base64_stream(path: PathBuf) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
         use base64::Engine as _;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        tokio::task::spawn_blocking(move || {
-            use std::io::Read as _;
-            let mut file = match std::fs::File::open(&path) {
-                Ok(file) => file,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            // A multiple of 3 bytes encodes without padding: the pieces join.
-            let mut piece = Vec::with_capacity(3 << 20);
-            loop {
-                piece.clear();
-                match (&mut file).take(3 << 20).read_to_end(&mut piece) {
-                    Ok(0) => return,
-                    Ok(_) => {
-                        let text = base64::engine::general_purpose::STANDARD.encode(&piece);
-                        if tx.blocking_send(Ok(axum::body::Bytes::from(text))).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                }
-            }
-        });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        stream_file(path, 3 << 20, |piece| {
+            axum::body::Bytes::from(base64::engine::general_purpose::STANDARD.encode(&piece))
+        })
     }
 
     /// Receives an upload of `sha256` from `body`: streamed to a temporary
@@ -401,6 +380,43 @@ async fn upload(
     }
 }
 
+/// Reads the file at `path` in pieces of `piece_len` bytes on a blocking
+/// thread, each turned into a body chunk by `encode`, at most two ahead of
+/// the reader.
+fn stream_file(
+    path: PathBuf,
+    piece_len: u64,
+    encode: fn(Vec<u8>) -> axum::body::Bytes,
+) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut piece = Vec::with_capacity(piece_len as usize);
+            match (&mut file).take(piece_len).read_to_end(&mut piece) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if tx.blocking_send(Ok(encode(piece))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,3 +446,4 @@ mod tests {
         assert_eq!(blobs.list().len(), 1, "no partial file left behind");
     }
 }
+

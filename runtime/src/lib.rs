@@ -23,6 +23,7 @@ pub mod retry;
 pub mod sector_files;
 pub mod shutdown;
 pub mod sled_rewrite;
+pub mod unsealed_file;
 
 /// This machine's host name (what heartbeats and the status API show).
 pub fn hostname() -> String {

@@ -225,6 +225,39 @@ pub struct SectorCids {
     pub sealed: Option<Cid>,
 }
 
+/// `storiface.ReplicaUpdateOut`: the CIDs of a snapped sector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ReplicaUpdateOut {
+    /// The new CommR (of the `update` file).
+    #[serde(rename = "NewSealed")]
+    pub new_sealed: Cid,
+    /// The new CommD (of the deal data).
+    #[serde(rename = "NewUnsealed")]
+    pub new_unsealed: Cid,
+}
+
+/// `storiface.SectorLocation`: where DownloadSectorData fetches one file type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SectorLocation {
+    /// Declared by lotus as "the file is already local"; lotus' worker
+    /// refuses such an entry, and so does sealfarm.
+    #[serde(rename = "Local", default)]
+    pub local: bool,
+    #[serde(rename = "URL")]
+    pub url: String,
+    #[serde(rename = "Headers", default)]
+    pub headers: Option<Vec<HttpHeader>>,
+}
+
+/// `storiface.SecDataHttpHeader`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HttpHeader {
+    #[serde(rename = "Key")]
+    pub key: String,
+    #[serde(rename = "Value")]
+    pub value: String,
+}
+
 /// `storiface.Range`: an unpadded byte range of a sector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "PascalCase")]
@@ -414,6 +447,13 @@ impl RegisteredSealProof {
         let index = usize::try_from(self.0).ok()?;
         let name = *SEAL_PROOF_NAMES.get(index)?;
         Some(SealProofInfo { name, sector_size: SectorSize::ALL[index % 5] })
+    }
+
+    /// The `RegisteredUpdateProof` number of this proof's snap deals (0-4
+    /// by sector size, whatever the seal proof's version).
+    pub fn update_proof(self) -> Option<i64> {
+        let info = self.info()?;
+        SectorSize::ALL.iter().position(|s| *s == info.sector_size).map(|i| i as i64)
     }
 
     /// The V1_1 proof lotus uses for new sectors of this size.

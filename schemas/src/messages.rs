@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::blob::Payload;
 use crate::hardware::Hardware;
-use crate::lotus::{Bytes, CallError, PieceInfo, Range, SectorCids, SectorRef, SectorSize, TaskType};
+use crate::lotus::{Bytes, CallError, Cid, PieceInfo, Range, ReplicaUpdateOut, SectorCids, SectorRef, SectorSize, TaskType};
 
 /// Version of every message format in this module. A consumer dead-letters a
 /// message whose version it does not know.
@@ -41,12 +41,54 @@ pub enum Stage {
     C2,
     /// FinalizeSector: trim the cache (`seal/v0/finalize`).
     Fin,
-    /// ReleaseUnsealed (`seal/v0/finalizeunsealed`).
+    /// ReleaseUnsealed (`seal/v0/finalizeunsealed`; lotus' short name FUS).
     Ru,
+    /// ReplicaUpdate, the snap-deal encoding (`seal/v0/replicaupdate`;
+    /// lotus' RU, named `update` here because `ru` is ReleaseUnsealed).
+    Update,
+    /// ProveReplicaUpdate1: the vanilla partition proofs (`seal/v0/provereplicaupdate/1`).
+    Pr1,
+    /// ProveReplicaUpdate2: the update SNARK (`seal/v0/provereplicaupdate/2`).
+    Pr2,
+    /// GenerateSectorKeyFromData (`seal/v0/regensectorkey`).
+    Gsk,
+    /// FinalizeReplicaUpdate: trim both caches (`seal/v0/finalize/replicaupdate`).
+    Fru,
+    /// UnsealPiece (`seal/v0/unseal`).
+    Unseal,
+    /// DataCid: a piece's commitment without a sector (`seal/v0/datacid`).
+    Dc,
+    /// DownloadSectorData: import a sector's files (`seal/v0/download/sector`).
+    Dl,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C1, Stage::C2, Stage::Fin, Stage::Ru];
+    pub const ALL: [Stage; 15] = [
+        Stage::Ap,
+        Stage::Pc1,
+        Stage::Pc2,
+        Stage::C1,
+        Stage::C2,
+        Stage::Fin,
+        Stage::Ru,
+        Stage::Update,
+        Stage::Pr1,
+        Stage::Pr2,
+        Stage::Gsk,
+        Stage::Fru,
+        Stage::Unseal,
+        Stage::Dc,
+        Stage::Dl,
+    ];
+
+    /// Stages that prove with a SNARK (a GPU's work in lotus' table).
+    pub const SNARKS: [Stage; 2] = [Stage::C2, Stage::Pr2];
+
+    /// Stages that need no sector files: they go to the stage's shared
+    /// queue, never to the worker holding the sector.
+    pub fn is_location_free(self) -> bool {
+        matches!(self, Stage::C2 | Stage::Pr2 | Stage::Dc | Stage::Dl)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +99,14 @@ impl Stage {
             Stage::C2 => "c2",
             Stage::Fin => "fin",
             Stage::Ru => "ru",
+            Stage::Update => "update",
+            Stage::Pr1 => "pr1",
+            Stage::Pr2 => "pr2",
+            Stage::Gsk => "gsk",
+            Stage::Fru => "fru",
+            Stage::Unseal => "unseal",
+            Stage::Dc => "dc",
+            Stage::Dl => "dl",
         }
     }
 
@@ -70,6 +120,14 @@ impl Stage {
             Stage::C2 => TaskType::Commit2,
             Stage::Fin => TaskType::Finalize,
             Stage::Ru => TaskType::FinalizeUnsealed,
+            Stage::Update => TaskType::ReplicaUpdate,
+            Stage::Pr1 => TaskType::ProveReplicaUpdate1,
+            Stage::Pr2 => TaskType::ProveReplicaUpdate2,
+            Stage::Gsk => TaskType::RegenSectorKey,
+            Stage::Fru => TaskType::FinalizeReplicaUpdate,
+            Stage::Unseal => TaskType::Unseal,
+            Stage::Dc => TaskType::DataCid,
+            Stage::Dl => TaskType::DownloadSector,
         }
     }
 }
@@ -147,6 +205,61 @@ pub enum Task {
         #[serde(default)]
         keep_unsealed: Option<Vec<Range>>,
     },
+    Update {
+        /// The deal pieces (and fillers) that fill the sector, in order.
+        pieces: Vec<PieceInfo>,
+    },
+    Pr1 {
+        /// CommR of the sector as sealed (the sector key).
+        sector_key: Cid,
+        new_sealed: Cid,
+        new_unsealed: Cid,
+    },
+    Pr2 {
+        sector_key: Cid,
+        new_sealed: Cid,
+        new_unsealed: Cid,
+        /// ProveReplicaUpdate1's output: the JSON array of base64 partition
+        /// proofs exactly as the miner sent it, a blob the bridge keeps.
+        vanilla_proofs: Payload,
+    },
+    Gsk {
+        /// CommD of the data the update encoded.
+        comm_d: Cid,
+    },
+    Fru {},
+    Unseal {
+        /// Unpadded offset and size of the range to recreate.
+        offset: u64,
+        size: u64,
+        /// The sector's ticket.
+        randomness: Bytes,
+        /// The sector's CommD (of the snapped data for an updated sector).
+        comm_d: Cid,
+    },
+    Dc {
+        /// Unpadded size of the piece.
+        piece_size: u64,
+        data: PieceData,
+    },
+    Dl {
+        /// Put the files where finished sectors go (`true`) or in the sealing path.
+        finalized: bool,
+        /// Where to fetch each file type from.
+        sources: Vec<SectorSource>,
+    },
+}
+
+/// One file of a sector to import (`storiface.SectorLocation`, one entry of
+/// DownloadSectorData's map).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SectorSource {
+    /// `unsealed`, `sealed`, `cache`, `update` or `update-cache`.
+    pub file_type: String,
+    pub url: String,
+    /// HTTP headers to send (credentials of the source).
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
 }
 
 impl Task {
@@ -159,7 +272,35 @@ impl Task {
             Task::C2 { .. } => Stage::C2,
             Task::Fin {} => Stage::Fin,
             Task::Ru { .. } => Stage::Ru,
+            Task::Update { .. } => Stage::Update,
+            Task::Pr1 { .. } => Stage::Pr1,
+            Task::Pr2 { .. } => Stage::Pr2,
+            Task::Gsk { .. } => Stage::Gsk,
+            Task::Fru {} => Stage::Fru,
+            Task::Unseal { .. } => Stage::Unseal,
+            Task::Dc { .. } => Stage::Dc,
+            Task::Dl { .. } => Stage::Dl,
         }
+    }
+
+    /// The large input kept as a blob, if the task has one.
+    pub fn payload(&self) -> Option<&Payload> {
+        match self {
+            Task::C2 { c1_out } => Some(c1_out),
+            Task::Pr2 { vanilla_proofs, .. } => Some(vanilla_proofs),
+            _ => None,
+        }
+    }
+
+    /// The same task with its large input replaced.
+    pub fn with_payload(&self, payload: Payload) -> Task {
+        let mut task = self.clone();
+        match &mut task {
+            Task::C2 { c1_out } => *c1_out = payload,
+            Task::Pr2 { vanilla_proofs, .. } => *vanilla_proofs = payload,
+            _ => {}
+        }
+        task
     }
 }
 
@@ -251,6 +392,24 @@ pub enum StageOutput {
     },
     Fin {},
     Ru {},
+    Update {
+        out: ReplicaUpdateOut,
+    },
+    /// The vanilla partition proofs as the JSON array lotus' Return takes
+    /// (`["<base64>", …]`): a blob like a C1 output.
+    Pr1 {
+        vanilla_proofs: Payload,
+    },
+    Pr2 {
+        proof: Bytes,
+    },
+    Gsk {},
+    Fru {},
+    Unseal {},
+    Dc {
+        piece: PieceInfo,
+    },
+    Dl {},
 }
 
 impl StageOutput {
@@ -263,7 +422,35 @@ impl StageOutput {
             StageOutput::C2 { .. } => Stage::C2,
             StageOutput::Fin {} => Stage::Fin,
             StageOutput::Ru {} => Stage::Ru,
+            StageOutput::Update { .. } => Stage::Update,
+            StageOutput::Pr1 { .. } => Stage::Pr1,
+            StageOutput::Pr2 { .. } => Stage::Pr2,
+            StageOutput::Gsk {} => Stage::Gsk,
+            StageOutput::Fru {} => Stage::Fru,
+            StageOutput::Unseal {} => Stage::Unseal,
+            StageOutput::Dc { .. } => Stage::Dc,
+            StageOutput::Dl {} => Stage::Dl,
         }
+    }
+
+    /// The large output kept as a blob (C1's output, PR1's proofs).
+    pub fn payload(&self) -> Option<&Payload> {
+        match self {
+            StageOutput::C1 { c1_out } => Some(c1_out),
+            StageOutput::Pr1 { vanilla_proofs } => Some(vanilla_proofs),
+            _ => None,
+        }
+    }
+
+    /// The same output with its large part replaced.
+    pub fn with_payload(&self, payload: Payload) -> StageOutput {
+        let mut output = self.clone();
+        match &mut output {
+            StageOutput::C1 { c1_out } => *c1_out = payload,
+            StageOutput::Pr1 { vanilla_proofs } => *vanilla_proofs = payload,
+            _ => {}
+        }
+        output
     }
 }
 

@@ -25,7 +25,8 @@ pub struct StorageMeta {
 }
 
 /// lotus' sector file types (bit mask) and their folder names.
-pub const FILE_TYPES: [(u64, &str); 3] = [(1, "unsealed"), (2, "sealed"), (4, "cache")];
+pub const FILE_TYPES: [(u64, &str); 5] =
+    [(1, "unsealed"), (2, "sealed"), (4, "cache"), (8, "update"), (16, "update-cache")];
 
 /// Reads `<path>/sectorstore.json`, creating it (a sealing path with a fresh
 /// id, as `lotus-worker` does) when missing. Safe when several processes
@@ -78,6 +79,7 @@ mod tests {
         assert_eq!(parse_sector_name("s-t01000-7"), Some(SectorId { miner: 1000, number: 7 }));
         assert_eq!(parse_sector_name("s-t01000-x"), None);
         assert_eq!(file_type_bit("cache"), Some(4));
-        assert_eq!(file_type_bit("update"), None);
+        assert_eq!(file_type_bit("update-cache"), Some(16));
+        assert_eq!(file_type_bit("piece"), None);
     }
 }

@@ -19,7 +19,7 @@
 //! place ([`Phase::of`]).
 
 use sealfarm_schemas::blob::{BlobRef, Payload};
-use sealfarm_schemas::{CallError, CallId, Outcome, SectorRef, StageOutput, Task, TaskMessage};
+use sealfarm_schemas::{CallError, CallId, Outcome, SectorRef, StageOutput, TaskMessage};
 use serde::{Deserialize, Serialize};
 
 /// Where a call stands (durable: stored with the call).
@@ -224,15 +224,16 @@ impl Call {
         matches!(self.state, CallState::Accepted | CallState::Dispatched)
     }
 
-    /// The blobs the call names: its C2 input, its C1 output.
+    /// The blobs the call names: its input (a C2's C1 output, a PR2's
+    /// vanilla proofs), its output (C1's, PR1's).
     pub fn blobs(&self) -> Vec<BlobRef> {
         let mut blobs = Vec::new();
-        if let Some(TaskMessage { task: Task::C2 { c1_out: Payload::Blob(blob) }, .. }) = self.task() {
+        if let Some(blob) = self.task().and_then(|t| t.task.payload()).and_then(Payload::blob) {
             blobs.push(blob.clone());
         }
         if let CallState::Resulted { outcome, .. } = &self.state {
-            if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = outcome.as_ref() {
-                blobs.push(blob.clone());
+            if let Outcome::Done(output) = outcome.as_ref() {
+                blobs.extend(output.payload().and_then(Payload::blob).cloned());
             }
         }
         blobs
@@ -503,7 +504,7 @@ impl std::str::FromStr for Phase {
 
 #[cfg(test)]
 mod tests {
-    use sealfarm_schemas::{ErrorCode, RegisteredSealProof, SectorId};
+    use sealfarm_schemas::{ErrorCode, RegisteredSealProof, SectorId, Task};
 
     use super::*;
 

@@ -69,7 +69,7 @@ impl Calls {
     /// Stores a result unless its call already has one; returns the call to deliver.
     fn record_result(&self, result: &ResultMessage) -> Result<Option<Call>> {
         let recorded = self.record_result_once(result);
-        if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = &result.outcome {
+        if let Some(blob) = output_blob(&result.outcome) {
             // Pinned since its upload; from here on the store says whether a call needs it.
             self.blobs.unpin(&blob.sha256);
         }
@@ -86,7 +86,10 @@ impl Calls {
             tracing::info!(call_id = %id, attempt = result.attempt, "call already has a result; later one ignored");
             return Ok(None);
         }
-        if let Outcome::Done(StageOutput::Ap { .. } | StageOutput::Pc1 { .. }) = &result.outcome {
+        if let Outcome::Done(
+            StageOutput::Ap { .. } | StageOutput::Pc1 { .. } | StageOutput::Update { .. } | StageOutput::Dl {},
+        ) = &result.outcome
+        {
             // The worker created the sector's files: later stages go there.
             let view = self.farm.get(&result.worker);
             let location = Location {
@@ -98,14 +101,15 @@ impl Calls {
             self.store.set_location(result.sector.id, &location)?;
         }
         let mut outcome = result.outcome.clone();
-        if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = &outcome {
+        if let Some(blob) = output_blob(&outcome) {
             if !self.blobs.contains(blob) {
+                let stage = result.stage;
                 let message = format!(
-                    "sealfarm: worker {} reported the C1 output of {} as blob {blob}, which never reached the bridge; \
-                     run C1 again",
+                    "sealfarm: worker {} reported the {stage} output of {} as blob {blob}, which never reached the \
+                     bridge; run {stage} again",
                     result.worker, result.sector.id
                 );
-                tracing::error!(call_id = %id, %blob, "a C1 result names a blob the bridge does not have");
+                tracing::error!(call_id = %id, %blob, "a {stage} result names a blob the bridge does not have");
                 outcome = Outcome::Failed(CallError::new(ErrorCode::UNKNOWN, message));
             }
         }
@@ -164,5 +168,13 @@ fn dead_letter_reason(delivery: &Delivery) -> String {
         }
         (Some(reason), None) => format!("broker: {reason}"),
         _ => "no reason recorded".into(),
+    }
+}
+
+/// The blob an outcome's output names (a C1 output, PR1 proofs).
+fn output_blob(outcome: &Outcome) -> Option<&sealfarm_schemas::blob::BlobRef> {
+    match outcome {
+        Outcome::Done(output) => output.payload().and_then(Payload::blob),
+        Outcome::Failed(_) => None,
     }
 }

@@ -42,18 +42,24 @@ impl Calls {
     async fn deliver_in_span(self: Arc<Self>, call: Call) {
         let CallState::Resulted { outcome, .. } = &call.state else { return };
         let (method, mut params) = return_call(&call, outcome);
-        // A C1 output kept as a blob is checked, then streamed into the
-        // output slot as the request is sent, one such Return at a time.
+        // An output kept as a blob (a C1 output: bytes, sent as base64; PR1
+        // proofs: JSON text, sent as it is) is checked, then streamed into
+        // the output slot as the request is sent, one such Return at a time.
         let mut _large = None;
         let mut blob_file = None;
-        if let Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) = outcome.as_ref() {
+        let blob = match outcome.as_ref() {
+            Outcome::Done(output) => output.payload().and_then(|p| p.blob()).map(|b| (b, output.stage())),
+            Outcome::Failed(_) => None,
+        };
+        if let Some((blob, stage)) = blob {
             _large = self.large_returns.acquire().await.ok();
             match self.blobs.checked_path(blob).await {
-                Ok(path) => blob_file = Some(path),
+                Ok(path) => blob_file = Some((path, stage == sealfarm_schemas::Stage::C1)),
                 Err(err) => {
-                    // Nothing to return but the loss: the miner's state machine runs C1 again.
-                    tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "the C1 output is lost");
-                    let error = CallError::new(ErrorCode::UNKNOWN, format!("sealfarm lost the C1 output: {err:#}"));
+                    // Nothing to return but the loss: the miner's state machine runs the stage again.
+                    tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "the {stage} output is lost");
+                    let error =
+                        CallError::new(ErrorCode::UNKNOWN, format!("sealfarm lost the {stage} output: {err:#}"));
                     params[2] = serde_json::to_value(error).expect("CallError is JSON");
                 }
             }
@@ -63,9 +69,13 @@ impl Calls {
         loop {
             let client = self.miner.client();
             let sent = match (&blob_file, params.as_array()) {
-                (Some(path), Some(items)) if items.len() == 3 => {
+                (Some((path, true)), Some(items)) if items.len() == 3 => {
                     let text = crate::blobs::Blobs::base64_stream(path.clone());
-                    client.call_streamed::<Value>(method, &items[..1], text, &items[2..]).await
+                    client.call_streamed::<Value>(method, &items[..1], text, true, &items[2..]).await
+                }
+                (Some((path, false)), Some(items)) if items.len() == 3 => {
+                    let text = crate::blobs::Blobs::raw_stream(path.clone());
+                    client.call_streamed::<Value>(method, &items[..1], text, false, &items[2..]).await
                 }
                 _ => client.call_with::<Value, _>(method, &params).await,
             };
@@ -135,11 +145,22 @@ pub fn return_call(call: &Call, outcome: &Outcome) -> (&'static str, Value) {
         C2 => ("ReturnSealCommit2", json!([id, output, error])),
         Fin => ("ReturnFinalizeSector", json!([id, error])),
         Ru => ("ReturnReleaseUnsealed", json!([id, error])),
+        Update => {
+            let out = if output.is_null() { json!({"NewSealed": null, "NewUnsealed": null}) } else { output };
+            ("ReturnReplicaUpdate", json!([id, out, error]))
+        }
+        Pr1 => ("ReturnProveReplicaUpdate1", json!([id, output, error])),
+        Pr2 => ("ReturnProveReplicaUpdate2", json!([id, output, error])),
+        Gsk => ("ReturnGenerateSectorKeyFromData", json!([id, error])),
+        Fru => ("ReturnFinalizeReplicaUpdate", json!([id, error])),
+        Unseal => ("ReturnUnsealPiece", json!([id, error])),
+        Dc => ("ReturnDataCid", json!([id, output, error])),
+        Dl => ("ReturnDownloadSector", json!([id, error])),
     }
 }
 
 /// The value a stage's output puts in its `Return*` output slot (`null` for
-/// a C1 output kept as a blob: it is put there when sent).
+/// a C1 output or PR1 proofs kept as a blob: they are put there when sent).
 fn output_slot(output: &StageOutput) -> Value {
     let value = match output {
         StageOutput::Ap { piece } => serde_json::to_value(piece),
@@ -147,8 +168,18 @@ fn output_slot(output: &StageOutput) -> Value {
         StageOutput::Pc2 { cids } => serde_json::to_value(cids),
         StageOutput::C1 { c1_out: Payload::Inline(c1_out) } => serde_json::to_value(c1_out),
         StageOutput::C1 { c1_out: Payload::Blob(_) } => Ok(Value::Null),
-        StageOutput::C2 { proof } => serde_json::to_value(proof),
-        StageOutput::Fin {} | StageOutput::Ru {} => Ok(Value::Null),
+        StageOutput::C2 { proof } | StageOutput::Pr2 { proof } => serde_json::to_value(proof),
+        StageOutput::Update { out } => serde_json::to_value(out),
+        // The JSON array of base64 proofs, as the worker wrote it.
+        StageOutput::Pr1 { vanilla_proofs: Payload::Inline(text) } => serde_json::from_slice(&text.0),
+        StageOutput::Pr1 { vanilla_proofs: Payload::Blob(_) } => Ok(Value::Null),
+        StageOutput::Dc { piece } => serde_json::to_value(piece),
+        StageOutput::Fin {}
+        | StageOutput::Ru {}
+        | StageOutput::Gsk {}
+        | StageOutput::Fru {}
+        | StageOutput::Unseal {}
+        | StageOutput::Dl {} => Ok(Value::Null),
     };
     value.expect("stage outputs are JSON")
 }

@@ -3,13 +3,13 @@
 
 use anyhow::Result;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{CallError, ErrorCode, Stage, TaskMessage};
+use sealfarm_schemas::{CallError, ErrorCode, TaskMessage};
 use std::time::Duration;
 
 use super::Calls;
 
 impl Calls {
-    /// Where a task goes. C2 and every task of a sector whose files no
+    /// Where a task goes. C2, PR2, DataCid, download and every task of a sector whose files no
     /// worker created yet: the stage's shared queue. A location-bound task
     /// (AddPiece of a further piece, PC1, PC2, C1, finalize, release): the
     /// own queue of the worker holding the sector's files, while it is alive
@@ -27,7 +27,7 @@ impl Calls {
             return Err(CallError::new(ErrorCode::UNKNOWN, message));
         };
         let (shared, size) = (topology::task_queue(task.stage(), info.sector_size), info.sector_size);
-        if task.stage() == Stage::C2 {
+        if task.stage().is_location_free() {
             return Ok(shared);
         }
         let location = match self.store.location(task.sector.id) {

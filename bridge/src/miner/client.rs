@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sealfarm_runtime::retry::{self, Backoff};
 use sealfarm_runtime::shutdown::Shutdown;
-use sealfarm_schemas::{SectorRef, StageOutput};
+use sealfarm_schemas::{SectorRef, SectorSize, StageOutput};
 use serde_json::{json, Value};
 
 use crate::calls::store::CallStore;
@@ -35,6 +35,8 @@ pub struct Miner {
     /// `http://<advertised host:port>`, the base of `/rpc/v0` and `/remote`.
     pub advertised: String,
     tokens: Mutex<HashMap<String, (Vec<String>, Instant)>>,
+    /// The miner's sector size, once asked (`ActorSectorSize`).
+    sector_size: std::sync::OnceLock<SectorSize>,
     /// Where the bridge remembers what it declared (worker-local files are
     /// declared again after a miner restart from this record).
     store: CallStore,
@@ -48,8 +50,22 @@ impl Miner {
             storage,
             advertised,
             tokens: Mutex::new(HashMap::new()),
+            sector_size: std::sync::OnceLock::new(),
             store,
         }
+    }
+
+    /// The sector size of the miner's actor (`ActorAddress`, then
+    /// `ActorSectorSize`; asked once).
+    pub async fn sector_size(&self) -> Result<SectorSize> {
+        if let Some(size) = self.sector_size.get() {
+            return Ok(*size);
+        }
+        let address: String = self.client.call("ActorAddress", json!([])).await.context("ActorAddress")?;
+        let bytes: u64 = self.client.call("ActorSectorSize", json!([address])).await.context("ActorSectorSize")?;
+        let size = SectorSize(bytes);
+        anyhow::ensure!(SectorSize::ALL.contains(&size), "the miner's sector size {bytes} is not a Filecoin sector size");
+        Ok(*self.sector_size.get_or_init(|| size))
     }
 
     /// The record of declared sector files.
@@ -189,6 +205,9 @@ impl Miner {
             StageOutput::Ap { .. } => ("StorageDeclareSector", &[1]),
             StageOutput::Pc1 { .. } => ("StorageDeclareSector", &[2, 4]),
             StageOutput::Ru {} => ("StorageDropSector", &[1]),
+            StageOutput::Update { .. } => ("StorageDeclareSector", &[8, 16]),
+            StageOutput::Gsk {} => ("StorageDeclareSector", &[2]),
+            StageOutput::Unseal {} => ("StorageDeclareSector", &[1]),
             _ => return,
         };
         for file_type in types {

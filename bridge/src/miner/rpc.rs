@@ -268,12 +268,14 @@ impl RpcClient {
     /// Calls `Filecoin.<method>` with params `[head…, "<text>", tail…]`
     /// where the string's text (base64, which needs no escaping) comes from
     /// `text` as the request is sent: a `ReturnSealCommit1` of tens of MiB
-    /// is never whole in memory.
+    /// is never whole in memory. Not `quoted`: `text` is a JSON value of its
+    /// own (the array of `ReturnProveReplicaUpdate1`), put in as it comes.
     pub async fn call_streamed<T: DeserializeOwned>(
         &self,
         method: &str,
         head: &[Value],
         text: impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static,
+        quoted: bool,
         tail: &[Value],
     ) -> Result<T, CallFailure> {
         use futures_util::StreamExt as _;
@@ -283,8 +285,9 @@ impl RpcClient {
             start.push_str(&item.to_string());
             start.push(',');
         }
-        start.push('"');
-        let mut end = String::from('"');
+        let quote = if quoted { "\"" } else { "" };
+        start.push_str(quote);
+        let mut end = String::from(quote);
         for item in tail {
             end.push(',');
             end.push_str(&item.to_string());

@@ -16,7 +16,9 @@ use futures_util::StreamExt;
 use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::lotus::{Range, ReaderStream};
 use sealfarm_schemas::messages::PieceData;
-use sealfarm_schemas::{Bytes as LotusBytes, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
+use sealfarm_schemas::{
+    Bytes as LotusBytes, Cid, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType,
+};
 use serde_json::{json, Value};
 
 use crate::calls::store::CallKind;
@@ -29,7 +31,7 @@ pub const WORKER_API_VERSION: u64 = 67328;
 
 /// Task types the bridge advertises: what the farm computes, plus the
 /// location-bound types the miner expects of a worker holding files.
-pub const TASK_TYPES: [TaskType; 8] = [
+pub const TASK_TYPES: [TaskType; 16] = [
     TaskType::AddPiece,
     TaskType::PreCommit1,
     TaskType::PreCommit2,
@@ -38,6 +40,14 @@ pub const TASK_TYPES: [TaskType; 8] = [
     TaskType::Finalize,
     TaskType::FinalizeUnsealed,
     TaskType::Fetch,
+    TaskType::ReplicaUpdate,
+    TaskType::ProveReplicaUpdate1,
+    TaskType::ProveReplicaUpdate2,
+    TaskType::RegenSectorKey,
+    TaskType::FinalizeReplicaUpdate,
+    TaskType::Unseal,
+    TaskType::DataCid,
+    TaskType::DownloadSector,
 ];
 
 /// Declares [`Method`]: every method of lotus' worker API
@@ -131,7 +141,23 @@ pub const LIVE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Stages advertised only while a live worker takes them; C1, finalize,
 /// release-unsealed and fetch are always advertised: the miner sends them
 /// only to the worker that holds the sector's files (docs/LOTUS.md §6.2).
-const COMPUTE_STAGES: [Stage; 4] = [Stage::Ap, Stage::Pc1, Stage::Pc2, Stage::C2];
+/// The snap-deal, unseal, DataCid and download stages are new to a farm
+/// (an operator may leave them to lotus-workers): advertised only while a
+/// live worker takes them.
+const COMPUTE_STAGES: [Stage; 12] = [
+    Stage::Ap,
+    Stage::Pc1,
+    Stage::Pc2,
+    Stage::C2,
+    Stage::Update,
+    Stage::Pr1,
+    Stage::Pr2,
+    Stage::Gsk,
+    Stage::Fru,
+    Stage::Unseal,
+    Stage::Dc,
+    Stage::Dl,
+];
 
 /// `/rpc/v0`, `/rpc/streams/v0/push` and `/remote`.
 pub fn router(api: Arc<Api>) -> Router {
@@ -184,6 +210,36 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
     rpc::serve(&body, |request| async move { api.dispatch(request, &perms).await }).await
 }
 
+/// Checks that `text` is a JSON array of base64 strings without building
+/// it (it may be tens of MiB): `[`, then strings of base64 characters
+/// separated by commas, `]`, whitespace between tokens.
+pub fn check_proof_array(text: &str) -> Result<(), String> {
+    let bytes = text.trim().as_bytes();
+    let inner = bytes
+        .strip_prefix(b"[")
+        .and_then(|b| b.strip_suffix(b"]"))
+        .ok_or("expected a JSON array of base64 strings")?;
+    let mut strings = 0;
+    for item in inner.split(|b| *b == b',') {
+        let item = item.trim_ascii();
+        let body = item
+            .strip_prefix(b"\"")
+            .and_then(|b| b.strip_suffix(b"\""))
+            .ok_or_else(|| format!("item {} is not a string", strings + 1))?;
+        if body.is_empty()
+            || !body.len().is_multiple_of(4)
+            || !body.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
+        {
+            return Err(format!("item {} is not base64", strings + 1));
+        }
+        strings += 1;
+    }
+    if strings == 0 || inner.trim_ascii().is_empty() {
+        return Err("no vanilla proofs given".into());
+    }
+    Ok(())
+}
+
 /// Reads a refused body to its end without keeping it.
 async fn discard(body: Body) {
     discard_stream(body.into_data_stream()).await
@@ -205,6 +261,21 @@ impl Api {
         }
         let calls = &self.calls;
         let call_id = |id| serde_json::to_value(id).map_err(|e| RpcError::method(e.to_string()));
+        let reader = |data: ReaderStream, size: u64| async move {
+            Ok::<_, RpcError>(match data.kind.as_str() {
+                "null" => PieceData::Null,
+                "push" => {
+                    let id: uuid::Uuid = data
+                        .info
+                        .parse()
+                        .map_err(|_| RpcError::method(format!("push stream id {:?} is not a UUID", data.info)))?;
+                    self.pieces.wait_for_push(id, size).await.map_err(RpcError::method)?;
+                    PieceData::Piece { id }
+                }
+                "http" => PieceData::Piece { id: self.pieces.fetch(&data.info, size).await.map_err(RpcError::method)? },
+                other => return Err(RpcError::method(format!("unknown piece data type {other:?}"))),
+            })
+        };
         // Each arm decodes the method's params as one typed tuple (lotus'
         // signature); a wrong count or type is refused before anything runs.
         match method {
@@ -240,22 +311,7 @@ impl Api {
             Method::AddPiece => {
                 let (sector, existing, piece_size, data): (SectorRef, Option<Vec<u64>>, u64, ReaderStream) =
                     request.decode()?;
-                let data = match data.kind.as_str() {
-                    "null" => PieceData::Null,
-                    "push" => {
-                        let id: uuid::Uuid = data
-                            .info
-                            .parse()
-                            .map_err(|_| RpcError::method(format!("push stream id {:?} is not a UUID", data.info)))?;
-                        self.pieces.wait_for_push(id, piece_size).await.map_err(RpcError::method)?;
-                        PieceData::Piece { id }
-                    }
-                    "http" => {
-                        let id = self.pieces.fetch(&data.info, piece_size).await.map_err(RpcError::method)?;
-                        PieceData::Piece { id }
-                    }
-                    other => return Err(RpcError::method(format!("unknown piece data type {other:?}"))),
-                };
+                let data = reader(data, piece_size).await?;
                 let task = Task::Ap { existing_piece_sizes: existing.unwrap_or_default(), piece_size, data };
                 call_id(calls.accept(&name, sector, task).await?)
             }
@@ -311,6 +367,68 @@ impl Api {
             Method::MoveStorage => {
                 let (sector, _types): (SectorRef, Value) = request.decode()?;
                 call_id(calls.accept_local(&name, sector, CallKind::MoveStorage)?)
+            }
+            Method::ReplicaUpdate => {
+                let (sector, pieces): (SectorRef, Vec<PieceInfo>) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Update { pieces }).await?)
+            }
+            Method::ProveReplicaUpdate1 => {
+                let (sector, sector_key, new_sealed, new_unsealed): (SectorRef, Cid, Cid, Cid) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Pr1 { sector_key, new_sealed, new_unsealed }).await?)
+            }
+            Method::ProveReplicaUpdate2 => {
+                // The vanilla proofs (a JSON array of base64 strings, tens of
+                // MiB for a 32 GiB sector) are kept as a blob of that text,
+                // never sent through the broker.
+                let (sector, sector_key, new_sealed, new_unsealed, proofs): (
+                    SectorRef,
+                    Cid,
+                    Cid,
+                    Cid,
+                    &serde_json::value::RawValue,
+                ) = request.decode()?;
+                let text = proofs.get();
+                check_proof_array(text).map_err(|e| {
+                    RpcError::new(rpc::INVALID_PARAMS, format!("ProveReplicaUpdate2 (param: 4, the vanilla proofs): {e}"))
+                })?;
+                let blob = self.calls.blobs.put(text.as_bytes().to_vec()).await.map_err(|e| {
+                    RpcError::method(format!("ProveReplicaUpdate2: cannot keep the vanilla proofs: {e:#}"))
+                })?;
+                let sha256 = blob.sha256.clone();
+                let task = Task::Pr2 { sector_key, new_sealed, new_unsealed, vanilla_proofs: Payload::Blob(blob) };
+                let accepted = calls.accept(&name, sector, task).await;
+                self.calls.blobs.unpin(&sha256);
+                call_id(accepted?)
+            }
+            Method::GenerateSectorKeyFromData => {
+                let (sector, comm_d): (SectorRef, Cid) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Gsk { comm_d }).await?)
+            }
+            Method::FinalizeReplicaUpdate => {
+                let (sector,): (SectorRef,) = request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Fru {}).await?)
+            }
+            Method::UnsealPiece => {
+                let (sector, offset, size, randomness, comm_d): (SectorRef, u64, u64, LotusBytes, Cid) =
+                    request.decode()?;
+                call_id(calls.accept(&name, sector, Task::Unseal { offset, size, randomness, comm_d }).await?)
+            }
+            Method::DataCid => {
+                let (piece_size, data): (u64, ReaderStream) = request.decode()?;
+                // No sector: lotus names the call's sector {0, 0}; the
+                // task goes to the queue of the miner's sector size.
+                let size = self.miner.sector_size().await.map_err(|e| RpcError::method(format!("DataCid: {e:#}")))?;
+                if piece_size == 0 || piece_size > size.unpadded() {
+                    return Err(RpcError::method(format!(
+                        "DataCid: a piece of {piece_size} bytes does not fit a {size} sector"
+                    )));
+                }
+                let data = reader(data, piece_size).await?;
+                let sector = SectorRef {
+                    id: sealfarm_schemas::SectorId { miner: 0, number: 0 },
+                    proof_type: sealfarm_schemas::RegisteredSealProof::v1_1_for(size),
+                };
+                call_id(calls.accept(&name, sector, Task::Dc { piece_size, data }).await?)
             }
             other => Err(RpcError::method(format!("sealfarm-bridge does not support {other:?} yet"))),
         }
@@ -432,5 +550,14 @@ mod tests {
         assert!(parse_limit("pc9=1").unwrap_err().contains("unknown stage"));
         assert!(parse_limit("pc1=lots").unwrap_err().contains("not a number"));
         assert_eq!(resource_table(&[]), Value::Null);
+    }
+
+    #[test]
+    fn vanilla_proofs_must_be_an_array_of_base64_strings() {
+        assert_eq!(check_proof_array(r#"["Ynl0ZSBhcnJheQ==", "Bw=="]"#), Ok(()));
+        assert!(check_proof_array(r#""Bw==""#).unwrap_err().contains("JSON array"));
+        assert!(check_proof_array("[]").unwrap_err().contains("no vanilla proofs"));
+        assert!(check_proof_array(r#"["Bw==", 7]"#).unwrap_err().contains("item 2 is not a string"));
+        assert!(check_proof_array(r#"["B w=="]"#).unwrap_err().contains("item 1 is not base64"));
     }
 }

@@ -222,6 +222,7 @@ async fn answer_tasks(farm: Arc<Farm>, c1_bytes: usize) -> Result<()> {
             }
             Task::Fin {} => StageOutput::Fin {},
             Task::Ru { .. } => StageOutput::Ru {},
+            other => anyhow::bail!("the blob bench drives the sealing pipeline only, not {}", other.stage()),
         };
         let result = ResultMessage {
             schema: sealfarm_schemas::SCHEMA_VERSION,

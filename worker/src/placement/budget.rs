@@ -40,6 +40,14 @@ pub struct Priority {
 /// lotus' scheduling order of task types (`sealtasks` priority, lower first).
 pub fn stage_rank(stage: Stage) -> i8 {
     match stage {
+        Stage::Fru => -3,
+        Stage::Dl => 0,
+        Stage::Unseal => 1,
+        Stage::Pr1 => 6,
+        Stage::Pr2 => 7,
+        Stage::Update => 8,
+        Stage::Gsk => 10,
+        Stage::Dc => 11,
         Stage::Ru => -4,
         Stage::Fin => -3,
         Stage::C1 => 2,

@@ -45,11 +45,21 @@ impl Resources {
 }
 
 /// lotus' default row for a stage and size (`storiface.ResourceTable`).
-/// Finalize and release-unsealed have no row in lotus: all zero.
+/// lotus copies some rows: ProveReplicaUpdate1 is Commit1's, ProveReplicaUpdate2
+/// Commit2's, RegenSectorKey ReplicaUpdate's, Unseal PreCommit1's, and DataCid
+/// takes AddPiece's 32 GiB row at every size. Finalize, release-unsealed,
+/// FinalizeReplicaUpdate and DownloadSector have no row: all zero.
 pub fn default_resources(stage: Stage, size: SectorSize) -> Resources {
     let r = Resources::row;
     let small = |bytes: u64, gpu: f64, par: i64| r(bytes, bytes, gpu, par, 0, bytes);
     let i = SectorSize::ALL.iter().position(|s| *s == size).unwrap_or(3);
+    let stage = match stage {
+        Stage::Pr1 => Stage::C1,
+        Stage::Pr2 => Stage::C2,
+        Stage::Gsk => Stage::Update,
+        Stage::Unseal => Stage::Pc1,
+        other => other,
+    };
     match (stage, i) {
         (Stage::Ap, 0) => small(2 * KIB, 0.0, 1),
         (Stage::Ap, 1) => small(8 * MIB, 0.0, 1),
@@ -74,6 +84,13 @@ pub fn default_resources(stage: Stage, size: SectorSize) -> Resources {
         (Stage::C2, 2) => r(GIB, 3 * GIB / 2, 1.0, 1, 0, 10 * GIB),
         (Stage::C2, 3) => r(30 * GIB, 150 * GIB, 1.0, -1, 6, 32 * GIB),
         (Stage::C2, _) => r(60 * GIB, 190 * GIB, 1.0, -1, 6, 64 * GIB),
-        (Stage::Fin, _) | (Stage::Ru, _) => r(0, 0, 0.0, 0, 0, 0),
+        (Stage::Update, 0) => small(2 * KIB, 1.0, 1),
+        (Stage::Update, 1) => small(8 * MIB, 1.0, 1),
+        (Stage::Update, 2) => r(GIB, GIB, 1.0, 1, 0, GIB),
+        (Stage::Update, 3) => r(4 * GIB, 4 * GIB, 1.0, 1, 6, GIB),
+        (Stage::Update, _) => r(8 * GIB, 8 * GIB, 1.0, 1, 6, GIB),
+        (Stage::Dc, _) => r(4 * GIB, 4 * GIB, 0.0, 1, 0, GIB),
+        (Stage::Fin | Stage::Ru | Stage::Fru | Stage::Dl, _) => r(0, 0, 0.0, 0, 0, 0),
+        (Stage::Pr1 | Stage::Pr2 | Stage::Gsk | Stage::Unseal, _) => unreachable!("copied rows, mapped above"),
     }
 }

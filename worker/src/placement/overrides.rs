@@ -29,6 +29,14 @@ pub fn env_task(stage: Stage) -> &'static str {
         Stage::C2 => "C2",
         Stage::Fin => "FIN",
         Stage::Ru => "FUS",
+        Stage::Update => "RU",
+        Stage::Pr1 => "PR1",
+        Stage::Pr2 => "PR2",
+        Stage::Gsk => "GSK",
+        Stage::Fru => "FRU",
+        Stage::Unseal => "UNS",
+        Stage::Dc => "DC",
+        Stage::Dl => "DL",
     }
 }
 

@@ -4,6 +4,8 @@
 //! <sealing-path>/unsealed/s-t0<miner>-<number>   fr32-padded piece data (AP)
 //! <sealing-path>/sealed/s-t0<miner>-<number>     the replica (PC1 creates it empty, PC2 writes it)
 //! <sealing-path>/cache/s-t0<miner>-<number>/     SDR layers, trees, p_aux/t_aux
+//! <sealing-path>/update/s-t0<miner>-<number>     the snapped replica (ReplicaUpdate)
+//! <sealing-path>/update-cache/s-t0<miner>-<number>/  its trees, p_aux/t_aux
 //! <sealing-path>/sealfarm/pieces/<id>             AddPiece's piece data (sealfarm's own)
 //! ```
 
@@ -19,10 +21,11 @@ pub struct SealingPath {
 }
 
 impl SealingPath {
-    /// Opens `root`, creating `unsealed/`, `sealed/` and `cache/` if missing.
+    /// Opens `root`, creating `unsealed/`, `sealed/`, `cache/`, `update/`
+    /// and `update-cache/` if missing.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
-        for sub in ["unsealed", "sealed", "cache"] {
+        for sub in ["unsealed", "sealed", "cache", "update", "update-cache"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         Ok(SealingPath { root })
@@ -42,6 +45,14 @@ impl SealingPath {
 
     pub fn cache(&self, sector: SectorId) -> PathBuf {
         self.root.join("cache").join(sector.file_name())
+    }
+
+    pub fn update(&self, sector: SectorId) -> PathBuf {
+        self.root.join("update").join(sector.file_name())
+    }
+
+    pub fn update_cache(&self, sector: SectorId) -> PathBuf {
+        self.root.join("update-cache").join(sector.file_name())
     }
 }
 

@@ -24,6 +24,8 @@ use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes, CallError, ErrorCode, PieceInfo, SectorCids, SectorRef, StageOutput, Task, TaskMessage};
 
 use super::layout::SealingPath;
+use super::snap;
+use sealfarm_runtime::unsealed_file;
 
 /// Key lotus adds to a PC1 output: the ticket, base64 (docs/LOTUS.md §8.3).
 const LOTUS_SEAL_RANDOMNESS_KEY: &str = "_lotus_SealRandomness";
@@ -125,11 +127,60 @@ fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
             Ok(StageOutput::Fin {})
         }
         Task::Ru { keep_unsealed } => {
-            release_unsealed(&sealing.unsealed(sector.id), keep_unsealed.as_deref().unwrap_or(&[]))
+            release_unsealed(&sealing.unsealed(sector.id), sector, keep_unsealed.as_deref().unwrap_or(&[]))
                 .with_context(context)?;
             Ok(StageOutput::Ru {})
         }
+        Task::Update { pieces } => snap::replica_update(sealing, sector, pieces).with_context(context),
+        Task::Pr1 { sector_key, new_sealed, new_unsealed } => {
+            snap::prove1(sealing, sector, [sector_key, new_sealed, new_unsealed]).with_context(context)
+        }
+        Task::Pr2 { sector_key, new_sealed, new_unsealed, vanilla_proofs } => {
+            snap::prove2(sector, [sector_key, new_sealed, new_unsealed], inline(vanilla_proofs)?).with_context(context)
+        }
+        Task::Gsk { comm_d } => snap::regenerate_sector_key(sealing, sector, comm_d).with_context(context),
+        Task::Fru {} => {
+            seal::clear_cache(&sealing.cache(sector.id)).with_context(context)?;
+            seal::clear_cache(&sealing.update_cache(sector.id)).with_context(context)?;
+            Ok(StageOutput::Fru {})
+        }
+        Task::Unseal { offset, size, randomness, comm_d } => {
+            snap::unseal(sealing, sector, proof, *offset, *size, randomness, comm_d).with_context(context)
+        }
+        Task::Dc { piece_size, data } => data_cid(sealing, proof, *piece_size, data).with_context(context),
+        Task::Dl { .. } => bail!("DownloadSectorData is not implemented by this worker yet"),
     }
+}
+
+/// DataCid: the piece commitment of `piece_size` bytes, as AddPiece
+/// computes it, without a sector.
+fn data_cid(
+    sealing: &SealingPath,
+    proof: filecoin_proofs_api::RegisteredSealProof,
+    piece_size: u64,
+    data: &PieceData,
+) -> Result<StageOutput> {
+    let source = piece_source(sealing, data, piece_size)?;
+    let info = seal::generate_piece_commitment(proof, source, UnpaddedBytesAmount(piece_size))?;
+    Ok(StageOutput::Dc {
+        piece: PieceInfo { size: padded(info.size.0), piece_cid: Commitment::Data.to_cid(&info.commitment) },
+    })
+}
+
+/// Where a stage reads piece bytes from: `piece_size` bytes of them.
+fn piece_source(sealing: &SealingPath, data: &PieceData, piece_size: u64) -> Result<Box<dyn Read>> {
+    Ok(match data {
+        PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
+        PieceData::Piece { id } => {
+            let path = super::layout::piece_path(sealing.root(), *id);
+            Box::new(
+                File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size),
+            )
+        }
+        PieceData::File { path } => {
+            bail!("piece data named by file path ({path:?}) is refused; pieces are named by id")
+        }
+    })
 }
 
 fn add_piece(
@@ -154,18 +205,7 @@ fn add_piece(
     file.set_len(offset).with_context(|| format!("truncating {}", path.display()))?;
     file.seek(SeekFrom::Start(offset))?;
     let existing: Vec<UnpaddedBytesAmount> = existing.iter().map(|s| UnpaddedBytesAmount(*s)).collect();
-    let source: Box<dyn Read> = match data {
-        PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
-        PieceData::Piece { id } => {
-            let path = super::layout::piece_path(sealing.root(), *id);
-            Box::new(
-                File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size),
-            )
-        }
-        PieceData::File { path } => {
-            bail!("piece data named by file path ({path:?}) is refused; pieces are named by id")
-        }
-    };
+    let source = piece_source(sealing, data, piece_size)?;
     let (info, _) = seal::add_piece(proof, source, &mut file, UnpaddedBytesAmount(piece_size), &existing)?;
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(StageOutput::Ap {
@@ -358,46 +398,25 @@ fn commit2(sector: SectorRef, c1_out: &Payload) -> Result<StageOutput> {
     Ok(StageOutput::C2 { proof: Bytes(out.proof) })
 }
 
-/// Removes the unsealed file, or with ranges to keep, punches holes into
-/// everything else (the file keeps its size, as lotus' partial files do).
-fn release_unsealed(path: &Path, keep: &[Range]) -> Result<()> {
+/// Removes the unsealed file, or with ranges to keep, frees everything else
+/// as lotus does: holes punched, and the file's partial-file trailer
+/// rewritten without the freed ranges (docs/LOTUS.md §9.7).
+fn release_unsealed(path: &Path, sector: SectorRef, keep: &[Range]) -> Result<()> {
     if keep.is_empty() {
         return remove_if_present(path);
     }
-    let file = OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = file.metadata()?.len();
+    let size = sector.proof_type.info().map(|i| i.sector_size.0).ok_or_else(|| anyhow!("unknown proof type"))?;
     let mut keep: Vec<(u64, u64)> = keep.iter().map(|r| (padded(r.offset), padded(r.offset + r.size))).collect();
     keep.sort_unstable();
+    let mut free = Vec::new();
     let mut cursor = 0;
-    for (start, end) in keep.into_iter().chain(std::iter::once((len, len))) {
+    for (start, end) in keep.into_iter().chain(std::iter::once((size, size))) {
         if start > cursor {
-            punch_hole(&file, cursor, start.min(len) - cursor)
-                .with_context(|| format!("releasing bytes {cursor}..{start} of {}", path.display()))?;
+            free.push((cursor, start.min(size)));
         }
         cursor = cursor.max(end);
     }
-    Ok(())
-}
-
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    if len == 0 {
-        return Ok(());
-    }
-    // SAFETY: fallocate on an open file descriptor with plain integer arguments.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    unsealed_file::free(path, size, &free).with_context(|| format!("releasing ranges {free:?} of {}", path.display()))
 }
 
 /// Unpadded → padded (fr32: every 127 bytes take 128).
@@ -405,14 +424,14 @@ pub fn padded(unpadded: u64) -> u64 {
     unpadded / 127 * 128
 }
 
-fn bytes32(bytes: &Bytes, what: &str) -> Result<[u8; 32]> {
+pub(crate) fn bytes32(bytes: &Bytes, what: &str) -> Result<[u8; 32]> {
     match <[u8; 32]>::try_from(bytes.0.as_slice()) {
         Ok(array) => Ok(array),
         Err(_) => bail!("the {what} must be 32 bytes, got {}", bytes.0.len()),
     }
 }
 
-fn api_pieces(pieces: &[PieceInfo]) -> Result<Vec<ApiPieceInfo>> {
+pub(crate) fn api_pieces(pieces: &[PieceInfo]) -> Result<Vec<ApiPieceInfo>> {
     ensure!(!pieces.is_empty(), "no pieces given");
     pieces
         .iter()
@@ -491,5 +510,40 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
         Task::C2 { c1_out: Payload::Blob(blob) } => blob.validate(),
         Task::Fin {} => file(sealing.cache(sector.id), "cache directory"),
         Task::Ru { .. } => Ok(()),
+        Task::Update { pieces } => {
+            pieces_fill_sector(pieces)?;
+            file(sealing.unsealed(sector.id), "unsealed file (the deal data)")?;
+            file(sealing.sealed(sector.id), "sealed file (the sector key)")?;
+            file(sealing.cache(sector.id), "cache directory")
+        }
+        Task::Pr1 { .. } => {
+            file(sealing.update(sector.id), "update file")?;
+            file(sealing.update_cache(sector.id), "update-cache directory")?;
+            file(sealing.sealed(sector.id), "sealed file (the sector key)")
+        }
+        Task::Pr2 { vanilla_proofs: Payload::Inline(text), .. } => {
+            super::snap::parse_vanilla_proofs(text).map(|_| ()).map_err(|e| format!("{e:#}"))
+        }
+        Task::Pr2 { vanilla_proofs: Payload::Blob(blob), .. } => blob.validate(),
+        Task::Gsk { .. } => {
+            file(sealing.update(sector.id), "update file")?;
+            file(sealing.update_cache(sector.id), "update-cache directory")?;
+            file(sealing.unsealed(sector.id), "unsealed file (the deal data)")
+        }
+        Task::Fru {} => file(sealing.update_cache(sector.id), "update-cache directory"),
+        Task::Unseal { offset, size: len, randomness, .. } => {
+            len32(randomness, "randomness (ticket)")?;
+            if *len == 0 || padded(offset + len) > size.0 {
+                return Err(format!("range {offset}+{len} (unpadded) is not inside a {size} sector"));
+            }
+            Ok(())
+        }
+        Task::Dc { piece_size, .. } => {
+            if *piece_size == 0 || *piece_size > size.unpadded() {
+                return Err(format!("a piece of {piece_size} bytes does not fit a {size} sector"));
+            }
+            Ok(())
+        }
+        Task::Dl { .. } => Ok(()),
     }
 }

@@ -2,12 +2,12 @@
 //! (`docs/ARCHITECTURE.md`, "Blobs").
 //!
 //! * Before a run, [`resolve_inputs`] puts the inputs where the executor
-//!   reads them: a C2's C1 output is fetched from the bridge and checked
-//!   against its digest; AddPiece piece data is read from
+//!   reads them: a C2's C1 output (a PR2's vanilla proofs) is fetched from
+//!   the bridge and checked against its digest; AddPiece (DataCid) piece data is read from
 //!   `sealfarm/pieces/<id>` under the worker's sealing path, downloaded there
 //!   from the bridge first when this worker does not share the bridge's
 //!   storage.
-//! * After a run, [`keep_output`] writes a C1 output to
+//! * After a run, [`keep_output`] writes a C1 output (PR1's proofs) to
 //!   `<state-dir>/blobs/<sha256>` (fsynced) and puts the reference in the
 //!   result, which the job store then keeps: a crash before the result is
 //!   published loses nothing. [`hand_over`] uploads the blob before the result
@@ -25,7 +25,7 @@ use sealfarm_runtime::partial_file::write_whole;
 use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::blob::{BlobRef, Payload, INLINE_LIMIT};
 use sealfarm_schemas::messages::PieceData;
-use sealfarm_schemas::{Bytes, CallError, ErrorCode, Outcome, ResultMessage, StageOutput, Task, TaskMessage};
+use sealfarm_schemas::{Bytes, CallError, ErrorCode, Outcome, ResultMessage, Task, TaskMessage};
 
 use super::bridge_client::{with_retries, BridgeClient};
 use crate::sealing::layout::piece_path;
@@ -62,17 +62,19 @@ pub async fn resolve_inputs(
     shutdown: &Shutdown,
 ) -> Result<Resolved, CallError> {
     match &task.task {
-        Task::C2 { c1_out: Payload::Blob(blob) } => {
-            let client = bridge(config, &format!("this C2 names its C1 output as blob {blob}"))?;
+        // A C2's C1 output, a PR2's vanilla proofs.
+        Task::C2 { c1_out: Payload::Blob(blob) } | Task::Pr2 { vanilla_proofs: Payload::Blob(blob), .. } => {
+            let stage = task.stage();
+            let client = bridge(config, &format!("this {stage} names its input as blob {blob}"))?;
             let bytes = with_retries(TRANSFER_TRIES, shutdown, || client.fetch_blob(blob))
                 .await
-                .map_err(|e| failed(format!("cannot fetch the C1 output of {}: {e:#}", task.sector.id)))?;
-            tracing::info!(call_id = %task.call_id, %blob, "C1 output fetched from the bridge and checked");
+                .map_err(|e| failed(format!("cannot fetch the {stage} input of {}: {e:#}", task.sector.id)))?;
+            tracing::info!(call_id = %task.call_id, %blob, "{stage} input fetched from the bridge and checked");
             let mut resolved = task.clone();
-            resolved.task = Task::C2 { c1_out: Payload::Inline(Bytes(bytes)) };
+            resolved.task = task.task.with_payload(Payload::Inline(Bytes(bytes)));
             Ok(Resolved { task: resolved, downloaded: None })
         }
-        Task::Ap { data: PieceData::Piece { id }, .. } => {
+        Task::Ap { data: PieceData::Piece { id }, .. } | Task::Dc { data: PieceData::Piece { id }, .. } => {
             let path = piece_path(config.sealing.root(), *id);
             if path.is_file() {
                 return Ok(Resolved { task: task.clone(), downloaded: None });
@@ -98,24 +100,27 @@ fn blob_dir(config: &WorkerConfig) -> PathBuf {
     config.state_dir.join("blobs")
 }
 
-/// Keeps a C1 output as a local blob for the bridge (or inline when small
-/// and there is no bridge); other outcomes pass through.
+/// Keeps a large output (a C1 output, PR1 proofs) as a local blob for the
+/// bridge (or inline when small and there is no bridge); other outcomes
+/// pass through.
 pub fn keep_output(config: &WorkerConfig, outcome: Outcome) -> Outcome {
-    let Outcome::Done(StageOutput::C1 { c1_out: Payload::Inline(bytes) }) = outcome else { return outcome };
+    let Outcome::Done(output) = &outcome else { return outcome };
+    let Some(Payload::Inline(bytes)) = output.payload() else { return outcome };
+    let stage = output.stage();
     if config.bridge.is_none() {
         if bytes.0.len() <= INLINE_LIMIT {
-            return Outcome::Done(StageOutput::C1 { c1_out: Payload::Inline(bytes) });
+            return outcome;
         }
         return Outcome::Failed(failed(format!(
-            "sealfarm worker {}: the C1 output is {} bytes, more than a broker message carries ({INLINE_LIMIT}); \
+            "sealfarm worker {}: the {stage} output is {} bytes, more than a broker message carries ({INLINE_LIMIT}); \
              start the worker with --bridge and --worker-token so it goes to the bridge as a blob",
             config.worker_id,
             bytes.0.len()
         )));
     }
     match write_blob(&blob_dir(config), &bytes.0) {
-        Ok(blob) => Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }),
-        Err(err) => Outcome::Failed(failed(format!("cannot keep the C1 output on this worker: {err:#}"))),
+        Ok(blob) => Outcome::Done(output.with_payload(Payload::Blob(blob))),
+        Err(err) => Outcome::Failed(failed(format!("cannot keep the {stage} output on this worker: {err:#}"))),
     }
 }
 
@@ -130,8 +135,8 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<BlobRef> {
 
 fn output_blob(result: &ResultMessage) -> Option<&BlobRef> {
     match &result.outcome {
-        Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob) }) => Some(blob),
-        _ => None,
+        Outcome::Done(output) => output.payload().and_then(Payload::blob),
+        Outcome::Failed(_) => None,
     }
 }
 
@@ -146,8 +151,8 @@ pub async fn hand_over(config: &WorkerConfig, result: &ResultMessage, shutdown: 
     let client = config.bridge.as_ref().context("a blob to hand over, but no --bridge")?;
     with_retries(TRANSFER_TRIES, shutdown, || client.upload_blob(blob, &path))
         .await
-        .with_context(|| format!("cannot upload the C1 output {blob} to the bridge"))?;
-    tracing::info!(call_id = %result.call_id, %blob, "C1 output handed to the bridge");
+        .with_context(|| format!("cannot upload the {} output {blob} to the bridge", result.stage))?;
+    tracing::info!(call_id = %result.call_id, %blob, "{} output handed to the bridge", result.stage);
     Ok(())
 }
 
