@@ -8,7 +8,11 @@
 //!   with their exact `Content-Length`;
 //! * `DELETE /remote/{type}/{s-t0M-N}?keep=<id>[.<id>…]` — remove the copy
 //!   from every path not listed, and drop it from the miner's index;
-//! * `GET /remote/stat/{storage-id}` — the path's `FsStat`.
+//! * `GET /remote/stat/{storage-id}` — the path's `FsStat`;
+//! * `GET /remote/unsealed/{s-t0M-N}/{proof type}/allocated/{offset}/{size}`
+//!   — 200 when the unpadded range is all in the sector's unsealed file, 416
+//!   when some of it is not (the miner asks before reading a piece for a
+//!   retrieval), 500 for anything else, as lotus answers (docs/LOTUS.md §9.7).
 //!
 //! Every request needs a token with `admin`, verified with the miner.
 //!
@@ -38,12 +42,14 @@ use crate::miner::rpc;
 use crate::miner::storage::FILE_TYPES;
 use crate::miner::worker_api::Api;
 use sealfarm_runtime::sector_files::http_get;
+use sealfarm_runtime::unsealed_file;
 use sealfarm_schemas::sector_store::{file_type_bit, parse_sector_name};
 
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/remote/stat/{id}", get(stat))
         .route("/remote/{file_type}/{name}", get(fetch).delete(remove))
+        .route("/remote/{file_type}/{name}/{spt}/allocated/{offset}/{size}", get(allocated))
         .with_state(api)
 }
 
@@ -231,6 +237,43 @@ async fn remove(
         tracing::info!(%sector, file_type, "removed at the miner's request");
     }
     StatusCode::OK.into_response()
+}
+
+async fn allocated(
+    State(api): State<Arc<Api>>,
+    Path((file_type, name, spt, offset, size)): Path<(String, String, String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&api, &headers, query.as_deref()).await {
+        return unauthorized();
+    }
+    let fail = |why: String| error(StatusCode::INTERNAL_SERVER_ERROR, why);
+    if file_type != "unsealed" {
+        return fail(format!("allocated ranges exist for unsealed files only, not {file_type:?}"));
+    }
+    let proof = spt.parse::<i64>().ok().map(sealfarm_schemas::RegisteredSealProof);
+    let Some(sector_size) = proof.and_then(|p| p.info()).map(|i| i.sector_size.0) else {
+        return fail(format!("{spt:?} is not a seal proof type"));
+    };
+    let (Ok(offset), Ok(size)) = (offset.parse::<u64>(), size.parse::<u64>()) else {
+        return fail(format!("offset {offset:?} and size {size:?} must be numbers (unpadded bytes)"));
+    };
+    let Some(copies) = copies(&api, &file_type, &name) else {
+        return fail(format!("no sector file {file_type}/{name}"));
+    };
+    let Some((_, path)) = copies.into_iter().next() else {
+        return fail(format!("sector file {file_type}/{name} not found in the bridge's storage"));
+    };
+    let (start, end) = (unsealed_file::padded(offset), unsealed_file::padded(offset.saturating_add(size)));
+    let read = tokio::task::spawn_blocking(move || unsealed_file::read_allocation(&path, sector_size)).await;
+    match read {
+        Ok(Ok(Some(allocation))) if end <= sector_size && allocation.covers(start, end) => StatusCode::OK.into_response(),
+        Ok(Ok(Some(_))) => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
+        Ok(Ok(None)) => fail(format!("sector file {file_type}/{name} not found")),
+        Ok(Err(e)) => fail(format!("{file_type}/{name}: {e}")),
+        Err(e) => fail(format!("{file_type}/{name}: {e}")),
+    }
 }
 
 async fn stat(

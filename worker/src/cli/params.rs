@@ -13,11 +13,13 @@ use crate::sealing::proofs;
 
 #[derive(Subcommand, Debug)]
 pub(super) enum ParamsCommand {
-    /// Generate insecure local parameters for a test sector size, offline.
+    /// Generate insecure local parameters for a test sector size, offline:
+    /// the seal (C2) circuit's and the empty-sector-update (snap deal, PR2) one's.
     ///
     /// Proofs made with them verify locally and are worthless on chain, so only
     /// 2KiB, 8MiB and 512MiB are accepted. 2KiB takes about 17 minutes on 2 cores
-    /// and writes about 1.1 GB; do it once per machine.
+    /// and writes about 1.1 GB; do it once per machine. Files already present
+    /// are kept.
     Generate {
         #[arg(long)]
         sector_size: SectorSize,
@@ -51,18 +53,27 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
                 );
             }
             let (params_path, vk_path) = params::seal_param_paths(sector_size)?;
-            if params_path.exists() && vk_path.exists() {
-                eprintln!("{sector_size} parameters already present: {}", params_path.display());
+            let (update_path, update_vk_path) = params::update_param_paths(sector_size)?;
+            let seal_missing = !(params_path.exists() && vk_path.exists());
+            let update_missing = !(update_path.exists() && update_vk_path.exists());
+            if !seal_missing && !update_missing {
+                eprintln!(
+                    "{sector_size} parameters already present: {} and {}",
+                    params_path.display(),
+                    update_path.display()
+                );
                 return Ok(());
             }
             std::fs::create_dir_all(params::cache_dir())
                 .with_context(|| format!("cannot create parameter cache {}", params::cache_dir().display()))?;
             // Measured: 2 cores 13-20 min and 5-7 GB for either test size; 16 cores about 2 min.
-            eprintln!(
-                "generating {sector_size} seal parameters into {} (test sizes: 13-20 min on 2 cores, 5-7 GB RAM; \
-                 about 2 min on 16 cores)",
-                params::cache_dir().display()
-            );
+            if seal_missing {
+                eprintln!(
+                    "generating {sector_size} seal parameters into {} (test sizes: 13-20 min on 2 cores, 5-7 GB RAM; \
+                     about 2 min on 16 cores)",
+                    params::cache_dir().display()
+                );
+            }
             let started = Instant::now();
             // A spinner with the time spent on a terminal; a line every 30 s in a log.
             let spinner = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
@@ -81,13 +92,29 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
                 });
             }
             let proof = proofs::api_proof(RegisteredSealProof::v1_1_for(sector_size)).expect("known proof");
-            let generated = params::generate::generate_porep_params(proof);
+            let mut generated = Ok(());
+            if seal_missing {
+                generated = params::generate::generate_porep_params(proof);
+                if generated.is_ok() {
+                    eprintln!("seal parameters done in {:.0} s: {}", started.elapsed().as_secs_f64(), params_path.display());
+                }
+            }
+            if generated.is_ok() && update_missing {
+                eprintln!("generating {sector_size} empty-sector-update (snap deal) parameters");
+                let update_started = Instant::now();
+                generated = params::generate::generate_update_params(sector_size);
+                if generated.is_ok() {
+                    eprintln!(
+                        "update parameters done in {:.0} s: {}",
+                        update_started.elapsed().as_secs_f64(),
+                        update_path.display()
+                    );
+                }
+            }
             if let Some(spinner) = spinner {
                 spinner.finish_and_clear();
             }
-            generated?;
-            eprintln!("done in {:.0} s: {}", started.elapsed().as_secs_f64(), params_path.display());
-            Ok(())
+            generated
         }
         ParamsCommand::Fetch { sector_size, gateway, manifest } => {
             let manifest = params::manifest(manifest.as_deref())?;
@@ -98,7 +125,7 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
         ParamsCommand::Status { verify } => {
             let manifest = params::manifest(None)?;
             println!("parameter cache: {}", params::cache_dir().display());
-            println!("{:<7} {:<6} {:>14}  {:<10} file", "size", "kind", "bytes", "origin");
+            println!("{:<7} {:<8} {:>14}  {:<10} file", "size", "kind", "bytes", "origin");
             for line in params::status(verify, &manifest)? {
                 let origin = match (line.bytes, line.published) {
                     (None, _) => "missing",
@@ -108,7 +135,7 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
                 };
                 let bytes = line.bytes.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
                 let name = line.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                println!("{:<7} {:<6} {:>14}  {:<10} {name}", line.size.to_string(), line.kind, bytes, origin);
+                println!("{:<7} {:<8} {:>14}  {:<10} {name}", line.size.to_string(), line.kind, bytes, origin);
             }
             Ok(())
         }

@@ -174,6 +174,11 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     if !c2_sizes.is_empty() {
         params::require_seal_params(&c2_sizes)?;
     }
+    let pr2_sizes: Vec<SectorSize> =
+        capacity.iter().filter(|c| c.stage == Stage::Pr2 && c.slots > 0).map(|c| c.sector_size).collect();
+    if !pr2_sizes.is_empty() {
+        params::require_update_params(&pr2_sizes)?;
+    }
     let warm_up = warm_up::decide(
         match args.warm_up {
             WarmUpArg::Auto => warm_up::Mode::Auto,

@@ -84,6 +84,36 @@ pub fn seal_param_paths(size: SectorSize) -> Result<(PathBuf, PathBuf)> {
     Ok((proof.cache_params_path()?, proof.cache_verifying_key_path()?))
 }
 
+/// Paths of the empty-sector-update (snap deal) parameters and verifying key for a size.
+pub fn update_param_paths(size: SectorSize) -> Result<(PathBuf, PathBuf)> {
+    generate::update_param_paths(size)
+}
+
+/// Fails with instructions unless the update parameters of every size exist.
+pub fn require_update_params(sizes: &[SectorSize]) -> Result<()> {
+    for size in sizes {
+        let (params, vk) = update_param_paths(*size)?;
+        if let Some(path) = [params, vk].into_iter().find(|p| !p.exists()) {
+            bail!(
+                "ProveReplicaUpdate2 of {size} sectors needs the empty-sector-update Groth parameters, and {} is missing \
+                 (parameter cache {}); run `{}` first, or drop pr2 from --stages",
+                path.display(),
+                cache_dir().display(),
+                how_to_get(*size)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn how_to_get(size: SectorSize) -> String {
+    if size.is_test_size() {
+        format!("sealfarm-worker params generate --sector-size {size}")
+    } else {
+        format!("sealfarm-worker params fetch --sector-size {size}")
+    }
+}
+
 /// Fails with instructions unless the seal parameters of every size exist.
 pub fn require_seal_params(sizes: &[SectorSize]) -> Result<()> {
     for size in sizes {
@@ -210,6 +240,8 @@ fn download(gateway: &str, name: &str, entry: &ManifestEntry, path: &Path) -> Re
 #[derive(Debug)]
 pub struct StatusLine {
     pub size: SectorSize,
+    /// `params`/`vk` of the seal circuit, `u-params`/`u-vk` of the
+    /// empty-sector-update (snap deal) one.
     pub kind: &'static str,
     pub path: PathBuf,
     pub bytes: Option<u64>,
@@ -222,7 +254,9 @@ pub fn status(verify: bool, manifest: &Manifest) -> Result<Vec<StatusLine>> {
     let mut lines = Vec::new();
     for size in SectorSize::ALL {
         let (params, vk) = seal_param_paths(size)?;
-        for (kind, path) in [("params", params), ("vk", vk)] {
+        let (update_params, update_vk) = update_param_paths(size)?;
+        let files = [("params", params), ("vk", vk), ("u-params", update_params), ("u-vk", update_vk)];
+        for (kind, path) in files {
             let bytes = std::fs::metadata(&path).ok().map(|m| m.len());
             let published = match (verify, bytes) {
                 (true, Some(_)) => {
