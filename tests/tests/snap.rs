@@ -1,0 +1,241 @@
+//! Snap deals, unsealing and DataCid through the farm, as a lotus-miner
+//! drives them (real RabbitMQ, real proofs, 2 KiB sectors): the snapped
+//! sector's update proof verifies with the proofs library against the CIDs
+//! the miner received, unsealing gives back the pushed deal bytes, the
+//! partial-file `/allocated/` answers follow what was freed, and the sector
+//! key regenerated from the data is byte-identical to the original.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use filecoin_proofs_api::{RegisteredUpdateProof, UnpaddedBytesAmount};
+use sealfarm_schemas::commitment::Commitment;
+use sealfarm_schemas::{Cid, PieceInfo, RegisteredSealProof, SectorCids, SectorRef};
+use sealfarm_tests::devminer::{sector_ref, DevMiner, SealReport};
+use sealfarm_tests::{BridgeFarm, FarmProcess};
+use serde_json::{json, Value};
+
+const PROOF: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
+const STAGE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Deal bytes (fr32-safe: the top bits of every 32-byte chunk clear).
+fn deal_bytes(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + seed * 13) % 251) as u8 & 0x3f).collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Makes a call whose piece data the miner pushes (lotus pushes the bytes
+/// and makes the call concurrently), and waits for its Return.
+async fn call_with_push(
+    miner: &DevMiner,
+    farm: &BridgeFarm,
+    method: &str,
+    params: impl FnOnce(Value) -> Value,
+    data: Vec<u8>,
+    report: &mut SealReport,
+) -> Value {
+    let stream = uuid::Uuid::new_v4();
+    let push_url = format!("http://{}/rpc/streams/v0/push/{stream}", farm.listen);
+    let pushed = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        reqwest::Client::new()
+            .post(&push_url)
+            .header("Content-Type", "application/octet-stream")
+            .body(data)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let reader = json!({"Type": "push", "Info": stream.to_string()});
+    let output = miner
+        .call(&farm.worker, method, params(reader), STAGE_TIMEOUT, report)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", farm.bridge.log_text()));
+    assert_eq!(pushed.await.unwrap(), 200);
+    output
+}
+
+async fn call(farm: &BridgeFarm, method: &str, params: Value, report: &mut SealReport) -> Value {
+    farm.miner
+        .call(&farm.worker, method, params, STAGE_TIMEOUT, report)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", farm.bridge.log_text()))
+}
+
+/// `GET /remote/unsealed/<sector>/<spt>/allocated/<offset>/<size>`: its status.
+async fn allocated(farm: &BridgeFarm, listen: SocketAddr, sector: SectorRef, offset: u64, size: u64) -> u16 {
+    let url = format!(
+        "http://{listen}/remote/unsealed/{}/{}/allocated/{offset}/{size}",
+        sector.id.file_name(),
+        sector.proof_type.0
+    );
+    let token = farm.miner.mint(&["admin"]);
+    reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().status().as_u16()
+}
+
+fn sector_file(farm: &BridgeFarm, kind: &str, sector: SectorRef) -> PathBuf {
+    farm.dir.path().join("sealing").join(kind).join(sector.id.file_name())
+}
+
+/// Unpads `len` bytes of a piece starting at padded byte `start` of an unsealed file.
+fn unpadded(file: &[u8], start: usize, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    filecoin_proofs_api::fr32::write_unpadded(&file[start..], &mut out, 0, len).unwrap();
+    out
+}
+
+fn cid(value: &Value) -> Cid {
+    serde_json::from_value(value.clone()).unwrap()
+}
+
+/// AddPiece (CC), PC1, PC2, FinalizeSector, ReleaseUnsealed: a committed
+/// capacity sector as it waits for a snap deal; its CIDs.
+async fn seal_cc(farm: &BridgeFarm, sector: SectorRef, report: &mut SealReport) -> SectorCids {
+    let ticket = sealfarm_tests::cc::randomness();
+    let piece = call(farm, "AddPiece", sealfarm_tests::devminer::add_piece_params(sector), report).await;
+    let pc1_out = call(farm, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), report).await;
+    let cids = call(farm, "SealPreCommit2", json!([sector, pc1_out]), report).await;
+    call(farm, "FinalizeSector", json!([sector]), report).await;
+    call(farm, "ReleaseUnsealed", json!([sector, null]), report).await;
+    serde_json::from_value(cids).unwrap()
+}
+
+fn start_worker(farm: &BridgeFarm) -> FarmProcess {
+    farm.start_worker("snap-w1", "ap,pc1,pc2,fin,ru,update,pr1,pr2,gsk,fru,unseal,dc")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
+    let farm = BridgeFarm::start("snap").await;
+    let _worker = start_worker(&farm);
+    let sector = sector_ref(1, PROOF);
+    let mut report = SealReport { sector, calls: Vec::new(), verified: false };
+    let cc = seal_cc(&farm, sector, &mut report).await;
+    let sector_key = cc.sealed.clone().expect("PC2 gave CommR");
+    let original_key = std::fs::read(sector_file(&farm, "sealed", sector)).unwrap();
+
+    // The deal: two pieces of 1016 bytes, pushed by the miner into the sector's new unsealed file.
+    let (d1, d2) = (deal_bytes(1016, 1), deal_bytes(1016, 2));
+    let miner = farm.miner.clone();
+    let p1 = call_with_push(&miner, &farm, "AddPiece", |r| json!([sector, [], 1016, r]), d1.clone(), &mut report).await;
+    let p2 =
+        call_with_push(&miner, &farm, "AddPiece", |r| json!([sector, [1016], 1016, r]), d2.clone(), &mut report).await;
+    let pieces: Vec<PieceInfo> = vec![serde_json::from_value(p1.clone()).unwrap(), serde_json::from_value(p2).unwrap()];
+    let staged = std::fs::read(sector_file(&farm, "unsealed", sector)).unwrap();
+    assert_eq!(staged.len(), 2048);
+
+    // DataCid of the first piece's bytes: the CommP AddPiece gave, and the one computed here.
+    let api = sealfarm_worker::sealing::proofs::api_proof(PROOF).unwrap();
+    let local = filecoin_proofs_api::seal::generate_piece_commitment(api, &d1[..], UnpaddedBytesAmount(1016)).unwrap();
+    let dc = call_with_push(&miner, &farm, "DataCid", |r| json!([1016, r]), d1.clone(), &mut report).await;
+    let dc: PieceInfo = serde_json::from_value(dc).unwrap();
+    assert_eq!(dc, pieces[0], "DataCid gives what AddPiece gave");
+    assert_eq!(Commitment::Data.from_cid(&dc.piece_cid).unwrap(), local.commitment, "CommP computed here");
+
+    // Snap: ReplicaUpdate, then both update proofs; the SNARK verifies
+    // against the CIDs the miner received.
+    let out = call(&farm, "ReplicaUpdate", json!([sector, pieces]), &mut report).await;
+    let (new_sealed, new_unsealed) = (cid(&out["NewSealed"]), cid(&out["NewUnsealed"]));
+    let comm_d = filecoin_proofs_api::seal::compute_comm_d(
+        api,
+        &pieces
+            .iter()
+            .map(|p| filecoin_proofs_api::PieceInfo {
+                commitment: Commitment::Data.from_cid(&p.piece_cid).unwrap(),
+                size: UnpaddedBytesAmount(p.size / 128 * 127),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert_eq!(Commitment::Data.from_cid(&new_unsealed).unwrap(), comm_d, "the new CommD is the deal pieces'");
+    assert_ne!(new_sealed, sector_key, "the replica changed");
+    let cids = json!([sector, sector_key, new_sealed, new_unsealed]);
+    let vanilla = call(&farm, "ProveReplicaUpdate1", cids.clone(), &mut report).await;
+    assert!(vanilla.as_array().is_some_and(|a| !a.is_empty()), "vanilla proofs: {vanilla}");
+    let mut pr2 = cids.as_array().unwrap().clone();
+    pr2.push(vanilla);
+    let proof = call(&farm, "ProveReplicaUpdate2", Value::Array(pr2), &mut report).await;
+    let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().unwrap()).unwrap();
+    let verified = filecoin_proofs_api::update::verify_empty_sector_update_proof(
+        RegisteredUpdateProof::StackedDrg2KiBV1,
+        &proof,
+        Commitment::Replica.from_cid(&sector_key).unwrap(),
+        Commitment::Replica.from_cid(&new_sealed).unwrap(),
+        Commitment::Data.from_cid(&new_unsealed).unwrap(),
+    )
+    .unwrap();
+    assert!(verified, "the update proof verifies");
+
+    // Retrieval: both pieces allocated; release all but the first, and the
+    // second is reported as not there.
+    let listen = farm.listen;
+    assert_eq!(allocated(&farm, listen, sector, 0, 1016).await, 200);
+    assert_eq!(allocated(&farm, listen, sector, 1016, 1016).await, 200);
+    call(&farm, "ReleaseUnsealed", json!([sector, [{"Offset": 0, "Size": 1016}]]), &mut report).await;
+    assert_eq!(allocated(&farm, listen, sector, 0, 1016).await, 200, "the kept piece");
+    assert_eq!(allocated(&farm, listen, sector, 1016, 1016).await, 416, "the freed piece");
+
+    // UnsealPiece of the freed piece: decoded from the update with the sector key.
+    let ticket = sealfarm_tests::cc::randomness();
+    call(&farm, "UnsealPiece", json!([sector, 1016, 1016, b64(&ticket), new_unsealed]), &mut report).await;
+    assert_eq!(allocated(&farm, listen, sector, 1016, 1016).await, 200, "unsealed again");
+    let unsealed = std::fs::read(sector_file(&farm, "unsealed", sector)).unwrap();
+    assert_eq!(unpadded(&unsealed, 1024, 1016), d2, "the second deal's bytes, exactly");
+    assert_eq!(unpadded(&unsealed, 0, 1016), d1, "the first deal's bytes, kept");
+    assert_eq!(&unsealed[..2048], &staged[..], "the padded data AddPiece wrote");
+
+    // The sector key removed (lotus' ReleaseSectorKey), then regenerated from the data.
+    std::fs::remove_file(sector_file(&farm, "sealed", sector)).unwrap();
+    call(&farm, "GenerateSectorKeyFromData", json!([sector, new_unsealed]), &mut report).await;
+    let regenerated = std::fs::read(sector_file(&farm, "sealed", sector)).unwrap();
+    assert!(regenerated == original_key, "the regenerated sector key is byte-identical to the original");
+
+    // FinalizeReplicaUpdate leaves what lotus leaves: both caches trimmed to
+    // p_aux, t_aux and tree-r-last; every sector file kept.
+    call(&farm, "FinalizeReplicaUpdate", json!([sector]), &mut report).await;
+    for cache in ["cache", "update-cache"] {
+        let mut names: Vec<String> = std::fs::read_dir(sector_file(&farm, cache, sector))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["p_aux", "sc-02-data-tree-r-last.dat", "t_aux"], "{cache} after FinalizeReplicaUpdate");
+    }
+    for kind in ["sealed", "update", "unsealed"] {
+        assert!(sector_file(&farm, kind, sector).is_file(), "{kind} kept");
+    }
+    assert!(farm.miner.duplicate_returns().is_empty(), "each call returned once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unseal_piece_recreates_a_released_deal_of_a_sealed_sector() {
+    let farm = BridgeFarm::start("unseal").await;
+    let _worker = start_worker(&farm);
+    let sector = sector_ref(2, PROOF);
+    let mut report = SealReport { sector, calls: Vec::new(), verified: false };
+    let deal = deal_bytes(2032, 3);
+    let miner = farm.miner.clone();
+    let piece =
+        call_with_push(&miner, &farm, "AddPiece", |r| json!([sector, [], 2032, r]), deal.clone(), &mut report).await;
+    let ticket = sealfarm_tests::cc::randomness();
+    let pc1_out = call(&farm, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), &mut report).await;
+    let cids: SectorCids =
+        serde_json::from_value(call(&farm, "SealPreCommit2", json!([sector, pc1_out]), &mut report).await).unwrap();
+    let staged = std::fs::read(sector_file(&farm, "unsealed", sector)).unwrap();
+    call(&farm, "FinalizeSector", json!([sector]), &mut report).await;
+    call(&farm, "ReleaseUnsealed", json!([sector, null]), &mut report).await;
+    assert!(!sector_file(&farm, "unsealed", sector).exists(), "released");
+
+    let comm_d = cids.unsealed.unwrap();
+    call(&farm, "UnsealPiece", json!([sector, 0, 2032, b64(&ticket), comm_d]), &mut report).await;
+    let unsealed = std::fs::read(sector_file(&farm, "unsealed", sector)).unwrap();
+    assert_eq!(&unsealed[..2048], &staged[..], "the padded data AddPiece wrote");
+    assert_eq!(unpadded(&unsealed, 0, 2032), deal, "the deal's bytes, exactly");
+    assert_eq!(allocated(&farm, farm.listen, sector, 0, 2032).await, 200);
+}
