@@ -446,4 +446,3 @@ mod tests {
         assert_eq!(blobs.list().len(), 1, "no partial file left behind");
     }
 }
-

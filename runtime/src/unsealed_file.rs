@@ -111,45 +111,41 @@ impl Allocation {
             return Ok(Allocation::default());
         }
         let mut bits = BitReader { bytes, at: 0 };
-        let version = bits.take(2).ok_or("RLE+ too short")?;
+        let version = bits.take(2);
         if version != 0 {
             return Err(format!("RLE+ version {version}, only 0 exists"));
         }
-        let mut set = bits.take(1).ok_or("RLE+ too short")? == 1;
+        let mut set = bits.take(1) == 1;
         let mut cursor = 0u64;
         let mut ranges = Vec::new();
-        'runs: loop {
-            let len = match bits.take(1) {
-                None => break,
-                Some(1) => 1,
-                Some(_) => match bits.take(1) {
-                    None => break,
-                    Some(1) => bits.take(4).ok_or("RLE+ short block cut off")?,
-                    Some(_) => {
-                        let mut value = 0u64;
-                        let mut shift = 0;
-                        loop {
-                            // Zero bits to the end of the last byte are padding.
-                            let Some(byte) = bits.take(8) else { break 'runs };
-                            if shift > 63 {
-                                return Err("RLE+ varint too long".into());
-                            }
-                            value |= (byte & 0x7f) << shift;
-                            shift += 7;
-                            if byte & 0x80 == 0 {
-                                break;
-                            }
-                        }
-                        // A zero here is the padding after the last block.
-                        if value == 0 {
-                            break;
-                        }
-                        value
+        // Bits past the end read as zeros (the encoder drops trailing zero
+        // bytes), and a run of length 0 ends the bitfield.
+        loop {
+            let len = if bits.take(1) == 1 {
+                1
+            } else if bits.take(1) == 1 {
+                bits.take(4)
+            } else {
+                let mut value = 0u64;
+                let mut shift = 0;
+                loop {
+                    let byte = bits.take(8);
+                    if shift > 63 {
+                        return Err("RLE+ varint too long".into());
                     }
-                },
+                    value |= (byte & 0x7f) << shift;
+                    shift += 7;
+                    if byte & 0x80 == 0 {
+                        break;
+                    }
+                }
+                value
             };
             if len == 0 {
                 break;
+            }
+            if bits.past_end() {
+                return Err("RLE+ runs cut off".into());
             }
             let end = cursor.checked_add(len).ok_or("RLE+ runs overflow")?;
             if set {
@@ -221,15 +217,21 @@ struct BitReader<'a> {
 }
 
 impl BitReader<'_> {
-    /// The next `count` bits, lowest first; None past the end.
-    fn take(&mut self, count: u32) -> Option<u64> {
+    /// The next `count` bits, lowest first; zeros past the end.
+    fn take(&mut self, count: u32) -> u64 {
         let mut value = 0;
         for i in 0..count {
-            let byte = *self.bytes.get(self.at / 8)?;
+            let byte = self.bytes.get(self.at / 8).copied().unwrap_or(0);
             value |= u64::from((byte >> (self.at % 8)) & 1) << i;
             self.at += 1;
         }
-        Some(value)
+        value
+    }
+
+    /// Read past the last byte by more than a varint's worth: a run there
+    /// came from zeros that are not in the encoding.
+    fn past_end(&self) -> bool {
+        self.at > self.bytes.len() * 8 + 8
     }
 }
 
@@ -353,6 +355,10 @@ mod tests {
         assert!(Allocation::default().to_rle().is_empty());
         assert_eq!(Allocation::from_rle(&[]).unwrap(), Allocation::default());
         assert!(Allocation::from_rle(&[0b11]).unwrap_err().contains("version"));
+        // A varint whose last byte is zero: that byte is dropped from the
+        // encoding and read back as zeros.
+        let split = Allocation::from_ranges([(0, 1024), (1536, 2048)]);
+        assert_eq!(Allocation::from_rle(&split.to_rle()).unwrap(), split);
     }
 
     #[test]

@@ -19,7 +19,9 @@ use uuid::Uuid;
 
 use crate::blob::Payload;
 use crate::hardware::Hardware;
-use crate::lotus::{Bytes, CallError, Cid, PieceInfo, Range, ReplicaUpdateOut, SectorCids, SectorRef, SectorSize, TaskType};
+use crate::lotus::{
+    Bytes, CallError, Cid, PieceInfo, Range, ReplicaUpdateOut, SectorCids, SectorRef, SectorSize, TaskType,
+};
 
 /// Version of every message format in this module. A consumer dead-letters a
 /// message whose version it does not know.

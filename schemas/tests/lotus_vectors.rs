@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use sealfarm_schemas::lotus::{Range, ReaderStream};
-use sealfarm_schemas::{Bytes, CallError, CallId, PieceInfo, SectorCids, SectorId, SectorRef, TaskType};
+use sealfarm_schemas::lotus::{Range, ReaderStream, ReplicaUpdateOut, SectorLocation};
+use sealfarm_schemas::{Bytes, CallError, CallId, Cid, PieceInfo, SectorCids, SectorId, SectorRef, TaskType};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -73,10 +73,52 @@ fn sealing_call_params_round_trip() {
         "ReleaseUnsealed",
         "Fetch",
         "MoveStorage",
+        "DataCid",
+        "UnsealPiece",
+        "ReplicaUpdate",
+        "ProveReplicaUpdate1",
+        "ProveReplicaUpdate2",
+        "GenerateSectorKeyFromData",
+        "FinalizeReplicaUpdate",
+        "DownloadSectorData",
     ] {
         let call: CallId = round_trip(&vector(method, "worker")["result"]);
         assert_eq!(call.sector, SectorId { miner: 1000, number: 9 });
     }
+}
+
+/// The snap-deal, unseal, DataCid and download calls: each parameter
+/// count and type as lotus declares them (api/api_worker.go).
+#[test]
+fn snap_unseal_and_data_call_params_round_trip() {
+    let count = |method: &str, n: usize| {
+        let params = vector(method, "worker")["params"].clone();
+        assert_eq!(params.as_array().map(Vec::len), Some(n), "{method} takes {n} params");
+        params
+    };
+    let dc = count("DataCid", 2);
+    round_trip::<u64>(&dc[0]);
+    let unseal = count("UnsealPiece", 5);
+    round_trip::<SectorRef>(&unseal[0]);
+    round_trip::<u64>(&unseal[1]);
+    round_trip::<u64>(&unseal[2]);
+    round_trip::<Bytes>(&unseal[3]);
+    round_trip::<Cid>(&unseal[4]);
+    let update = count("ReplicaUpdate", 2);
+    round_trip::<Vec<PieceInfo>>(&update[1]);
+    let pr1 = count("ProveReplicaUpdate1", 4);
+    for cid in &pr1.as_array().unwrap()[1..] {
+        round_trip::<Cid>(cid);
+    }
+    let pr2 = count("ProveReplicaUpdate2", 5);
+    round_trip::<Vec<Bytes>>(&pr2[4]);
+    let gsk = count("GenerateSectorKeyFromData", 2);
+    round_trip::<Cid>(&gsk[1]);
+    round_trip::<SectorRef>(&count("FinalizeReplicaUpdate", 1)[0]);
+    let download = count("DownloadSectorData", 3);
+    round_trip::<bool>(&download[1]);
+    let sources: BTreeMap<String, SectorLocation> = round_trip(&download[2]);
+    assert_eq!(sources["2"].url, "https://example.com/sealingservice/sectors/s-f0123-12345");
 }
 
 #[test]
@@ -91,7 +133,7 @@ type Check = fn(&Value);
 
 #[test]
 fn return_calls_round_trip() {
-    let outputs: [(&str, Check); 6] = [
+    let outputs: [(&str, Check); 9] = [
         ("ReturnAddPiece", |v| {
             round_trip::<PieceInfo>(v);
         }),
@@ -110,6 +152,15 @@ fn return_calls_round_trip() {
         ("ReturnDataCid", |v| {
             round_trip::<PieceInfo>(v);
         }),
+        ("ReturnReplicaUpdate", |v| {
+            round_trip::<ReplicaUpdateOut>(v);
+        }),
+        ("ReturnProveReplicaUpdate1", |v| {
+            round_trip::<Vec<Bytes>>(v);
+        }),
+        ("ReturnProveReplicaUpdate2", |v| {
+            round_trip::<Bytes>(v);
+        }),
     ];
     for (method, check_output) in outputs {
         let params = &vector(method, "miner")["params"];
@@ -118,8 +169,18 @@ fn return_calls_round_trip() {
         let err: CallError = round_trip(&params[2]);
         assert_eq!(err.code.0, 0);
     }
-    for method in ["ReturnFinalizeSector", "ReturnReleaseUnsealed", "ReturnFetch", "ReturnMoveStorage"] {
+    for method in [
+        "ReturnFinalizeSector",
+        "ReturnReleaseUnsealed",
+        "ReturnFetch",
+        "ReturnMoveStorage",
+        "ReturnGenerateSectorKeyFromData",
+        "ReturnFinalizeReplicaUpdate",
+        "ReturnUnsealPiece",
+        "ReturnDownloadSector",
+    ] {
         let params = &vector(method, "miner")["params"];
+        assert_eq!(params.as_array().map(Vec::len), Some(2), "{method} carries the CallID and the error only");
         round_trip::<CallId>(&params[0]);
         round_trip::<CallError>(&params[1]);
     }

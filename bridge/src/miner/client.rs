@@ -64,7 +64,10 @@ impl Miner {
         let address: String = self.client.call("ActorAddress", json!([])).await.context("ActorAddress")?;
         let bytes: u64 = self.client.call("ActorSectorSize", json!([address])).await.context("ActorSectorSize")?;
         let size = SectorSize(bytes);
-        anyhow::ensure!(SectorSize::ALL.contains(&size), "the miner's sector size {bytes} is not a Filecoin sector size");
+        anyhow::ensure!(
+            SectorSize::ALL.contains(&size),
+            "the miner's sector size {bytes} is not a Filecoin sector size"
+        );
         Ok(*self.sector_size.get_or_init(|| size))
     }
 

@@ -268,7 +268,9 @@ async fn allocated(
     let (start, end) = (unsealed_file::padded(offset), unsealed_file::padded(offset.saturating_add(size)));
     let read = tokio::task::spawn_blocking(move || unsealed_file::read_allocation(&path, sector_size)).await;
     match read {
-        Ok(Ok(Some(allocation))) if end <= sector_size && allocation.covers(start, end) => StatusCode::OK.into_response(),
+        Ok(Ok(Some(allocation))) if end <= sector_size && allocation.covers(start, end) => {
+            StatusCode::OK.into_response()
+        }
         Ok(Ok(Some(_))) => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
         Ok(Ok(None)) => fail(format!("sector file {file_type}/{name} not found")),
         Ok(Err(e)) => fail(format!("{file_type}/{name}: {e}")),

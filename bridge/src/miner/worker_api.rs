@@ -16,9 +16,7 @@ use futures_util::StreamExt;
 use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::lotus::{Range, ReaderStream};
 use sealfarm_schemas::messages::PieceData;
-use sealfarm_schemas::{
-    Bytes as LotusBytes, Cid, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType,
-};
+use sealfarm_schemas::{Bytes as LotusBytes, Cid, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
 use serde_json::{json, Value};
 
 use crate::calls::store::CallKind;
@@ -215,10 +213,8 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
 /// separated by commas, `]`, whitespace between tokens.
 pub fn check_proof_array(text: &str) -> Result<(), String> {
     let bytes = text.trim().as_bytes();
-    let inner = bytes
-        .strip_prefix(b"[")
-        .and_then(|b| b.strip_suffix(b"]"))
-        .ok_or("expected a JSON array of base64 strings")?;
+    let inner =
+        bytes.strip_prefix(b"[").and_then(|b| b.strip_suffix(b"]")).ok_or("expected a JSON array of base64 strings")?;
     let mut strings = 0;
     for item in inner.split(|b| *b == b',') {
         let item = item.trim_ascii();
@@ -389,7 +385,10 @@ impl Api {
                 ) = request.decode()?;
                 let text = proofs.get();
                 check_proof_array(text).map_err(|e| {
-                    RpcError::new(rpc::INVALID_PARAMS, format!("ProveReplicaUpdate2 (param: 4, the vanilla proofs): {e}"))
+                    RpcError::new(
+                        rpc::INVALID_PARAMS,
+                        format!("ProveReplicaUpdate2 (param: 4, the vanilla proofs): {e}"),
+                    )
                 })?;
                 let blob = self.calls.blobs.put(text.as_bytes().to_vec()).await.map_err(|e| {
                     RpcError::method(format!("ProveReplicaUpdate2: cannot keep the vanilla proofs: {e:#}"))

@@ -96,7 +96,11 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
             if seal_missing {
                 generated = params::generate::generate_porep_params(proof);
                 if generated.is_ok() {
-                    eprintln!("seal parameters done in {:.0} s: {}", started.elapsed().as_secs_f64(), params_path.display());
+                    eprintln!(
+                        "seal parameters done in {:.0} s: {}",
+                        started.elapsed().as_secs_f64(),
+                        params_path.display()
+                    );
                 }
             }
             if generated.is_ok() && update_missing {

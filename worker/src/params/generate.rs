@@ -40,7 +40,8 @@ fn generate_for_shape<Tree: 'static + MerkleTreeTrait>(config: &filecoin_proofs:
     // The update circuit is not Clone: a blank one for each call.
     let blank = || <Compound<Tree> as CompoundProof<_, _>>::blank_circuit(&pub_params);
     Compound::<Tree>::get_param_metadata(blank(), &pub_params).context("writing parameter metadata")?;
-    Compound::<Tree>::get_groth_params(Some(&mut OsRng), blank(), &pub_params).context("generating Groth parameters")?;
+    Compound::<Tree>::get_groth_params(Some(&mut OsRng), blank(), &pub_params)
+        .context("generating Groth parameters")?;
     Compound::<Tree>::get_verifying_key(Some(&mut OsRng), blank(), &pub_params)
         .context("generating the verifying key")?;
     Ok(())
@@ -59,7 +60,8 @@ fn generate_update_for_shape<Tree: 'static + MerkleTreeTrait<Hasher = TreeRHashe
     // The update circuit is not Clone: a blank one for each call.
     let blank = || <Compound<Tree> as CompoundProof<_, _>>::blank_circuit(&pub_params);
     Compound::<Tree>::get_param_metadata(blank(), &pub_params).context("writing parameter metadata")?;
-    Compound::<Tree>::get_groth_params(Some(&mut OsRng), blank(), &pub_params).context("generating Groth parameters")?;
+    Compound::<Tree>::get_groth_params(Some(&mut OsRng), blank(), &pub_params)
+        .context("generating Groth parameters")?;
     Compound::<Tree>::get_verifying_key(Some(&mut OsRng), blank(), &pub_params)
         .context("generating the verifying key")?;
     Ok(())

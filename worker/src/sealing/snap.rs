@@ -40,7 +40,8 @@ pub fn update_proof(sector: SectorRef) -> Result<RegisteredUpdateProof> {
     use RegisteredUpdateProof::*;
     const BY_SIZE: [RegisteredUpdateProof; 5] =
         [StackedDrg2KiBV1, StackedDrg8MiBV1, StackedDrg512MiBV1, StackedDrg32GiBV1, StackedDrg64GiBV1];
-    let index = sector.proof_type.update_proof().ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))?;
+    let index =
+        sector.proof_type.update_proof().ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))?;
     Ok(BY_SIZE[index as usize])
 }
 
