@@ -113,7 +113,7 @@ impl Calls {
             }
         }
         if let Outcome::Done(output) = outcome.as_ref() {
-            self.miner.declare_outputs(call.sector, output).await;
+            self.miner.declare_outputs(call.sector, call.task().map(|t| &t.task), output).await;
         }
         tracing::info!(call_id = %call.call_id, sector = %call.sector.id, method, "returned to the miner");
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sealfarm_runtime::retry::{self, Backoff};
 use sealfarm_runtime::shutdown::Shutdown;
-use sealfarm_schemas::{SectorRef, SectorSize, StageOutput};
+use sealfarm_schemas::{SectorRef, SectorSize, StageOutput, Task};
 use serde_json::{json, Value};
 
 use crate::calls::store::CallStore;
@@ -202,9 +202,16 @@ impl Miner {
     }
 
     /// Declares the files a finished stage created, drops the ones it removed.
-    pub async fn declare_outputs(&self, sector: SectorRef, output: &StageOutput) {
+    pub async fn declare_outputs(&self, sector: SectorRef, task: Option<&Task>, output: &StageOutput) {
         let Some(path) = self.storage.first() else { return };
+        let downloaded: Vec<u64> = match task {
+            Some(Task::Dl { sources, .. }) => {
+                sources.iter().filter_map(|s| sealfarm_schemas::sector_store::file_type_bit(&s.file_type)).collect()
+            }
+            _ => Vec::new(),
+        };
         let (method, types): (&str, &[u64]) = match output {
+            StageOutput::Dl {} => ("StorageDeclareSector", &downloaded),
             StageOutput::Ap { .. } => ("StorageDeclareSector", &[1]),
             StageOutput::Pc1 { .. } => ("StorageDeclareSector", &[2, 4]),
             StageOutput::Ru {} => ("StorageDropSector", &[1]),

@@ -14,7 +14,7 @@ use axum::routing::post;
 use axum::Router;
 use futures_util::StreamExt;
 use sealfarm_schemas::blob::Payload;
-use sealfarm_schemas::lotus::{Range, ReaderStream};
+use sealfarm_schemas::lotus::{Range, ReaderStream, SectorLocation};
 use sealfarm_schemas::messages::PieceData;
 use sealfarm_schemas::{Bytes as LotusBytes, Cid, PieceInfo, SectorCids, SectorRef, SectorSize, Stage, Task, TaskType};
 use serde_json::{json, Value};
@@ -206,6 +206,36 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
     }
     let body = bytes;
     rpc::serve(&body, |request| async move { api.dispatch(request, &perms).await }).await
+}
+
+/// DownloadSectorData's map (file type bit, as a decimal string → where to
+/// fetch it) as the worker's list of sources. Each key must be one file
+/// type; an entry marked `Local` is refused, as lotus' worker refuses it.
+pub fn download_sources(
+    src: std::collections::BTreeMap<String, SectorLocation>,
+) -> Result<Vec<sealfarm_schemas::messages::SectorSource>, String> {
+    use sealfarm_schemas::sector_store::FILE_TYPES;
+    if src.is_empty() {
+        return Err("no file to download".into());
+    }
+    src.into_iter()
+        .map(|(key, location)| {
+            let bit: u64 = key.parse().map_err(|_| format!("{key:?} is not a file type number"))?;
+            let folder = FILE_TYPES
+                .iter()
+                .find(|(b, _)| *b == bit)
+                .map(|(_, folder)| folder.to_string())
+                .ok_or_else(|| format!("{key} is not one sector file type (1, 2, 4, 8 or 16)"))?;
+            if location.local {
+                return Err(format!("{folder}: a 'Local' source cannot be downloaded"));
+            }
+            if !(location.url.starts_with("http://") || location.url.starts_with("https://")) {
+                return Err(format!("{folder}: {:?} is not an http(s) URL", location.url));
+            }
+            let headers = location.headers.unwrap_or_default().into_iter().map(|h| (h.key, h.value)).collect();
+            Ok(sealfarm_schemas::messages::SectorSource { file_type: folder, url: location.url, headers })
+        })
+        .collect()
 }
 
 /// Checks that `text` is a JSON array of base64 strings without building
@@ -429,6 +459,14 @@ impl Api {
                 };
                 call_id(calls.accept(&name, sector, Task::Dc { piece_size, data }).await?)
             }
+            Method::DownloadSectorData => {
+                let (sector, finalized, src): (SectorRef, bool, std::collections::BTreeMap<String, SectorLocation>) =
+                    request.decode()?;
+                let sources = download_sources(src).map_err(|e| {
+                    RpcError::new(rpc::INVALID_PARAMS, format!("DownloadSectorData (param: 2, the sources): {e}"))
+                })?;
+                call_id(calls.accept(&name, sector, Task::Dl { finalized, sources }).await?)
+            }
             other => Err(RpcError::method(format!("sealfarm-bridge does not support {other:?} yet"))),
         }
     }
@@ -549,6 +587,21 @@ mod tests {
         assert!(parse_limit("pc9=1").unwrap_err().contains("unknown stage"));
         assert!(parse_limit("pc1=lots").unwrap_err().contains("not a number"));
         assert_eq!(resource_table(&[]), Value::Null);
+    }
+
+    #[test]
+    fn download_sources_name_one_file_type_each() {
+        let parse = |v: Value| download_sources(serde_json::from_value(v).unwrap());
+        let sources = parse(json!({"2": {"Local": false, "URL": "http://a/s", "Headers": [{"Key": "K", "Value": "V"}]},
+                                   "4": {"Local": false, "URL": "https://a/c", "Headers": null}}))
+        .unwrap();
+        assert_eq!(sources.len(), 2);
+        assert_eq!((sources[0].file_type.as_str(), sources[0].headers[0].0.as_str()), ("sealed", "K"));
+        assert_eq!(sources[1].file_type, "cache");
+        assert!(parse(json!({"6": {"URL": "http://a"}})).unwrap_err().contains("not one sector file type"));
+        assert!(parse(json!({"2": {"Local": true, "URL": "http://a"}})).unwrap_err().contains("Local"));
+        assert!(parse(json!({"2": {"URL": "file:///etc/passwd"}})).unwrap_err().contains("not an http(s) URL"));
+        assert!(parse(json!({})).unwrap_err().contains("no file"));
     }
 
     #[test]

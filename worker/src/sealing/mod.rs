@@ -13,5 +13,6 @@ pub(crate) mod executor;
 pub(crate) mod layers;
 pub mod layout;
 pub mod proofs;
+pub(crate) mod download;
 pub(crate) mod snap;
 pub(crate) mod warm_up;

@@ -148,7 +148,7 @@ fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
             snap::unseal(sealing, sector, proof, *offset, *size, randomness, comm_d).with_context(context)
         }
         Task::Dc { piece_size, data } => data_cid(sealing, proof, *piece_size, data).with_context(context),
-        Task::Dl { .. } => bail!("DownloadSectorData is not implemented by this worker yet"),
+        Task::Dl { sources, .. } => super::download::download(sealing, sector, sources).with_context(context),
     }
 }
 
@@ -544,6 +544,14 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
             }
             Ok(())
         }
-        Task::Dl { .. } => Ok(()),
+        Task::Dl { sources, .. } => {
+            if sources.is_empty() {
+                return Err("DownloadSectorData names no file to download".into());
+            }
+            match sources.iter().find(|s| sealfarm_schemas::sector_store::file_type_bit(&s.file_type).is_none()) {
+                Some(bad) => Err(format!("{:?} is not a sector file type", bad.file_type)),
+                None => Ok(()),
+            }
+        }
     }
 }
