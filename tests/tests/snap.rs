@@ -239,3 +239,70 @@ async fn unseal_piece_recreates_a_released_deal_of_a_sealed_sector() {
     assert_eq!(unpadded(&unsealed, 0, 2032), deal, "the deal's bytes, exactly");
     assert_eq!(allocated(&farm, farm.listen, sector, 0, 2032).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sector_downloaded_from_another_remote_passes_the_next_stage() {
+    // Farm A seals a sector through PC2; farm B (another bridge, other
+    // storage) imports it from A's /remote, then runs C1 on it.
+    let a = BridgeFarm::start("download-src").await;
+    let _source_worker = a.start_worker("dl-src", "ap,pc1,pc2");
+    let sector = sector_ref(3, PROOF);
+    let mut report = SealReport { sector, calls: Vec::new(), verified: false };
+    let (ticket, seed) = (sealfarm_tests::cc::randomness(), sealfarm_tests::cc::randomness());
+    let piece = call(&a, "AddPiece", sealfarm_tests::devminer::add_piece_params(sector), &mut report).await;
+    let pc1_out = call(&a, "SealPreCommit1", json!([sector, b64(&ticket), [piece.clone()]]), &mut report).await;
+    let cids = call(&a, "SealPreCommit2", json!([sector, pc1_out]), &mut report).await;
+
+    let b = BridgeFarm::start("download-dst").await;
+    let _importer = b.start_worker("dl-dst", "c1,dl");
+    let name = sector.id.file_name();
+    let source = |kind: &str, token: &str| {
+        json!({"Local": false, "URL": format!("http://{}/remote/{kind}/{name}", a.listen),
+               "Headers": [{"Key": "Authorization", "Value": format!("Bearer {token}")}]})
+    };
+    // A source that refuses (a token A's miner never minted): the call fails and says why.
+    let refused = b
+        .miner
+        .call(
+            &b.worker,
+            "DownloadSectorData",
+            json!([sector, false, {"2": source("sealed", "forged")}]),
+            STAGE_TIMEOUT,
+            &mut report,
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("401"), "{refused:#}");
+
+    let token = a.miner.mint(&["admin"]);
+    let src = json!({"1": source("unsealed", &token), "2": source("sealed", &token), "4": source("cache", &token)});
+    call(&b, "DownloadSectorData", json!([sector, false, src]), &mut report).await;
+    for kind in ["unsealed", "sealed"] {
+        let (there, here) = (
+            std::fs::read(sector_file(&a, kind, sector)).unwrap(),
+            std::fs::read(sector_file(&b, kind, sector)).unwrap(),
+        );
+        assert!(there == here, "{kind} arrived byte for byte");
+    }
+    let listing = |farm: &BridgeFarm| {
+        let mut files: Vec<(String, u64)> = std::fs::read_dir(sector_file(farm, "cache", sector))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+            .collect();
+        files.sort();
+        files
+    };
+    assert_eq!(listing(&a), listing(&b), "the cache arrived whole");
+    // Declared once the Return is in (each downloaded file type).
+    let declared = || b.miner.index_calls().into_iter().filter(|c| c.method == "StorageDeclareSector").count();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while declared() < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(declared(), 3, "each downloaded file type declared: {:?}", b.miner.index_calls());
+
+    // The next stage runs on what was downloaded.
+    let c1_out = call(&b, "SealCommit1", json!([sector, b64(&ticket), b64(&seed), [piece], cids]), &mut report).await;
+    assert!(c1_out.as_str().is_some_and(|s| s.len() > 100), "C1 gave its output");
+}

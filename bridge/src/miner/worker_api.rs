@@ -592,9 +592,10 @@ mod tests {
     #[test]
     fn download_sources_name_one_file_type_each() {
         let parse = |v: Value| download_sources(serde_json::from_value(v).unwrap());
-        let sources = parse(json!({"2": {"Local": false, "URL": "http://a/s", "Headers": [{"Key": "K", "Value": "V"}]},
+        let sources =
+            parse(json!({"2": {"Local": false, "URL": "http://a/s", "Headers": [{"Key": "K", "Value": "V"}]},
                                    "4": {"Local": false, "URL": "https://a/c", "Headers": null}}))
-        .unwrap();
+            .unwrap();
         assert_eq!(sources.len(), 2);
         assert_eq!((sources[0].file_type.as_str(), sources[0].headers[0].0.as_str()), ("sealed", "K"));
         assert_eq!(sources[1].file_type, "cache");

@@ -66,7 +66,9 @@ fn fetch_one(sealing: &SealingPath, sector: SectorRef, source: &SectorSource) ->
             std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
             unpack_flat_tar(&mut body, &staging)?;
         }
-        other => bail!("the source sent {other:?}; a sector file comes as application/octet-stream, a cache as application/x-tar"),
+        other => bail!(
+            "the source sent {other:?}; a sector file comes as application/octet-stream, a cache as application/x-tar"
+        ),
     }
     if let Some(length) = length {
         ensure!(body.read == length, "received {} bytes of the {length} announced", body.read);

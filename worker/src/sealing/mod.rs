@@ -9,10 +9,10 @@
 //! * `warm_up` — the small sector a GPU worker proves before its GPU
 //!   stages (the plan, and its run in the executor).
 
+pub(crate) mod download;
 pub(crate) mod executor;
 pub(crate) mod layers;
 pub mod layout;
 pub mod proofs;
-pub(crate) mod download;
 pub(crate) mod snap;
 pub(crate) mod warm_up;

@@ -9,7 +9,8 @@
 //! * ProveReplicaUpdate1 reads `sealed`, `cache`, `update`, `update-cache`.
 //! * ProveReplicaUpdate2 reads no file: only the vanilla proofs.
 //! * GenerateSectorKeyFromData writes `sealed` from `update` minus the
-//!   `unsealed` data (and the sector key's tree into `cache`).
+//!   `unsealed` data (and the sector key's tree into `cache`, whose p_aux
+//!   it reads).
 //! * UnsealPiece writes the range into `unsealed` (a partial file, created
 //!   when missing) and marks it allocated: from `sealed` + `cache` for a
 //!   sealed sector, or, when `update` exists, by decoding the whole snapped
@@ -143,12 +144,17 @@ pub fn regenerate_sector_key(sealing: &SealingPath, sector: SectorRef, comm_d: &
     let len = std::fs::metadata(&update).with_context(|| format!("the update {} is missing", update.display()))?.len();
     let sealed = sealing.sealed(id);
     sized_file(&sealed, len)?;
+    // The "replica cache" the library reads p_aux from must be the sector
+    // key's own cache: the update cache's p_aux names the new tree, and
+    // the encoding's randomness comes from the old CommR (so the library's
+    // own test calls it; docs/LOTUS.md §11.3). The key's tree is rewritten
+    // into that same cache, identical.
     update::empty_sector_update_remove_encoded_data(
         proof,
         &sealed,
         sealing.cache(id),
         &update,
-        sealing.update_cache(id),
+        sealing.cache(id),
         sealing.unsealed(id),
         comm_d,
     )?;
