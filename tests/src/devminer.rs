@@ -378,12 +378,23 @@ impl DevMiner {
     /// Walks one CC sector through the pipeline in lotus' order and encoding
     /// (docs/LOTUS.md §10), checking CommD and verifying the proof.
     pub async fn seal_cc(&self, worker: &ConnectedWorker, sector: SectorRef, timeout: Duration) -> Result<SealReport> {
+        self.seal_cc_with(worker, sector, crate::cc::randomness(), timeout).await.map(|(report, _)| report)
+    }
+
+    /// [`DevMiner::seal_cc`] with the ticket given; the report and the sector's CIDs.
+    pub async fn seal_cc_with(
+        &self,
+        worker: &ConnectedWorker,
+        sector: SectorRef,
+        ticket: [u8; 32],
+        timeout: Duration,
+    ) -> Result<(SealReport, sealfarm_schemas::SectorCids)> {
         use sealfarm_schemas::{PieceInfo, SectorCids};
 
         let mut report = SealReport { sector, calls: Vec::new(), verified: false };
         let size = sector.proof_type.info().context("known proof type")?.sector_size;
         let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-        let (ticket, seed) = (crate::cc::randomness(), crate::cc::randomness());
+        let seed = crate::cc::randomness();
 
         let piece = self.call(worker, "AddPiece", add_piece_params(sector), timeout, &mut report).await?;
         let piece: PieceInfo = serde_json::from_value(piece).context("ReturnAddPiece output")?;
@@ -409,6 +420,85 @@ impl DevMiner {
         report.verified = crate::verify_sector_proof(sector, &cids, ticket, seed, &proof)?;
         self.call(worker, "ReleaseUnsealed", json!([sector, null]), timeout, &mut report).await?;
         self.call(worker, "FinalizeSector", json!([sector]), timeout, &mut report).await?;
+        Ok((report, cids))
+    }
+}
+
+/// Deal bytes for a test or the demo (fr32-safe: the top bits of every
+/// 32-byte chunk clear, as real padded-then-unpadded data is).
+pub fn deal_bytes(len: usize, seed: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + seed * 13) % 251) as u8 & 0x3f).collect()
+}
+
+impl DevMiner {
+    /// Makes a call whose piece data the miner pushes to the worker's
+    /// `/rpc/streams/v0/push/<id>` (lotus pushes the bytes and makes the
+    /// call concurrently); the call's output.
+    pub async fn call_pushing(
+        &self,
+        worker: &ConnectedWorker,
+        method: &str,
+        params: impl FnOnce(Value) -> Value,
+        data: Vec<u8>,
+        timeout: Duration,
+        report: &mut SealReport,
+    ) -> Result<Value> {
+        let stream = uuid::Uuid::new_v4();
+        let base = worker.url.trim_end_matches("/rpc/v0").to_string();
+        let push_url = format!("{base}/rpc/streams/v0/push/{stream}");
+        let pushed = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            reqwest::Client::new()
+                .post(&push_url)
+                .header("Content-Type", "application/octet-stream")
+                .body(data)
+                .send()
+                .await
+                .map(|r| r.status())
+        });
+        let reader = json!({"Type": "push", "Info": stream.to_string()});
+        let output = self.call(worker, method, params(reader), timeout, report).await;
+        let status = pushed.await.context("the push task")?.context("pushing the piece")?;
+        if !status.is_success() {
+            bail!("the push of {method}'s piece data answered {status}");
+        }
+        output
+    }
+
+    /// Snaps a finalized CC sector as lotus' snap-deal pipeline does: a deal
+    /// piece filling the sector pushed with AddPiece, ReplicaUpdate,
+    /// ProveReplicaUpdate1 and 2 (the proof verified), the unsealed copy
+    /// released and one deal recreated with UnsealPiece, FinalizeReplicaUpdate.
+    pub async fn snap_deal(
+        &self,
+        worker: &ConnectedWorker,
+        sector: SectorRef,
+        sector_key: &sealfarm_schemas::Cid,
+        ticket: [u8; 32],
+        timeout: Duration,
+    ) -> Result<SealReport> {
+        let mut report = SealReport { sector, calls: Vec::new(), verified: false };
+        let size = sector.proof_type.info().context("known proof type")?.sector_size;
+        let deal = deal_bytes(size.unpadded() as usize, sector.id.number as usize);
+        let unpadded = size.unpadded();
+        let piece = self
+            .call_pushing(worker, "AddPiece", |r| json!([sector, [], unpadded, r]), deal, timeout, &mut report)
+            .await?;
+        let out = self.call(worker, "ReplicaUpdate", json!([sector, [piece]]), timeout, &mut report).await?;
+        let (new_sealed, new_unsealed): (sealfarm_schemas::Cid, sealfarm_schemas::Cid) =
+            (serde_json::from_value(out["NewSealed"].clone())?, serde_json::from_value(out["NewUnsealed"].clone())?);
+        let cids = json!([sector, sector_key, new_sealed, new_unsealed]);
+        let vanilla = self.call(worker, "ProveReplicaUpdate1", cids.clone(), timeout, &mut report).await?;
+        let mut params = cids.as_array().context("params")?.clone();
+        params.push(vanilla);
+        let proof = self.call(worker, "ProveReplicaUpdate2", Value::Array(params), timeout, &mut report).await?;
+        let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().context("proof is base64")?)?;
+        report.verified = crate::verify_update_proof(sector, sector_key, &new_sealed, &new_unsealed, &proof)?;
+        self.call(worker, "ReleaseUnsealed", json!([sector, null]), timeout, &mut report).await?;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(ticket);
+        self.call(worker, "UnsealPiece", json!([sector, 0, unpadded, b64, new_unsealed]), timeout, &mut report)
+            .await?;
+        self.call(worker, "FinalizeReplicaUpdate", json!([sector]), timeout, &mut report).await?;
         Ok(report)
     }
 }

@@ -440,6 +440,30 @@ pub fn verify_sector_proof(
     filecoin_proofs_api::seal::verify_seal(api, comm_r, comm_d, sector.id.prover_id(), id, ticket, seed, proof)
 }
 
+/// Whether `proof` is a valid snap-deal (empty sector update) proof of
+/// `sector` from `sector_key` (the old CommR) to the new CIDs.
+pub fn verify_update_proof(
+    sector: sealfarm_schemas::SectorRef,
+    sector_key: &sealfarm_schemas::Cid,
+    new_sealed: &sealfarm_schemas::Cid,
+    new_unsealed: &sealfarm_schemas::Cid,
+    proof: &[u8],
+) -> Result<bool> {
+    use filecoin_proofs_api::RegisteredUpdateProof::*;
+    use sealfarm_schemas::commitment::Commitment;
+    let by_size = [StackedDrg2KiBV1, StackedDrg8MiBV1, StackedDrg512MiBV1, StackedDrg32GiBV1, StackedDrg64GiBV1];
+    let update = by_size[sector.proof_type.update_proof().context("known proof type")? as usize];
+    let replica = |cid| Commitment::Replica.from_cid(cid).map_err(anyhow::Error::msg);
+    let data = Commitment::Data.from_cid(new_unsealed).map_err(anyhow::Error::msg)?;
+    filecoin_proofs_api::update::verify_empty_sector_update_proof(
+        update,
+        proof,
+        replica(sector_key)?,
+        replica(new_sealed)?,
+        data,
+    )
+}
+
 /// The job records of a stopped worker (`sealfarm-worker jobs --json`).
 pub fn job_records(state_dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new(binary("sealfarm-worker"))

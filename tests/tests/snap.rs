@@ -10,55 +10,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
-use filecoin_proofs_api::{RegisteredUpdateProof, UnpaddedBytesAmount};
+use filecoin_proofs_api::UnpaddedBytesAmount;
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::{Cid, PieceInfo, RegisteredSealProof, SectorCids, SectorRef};
-use sealfarm_tests::devminer::{sector_ref, DevMiner, SealReport};
+use sealfarm_tests::devminer::{deal_bytes, sector_ref, SealReport};
 use sealfarm_tests::{BridgeFarm, FarmProcess};
 use serde_json::{json, Value};
 
 const PROOF: RegisteredSealProof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
 const STAGE_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Deal bytes (fr32-safe: the top bits of every 32-byte chunk clear).
-fn deal_bytes(len: usize, seed: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i * 7 + seed * 13) % 251) as u8 & 0x3f).collect()
-}
-
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Makes a call whose piece data the miner pushes (lotus pushes the bytes
-/// and makes the call concurrently), and waits for its Return.
+/// A call whose piece data the miner pushes; its output.
 async fn call_with_push(
-    miner: &DevMiner,
     farm: &BridgeFarm,
     method: &str,
     params: impl FnOnce(Value) -> Value,
     data: Vec<u8>,
     report: &mut SealReport,
 ) -> Value {
-    let stream = uuid::Uuid::new_v4();
-    let push_url = format!("http://{}/rpc/streams/v0/push/{stream}", farm.listen);
-    let pushed = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        reqwest::Client::new()
-            .post(&push_url)
-            .header("Content-Type", "application/octet-stream")
-            .body(data)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
-    let reader = json!({"Type": "push", "Info": stream.to_string()});
-    let output = miner
-        .call(&farm.worker, method, params(reader), STAGE_TIMEOUT, report)
+    farm.miner
+        .call_pushing(&farm.worker, method, params, data, STAGE_TIMEOUT, report)
         .await
-        .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", farm.bridge.log_text()));
-    assert_eq!(pushed.await.unwrap(), 200);
-    output
+        .unwrap_or_else(|e| panic!("{e:#}\nbridge log:\n{}", farm.bridge.log_text()))
 }
 
 async fn call(farm: &BridgeFarm, method: &str, params: Value, report: &mut SealReport) -> Value {
@@ -122,10 +99,9 @@ async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
 
     // The deal: two pieces of 1016 bytes, pushed by the miner into the sector's new unsealed file.
     let (d1, d2) = (deal_bytes(1016, 1), deal_bytes(1016, 2));
-    let miner = farm.miner.clone();
-    let p1 = call_with_push(&miner, &farm, "AddPiece", |r| json!([sector, [], 1016, r]), d1.clone(), &mut report).await;
+    let p1 = call_with_push(&farm, "AddPiece", |r| json!([sector, [], 1016, r]), d1.clone(), &mut report).await;
     let p2 =
-        call_with_push(&miner, &farm, "AddPiece", |r| json!([sector, [1016], 1016, r]), d2.clone(), &mut report).await;
+        call_with_push(&farm, "AddPiece", |r| json!([sector, [1016], 1016, r]), d2.clone(), &mut report).await;
     let pieces: Vec<PieceInfo> = vec![serde_json::from_value(p1.clone()).unwrap(), serde_json::from_value(p2).unwrap()];
     let staged = std::fs::read(sector_file(&farm, "unsealed", sector)).unwrap();
     assert_eq!(staged.len(), 2048);
@@ -133,7 +109,7 @@ async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
     // DataCid of the first piece's bytes: the CommP AddPiece gave, and the one computed here.
     let api = sealfarm_worker::sealing::proofs::api_proof(PROOF).unwrap();
     let local = filecoin_proofs_api::seal::generate_piece_commitment(api, &d1[..], UnpaddedBytesAmount(1016)).unwrap();
-    let dc = call_with_push(&miner, &farm, "DataCid", |r| json!([1016, r]), d1.clone(), &mut report).await;
+    let dc = call_with_push(&farm, "DataCid", |r| json!([1016, r]), d1.clone(), &mut report).await;
     let dc: PieceInfo = serde_json::from_value(dc).unwrap();
     assert_eq!(dc, pieces[0], "DataCid gives what AddPiece gave");
     assert_eq!(Commitment::Data.from_cid(&dc.piece_cid).unwrap(), local.commitment, "CommP computed here");
@@ -162,15 +138,8 @@ async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
     pr2.push(vanilla);
     let proof = call(&farm, "ProveReplicaUpdate2", Value::Array(pr2), &mut report).await;
     let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().unwrap()).unwrap();
-    let verified = filecoin_proofs_api::update::verify_empty_sector_update_proof(
-        RegisteredUpdateProof::StackedDrg2KiBV1,
-        &proof,
-        Commitment::Replica.from_cid(&sector_key).unwrap(),
-        Commitment::Replica.from_cid(&new_sealed).unwrap(),
-        Commitment::Data.from_cid(&new_unsealed).unwrap(),
-    )
-    .unwrap();
-    assert!(verified, "the update proof verifies");
+    let verified = sealfarm_tests::verify_update_proof(sector, &sector_key, &new_sealed, &new_unsealed, &proof).unwrap();
+    assert!(verified, "the update proof verifies (verify_empty_sector_update_proof)");
 
     // Retrieval: both pieces allocated; release all but the first, and the
     // second is reported as not there.
@@ -220,9 +189,8 @@ async fn unseal_piece_recreates_a_released_deal_of_a_sealed_sector() {
     let sector = sector_ref(2, PROOF);
     let mut report = SealReport { sector, calls: Vec::new(), verified: false };
     let deal = deal_bytes(2032, 3);
-    let miner = farm.miner.clone();
     let piece =
-        call_with_push(&miner, &farm, "AddPiece", |r| json!([sector, [], 2032, r]), deal.clone(), &mut report).await;
+        call_with_push(&farm, "AddPiece", |r| json!([sector, [], 2032, r]), deal.clone(), &mut report).await;
     let ticket = sealfarm_tests::cc::randomness();
     let pc1_out = call(&farm, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), &mut report).await;
     let cids: SectorCids =

@@ -7,8 +7,10 @@
 //! C1 → C2 → release-unsealed → finalize exactly as lotus' pipeline calls a
 //! worker, prints each call as its `Return*` arrives, verifies every proof,
 //! and ends with a table of times and of the worker that ran each stage
-//! (read from the workers' claim events). Run it through `scripts/farm`,
-//! which does the set-up first.
+//! (read from the workers' claim events). With `--snap` it then snaps a
+//! deal into the first sector as lotus' snap-deal pipeline does and verifies
+//! the update proof. Run it through `scripts/farm`, which does the set-up
+//! first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,6 +35,7 @@ const COLUMNS: [(&str, &str); 7] = [
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut sectors = 2u64;
+    let mut snap = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -40,8 +43,13 @@ async fn main() -> Result<()> {
                 sectors =
                     args.next().context("--sectors needs a number")?.parse().context("--sectors needs a number")?
             }
+            "--snap" => snap = true,
             "-h" | "--help" => {
-                println!("sealfarm-demo [--sectors N]: seal N real 2 KiB CC sectors on a local farm (default 2)");
+                println!(
+                    "sealfarm-demo [--sectors N] [--snap]: seal N real 2 KiB CC sectors on a local farm (default 2); \
+                     with --snap, then snap a deal into the first (ReplicaUpdate, both update proofs verified, \
+                     unseal, finalize)"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -56,12 +64,13 @@ async fn main() -> Result<()> {
     let miner_address = miner.serve("127.0.0.1:0".parse()?).await?;
     let api_info = miner.api_info(miner_address);
     println!("farm: devminer on {miner_address}; MINER_API_INFO={}…", &api_info[..20]);
-    let claims = watch_claims(&vhost).await?;
+    let claim_events = watch_claims(&vhost).await?;
     let listen = free_local_address();
     let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, listen, &[]);
+    let sealing_stages = "ap,pc1,pc2,c1,fin,ru,update,pr1,gsk,fru,unseal,dc,dl";
     let _sealer =
-        FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "sealing-box", "ap,pc1,pc2,c1,fin,ru", "2KiB", &[]);
-    let _prover = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "proving-box", "c2", "2KiB", &[]);
+        FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "sealing-box", sealing_stages, "2KiB", &[]);
+    let _prover = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "proving-box", "c2,pr2", "2KiB", &[]);
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     println!("farm: sealfarm-bridge registered with the miner as {}", worker.info["Hostname"]);
     wait_for_workers(&vhost, &["sealing-box", "proving-box"], Duration::from_secs(60)).await?;
@@ -73,14 +82,19 @@ async fn main() -> Result<()> {
     miner.progress.store(true, std::sync::atomic::Ordering::Relaxed);
     let started = Instant::now();
     let proof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
-    let runs = (1..=sectors).map(|n| miner.seal_cc(&worker, sector_ref(n, proof), Duration::from_secs(900)));
+    let tickets: Vec<[u8; 32]> = (1..=sectors).map(|_| sealfarm_tests::cc::randomness()).collect();
+    let runs = (1..=sectors).zip(&tickets).map(|(n, ticket)| {
+        miner.seal_cc_with(&worker, sector_ref(n, proof), *ticket, Duration::from_secs(900))
+    });
     // What an operator sees while the C2s run, taken on the way.
     let snapshot = tokio::spawn(views_while_proving(state_dir.clone()));
-    let reports: Vec<SealReport> = futures_util::future::join_all(runs).await.into_iter().collect::<Result<_>>()?;
+    let sealed: Vec<(SealReport, sealfarm_schemas::SectorCids)> =
+        futures_util::future::join_all(runs).await.into_iter().collect::<Result<_>>()?;
+    let (reports, cids): (Vec<SealReport>, Vec<_>) = sealed.into_iter().unzip();
     let while_proving = snapshot.await.unwrap_or_default();
     let elapsed = started.elapsed();
 
-    let claims = claims.lock().unwrap().clone();
+    let claims = claim_events.lock().unwrap().clone();
     println!();
     print!("{:<14}", "sector");
     for (_, short) in COLUMNS {
@@ -119,8 +133,30 @@ async fn main() -> Result<()> {
     if !while_proving.is_empty() {
         println!("\nwhat an operator saw while the C2s ran:\n{while_proving}");
     }
+    let mut all_verified = reports.iter().all(|r| r.verified);
+    if snap {
+        let sector = reports[0].sector;
+        let key = cids[0].sealed.clone().context("the first sector's CommR")?;
+        let bytes = proof.info().map_or(0, |i| i.sector_size.unpadded());
+        println!("\nsnap deal: a deal of {bytes} bytes into {} (its CC replica is the sector key)\n", sector.id);
+        let started = Instant::now();
+        let report = miner.snap_deal(&worker, sector, &key, tickets[0], Duration::from_secs(900)).await?;
+        let claims = claim_events.lock().unwrap().clone();
+        println!();
+        for (method, call, _, took) in &report.calls {
+            let worker = claims.get(&call.id).map(|(worker, _)| worker.as_str()).unwrap_or("bridge");
+            println!("  {method:<24} {:>8} ms  {worker}", took.as_millis());
+        }
+        println!(
+            "\nsector {} snapped in {:.1} s; update proof {}",
+            sector.id,
+            started.elapsed().as_secs_f64(),
+            if report.verified { "verified" } else { "INVALID" }
+        );
+        all_verified &= report.verified;
+    }
     println!("\nand at the end:\n\n$ sealfarm-bridge queues\n{}", bridge_view(&state_dir, &["queues"])?.trim_end());
-    if reports.iter().all(|r| r.verified) {
+    if all_verified {
         Ok(())
     } else {
         bail!("a proof did not verify")

@@ -23,6 +23,9 @@ pub(super) enum ParamsCommand {
     Generate {
         #[arg(long)]
         sector_size: SectorSize,
+        /// Which circuits: `seal` (C2), `update` (snap deals' PR2) or `all`.
+        #[arg(long, value_enum, default_value_t = Circuit::All)]
+        circuit: Circuit,
     },
     /// Download the published parameters of a sector size and check every digest.
     Fetch {
@@ -43,9 +46,19 @@ pub(super) enum ParamsCommand {
     },
 }
 
+/// The circuits `params generate` makes parameters for.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Circuit {
+    /// The PoRep circuit (C2).
+    Seal,
+    /// The empty-sector-update circuit (snap deals, ProveReplicaUpdate2).
+    Update,
+    All,
+}
+
 pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
     match command {
-        ParamsCommand::Generate { sector_size } => {
+        ParamsCommand::Generate { sector_size, circuit } => {
             if !sector_size.is_test_size() {
                 bail!(
                     "refusing to generate {sector_size} parameters: locally generated parameters make proofs the chain rejects; \
@@ -54,14 +67,10 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
             }
             let (params_path, vk_path) = params::seal_param_paths(sector_size)?;
             let (update_path, update_vk_path) = params::update_param_paths(sector_size)?;
-            let seal_missing = !(params_path.exists() && vk_path.exists());
-            let update_missing = !(update_path.exists() && update_vk_path.exists());
+            let seal_missing = circuit != Circuit::Update && !(params_path.exists() && vk_path.exists());
+            let update_missing = circuit != Circuit::Seal && !(update_path.exists() && update_vk_path.exists());
             if !seal_missing && !update_missing {
-                eprintln!(
-                    "{sector_size} parameters already present: {} and {}",
-                    params_path.display(),
-                    update_path.display()
-                );
+                eprintln!("{sector_size} parameters ({circuit:?}) already present in {}", params::cache_dir().display());
                 return Ok(());
             }
             std::fs::create_dir_all(params::cache_dir())
