@@ -1,4 +1,4 @@
-//! Unsealed files in lotus' partial-file form (docs/LOTUS.md §9.6): which
+//! Unsealed files in lotus' partial-file form (docs/LOTUS.md §9.7): which
 //! padded byte ranges of a sector's unsealed copy hold data.
 //!
 //! ```text
