@@ -496,8 +496,7 @@ impl DevMiner {
         report.verified = crate::verify_update_proof(sector, sector_key, &new_sealed, &new_unsealed, &proof)?;
         self.call(worker, "ReleaseUnsealed", json!([sector, null]), timeout, &mut report).await?;
         let b64 = base64::engine::general_purpose::STANDARD.encode(ticket);
-        self.call(worker, "UnsealPiece", json!([sector, 0, unpadded, b64, new_unsealed]), timeout, &mut report)
-            .await?;
+        self.call(worker, "UnsealPiece", json!([sector, 0, unpadded, b64, new_unsealed]), timeout, &mut report).await?;
         self.call(worker, "FinalizeReplicaUpdate", json!([sector]), timeout, &mut report).await?;
         Ok(report)
     }

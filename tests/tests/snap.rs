@@ -100,8 +100,7 @@ async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
     // The deal: two pieces of 1016 bytes, pushed by the miner into the sector's new unsealed file.
     let (d1, d2) = (deal_bytes(1016, 1), deal_bytes(1016, 2));
     let p1 = call_with_push(&farm, "AddPiece", |r| json!([sector, [], 1016, r]), d1.clone(), &mut report).await;
-    let p2 =
-        call_with_push(&farm, "AddPiece", |r| json!([sector, [1016], 1016, r]), d2.clone(), &mut report).await;
+    let p2 = call_with_push(&farm, "AddPiece", |r| json!([sector, [1016], 1016, r]), d2.clone(), &mut report).await;
     let pieces: Vec<PieceInfo> = vec![serde_json::from_value(p1.clone()).unwrap(), serde_json::from_value(p2).unwrap()];
     let staged = std::fs::read(sector_file(&farm, "unsealed", sector)).unwrap();
     assert_eq!(staged.len(), 2048);
@@ -138,7 +137,8 @@ async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
     pr2.push(vanilla);
     let proof = call(&farm, "ProveReplicaUpdate2", Value::Array(pr2), &mut report).await;
     let proof = base64::engine::general_purpose::STANDARD.decode(proof.as_str().unwrap()).unwrap();
-    let verified = sealfarm_tests::verify_update_proof(sector, &sector_key, &new_sealed, &new_unsealed, &proof).unwrap();
+    let verified =
+        sealfarm_tests::verify_update_proof(sector, &sector_key, &new_sealed, &new_unsealed, &proof).unwrap();
     assert!(verified, "the update proof verifies (verify_empty_sector_update_proof)");
 
     // Retrieval: both pieces allocated; release all but the first, and the
@@ -189,8 +189,7 @@ async fn unseal_piece_recreates_a_released_deal_of_a_sealed_sector() {
     let sector = sector_ref(2, PROOF);
     let mut report = SealReport { sector, calls: Vec::new(), verified: false };
     let deal = deal_bytes(2032, 3);
-    let piece =
-        call_with_push(&farm, "AddPiece", |r| json!([sector, [], 2032, r]), deal.clone(), &mut report).await;
+    let piece = call_with_push(&farm, "AddPiece", |r| json!([sector, [], 2032, r]), deal.clone(), &mut report).await;
     let ticket = sealfarm_tests::cc::randomness();
     let pc1_out = call(&farm, "SealPreCommit1", json!([sector, b64(&ticket), [piece]]), &mut report).await;
     let cids: SectorCids =

@@ -68,8 +68,7 @@ async fn main() -> Result<()> {
     let listen = free_local_address();
     let _bridge = FarmProcess::start_bridge(&vhost, &run_dir, &api_info, listen, &[]);
     let sealing_stages = "ap,pc1,pc2,c1,fin,ru,update,pr1,gsk,fru,unseal,dc,dl";
-    let _sealer =
-        FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "sealing-box", sealing_stages, "2KiB", &[]);
+    let _sealer = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "sealing-box", sealing_stages, "2KiB", &[]);
     let _prover = FarmProcess::start_for_bridge(&vhost, &run_dir, listen, "proving-box", "c2,pr2", "2KiB", &[]);
     let worker = miner.wait_for_worker(Duration::from_secs(60)).await?;
     println!("farm: sealfarm-bridge registered with the miner as {}", worker.info["Hostname"]);
@@ -83,9 +82,9 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let proof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
     let tickets: Vec<[u8; 32]> = (1..=sectors).map(|_| sealfarm_tests::cc::randomness()).collect();
-    let runs = (1..=sectors).zip(&tickets).map(|(n, ticket)| {
-        miner.seal_cc_with(&worker, sector_ref(n, proof), *ticket, Duration::from_secs(900))
-    });
+    let runs = (1..=sectors)
+        .zip(&tickets)
+        .map(|(n, ticket)| miner.seal_cc_with(&worker, sector_ref(n, proof), *ticket, Duration::from_secs(900)));
     // What an operator sees while the C2s run, taken on the way.
     let snapshot = tokio::spawn(views_while_proving(state_dir.clone()));
     let sealed: Vec<(SealReport, sealfarm_schemas::SectorCids)> =

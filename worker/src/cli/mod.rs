@@ -232,6 +232,7 @@ fn dispatch(command: Command) -> Result<()> {
                 let plan = warm_up::Plan {
                     c2: stages.contains(&Stage::C2),
                     pc2: stages.contains(&Stage::Pc2),
+                    pr2: false,
                     preload: Vec::new(),
                     scratch: sealing.root().join("warm-up"),
                 };

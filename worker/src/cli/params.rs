@@ -70,7 +70,10 @@ pub(super) fn run_params(command: ParamsCommand) -> Result<()> {
             let seal_missing = circuit != Circuit::Update && !(params_path.exists() && vk_path.exists());
             let update_missing = circuit != Circuit::Seal && !(update_path.exists() && update_vk_path.exists());
             if !seal_missing && !update_missing {
-                eprintln!("{sector_size} parameters ({circuit:?}) already present in {}", params::cache_dir().display());
+                eprintln!(
+                    "{sector_size} parameters ({circuit:?}) already present in {}",
+                    params::cache_dir().display()
+                );
                 return Ok(());
             }
             std::fs::create_dir_all(params::cache_dir())

@@ -50,6 +50,10 @@ pub struct Plan {
     pub c2: bool,
     /// Warm PC2: the sector goes from AddPiece to PC2 at least.
     pub pc2: bool,
+    /// PR2 (the snap-deal SNARK) waits too: it runs on the GPU kernels the
+    /// C2 warm-up builds (the same Groth16 multiexp and FFT).
+    #[serde(default)]
+    pub pr2: bool,
     /// Sizes whose seal parameters are read into the page cache after.
     pub preload: Vec<SectorSize>,
     /// A scratch sealing directory, emptied before and removed after.
@@ -59,7 +63,11 @@ pub struct Plan {
 impl Plan {
     /// The stages that wait for the warm-up.
     pub fn stages(&self) -> Vec<Stage> {
-        [(Stage::Pc2, self.pc2), (Stage::C2, self.c2)].into_iter().filter(|(_, on)| *on).map(|(s, _)| s).collect()
+        [(Stage::Pc2, self.pc2), (Stage::C2, self.c2), (Stage::Pr2, self.pr2)]
+            .into_iter()
+            .filter(|(_, on)| *on)
+            .map(|(s, _)| s)
+            .collect()
     }
 
     /// One line for the start-up table.
@@ -101,8 +109,10 @@ pub fn decide(
     if mode == Mode::Never {
         return Ok(Decision { plan: None, note: Some("off (--warm-up never)".into()) });
     }
-    if !takes(Stage::C2) && !takes(Stage::Pc2) {
-        return Ok(Decision { plan: None, note: Some("none: this worker takes neither C2 nor PC2".into()) });
+    // A SNARK stage: C2, or PR2 (whose kernels the C2 warm-up builds).
+    let snark = takes(Stage::C2) || takes(Stage::Pr2);
+    if !snark && !takes(Stage::Pc2) {
+        return Ok(Decision { plan: None, note: Some("none: this worker takes neither C2, PR2 nor PC2".into()) });
     }
     let gpu = bench::GPU_BUILD && hardware.gpus().next().is_some();
     // bellperson turns its GPU code off when BELLMAN_NO_GPU is set at all.
@@ -110,7 +120,7 @@ pub fn decide(
     let pc2_on_gpu =
         gpu && (is_on(env("FIL_PROOFS_USE_GPU_TREE_BUILDER")) || is_on(env("FIL_PROOFS_USE_GPU_COLUMN_BUILDER")));
     let always = mode == Mode::Always;
-    let mut c2 = takes(Stage::C2) && (always || c2_on_gpu);
+    let mut c2 = snark && (always || c2_on_gpu);
     let pc2 = takes(Stage::Pc2) && (always || pc2_on_gpu);
     let mut note = None;
     if c2 {
@@ -156,7 +166,8 @@ pub fn decide(
             }
         }
     }
-    Ok(Decision { plan: Some(Plan { c2, pc2, preload, scratch }), note })
+    let pr2 = c2 && takes(Stage::Pr2);
+    Ok(Decision { plan: Some(Plan { c2, pc2, pr2, preload, scratch }), note })
 }
 
 /// One parameter file read into the page cache.
@@ -240,12 +251,20 @@ mod tests {
         assert!(never.plan.is_none() && never.note.unwrap().contains("--warm-up never"));
 
         let sealing = decide(Mode::Always, &[Stage::Ap, Stage::Pc1]);
-        assert!(sealing.plan.is_none() && sealing.note.unwrap().contains("neither C2 nor PC2"));
+        assert!(sealing.plan.is_none() && sealing.note.unwrap().contains("neither C2, PR2 nor PC2"));
 
         let pc2 = decide(Mode::Always, &[Stage::Pc2]).plan.unwrap();
         assert_eq!(pc2.stages(), vec![Stage::Pc2]);
         assert!(!pc2.c2 && pc2.preload.is_empty());
         assert_eq!(pc2.describe(), "a 2 KiB sector AP→PC2 before taking pc2");
+
+        // PR2 proves on the kernels the C2 warm-up builds: it waits for it.
+        // (`always` needs the 2 KiB parameters; without them it is an error.)
+        if params::require_seal_params(&[SectorSize::KIB2]).is_ok() {
+            let snap = decide(Mode::Always, &[Stage::Pr2]).plan.unwrap();
+            assert!(snap.c2 && snap.pr2, "{snap:?}");
+            assert!(snap.stages().contains(&Stage::Pr2));
+        }
     }
 
     #[test]
