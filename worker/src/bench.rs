@@ -196,14 +196,85 @@ fn seal(
         return Ok(());
     }
     let StageOutput::Pc2 { cids } = time(Task::Pc2 { pc1_out })? else { bail!("PC2 gave no CIDs") };
-    if !wants(Stage::C1) {
-        return Ok(());
+    if wants(Stage::C1) {
+        let StageOutput::C1 { c1_out } =
+            time(Task::C1 { ticket: ticket.clone(), seed, pieces: vec![piece], cids: Box::new(cids.clone()) })?
+        else {
+            bail!("C1 gave no output")
+        };
+        if wants(Stage::C2) {
+            time(Task::C2 { c1_out })?;
+        }
     }
-    let StageOutput::C1 { c1_out } = time(Task::C1 { ticket, seed, pieces: vec![piece], cids: Box::new(cids) })? else {
-        bail!("C1 gave no output")
+    if SNAP_STAGES.iter().any(|s| wants(*s)) {
+        snap(sealing, sector, &ticket, &cids, &wants, &mut time)?;
+    }
+    Ok(())
+}
+
+/// The snap-deal and unseal stages the bench times after PC2.
+const SNAP_STAGES: [Stage; 6] = [Stage::Update, Stage::Pr1, Stage::Pr2, Stage::Unseal, Stage::Gsk, Stage::Fru];
+
+/// Snaps the sealed sector as lotus does: deal bytes added to a new unsealed
+/// file (AddPiece), ReplicaUpdate, PR1, PR2; then the unsealed copy removed and
+/// recreated from the update (UnsealPiece), the sector key removed and
+/// regenerated (GenerateSectorKeyFromData), FinalizeReplicaUpdate. Each
+/// stage runs only when it and the stages it needs were asked for.
+fn snap(
+    sealing: &SealingPath,
+    sector: SectorRef,
+    ticket: &Bytes,
+    cids: &sealfarm_schemas::SectorCids,
+    wants: &dyn Fn(Stage) -> bool,
+    time: &mut dyn FnMut(Task) -> Result<StageOutput>,
+) -> Result<()> {
+    let size = sector.proof_type.info().context("a known proof type")?.sector_size;
+    let id = uuid::Uuid::new_v4();
+    let piece_file = crate::sealing::layout::piece_path(sealing.root(), id);
+    std::fs::create_dir_all(piece_file.parent().expect("a folder"))?;
+    let deal: Vec<u8> = (0..size.unpadded()).map(|i| (i * 7 % 251) as u8 & 0x3f).collect();
+    std::fs::write(&piece_file, &deal)?;
+    let _ = std::fs::remove_file(sealing.unsealed(sector.id));
+    let StageOutput::Ap { piece } =
+        time(Task::Ap { existing_piece_sizes: vec![], piece_size: size.unpadded(), data: PieceData::Piece { id } })?
+    else {
+        bail!("AddPiece gave no piece")
     };
-    if wants(Stage::C2) {
-        time(Task::C2 { c1_out })?;
+    let _ = std::fs::remove_file(&piece_file);
+    let key = cids.sealed.clone().context("PC2 gave no CommR")?;
+    let StageOutput::Update { out } = time(Task::Update { pieces: vec![piece] })? else {
+        bail!("ReplicaUpdate gave no CIDs")
+    };
+    let (new_sealed, new_unsealed) = (out.new_sealed, out.new_unsealed);
+    if wants(Stage::Pr1) {
+        let StageOutput::Pr1 { vanilla_proofs } = time(Task::Pr1 {
+            sector_key: key.clone(),
+            new_sealed: new_sealed.clone(),
+            new_unsealed: new_unsealed.clone(),
+        })?
+        else {
+            bail!("PR1 gave no proofs")
+        };
+        if wants(Stage::Pr2) {
+            time(Task::Pr2 {
+                sector_key: key,
+                new_sealed,
+                new_unsealed: new_unsealed.clone(),
+                vanilla_proofs,
+            })?;
+        }
+    }
+    if wants(Stage::Unseal) {
+        std::fs::remove_file(sealing.unsealed(sector.id))?;
+        let task = Task::Unseal { offset: 0, size: size.unpadded(), randomness: ticket.clone(), comm_d: new_unsealed.clone() };
+        time(task)?;
+    }
+    if wants(Stage::Gsk) {
+        std::fs::remove_file(sealing.sealed(sector.id))?;
+        time(Task::Gsk { comm_d: new_unsealed })?;
+    }
+    if wants(Stage::Fru) {
+        time(Task::Fru {})?;
     }
     Ok(())
 }

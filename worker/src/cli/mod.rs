@@ -79,7 +79,9 @@ enum Command {
     Bench {
         #[arg(long, default_value = "2KiB")]
         sector_size: SectorSize,
-        /// Stages to run, from ap on (ap,pc1,pc2,c1,c2).
+        /// Stages to run, from ap on (ap,pc1,pc2,c1,c2). After pc2, the snap-deal
+        /// stages snap the sector (update,pr1,pr2) and then unseal,gsk,fru: e.g.
+        /// ap,pc1,pc2,update,pr1,pr2,unseal,gsk,fru.
         #[arg(long, value_delimiter = ',', default_value = "ap,pc1,pc2,c1")]
         stages: Vec<Stage>,
         #[arg(long, default_value_t = 1)]
@@ -214,6 +216,9 @@ fn dispatch(command: Command) -> Result<()> {
             // Only now: finding the parameters reads the library's settings,
             // which it reads once (a check before the lines above kept the
             // GPU tree builder off whatever --gpu said).
+            if stages.contains(&Stage::Pr2) {
+                crate::params::require_update_params(&[sector_size])?;
+            }
             if stages.contains(&Stage::C2) {
                 crate::params::require_seal_params(&[sector_size])?;
                 if warm_up {
