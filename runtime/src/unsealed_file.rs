@@ -304,6 +304,28 @@ pub fn mark_allocated(path: &Path, sector_size: u64, start: u64, end: u64) -> io
     write_allocation(&mut file, sector_size, &allocation)
 }
 
+/// The answer to lotus' `…/allocated/<offset>/<size>` for the unsealed
+/// file at `path` of a sector sealed with proof `spt` (both as text from
+/// the URL): 200 when every byte of the unpadded range is allocated, 416
+/// when not, 500 with the reason for a missing file or bad input, as
+/// lotus answers. Blocks (reads the file's trailer).
+pub fn allocated_answer(path: &Path, spt: &str, offset: &str, size: &str) -> (u16, String) {
+    let proof = spt.parse::<i64>().ok().map(sealfarm_schemas::RegisteredSealProof);
+    let Some(sector_size) = proof.and_then(|p| p.info()).map(|i| i.sector_size.0) else {
+        return (500, format!("{spt:?} is not a seal proof type"));
+    };
+    let (Ok(offset), Ok(size)) = (offset.parse::<u64>(), size.parse::<u64>()) else {
+        return (500, format!("offset {offset:?} and size {size:?} must be numbers (unpadded bytes)"));
+    };
+    let (start, end) = (padded(offset), padded(offset.saturating_add(size)));
+    match read_allocation(path, sector_size) {
+        Ok(Some(allocation)) if end <= sector_size && allocation.covers(start, end) => (200, String::new()),
+        Ok(Some(_)) => (416, format!("bytes {offset}+{size} (unpadded) are not all in the unsealed file")),
+        Ok(None) => (500, format!("no unsealed file {}", path.display())),
+        Err(e) => (500, e.to_string()),
+    }
+}
+
 /// Deallocates `len` bytes at `offset`, keeping the file's size.
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;

@@ -121,6 +121,16 @@ async fn worker_local_storage_is_fetched_through_the_bridges_remote() {
     assert!(fetched.contains_key("p_aux") && fetched.contains_key("t_aux"), "{:?}", fetched.keys());
     assert_eq!(fetched, on_worker, "the finalized cache, file for file");
 
+    // The miner's retrieval check reaches the holder: an unsealed file on
+    // the worker, its second half freed (hole and trailer, as lotus frees).
+    let unsealed = local.join("unsealed").join(name);
+    std::fs::write(&unsealed, vec![1u8; 2048]).unwrap();
+    sealfarm_runtime::unsealed_file::free(&unsealed, 2048, &[(1024, 2048)]).unwrap();
+    let allocated = |o: u64, s: u64| format!("http://{}/remote/unsealed/{name}/5/allocated/{o}/{s}", farm.listen);
+    assert_eq!(http.get(allocated(0, 1016)).bearer_auth(&token).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(allocated(1016, 1016)).bearer_auth(&token).send().await.unwrap().status(), 416);
+    assert_eq!(http.get(allocated(0, 1016)).send().await.unwrap().status(), 401, "admin only");
+
     // The worker's file server wants the farm's token; the miner's token gets nowhere there.
     let direct = format!("http://{files}/files/sealed/{name}");
     assert_eq!(http.get(&direct).bearer_auth(&token).send().await.unwrap().status(), 401);

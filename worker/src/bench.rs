@@ -256,17 +256,13 @@ fn snap(
             bail!("PR1 gave no proofs")
         };
         if wants(Stage::Pr2) {
-            time(Task::Pr2 {
-                sector_key: key,
-                new_sealed,
-                new_unsealed: new_unsealed.clone(),
-                vanilla_proofs,
-            })?;
+            time(Task::Pr2 { sector_key: key, new_sealed, new_unsealed: new_unsealed.clone(), vanilla_proofs })?;
         }
     }
     if wants(Stage::Unseal) {
         std::fs::remove_file(sealing.unsealed(sector.id))?;
-        let task = Task::Unseal { offset: 0, size: size.unpadded(), randomness: ticket.clone(), comm_d: new_unsealed.clone() };
+        let task =
+            Task::Unseal { offset: 0, size: size.unpadded(), randomness: ticket.clone(), comm_d: new_unsealed.clone() };
         time(task)?;
     }
     if wants(Stage::Gsk) {

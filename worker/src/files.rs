@@ -9,7 +9,10 @@
 //!   `Content-Length` and never held in memory; 404 when this worker does not
 //!   have it. The answer is [`sealfarm_runtime::sector_files::http_get`], the
 //!   same the bridge's `/remote` gives for its own storage;
-//! * `DELETE /files/{type}/{s-t0M-N}` — removes it (the miner moved it).
+//! * `DELETE /files/{type}/{s-t0M-N}` — removes it (the miner moved it);
+//! * `GET /files/unsealed/{s-t0M-N}/{proof}/allocated/{offset}/{size}` — 200
+//!   or 416: whether the unpadded range is in the unsealed file (the
+//!   bridge's `/remote/…/allocated/…` asks it; docs/LOTUS.md §9.7).
 //!
 //! Every request needs `Authorization: Bearer <SEALFARM_FILES_TOKEN>`; the
 //! token never reaches a log.
@@ -50,7 +53,10 @@ pub async fn serve(config: &FilesConfig, sealing: &SealingPath, shutdown: Shutdo
         .await
         .with_context(|| format!("cannot listen on {} for the file server", config.listen))?;
     let files = std::sync::Arc::new(Files { root: sealing.root().to_path_buf(), token: config.token.clone() });
-    let app = Router::new().route("/files/{file_type}/{name}", get(request).delete(request)).with_state(files);
+    let app = Router::new()
+        .route("/files/{file_type}/{name}", get(request).delete(request))
+        .route("/files/{file_type}/{name}/{spt}/allocated/{offset}/{size}", get(allocated))
+        .with_state(files);
     spawn_server(listener, app, shutdown, "file server");
     Ok(())
 }
@@ -107,6 +113,29 @@ async fn request(
         remove(&path, &file_type, &name)
     } else {
         fetch(path, &file_type, &name, &headers).await
+    }
+}
+
+/// Whether a range of an unsealed file is allocated (lotus' answer codes).
+async fn allocated(
+    State(files): State<std::sync::Arc<Files>>,
+    Path((file_type, name, spt, offset, size)): Path<(String, String, String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let path = match refuse(&files, &headers, &file_type, &name) {
+        Ok(path) if file_type == "unsealed" => path,
+        Ok(_) => return (StatusCode::INTERNAL_SERVER_ERROR, "unsealed files only").into_response(),
+        Err(refusal) => return refusal.into_response(),
+    };
+    let answer = tokio::task::spawn_blocking(move || {
+        sealfarm_runtime::unsealed_file::allocated_answer(&path, &spt, &offset, &size)
+    })
+    .await;
+    match answer {
+        Ok((code, text)) => {
+            (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), text).into_response()
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

@@ -149,7 +149,10 @@ async fn from_holder(
     range: Option<&header::HeaderValue>,
 ) -> Result<reqwest::Response, (StatusCode, String)> {
     let not_found = |why: String| Err((StatusCode::INTERNAL_SERVER_ERROR, why));
-    let sector = parse_sector_name(name).expect("checked by copies");
+    let sector_name = name.split('/').next().unwrap_or(name);
+    let Some(sector) = parse_sector_name(sector_name) else {
+        return Err((StatusCode::BAD_REQUEST, format!("no sector file {file_type}/{name}")));
+    };
     let location = match api.calls.store.location(sector) {
         Ok(Some(location)) => location,
         Ok(None) => return not_found(format!("sector file {file_type}/{name} not found")),
@@ -248,33 +251,34 @@ async fn allocated(
     if !authorized(&api, &headers, query.as_deref()).await {
         return unauthorized();
     }
-    let fail = |why: String| error(StatusCode::INTERNAL_SERVER_ERROR, why);
     if file_type != "unsealed" {
-        return fail(format!("allocated ranges exist for unsealed files only, not {file_type:?}"));
+        let why = format!("allocated ranges exist for unsealed files only, not {file_type:?}");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
-    let proof = spt.parse::<i64>().ok().map(sealfarm_schemas::RegisteredSealProof);
-    let Some(sector_size) = proof.and_then(|p| p.info()).map(|i| i.sector_size.0) else {
-        return fail(format!("{spt:?} is not a seal proof type"));
-    };
-    let (Ok(offset), Ok(size)) = (offset.parse::<u64>(), size.parse::<u64>()) else {
-        return fail(format!("offset {offset:?} and size {size:?} must be numbers (unpadded bytes)"));
-    };
     let Some(copies) = copies(&api, &file_type, &name) else {
-        return fail(format!("no sector file {file_type}/{name}"));
+        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("no sector file {file_type}/{name}"));
     };
     let Some((_, path)) = copies.into_iter().next() else {
-        return fail(format!("sector file {file_type}/{name} not found in the bridge's storage"));
+        // Worker-local storage: the worker holding the file answers.
+        let suffix = format!("{spt}/allocated/{offset}/{size}");
+        return match from_holder(&api, reqwest::Method::GET, &file_type, &format!("{name}/{suffix}"), None).await {
+            Ok(answer) => {
+                let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                let text = answer.text().await.unwrap_or_default();
+                let status =
+                    if matches!(status.as_u16(), 200 | 416) { status } else { StatusCode::INTERNAL_SERVER_ERROR };
+                (status, text).into_response()
+            }
+            Err(refusal) => refusal.into_response(),
+        };
     };
-    let (start, end) = (unsealed_file::padded(offset), unsealed_file::padded(offset.saturating_add(size)));
-    let read = tokio::task::spawn_blocking(move || unsealed_file::read_allocation(&path, sector_size)).await;
-    match read {
-        Ok(Ok(Some(allocation))) if end <= sector_size && allocation.covers(start, end) => {
-            StatusCode::OK.into_response()
+    let answer =
+        tokio::task::spawn_blocking(move || unsealed_file::allocated_answer(&path, &spt, &offset, &size)).await;
+    match answer {
+        Ok((code, text)) => {
+            (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), text).into_response()
         }
-        Ok(Ok(Some(_))) => StatusCode::RANGE_NOT_SATISFIABLE.into_response(),
-        Ok(Ok(None)) => fail(format!("sector file {file_type}/{name} not found")),
-        Ok(Err(e)) => fail(format!("{file_type}/{name}: {e}")),
-        Err(e) => fail(format!("{file_type}/{name}: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{file_type}/{name}: {e}")),
     }
 }
 
