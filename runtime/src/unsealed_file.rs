@@ -191,7 +191,7 @@ impl BitWriter {
     /// Appends the `count` low bits of `value`, lowest first.
     fn put(&mut self, value: u64, count: u32) {
         for i in 0..count {
-            if self.bits % 8 == 0 {
+            if self.bits.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             if (value >> i) & 1 == 1 {

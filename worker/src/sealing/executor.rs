@@ -45,7 +45,8 @@ struct Request {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Work {
-    Task(TaskMessage),
+    /// Boxed: a task is far larger than a warm-up plan.
+    Task(Box<TaskMessage>),
     WarmUp(warm_up::Plan),
 }
 
@@ -113,7 +114,7 @@ impl Executor {
     /// Runs a task in the executor and returns its outcome, or `ExecutorLost`
     /// if the executor ended first (the caller runs the job again).
     pub async fn run(&self, key: &str, task: &TaskMessage) -> Result<Outcome, ExecutorLost> {
-        match self.ask(key, Work::Task(task.clone())).await? {
+        match self.ask(key, Work::Task(Box::new(task.clone()))).await? {
             Answer::Outcome(outcome) => Ok(outcome),
             Answer::WarmedUp(_) => Err(ExecutorLost::default()),
         }
