@@ -304,6 +304,18 @@ pub fn mark_allocated(path: &Path, sector_size: u64, start: u64, end: u64) -> io
     write_allocation(&mut file, sector_size, &allocation)
 }
 
+/// An UnsealPiece range must be whole fr32 chunks (127 unpadded bytes, as
+/// piece offsets and sizes are) inside the sector; its padded `[start, end)`.
+pub fn unseal_range(offset: u64, size: u64, sector_size: u64) -> Result<(u64, u64), String> {
+    if size == 0 || !offset.is_multiple_of(127) || !size.is_multiple_of(127) {
+        return Err(format!("range {offset}+{size} (unpadded) is not whole 127-byte chunks, as piece ranges are"));
+    }
+    match padded_range(offset, size) {
+        Some((start, end)) if end <= sector_size => Ok((start, end)),
+        _ => Err(format!("range {offset}+{size} (unpadded) is not inside a {sector_size}-byte sector")),
+    }
+}
+
 /// The answer to lotus' `…/allocated/<offset>/<size>` for the unsealed
 /// file at `path` of a sector sealed with proof `spt` (both as text from
 /// the URL): 200 when every byte of the unpadded range is allocated, 416
@@ -317,7 +329,9 @@ pub fn allocated_answer(path: &Path, spt: &str, offset: &str, size: &str) -> (u1
     let (Ok(offset), Ok(size)) = (offset.parse::<u64>(), size.parse::<u64>()) else {
         return (500, format!("offset {offset:?} and size {size:?} must be numbers (unpadded bytes)"));
     };
-    let (start, end) = (padded(offset), padded(offset.saturating_add(size)));
+    let Some((start, end)) = padded_range(offset, size) else {
+        return (500, format!("offset {offset} + size {size} overflows"));
+    };
     match read_allocation(path, sector_size) {
         Ok(Some(allocation)) if end <= sector_size && allocation.covers(start, end) => (200, String::new()),
         Ok(Some(_)) => (416, format!("bytes {offset}+{size} (unpadded) are not all in the unsealed file")),
@@ -348,9 +362,18 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// Unpadded → padded size or offset (fr32: every 127 bytes take 128).
+/// Unpadded → padded size or offset (fr32: every 127 bytes take 128), as
+/// lotus' `Padded()`.
 pub fn padded(unpadded: u64) -> u64 {
     unpadded + unpadded / 127
+}
+
+/// The padded `[start, end)` of an unpadded range, as lotus computes it
+/// (`offset.Padded()`, plus `size.Padded()`); None when it overflows.
+pub fn padded_range(offset: u64, size: u64) -> Option<(u64, u64)> {
+    offset.checked_add(size)?;
+    let start = padded(offset);
+    Some((start, start.checked_add(padded(size))?))
 }
 
 #[cfg(test)]

@@ -87,9 +87,10 @@ impl Stage {
     pub const SNARKS: [Stage; 2] = [Stage::C2, Stage::Pr2];
 
     /// Stages that need no sector files: they go to the stage's shared
-    /// queue, never to the worker holding the sector.
+    /// queue, never to the worker holding the sector. (A download goes
+    /// where the sector's other files are, if the farm has any.)
     pub fn is_location_free(self) -> bool {
-        matches!(self, Stage::C2 | Stage::Pr2 | Stage::Dc | Stage::Dl)
+        matches!(self, Stage::C2 | Stage::Pr2 | Stage::Dc)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -282,6 +283,16 @@ impl Task {
             Task::Unseal { .. } => Stage::Unseal,
             Task::Dc { .. } => Stage::Dc,
             Task::Dl { .. } => Stage::Dl,
+        }
+    }
+
+    /// The piece data the bridge keeps for this task (AddPiece, DataCid).
+    pub fn piece_id(&self) -> Option<Uuid> {
+        match self {
+            Task::Ap { data: PieceData::Piece { id }, .. } | Task::Dc { data: PieceData::Piece { id }, .. } => {
+                Some(*id)
+            }
+            _ => None,
         }
     }
 

@@ -205,6 +205,27 @@ async fn unseal_piece_recreates_a_released_deal_of_a_sealed_sector() {
     assert_eq!(&unsealed[..2048], &staged[..], "the padded data AddPiece wrote");
     assert_eq!(unpadded(&unsealed, 0, 2032), deal, "the deal's bytes, exactly");
     assert_eq!(allocated(&farm, farm.listen, sector, 0, 2032).await, 200);
+
+    // Bad input is refused at the call, naming the problem; nothing runs.
+    let refused = |method: &'static str, params: Value| {
+        let client = &farm.worker.client;
+        async move {
+            let err = client.call::<Value>(method, params).await.expect_err("refused");
+            format!("{err:#}")
+        }
+    };
+    let key = b64(&ticket);
+    let past_end = refused("UnsealPiece", json!([sector, 2032, 127, key, comm_d])).await;
+    assert!(past_end.contains("not inside a 2048-byte sector"), "{past_end}");
+    let unaligned = refused("UnsealPiece", json!([sector, 1, 127, key, comm_d])).await;
+    assert!(unaligned.contains("127-byte chunks"), "{unaligned}");
+    let cid = json!(comm_d);
+    let not_proofs = refused("ProveReplicaUpdate2", json!([sector, cid, cid, cid, "Bw=="])).await;
+    assert!(not_proofs.contains("vanilla proofs") && not_proofs.contains("JSON array"), "{not_proofs}");
+    let too_big = refused("DataCid", json!([4096, {"Type": "null", "Info": "4096"}])).await;
+    assert!(too_big.contains("does not fit a 2KiB sector"), "{too_big}");
+    let local = refused("DownloadSectorData", json!([sector, false, {"2": {"Local": true, "URL": "http://x/"}}])).await;
+    assert!(local.contains("Local"), "{local}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

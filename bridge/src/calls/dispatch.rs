@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use sealfarm_schemas::messages::{now_ms, PieceData};
+use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{CallError, Control, ControlMessage, ErrorCode, Task, TaskMessage};
+use sealfarm_schemas::{CallError, Control, ControlMessage, ErrorCode, TaskMessage};
 
 use super::lifecycle::{Call, FailedBy};
 use super::store::Durability;
@@ -157,10 +157,10 @@ impl Calls {
                  (the miner issues the call again itself); purge this dead letter"
             );
         }
-        if let TaskMessage { task: Task::Ap { data: PieceData::Piece { id: piece }, .. }, .. } = dead {
-            if !self.pieces.contains(*piece) {
+        if let Some(piece) = dead.task.piece_id() {
+            if !self.pieces.contains(piece) {
                 anyhow::bail!(
-                    "call {id}'s piece data was removed when its AddPiece failed: nothing to replay (the miner \
+                    "call {id}'s piece data was removed when the call failed: nothing to replay (the miner \
                      sends the piece again with a new call); purge this dead letter"
                 );
             }

@@ -149,14 +149,8 @@ impl Calls {
         // Blobs and piece data that no unreturned call needs any more.
         let keep = calls.iter().flat_map(|c| c.blobs()).map(|b| b.sha256).collect();
         let swept = self.blobs.sweep(&keep, crate::blobs::ORPHAN_AGE);
-        let pieces = calls
-            .iter()
-            .filter(|c| c.is_open())
-            .filter_map(|c| match c.task() {
-                Some(TaskMessage { task: Task::Ap { data: PieceData::Piece { id }, .. }, .. }) => Some(*id),
-                _ => None,
-            })
-            .collect();
+        let pieces =
+            calls.iter().filter(|c| c.is_open()).filter_map(|c| c.task().and_then(|t| t.task.piece_id())).collect();
         let dropped = self.pieces.sweep(&pieces);
         if swept + dropped > 0 {
             tracing::info!(blobs = swept, pieces = dropped, "removed inputs no open call needs");

@@ -8,9 +8,9 @@ use anyhow::Result;
 use lapin::message::Delivery;
 use sealfarm_runtime::broker::header;
 use sealfarm_schemas::blob::Payload;
-use sealfarm_schemas::messages::{now_ms, PieceData};
+use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{CallError, ErrorCode, Outcome, ResultMessage, StageOutput, Task, TaskMessage};
+use sealfarm_schemas::{CallError, ErrorCode, Outcome, ResultMessage, StageOutput, TaskMessage};
 
 use super::lifecycle::{Call, FailedBy, RunRecord};
 use super::store::{Durability, Location};
@@ -101,6 +101,16 @@ impl Calls {
             self.store.set_location(result.sector.id, &location)?;
         }
         let mut outcome = result.outcome.clone();
+        if let Outcome::Done(StageOutput::Pr1 { vanilla_proofs: Payload::Inline(text) }) = &outcome {
+            // Returned as it is: it must be the JSON array lotus expects.
+            if serde_json::from_slice::<Vec<sealfarm_schemas::Bytes>>(&text.0).is_err() {
+                let message = format!(
+                    "sealfarm: worker {} reported PR1 proofs of {} that are not a JSON array of base64 strings",
+                    result.worker, result.sector.id
+                );
+                outcome = Outcome::Failed(CallError::new(ErrorCode::UNKNOWN, message));
+            }
+        }
         if let Some(blob) = output_blob(&outcome) {
             if !self.blobs.contains(blob) {
                 let stage = result.stage;
@@ -145,11 +155,11 @@ impl Calls {
         Ok(recorded)
     }
 
-    /// Removes the piece data of an AddPiece call that has its result (no
-    /// attempt reads it any more).
+    /// Removes the piece data of an AddPiece or DataCid call that has its
+    /// result (no attempt reads it any more).
     pub(super) fn release_piece(&self, call: &Call) {
-        if let Some(TaskMessage { task: Task::Ap { data: PieceData::Piece { id }, .. }, .. }) = call.task() {
-            self.pieces.remove(*id);
+        if let Some(id) = call.task().and_then(|t| t.task.piece_id()) {
+            self.pieces.remove(id);
         }
     }
 }

@@ -171,7 +171,10 @@ fn output_slot(output: &StageOutput) -> Value {
         StageOutput::C2 { proof } | StageOutput::Pr2 { proof } => serde_json::to_value(proof),
         StageOutput::Update { out } => serde_json::to_value(out),
         // The JSON array of base64 proofs, as the worker wrote it.
-        StageOutput::Pr1 { vanilla_proofs: Payload::Inline(text) } => serde_json::from_slice(&text.0),
+        // Checked when the result was recorded.
+        StageOutput::Pr1 { vanilla_proofs: Payload::Inline(text) } => {
+            Ok(serde_json::from_slice(&text.0).unwrap_or_default())
+        }
         StageOutput::Pr1 { vanilla_proofs: Payload::Blob(_) } => Ok(Value::Null),
         StageOutput::Dc { piece } => serde_json::to_value(piece),
         StageOutput::Fin {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Calls;
 
 impl Calls {
-    /// Where a task goes. C2, PR2, DataCid, download and every task of a sector whose files no
+    /// Where a task goes. C2, PR2, DataCid and every task of a sector whose files no
     /// worker created yet: the stage's shared queue. A location-bound task
     /// (AddPiece of a further piece, PC1, PC2, C1, finalize, release): the
     /// own queue of the worker holding the sector's files, while it is alive

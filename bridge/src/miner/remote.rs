@@ -255,6 +255,10 @@ async fn allocated(
         let why = format!("allocated ranges exist for unsealed files only, not {file_type:?}");
         return error(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
+    if [&spt, &offset, &size].iter().any(|n| n.parse::<u64>().is_err()) {
+        let why = format!("proof type {spt:?}, offset {offset:?} and size {size:?} must be numbers");
+        return error(StatusCode::INTERNAL_SERVER_ERROR, why);
+    }
     let Some(copies) = copies(&api, &file_type, &name) else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, format!("no sector file {file_type}/{name}"));
     };

@@ -245,23 +245,21 @@ pub fn check_proof_array(text: &str) -> Result<(), String> {
     let bytes = text.trim().as_bytes();
     let inner =
         bytes.strip_prefix(b"[").and_then(|b| b.strip_suffix(b"]")).ok_or("expected a JSON array of base64 strings")?;
-    let mut strings = 0;
-    for item in inner.split(|b| *b == b',') {
+    if inner.trim_ascii().is_empty() {
+        return Err("no vanilla proofs given".into());
+    }
+    for (index, item) in inner.split(|b| *b == b',').enumerate() {
         let item = item.trim_ascii();
         let body = item
             .strip_prefix(b"\"")
             .and_then(|b| b.strip_suffix(b"\""))
-            .ok_or_else(|| format!("item {} is not a string", strings + 1))?;
+            .ok_or_else(|| format!("item {} is not a string", index + 1))?;
         if body.is_empty()
             || !body.len().is_multiple_of(4)
             || !body.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'='))
         {
-            return Err(format!("item {} is not base64", strings + 1));
+            return Err(format!("item {} is not base64", index + 1));
         }
-        strings += 1;
-    }
-    if strings == 0 || inner.trim_ascii().is_empty() {
-        return Err("no vanilla proofs given".into());
     }
     Ok(())
 }
@@ -440,6 +438,10 @@ impl Api {
             Method::UnsealPiece => {
                 let (sector, offset, size, randomness, comm_d): (SectorRef, u64, u64, LotusBytes, Cid) =
                     request.decode()?;
+                if let Some(info) = sector.proof_type.info() {
+                    sealfarm_runtime::unsealed_file::unseal_range(offset, size, info.sector_size.0)
+                        .map_err(|e| RpcError::new(rpc::INVALID_PARAMS, format!("UnsealPiece: {e}")))?;
+                }
                 call_id(calls.accept(&name, sector, Task::Unseal { offset, size, randomness, comm_d }).await?)
             }
             Method::DataCid => {

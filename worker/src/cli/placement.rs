@@ -48,6 +48,25 @@ pub(super) struct PlacementArgs {
     /// Take ReleaseUnsealed.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     ru: Option<bool>,
+    /// Take the snap-deal stages that run where the files are: ReplicaUpdate,
+    /// ProveReplicaUpdate1, FinalizeReplicaUpdate (lotus-worker --replica-update).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    replica_update: Option<bool>,
+    /// Take ProveReplicaUpdate2, the snap-deal SNARK (lotus-worker --prove-replica-update2).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    prove_replica_update2: Option<bool>,
+    /// Take GenerateSectorKeyFromData (lotus-worker --regen-sector-key).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    regen_sector_key: Option<bool>,
+    /// Take UnsealPiece (lotus-worker --unseal).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    unseal: Option<bool>,
+    /// Take DataCid.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    data_cid: Option<bool>,
+    /// Take DownloadSectorData (lotus-worker --sector-download).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    sector_download: Option<bool>,
     /// Run stages that use a GPU in lotus' table (C2; PC2 of 32/64 GiB) on
     /// the CPU when this machine has no GPU. Off by default: a CPU C2 of a
     /// 32 GiB sector takes hours.
@@ -71,6 +90,14 @@ impl PlacementArgs {
             (Stage::C2, self.c2),
             (Stage::Fin, self.fin),
             (Stage::Ru, self.ru),
+            (Stage::Update, self.replica_update),
+            (Stage::Pr1, self.replica_update),
+            (Stage::Fru, self.replica_update),
+            (Stage::Pr2, self.prove_replica_update2),
+            (Stage::Gsk, self.regen_sector_key),
+            (Stage::Unseal, self.unseal),
+            (Stage::Dc, self.data_cid),
+            (Stage::Dl, self.sector_download),
         ];
         for (stage, switch) in switches {
             match switch {

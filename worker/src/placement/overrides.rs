@@ -5,7 +5,8 @@
 //! `PC1_32G_MAX_CONCURRENT=4`, `C2_MAX_MEMORY=64GiB`), or the same keys under
 //! `[resources]` in the worker's config file. The most specific name wins;
 //! for one name the environment beats the config file. Tasks:
-//! `AP`, `PC1`, `PC2`, `C1`, `C2`, `FIN`, `FUS` (release unsealed); sizes
+//! `AP`, `PC1`, `PC2`, `C1`, `C2`, `FIN`, `FUS` (release unsealed), `RU`
+//! (ReplicaUpdate), `PR1`, `PR2`, `GSK`, `FRU`, `UNS`, `DC`, `DL`; sizes
 //! `2K`, `8M`, `512M`, `32G`, `64G`; fields `MIN_MEMORY`, `MAX_MEMORY`,
 //! `GPU_UTILIZATION`, `MAX_PARALLELISM`, `MAX_PARALLELISM_GPU`,
 //! `BASE_MIN_MEMORY`, `MAX_CONCURRENT`.
@@ -88,7 +89,7 @@ impl ConfigFile {
             if !is_override_name(name) {
                 bail!(
                     "config file {}: [resources] {name:?} is not an override name; expected <TASK>[_<SIZE>]_<FIELD> \
-                     with TASK one of AP, PC1, PC2, C1, C2, FIN, FUS, SIZE one of 2K, 8M, 512M, 32G, 64G and FIELD one of {}",
+                     with TASK one of AP, PC1, PC2, C1, C2, FIN, FUS, RU, PR1, PR2, GSK, FRU, UNS, DC, DL, SIZE one of 2K, 8M, 512M, 32G, 64G and FIELD one of {}",
                     path.display(),
                     FIELDS.join(", ")
                 );

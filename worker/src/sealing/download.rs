@@ -5,8 +5,11 @@
 //! What lotus checks, sealfarm checks: the answer is a 200; a file comes as
 //! `application/octet-stream`, a cache directory as `application/x-tar`;
 //! anything else is refused. sealfarm also refuses a body shorter than its
-//! `Content-Length` and a tar entry that is not a plain file with a plain
-//! name (it could write outside the sector's directory). Each file is
+//! `Content-Length`, a body larger than announced or than the file type can
+//! be (a sector for `sealed`/`update`, plus a trailer for `unsealed`, 20
+//! sectors for a cache), a source silent for 2 minutes, and a tar entry that
+//! is not a plain file with a plain name (it could write outside the sector's
+//! directory). Each file is
 //! written under `sealfarm/fetching/` first, fsynced, and renamed into place
 //! only when whole, so a crash or a broken download leaves no half file
 //! where the next stage would read it. Bytes stream through in 1 MiB
@@ -15,6 +18,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use sealfarm_schemas::messages::SectorSource;
@@ -22,6 +26,14 @@ use sealfarm_schemas::sector_store::FILE_TYPES;
 use sealfarm_schemas::{SectorRef, StageOutput};
 
 use super::layout::SealingPath;
+
+/// How long a source may send nothing (connecting, answering, mid-body).
+const STALL: Duration = Duration::from_secs(120);
+/// The largest partial-file trailer an unsealed file carries.
+const MAX_TRAILER: u64 = 16 << 20;
+/// A cache directory before finalize holds the layers and trees: at most
+/// this many times the sector size.
+const CACHE_FACTOR: u64 = 20;
 
 /// Fetches every source of the task, then reports the stage done.
 pub fn download(sealing: &SealingPath, sector: SectorRef, sources: &[SectorSource]) -> Result<StageOutput> {
@@ -45,7 +57,13 @@ fn fetch_one(sealing: &SealingPath, sector: SectorRef, source: &SectorSource) ->
     if let Some(folder) = staging.parent() {
         std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
     }
-    let mut request = ureq::get(&source.url);
+    // A source that stops sending fails the job instead of holding its slot.
+    let mut request = ureq::get(&source.url)
+        .config()
+        .timeout_connect(Some(STALL))
+        .timeout_recv_response(Some(STALL))
+        .timeout_per_read(Some(STALL))
+        .build();
     for (key, value) in &source.headers {
         request = request.header(key.as_str(), value.as_str());
     }
@@ -55,7 +73,19 @@ fn fetch_one(sealing: &SealingPath, sector: SectorRef, source: &SectorSource) ->
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header("content-type").unwrap_or_default();
     let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
-    let mut body = Counting { inner: response.into_body().into_reader(), read: 0 };
+    // At most what a file of this type can be (and what was announced):
+    // a source cannot fill the disk.
+    let sector_size = sector.proof_type.info().map(|i| i.sector_size.0).context("unknown proof type")?;
+    let cap = match source.file_type.as_str() {
+        "sealed" | "update" => sector_size,
+        "unsealed" => sector_size + MAX_TRAILER,
+        _ => sector_size.saturating_mul(CACHE_FACTOR),
+    };
+    if let Some(length) = length {
+        ensure!(length <= cap, "the source announces {length} bytes; a {} is at most {cap}", source.file_type);
+    }
+    let limit = length.unwrap_or(cap).min(cap);
+    let mut body = Counting { inner: response.into_body().into_reader().take(limit + 1), read: 0 };
     match content_type.split(';').next().unwrap_or("").trim() {
         "application/octet-stream" => {
             let mut file = File::create(&staging).with_context(|| format!("creating {}", staging.display()))?;
@@ -70,6 +100,7 @@ fn fetch_one(sealing: &SealingPath, sector: SectorRef, source: &SectorSource) ->
             "the source sent {other:?}; a sector file comes as application/octet-stream, a cache as application/x-tar"
         ),
     }
+    ensure!(body.read <= limit, "the source sent more than {limit} bytes");
     if let Some(length) = length {
         ensure!(body.read == length, "received {} bytes of the {length} announced", body.read);
     }

@@ -406,7 +406,11 @@ fn release_unsealed(path: &Path, sector: SectorRef, keep: &[Range]) -> Result<()
         return remove_if_present(path);
     }
     let size = sector.proof_type.info().map(|i| i.sector_size.0).ok_or_else(|| anyhow!("unknown proof type"))?;
-    let mut keep: Vec<(u64, u64)> = keep.iter().map(|r| (padded(r.offset), padded(r.offset + r.size))).collect();
+    let mut keep: Vec<(u64, u64)> = keep
+        .iter()
+        .map(|r| unsealed_file::padded_range(r.offset, r.size))
+        .collect::<Option<_>>()
+        .ok_or_else(|| anyhow!("a range to keep overflows: {keep:?}"))?;
     keep.sort_unstable();
     let mut free = Vec::new();
     let mut cursor = 0;
@@ -420,9 +424,7 @@ fn release_unsealed(path: &Path, sector: SectorRef, keep: &[Range]) -> Result<()
 }
 
 /// Unpadded → padded (fr32: every 127 bytes take 128).
-pub fn padded(unpadded: u64) -> u64 {
-    unpadded / 127 * 128
-}
+pub use sealfarm_runtime::unsealed_file::padded;
 
 pub(crate) fn bytes32(bytes: &Bytes, what: &str) -> Result<[u8; 32]> {
     match <[u8; 32]>::try_from(bytes.0.as_slice()) {
@@ -519,7 +521,8 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
         Task::Pr1 { .. } => {
             file(sealing.update(sector.id), "update file")?;
             file(sealing.update_cache(sector.id), "update-cache directory")?;
-            file(sealing.sealed(sector.id), "sealed file (the sector key)")
+            file(sealing.sealed(sector.id), "sealed file (the sector key)")?;
+            file(sealing.cache(sector.id), "cache directory")
         }
         Task::Pr2 { vanilla_proofs: Payload::Inline(text), .. } => {
             super::snap::parse_vanilla_proofs(text).map(|_| ()).map_err(|e| format!("{e:#}"))
@@ -527,16 +530,13 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
         Task::Pr2 { vanilla_proofs: Payload::Blob(blob), .. } => blob.validate(),
         Task::Gsk { .. } => {
             file(sealing.update(sector.id), "update file")?;
-            file(sealing.update_cache(sector.id), "update-cache directory")?;
+            file(sealing.cache(sector.id), "cache directory (the sector key's p_aux)")?;
             file(sealing.unsealed(sector.id), "unsealed file (the deal data)")
         }
         Task::Fru {} => file(sealing.update_cache(sector.id), "update-cache directory"),
         Task::Unseal { offset, size: len, randomness, .. } => {
             len32(randomness, "randomness (ticket)")?;
-            if *len == 0 || padded(offset + len) > size.0 {
-                return Err(format!("range {offset}+{len} (unpadded) is not inside a {size} sector"));
-            }
-            Ok(())
+            unsealed_file::unseal_range(*offset, *len, size.0).map(|_| ())
         }
         Task::Dc { piece_size, .. } => {
             if *piece_size == 0 || *piece_size > size.unpadded() {

@@ -34,7 +34,7 @@ use sealfarm_schemas::lotus::ReplicaUpdateOut;
 use sealfarm_schemas::{Bytes, Cid, PieceInfo, SectorRef, StageOutput};
 
 use super::layout::SealingPath;
-use super::proofs::{api_pieces, bytes32, padded};
+use super::proofs::{api_pieces, bytes32};
 
 /// The update proof of a sector's seal proof (one per sector size).
 pub fn update_proof(sector: SectorRef) -> Result<RegisteredUpdateProof> {
@@ -142,8 +142,14 @@ pub fn regenerate_sector_key(sealing: &SealingPath, sector: SectorRef, comm_d: &
     let id = sector.id;
     let update = sealing.update(id);
     let len = std::fs::metadata(&update).with_context(|| format!("the update {} is missing", update.display()))?.len();
+    // Built aside and renamed into place whole: a key still there is not
+    // lost to a failed run.
     let sealed = sealing.sealed(id);
-    sized_file(&sealed, len)?;
+    let building = sealing.root().join("sealfarm").join("regenerating").join(id.file_name());
+    if let Some(folder) = building.parent() {
+        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+    }
+    sized_file(&building, len)?;
     // The "replica cache" the library reads p_aux from must be the sector
     // key's own cache: the update cache's p_aux names the new tree, and
     // the encoding's randomness comes from the old CommR (so the library's
@@ -151,14 +157,16 @@ pub fn regenerate_sector_key(sealing: &SealingPath, sector: SectorRef, comm_d: &
     // into that same cache, identical.
     update::empty_sector_update_remove_encoded_data(
         proof,
-        &sealed,
+        &building,
         sealing.cache(id),
         &update,
         sealing.cache(id),
         sealing.unsealed(id),
         comm_d,
     )?;
-    File::open(&sealed).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", sealed.display()))?;
+    File::open(&building).and_then(|f| f.sync_all()).with_context(|| format!("syncing {}", building.display()))?;
+    std::fs::rename(&building, &sealed)
+        .with_context(|| format!("moving {} to {}", building.display(), sealed.display()))?;
     Ok(StageOutput::Gsk {})
 }
 
@@ -174,8 +182,7 @@ pub fn unseal(
     comm_d: &Cid,
 ) -> Result<StageOutput> {
     let sector_size = sector_size(sector)?;
-    let (start, end) = (padded(offset), padded(offset + size));
-    ensure!(end <= sector_size, "range {offset}+{size} (unpadded) is past the end of a {sector_size}-byte sector");
+    let (start, end) = unsealed_file::unseal_range(offset, size, sector_size).map_err(|e| anyhow!(e))?;
     let id = sector.id;
     let unsealed = sealing.unsealed(id);
     let allocation = unsealed_file::read_allocation(&unsealed, sector_size)?;
