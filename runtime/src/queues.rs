@@ -119,6 +119,7 @@ mod tests {
         let spec = QueueSpec::work("q");
         assert!(spec.arguments.contains(&("x-queue-type", text("quorum"))));
         assert!(spec.arguments.contains(&("x-dead-letter-exchange", text(DEAD_LETTER_EXCHANGE))));
-        assert_eq!(shared_queues().len(), 4 + 7 * 5);
+        // Results, dead letters (two), bridge events; 15 stages × 5 sector sizes.
+        assert_eq!(shared_queues().len(), 4 + 15 * 5);
     }
 }

@@ -214,6 +214,8 @@ impl Miner {
             StageOutput::Dl {} => ("StorageDeclareSector", &downloaded),
             StageOutput::Ap { .. } => ("StorageDeclareSector", &[1]),
             StageOutput::Pc1 { .. } => ("StorageDeclareSector", &[2, 4]),
+            // With ranges kept, the file stays (a partial file).
+            StageOutput::Ru {} if matches!(task, Some(Task::Ru { keep_unsealed: Some(k) }) if !k.is_empty()) => return,
             StageOutput::Ru {} => ("StorageDropSector", &[1]),
             StageOutput::Update { .. } => ("StorageDeclareSector", &[8, 16]),
             StageOutput::Gsk {} => ("StorageDeclareSector", &[2]),
