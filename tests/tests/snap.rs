@@ -146,9 +146,8 @@ async fn a_cc_sector_is_snapped_proved_unsealed_and_its_key_regenerated() {
     let listen = farm.listen;
     assert_eq!(allocated(&farm, listen, sector, 0, 1016).await, 200);
     assert_eq!(allocated(&farm, listen, sector, 1016, 1016).await, 200);
-    let unsealed_drops = || {
-        farm.miner.index_calls().iter().filter(|c| c.method == "StorageDropSector" && c.params[2] == 1).count()
-    };
+    let unsealed_drops =
+        || farm.miner.index_calls().iter().filter(|c| c.method == "StorageDropSector" && c.params[2] == 1).count();
     let drops_before = unsealed_drops();
     call(&farm, "ReleaseUnsealed", json!([sector, [{"Offset": 0, "Size": 1016}]]), &mut report).await;
     assert_eq!(allocated(&farm, listen, sector, 0, 1016).await, 200, "the kept piece");
