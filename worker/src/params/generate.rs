@@ -26,6 +26,22 @@ use storage_proofs_core::parameter_cache::{
 use storage_proofs_porep::stacked::StackedCompound;
 use storage_proofs_update::{EmptySectorUpdateCompound, PublicParams as UpdatePublicParams};
 
+/// The calls `paramcache` makes for one circuit (a `CompoundProof` type and
+/// its public parameters): the metadata, then the Groth parameters and the
+/// verifying key with a random source, generated and stored when missing. A
+/// blank circuit for each call (the update circuit is not `Clone`).
+macro_rules! generate_circuit {
+    ($compound:ty, $pub_params:expr) => {{
+        let pub_params = $pub_params;
+        let blank = || <$compound as CompoundProof<_, _>>::blank_circuit(pub_params);
+        <$compound>::get_param_metadata(blank(), pub_params).context("writing parameter metadata")?;
+        <$compound>::get_groth_params(Some(&mut OsRng), blank(), pub_params).context("generating Groth parameters")?;
+        <$compound>::get_verifying_key(Some(&mut OsRng), blank(), pub_params)
+            .context("generating the verifying key")?;
+        Ok(())
+    }};
+}
+
 /// Generates (or finds already cached) the PoRep parameters of `proof`.
 /// Blocks for a long time (≈17 min for 2 KiB on 2 cores).
 pub fn generate_porep_params(proof: RegisteredSealProof) -> Result<()> {
@@ -36,15 +52,7 @@ pub fn generate_porep_params(proof: RegisteredSealProof) -> Result<()> {
 
 fn generate_for_shape<Tree: 'static + MerkleTreeTrait>(config: &filecoin_proofs::types::PoRepConfig) -> Result<()> {
     let pub_params = public_params::<Tree>(config).context("building public parameters")?;
-    type Compound<T> = StackedCompound<T, DefaultPieceHasher>;
-    // The update circuit is not Clone: a blank one for each call.
-    let blank = || <Compound<Tree> as CompoundProof<_, _>>::blank_circuit(&pub_params);
-    Compound::<Tree>::get_param_metadata(blank(), &pub_params).context("writing parameter metadata")?;
-    Compound::<Tree>::get_groth_params(Some(&mut OsRng), blank(), &pub_params)
-        .context("generating Groth parameters")?;
-    Compound::<Tree>::get_verifying_key(Some(&mut OsRng), blank(), &pub_params)
-        .context("generating the verifying key")?;
-    Ok(())
+    generate_circuit!(StackedCompound<Tree, DefaultPieceHasher>, &pub_params)
 }
 
 /// Generates (or finds already cached) the empty-sector-update (snap deal)
@@ -55,16 +63,7 @@ pub fn generate_update_params(size: SectorSize) -> Result<()> {
 }
 
 fn generate_update_for_shape<Tree: 'static + MerkleTreeTrait<Hasher = TreeRHasher>>(sector_bytes: u64) -> Result<()> {
-    let pub_params = UpdatePublicParams::from_sector_size(sector_bytes);
-    type Compound<T> = EmptySectorUpdateCompound<T>;
-    // The update circuit is not Clone: a blank one for each call.
-    let blank = || <Compound<Tree> as CompoundProof<_, _>>::blank_circuit(&pub_params);
-    Compound::<Tree>::get_param_metadata(blank(), &pub_params).context("writing parameter metadata")?;
-    Compound::<Tree>::get_groth_params(Some(&mut OsRng), blank(), &pub_params)
-        .context("generating Groth parameters")?;
-    Compound::<Tree>::get_verifying_key(Some(&mut OsRng), blank(), &pub_params)
-        .context("generating the verifying key")?;
-    Ok(())
+    generate_circuit!(EmptySectorUpdateCompound<Tree>, &UpdatePublicParams::from_sector_size(sector_bytes))
 }
 
 /// Where the empty-sector-update parameters and verifying key of `size` are

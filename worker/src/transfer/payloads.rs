@@ -64,12 +64,15 @@ pub async fn resolve_inputs(
     match &task.task {
         // A C2's C1 output, a PR2's vanilla proofs.
         Task::C2 { c1_out: Payload::Blob(blob) } | Task::Pr2 { vanilla_proofs: Payload::Blob(blob), .. } => {
-            let stage = task.stage();
-            let client = bridge(config, &format!("this {stage} names its input as blob {blob}"))?;
+            let (stage, what) = match &task.task {
+                Task::C2 { .. } => ("C2", "C1 output"),
+                _ => ("PR2", "vanilla proofs"),
+            };
+            let client = bridge(config, &format!("this {stage} names its {what} as blob {blob}"))?;
             let bytes = with_retries(TRANSFER_TRIES, shutdown, || client.fetch_blob(blob))
                 .await
-                .map_err(|e| failed(format!("cannot fetch the {stage} input of {}: {e:#}", task.sector.id)))?;
-            tracing::info!(call_id = %task.call_id, %blob, "{stage} input fetched from the bridge and checked");
+                .map_err(|e| failed(format!("cannot fetch the {what} of {}: {e:#}", task.sector.id)))?;
+            tracing::info!(call_id = %task.call_id, %blob, "{what} fetched from the bridge and checked");
             let mut resolved = task.clone();
             resolved.task = task.task.with_payload(Payload::Inline(Bytes(bytes)));
             Ok(Resolved { task: resolved, downloaded: None })
@@ -152,7 +155,7 @@ pub async fn hand_over(config: &WorkerConfig, result: &ResultMessage, shutdown: 
     with_retries(TRANSFER_TRIES, shutdown, || client.upload_blob(blob, &path))
         .await
         .with_context(|| format!("cannot upload the {} output {blob} to the bridge", result.stage))?;
-    tracing::info!(call_id = %result.call_id, %blob, "{} output handed to the bridge", result.stage);
+    tracing::info!(call_id = %result.call_id, %blob, "{} output handed to the bridge", result.stage.as_str().to_uppercase());
     Ok(())
 }
 
