@@ -142,20 +142,9 @@ pub const LIVE: std::time::Duration = std::time::Duration::from_secs(30);
 /// The snap-deal, unseal, DataCid and download stages are new to a farm
 /// (an operator may leave them to lotus-workers): advertised only while a
 /// live worker takes them.
-const COMPUTE_STAGES: [Stage; 12] = [
-    Stage::Ap,
-    Stage::Pc1,
-    Stage::Pc2,
-    Stage::C2,
-    Stage::Update,
-    Stage::Pr1,
-    Stage::Pr2,
-    Stage::Gsk,
-    Stage::Fru,
-    Stage::Unseal,
-    Stage::Dc,
-    Stage::Dl,
-];
+fn advertised_while_taken(stage: Stage) -> bool {
+    !matches!(stage, Stage::C1 | Stage::Fin | Stage::Ru)
+}
 
 /// `/rpc/v0`, `/rpc/streams/v0/push` and `/remote`.
 pub fn router(api: Arc<Api>) -> Router {
@@ -480,8 +469,8 @@ impl Api {
         TASK_TYPES
             .into_iter()
             .filter(|t| {
-                let compute = COMPUTE_STAGES.iter().find(|s| s.task_type() == *t);
-                compute.is_none_or(|stage| capacity.iter().any(|((s, _), slots)| s == stage && *slots > 0))
+                let compute = Stage::ALL.into_iter().find(|s| s.task_type() == *t && advertised_while_taken(*s));
+                compute.is_none_or(|stage| capacity.iter().any(|((s, _), slots)| *s == stage && *slots > 0))
             })
             .collect()
     }
