@@ -83,9 +83,6 @@ impl Stage {
         Stage::Dl,
     ];
 
-    /// Stages that prove with a SNARK (a GPU's work in lotus' table).
-    pub const SNARKS: [Stage; 2] = [Stage::C2, Stage::Pr2];
-
     /// Stages that need no sector files: they go to the stage's shared
     /// queue, never to the worker holding the sector. (A download goes
     /// where the sector's other files are, if the farm has any.)
@@ -473,6 +470,16 @@ impl StageOutput {
 pub enum Outcome {
     Done(StageOutput),
     Failed(CallError),
+}
+
+impl Outcome {
+    /// The blob a done stage's output names (a C1 output, PR1 proofs).
+    pub fn output_blob(&self) -> Option<&crate::blob::BlobRef> {
+        match self {
+            Outcome::Done(output) => output.payload().and_then(Payload::blob),
+            Outcome::Failed(_) => None,
+        }
+    }
 }
 
 /// The result of one attempt, published to `sealfarm.results`.

@@ -449,10 +449,8 @@ pub fn verify_update_proof(
     new_unsealed: &sealfarm_schemas::Cid,
     proof: &[u8],
 ) -> Result<bool> {
-    use filecoin_proofs_api::RegisteredUpdateProof::*;
     use sealfarm_schemas::commitment::Commitment;
-    let by_size = [StackedDrg2KiBV1, StackedDrg8MiBV1, StackedDrg512MiBV1, StackedDrg32GiBV1, StackedDrg64GiBV1];
-    let update = by_size[sector.proof_type.update_proof().context("known proof type")? as usize];
+    let update = sealfarm_worker::sealing::snap::update_proof(sector)?;
     let replica = |cid| Commitment::Replica.from_cid(cid).map_err(anyhow::Error::msg);
     let data = Commitment::Data.from_cid(new_unsealed).map_err(anyhow::Error::msg)?;
     filecoin_proofs_api::update::verify_empty_sector_update_proof(

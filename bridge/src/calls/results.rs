@@ -69,7 +69,7 @@ impl Calls {
     /// Stores a result unless its call already has one; returns the call to deliver.
     fn record_result(&self, result: &ResultMessage) -> Result<Option<Call>> {
         let recorded = self.record_result_once(result);
-        if let Some(blob) = output_blob(&result.outcome) {
+        if let Some(blob) = result.outcome.output_blob() {
             // Pinned since its upload; from here on the store says whether a call needs it.
             self.blobs.unpin(&blob.sha256);
         }
@@ -111,7 +111,7 @@ impl Calls {
                 outcome = Outcome::Failed(CallError::new(ErrorCode::UNKNOWN, message));
             }
         }
-        if let Some(blob) = output_blob(&outcome) {
+        if let Some(blob) = outcome.output_blob() {
             if !self.blobs.contains(blob) {
                 let stage = result.stage;
                 let message = format!(
@@ -178,13 +178,5 @@ fn dead_letter_reason(delivery: &Delivery) -> String {
         }
         (Some(reason), None) => format!("broker: {reason}"),
         _ => "no reason recorded".into(),
-    }
-}
-
-/// The blob an outcome's output names (a C1 output, PR1 proofs).
-fn output_blob(outcome: &Outcome) -> Option<&sealfarm_schemas::blob::BlobRef> {
-    match outcome {
-        Outcome::Done(output) => output.payload().and_then(Payload::blob),
-        Outcome::Failed(_) => None,
     }
 }

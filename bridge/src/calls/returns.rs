@@ -47,11 +47,8 @@ impl Calls {
         // the output slot as the request is sent, one such Return at a time.
         let mut _large = None;
         let mut blob_file = None;
-        let blob = match outcome.as_ref() {
-            Outcome::Done(output) => output.payload().and_then(|p| p.blob()).map(|b| (b, output.stage())),
-            Outcome::Failed(_) => None,
-        };
-        if let Some((blob, stage)) = blob {
+        if let (Some(blob), Outcome::Done(output)) = (outcome.output_blob(), outcome.as_ref()) {
+            let stage = output.stage();
             _large = self.large_returns.acquire().await.ok();
             match self.blobs.checked_path(blob).await {
                 Ok(path) => blob_file = Some((path, stage == sealfarm_schemas::Stage::C1)),

@@ -75,7 +75,7 @@ fn fetch_one(sealing: &SealingPath, sector: SectorRef, source: &SectorSource) ->
     let length: Option<u64> = header("content-length").and_then(|v| v.parse().ok());
     // At most what a file of this type can be (and what was announced):
     // a source cannot fill the disk.
-    let sector_size = sector.proof_type.info().map(|i| i.sector_size.0).context("unknown proof type")?;
+    let sector_size = super::proofs::sector_bytes(sector)?;
     let cap = match source.file_type.as_str() {
         "sealed" | "update" => sector_size,
         "unsealed" => sector_size + MAX_TRAILER,

@@ -14,5 +14,5 @@ pub(crate) mod executor;
 pub(crate) mod layers;
 pub mod layout;
 pub mod proofs;
-pub(crate) mod snap;
+pub mod snap;
 pub(crate) mod warm_up;

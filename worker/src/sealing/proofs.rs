@@ -340,7 +340,7 @@ fn remove_if_present(path: &Path) -> Result<()> {
 /// the sector size) and removes the trees and aux files of the earlier PC2,
 /// so PC2 can run again over a file it had partly encoded.
 fn restore_replica(sealing: &SealingPath, sector: SectorRef) -> Result<()> {
-    let size = sector.proof_type.info().map(|i| i.sector_size.0).ok_or_else(|| anyhow!("unknown proof type"))?;
+    let size = sector_bytes(sector)?;
     let (unsealed, sealed) = (sealing.unsealed(sector.id), sealing.sealed(sector.id));
     std::fs::copy(&unsealed, &sealed)
         .with_context(|| format!("copying {} to {}", unsealed.display(), sealed.display()))?;
@@ -405,7 +405,7 @@ fn release_unsealed(path: &Path, sector: SectorRef, keep: &[Range]) -> Result<()
     if keep.is_empty() {
         return remove_if_present(path);
     }
-    let size = sector.proof_type.info().map(|i| i.sector_size.0).ok_or_else(|| anyhow!("unknown proof type"))?;
+    let size = sector_bytes(sector)?;
     let mut keep: Vec<(u64, u64)> = keep
         .iter()
         .map(|r| unsealed_file::padded_range(r.offset, r.size))
@@ -421,6 +421,15 @@ fn release_unsealed(path: &Path, sector: SectorRef, keep: &[Range]) -> Result<()
         cursor = cursor.max(end);
     }
     unsealed_file::free(path, size, &free).with_context(|| format!("releasing ranges {free:?} of {}", path.display()))
+}
+
+/// The sector size of a sector's proof type, in bytes.
+pub(crate) fn sector_bytes(sector: SectorRef) -> Result<u64> {
+    sector
+        .proof_type
+        .info()
+        .map(|i| i.sector_size.0)
+        .ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))
 }
 
 /// Unpadded → padded (fr32: every 127 bytes take 128).

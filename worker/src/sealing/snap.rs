@@ -34,7 +34,7 @@ use sealfarm_schemas::lotus::ReplicaUpdateOut;
 use sealfarm_schemas::{Bytes, Cid, PieceInfo, SectorRef, StageOutput};
 
 use super::layout::SealingPath;
-use super::proofs::{api_pieces, bytes32};
+use super::proofs::{api_pieces, bytes32, sector_bytes};
 
 /// The update proof of a sector's seal proof (one per sector size).
 pub fn update_proof(sector: SectorRef) -> Result<RegisteredUpdateProof> {
@@ -44,10 +44,6 @@ pub fn update_proof(sector: SectorRef) -> Result<RegisteredUpdateProof> {
     let index =
         sector.proof_type.update_proof().ok_or_else(|| anyhow!("unknown proof type {}", sector.proof_type.0))?;
     Ok(BY_SIZE[index as usize])
-}
-
-fn sector_size(sector: SectorRef) -> Result<u64> {
-    sector.proof_type.info().map(|i| i.sector_size.0).ok_or_else(|| anyhow!("unknown proof type"))
 }
 
 /// `[sector key (old CommR), new CommR, new CommD]` as the library's commitments.
@@ -181,7 +177,7 @@ pub fn unseal(
     randomness: &Bytes,
     comm_d: &Cid,
 ) -> Result<StageOutput> {
-    let sector_size = sector_size(sector)?;
+    let sector_size = sector_bytes(sector)?;
     let (start, end) = unsealed_file::unseal_range(offset, size, sector_size).map_err(|e| anyhow!(e))?;
     let id = sector.id;
     let unsealed = sealing.unsealed(id);
@@ -192,18 +188,16 @@ pub fn unseal(
     }
     let comm_d_bytes = Commitment::Data.from_cid(comm_d).map_err(|e| anyhow!("CommD: {e}"))?;
     // The partial file must span the sector before anything is written into it.
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&unsealed)
         .with_context(|| format!("opening {}", unsealed.display()))?;
-    let mut file = file;
     if file.metadata()?.len() < sector_size {
         // What was there stays allocated: record it before the file grows.
-        let mut file_now = file.try_clone()?;
-        unsealed_file::write_allocation(&mut file_now, sector_size, &allocation.clone().unwrap_or_default())?;
+        unsealed_file::write_allocation(&mut file, sector_size, &allocation.unwrap_or_default())?;
     }
     let update = sealing.update(id);
     if update.exists() {

@@ -136,17 +136,10 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<BlobRef> {
     Ok(blob)
 }
 
-fn output_blob(result: &ResultMessage) -> Option<&BlobRef> {
-    match &result.outcome {
-        Outcome::Done(output) => output.payload().and_then(Payload::blob),
-        Outcome::Failed(_) => None,
-    }
-}
-
 /// Uploads the blob a result names to the bridge (before the result is
 /// published). A local copy already gone was handed over before.
 pub async fn hand_over(config: &WorkerConfig, result: &ResultMessage, shutdown: &Shutdown) -> Result<()> {
-    let Some(blob) = output_blob(result) else { return Ok(()) };
+    let Some(blob) = result.outcome.output_blob() else { return Ok(()) };
     let path = blob_dir(config).join(&blob.sha256);
     if !path.is_file() {
         return Ok(());
@@ -161,7 +154,7 @@ pub async fn hand_over(config: &WorkerConfig, result: &ResultMessage, shutdown: 
 
 /// Removes the local copy of a result's blob once the broker has the result.
 pub fn forget_output(config: &WorkerConfig, result: &ResultMessage) {
-    if let Some(blob) = output_blob(result) {
+    if let Some(blob) = result.outcome.output_blob() {
         let _ = std::fs::remove_file(blob_dir(config).join(&blob.sha256));
     }
 }
