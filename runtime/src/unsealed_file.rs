@@ -438,4 +438,29 @@ mod tests {
         let err = read_allocation(&path, 2048).unwrap_err().to_string();
         assert!(err.contains("no room for a trailer"), "{err}");
     }
+
+    /// A 32 GiB sector (a sparse file): half freed, the trailer says so,
+    /// the disk space of the freed half is given back, the rest stays.
+    #[test]
+    fn a_32_gib_unsealed_file_frees_and_reports_by_ranges() {
+        const GIB32: u64 = 32 << 30;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s-t01000-9");
+        let file = File::create(&path).unwrap();
+        file.set_len(GIB32).unwrap();
+        // A few real blocks in the half that is freed.
+        std::os::unix::fs::FileExt::write_all_at(&file, &[9u8; 1 << 20], 24 << 30).unwrap();
+        let blocks = |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap());
+        let before = blocks(&path);
+        assert!(read_allocation(&path, GIB32).unwrap().unwrap().covers(0, GIB32), "a whole sector is allocated");
+        free(&path, GIB32, &[(GIB32 / 2, GIB32)]).unwrap();
+        let allocation = read_allocation(&path, GIB32).unwrap().unwrap();
+        assert_eq!(allocation.ranges(), &[(0, GIB32 / 2)]);
+        let (start, end) = unseal_range(0, 127 << 20, GIB32).unwrap();
+        assert!(allocation.covers(start, end));
+        let (start, end) = unseal_range(GIB32 / 128 * 127 / 2 + 127, 127, GIB32).unwrap();
+        assert!(!allocation.covers(start, end));
+        assert!(blocks(&path) < before, "the freed MiB went back to the disk");
+        assert!(std::fs::metadata(&path).unwrap().len() < GIB32 + 64, "data plus a trailer of a few bytes");
+    }
 }
