@@ -3,8 +3,20 @@
 //!
 //! Every publish waits for the broker's confirm; a message the broker could
 //! not route (mandatory flag) or refused is an error, never a silent loss.
+//!
+//! A farm's broker may be a cluster: the link takes every node's URL and,
+//! when its connection is lost or a node cannot be reached, connects to the
+//! next one ([`BrokerLink::get`]). `amqps://` URLs connect with TLS (rustls)
+//! and only with TLS: the CA file given (or the system's bundle) is the only
+//! trust, and the certificate must name the host of the URL.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
@@ -19,23 +31,149 @@ use crate::shutdown::Shutdown;
 /// RabbitMQ with its default account.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The CA bundle an `amqps://` URL is checked against when no `--amqp-ca` is given.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How long one node may take to accept a connection (TCP, TLS and the AMQP
+/// handshake) before the next node is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Where and how to reach RabbitMQ, as the bridge and the workers take it on
+/// their command lines.
+#[derive(clap::Args, Clone, Debug)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL (amqp:// or amqps://). For a cluster give every node,
+    /// repeated or comma-separated: the next one is used when the current one
+    /// fails. An amqps:// URL never falls back to a plain connection.
+    #[arg(
+        long = "amqp",
+        env = "SEALFARM_AMQP_URL",
+        value_delimiter = ',',
+        default_value = DEFAULT_AMQP_URL,
+        hide_env_values = true
+    )]
+    pub urls: Vec<String>,
+    /// PEM file of the CA certificate(s) the brokers' TLS certificates must
+    /// chain to (amqps:// only); nothing else is trusted. Default: the
+    /// system's bundle, /etc/ssl/certs/ca-certificates.crt.
+    #[arg(long = "amqp-ca", env = "SEALFARM_AMQP_CA")]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate to present to the broker (amqps:// only), for a
+    /// listener that asks for one or for RabbitMQ's x509 login
+    /// (`?auth_mechanism=external` in the URL). Needs --amqp-key.
+    #[arg(long = "amqp-cert", env = "SEALFARM_AMQP_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --amqp-cert (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long = "amqp-key", env = "SEALFARM_AMQP_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// One plain URL and no TLS files.
+    pub fn url(url: &str) -> BrokerArgs {
+        BrokerArgs { urls: vec![url.to_string()], ca: None, cert: None, key: None }
+    }
+
+    /// Checks the URLs and reads the TLS files; every problem is named here,
+    /// at start-up, rather than at the first connect.
+    pub fn config(&self) -> Result<BrokerConfig> {
+        let urls: Vec<String> = self.urls.iter().map(|u| u.trim().to_string()).filter(|u| !u.is_empty()).collect();
+        if urls.is_empty() {
+            bail!("no RabbitMQ URL given (--amqp)");
+        }
+        let mut tls_wanted = false;
+        for url in &urls {
+            let parsed: lapin::uri::AMQPUri =
+                url.parse().map_err(|err| anyhow!("{} is not a RabbitMQ URL: {err}", redact(url)))?;
+            match parsed.scheme {
+                lapin::uri::AMQPScheme::AMQPS => tls_wanted = true,
+                lapin::uri::AMQPScheme::AMQP => {}
+            }
+        }
+        let mut tls = OwnedTLSConfig::default();
+        if tls_wanted {
+            install_crypto_provider();
+            let ca = self.ca.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+            let chain = read_pem(&ca, "CERTIFICATE", "the CA file (--amqp-ca)")?;
+            tls.cert_chain = Some(chain);
+            if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+                let pem = read_pem(cert, "CERTIFICATE", "the client certificate (--amqp-cert)")?;
+                let key = read_pem(key, "PRIVATE KEY", "the client key (--amqp-key)")?;
+                tls.identity = Some(OwnedIdentity::PKCS8 { pem: pem.into_bytes(), key: key.into_bytes() });
+            }
+        } else if self.ca.is_some() || self.cert.is_some() {
+            bail!("--amqp-ca/--amqp-cert are for amqps:// URLs, and every --amqp URL is plain amqp://");
+        }
+        Ok(BrokerConfig { urls, tls })
+    }
+}
+
+/// Reads a PEM file and checks it holds what it should (a `BEGIN ... what` block).
+fn read_pem(path: &Path, what: &str, role: &str) -> Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {role} {}", path.display()))?;
+    if !text.lines().any(|line| line.starts_with("-----BEGIN ") && line.contains(what)) {
+        bail!("{role} {} holds no PEM {what}", path.display());
+    }
+    Ok(text)
+}
+
+/// rustls needs one process-wide crypto provider; sealfarm uses ring (the
+/// one its HTTP clients already build). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// The checked form of [`BrokerArgs`].
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// Every node's URL, tried in turn.
+    pub urls: Vec<String>,
+    tls: OwnedTLSConfig,
+}
+
+impl BrokerConfig {
+    /// The URLs without passwords, for logs.
+    pub fn redacted(&self) -> String {
+        self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What a process may set up on the broker. The bridge declares the farm's
+/// exchanges, queues and bindings; a worker declares only its own queue
+/// (where it consumes) and needs no right to configure anything else: a
+/// worker's broker user can be kept to the least it needs
+/// (deploy/rabbitmq/definitions.json).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Bridge,
+    Worker,
+}
+
 /// One open connection with its confirm-mode publishing channel.
 pub struct Broker {
     pub connection: Connection,
     publisher: Channel,
+    /// The URL this connection was made to (with its password).
+    pub url: String,
 }
 
 impl Broker {
-    /// Connects, enables publisher confirms and declares the topology.
-    pub async fn connect(url: &str, name: &str) -> Result<Broker> {
+    /// Connects to one node, enables publisher confirms and declares the topology.
+    pub async fn connect(url: &str, tls: &OwnedTLSConfig, name: &str, role: Role) -> Result<Broker> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connect(url, properties)
+        let runtime = lapin::runtime::default_runtime()?;
+        let connecting = Connection::connect_with_config(url, properties, tls.clone(), runtime);
+        let connection = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
+            .map_err(|_| anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
+            .and_then(|connected| connected.map_err(anyhow::Error::from))
             .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        topology::declare(&publisher).await.context("declaring the sealfarm topology")?;
-        Ok(Broker { connection, publisher })
+        if role == Role::Bridge {
+            topology::declare(&publisher).await.context("declaring the sealfarm topology")?;
+        }
+        Ok(Broker { connection, publisher, url: url.to_string() })
     }
 
     /// Declares a queue (idempotent), e.g. a worker's own queue before the
@@ -147,29 +285,65 @@ impl Broker {
     }
 }
 
-/// A broker connection that is re-established on demand.
+/// A broker connection that is re-established on demand, to the next node
+/// of the cluster when the current one is gone.
 pub struct BrokerLink {
-    url: String,
+    config: BrokerConfig,
     name: String,
-    current: Mutex<Option<std::sync::Arc<Broker>>>,
+    role: Role,
+    current: Mutex<Option<Arc<Broker>>>,
+    /// The index of the URL the next connect tries first.
+    next: AtomicUsize,
 }
 
 impl BrokerLink {
-    pub fn new(url: String, name: String) -> Self {
-        BrokerLink { url, name, current: Mutex::new(None) }
+    pub fn new(config: BrokerConfig, name: String, role: Role) -> Self {
+        BrokerLink { config, name, role, current: Mutex::new(None), next: AtomicUsize::new(0) }
     }
 
-    /// The current connection, or a new one (one attempt).
-    pub async fn get(&self) -> Result<std::sync::Arc<Broker>> {
+    /// The current connection, or a new one: each node is tried once, starting
+    /// after the one last connected to (a lost connection usually means a lost
+    /// node); the error names every node's failure.
+    pub async fn get(&self) -> Result<Arc<Broker>> {
         let mut current = self.current.lock().await;
         if let Some(broker) = current.as_ref() {
             if broker.is_connected() {
                 return Ok(broker.clone());
             }
         }
-        let broker = std::sync::Arc::new(Broker::connect(&self.url, &self.name).await?);
-        *current = Some(broker.clone());
-        Ok(broker)
+        let urls = &self.config.urls;
+        let first = self.next.load(Ordering::Relaxed);
+        let mut failures = Vec::new();
+        for i in 0..urls.len() {
+            let index = (first + i) % urls.len();
+            match Broker::connect(&urls[index], &self.config.tls, &self.name, self.role).await {
+                Ok(broker) => {
+                    if current.is_some() || i > 0 {
+                        tracing::info!(node = %redact(&urls[index]), "connected to RabbitMQ");
+                    }
+                    self.next.store((index + 1) % urls.len(), Ordering::Relaxed);
+                    let broker = Arc::new(broker);
+                    *current = Some(broker.clone());
+                    return Ok(broker);
+                }
+                Err(err) => {
+                    if urls.len() > 1 {
+                        tracing::warn!(node = %redact(&urls[index]), error = %format!("{err:#}"), "RabbitMQ node unreachable; trying the next");
+                    }
+                    failures.push(format!("{err:#}"));
+                }
+            }
+        }
+        self.next.store((first + 1) % urls.len(), Ordering::Relaxed);
+        match failures.len() {
+            1 => Err(anyhow!(failures.remove(0))),
+            n => Err(anyhow!("none of the {n} RabbitMQ nodes could be reached: {}", failures.join("; "))),
+        }
+    }
+
+    /// The broker URLs this link uses, without passwords.
+    pub fn redacted(&self) -> String {
+        self.config.redacted()
     }
 
     /// Publishes JSON once on the current connection (connecting if needed).
@@ -215,7 +389,6 @@ impl BrokerLink {
     }
 }
 
-/// A URL without its password, for logs and errors.
 /// A string header of a delivery.
 pub fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
     match delivery.properties.headers().as_ref()?.inner().get(name)? {
@@ -225,6 +398,7 @@ pub fn header(delivery: &lapin::message::Delivery, name: &str) -> Option<String>
     }
 }
 
+/// A URL without its password, for logs and errors.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {

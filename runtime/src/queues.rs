@@ -94,6 +94,7 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
     channel.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+    channel.exchange_declare(RESULTS_EXCHANGE.into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     for queue in shared_queues() {
         queue.declare(channel).await?;
     }
@@ -101,6 +102,7 @@ pub async fn declare(channel: &Channel) -> lapin::Result<()> {
         (DEAD_LETTER_QUEUE, DEAD_LETTER_EXCHANGE, ""),
         (BRIDGE_DEAD_QUEUE, DEAD_LETTER_EXCHANGE, ""),
         (BRIDGE_EVENTS_QUEUE, EVENTS_EXCHANGE, "worker.#"),
+        (RESULTS_QUEUE, RESULTS_EXCHANGE, ""),
     ];
     for (queue, exchange, key) in bindings {
         channel

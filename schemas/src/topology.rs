@@ -30,6 +30,10 @@ pub const BRIDGE_DEAD_QUEUE: &str = "sealfarm.bridge.dead";
 /// (heartbeats repeat, so only the newest matter).
 pub const BRIDGE_EVENTS_MAX: i64 = 100_000;
 pub const RESULTS_QUEUE: &str = "sealfarm.results";
+/// Where workers publish results (a fanout to [`RESULTS_QUEUE`]): an exchange
+/// of its own, so a worker's broker user needs no right to publish through
+/// the default exchange, which reaches every queue (the stage queues too).
+pub const RESULTS_EXCHANGE: &str = "sealfarm.results";
 
 /// How often RabbitMQ may hand a work message out before dead-lettering it
 /// with reason `delivery_limit`.

@@ -81,7 +81,14 @@ pub fn memory_mib(pid: u32, field: &str) -> f64 {
 /// running in parallel never see each other's queues.
 pub struct TestVhost {
     pub name: String,
+    /// The node `rabbitmqctl` manages (None: the local default node).
+    node: Option<String>,
+    /// Every node's `host:port`, in the order processes try them.
+    pub nodes: Vec<String>,
 }
+
+/// The three-node cluster of `scripts/rabbitmq-cluster`: its nodes' AMQP addresses.
+pub const CLUSTER_NODES: [&str; 3] = ["127.0.0.1:5681", "127.0.0.1:5682", "127.0.0.1:5683"];
 
 impl TestVhost {
     pub fn new(label: &str) -> Self {
@@ -89,14 +96,60 @@ impl TestVhost {
             std::net::TcpStream::connect_timeout(&BROKER.parse().unwrap(), Duration::from_secs(2)).is_ok(),
             "RabbitMQ is not listening on {BROKER}; start it (scripts/test does)"
         );
-        let name = format!("sealfarm-test-{label}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        TestVhost { name }
+        Self::create(label, None, vec![BROKER.to_string()])
     }
 
+    /// A vhost on the three-node cluster of `scripts/rabbitmq-cluster`,
+    /// started (and joined) first if it is not running.
+    pub fn on_cluster(label: &str) -> Self {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster");
+        let out = Command::new(&script).arg("up").output().expect("scripts/rabbitmq-cluster runs");
+        assert!(out.status.success(), "scripts/rabbitmq-cluster up failed: {}", String::from_utf8_lossy(&out.stderr));
+        Self::on_node(label, "sf1@localhost", CLUSTER_NODES.iter().map(|n| n.to_string()).collect())
+    }
+
+    /// A vhost on the RabbitMQ node `node` (for `rabbitmqctl -n`), reached at `nodes` (`host:port`).
+    pub fn on_node(label: &str, node: &str, nodes: Vec<String>) -> Self {
+        Self::create(label, Some(node.to_string()), nodes)
+    }
+
+    fn create(label: &str, node: Option<String>, nodes: Vec<String>) -> Self {
+        let name = format!("sealfarm-test-{label}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let vhost = TestVhost { name, node, nodes };
+        vhost.rabbitmqctl(&["add_vhost", &vhost.name]);
+        vhost.rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
+        vhost
+    }
+
+    /// `rabbitmqctl ARGS` against this vhost's broker; must succeed.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        let out = self.rabbitmqctl_command(args).output().expect("rabbitmqctl runs");
+        assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn rabbitmqctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("rabbitmqctl");
+        if let Some(node) = &self.node {
+            command.args(["-n", node]);
+        }
+        command.args(args);
+        command
+    }
+
+    /// The URL of the first node (the test's own connections use it).
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@{BROKER}/{}", self.name)
+        self.node_url(0)
+    }
+
+    /// The URL of node `index` (0-based) of [`TestVhost::nodes`].
+    pub fn node_url(&self, index: usize) -> String {
+        format!("amqp://guest:guest@{}/{}", self.nodes[index], self.name)
+    }
+
+    /// Every node's URL, comma-separated, as `--amqp`/`SEALFARM_AMQP_URL` take them.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len()).map(|i| self.node_url(i)).collect::<Vec<_>>().join(",")
     }
 
     /// The worker token the bridges and workers of this vhost share.
@@ -107,13 +160,8 @@ impl TestVhost {
 
 impl Drop for TestVhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
+        let _ = self.rabbitmqctl_command(&["delete_vhost", &self.name]).output();
     }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The test's side of the broker: publishes tasks and reads results, as the
@@ -339,7 +387,7 @@ impl FarmProcess {
     fn spawn(mut command: Command, vhost: &TestVhost, log: PathBuf) -> Self {
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = command
-            .env("SEALFARM_AMQP_URL", vhost.url())
+            .env("SEALFARM_AMQP_URL", vhost.urls())
             .env("RUST_LOG", "info,lapin=warn")
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
@@ -632,7 +680,11 @@ impl BridgeFarm {
 
     /// As [`BridgeFarm::start_with`], for a miner of another sector size.
     pub async fn start_sized(label: &str, size: sealfarm_schemas::SectorSize, bridge_args: &[&str]) -> Self {
-        let vhost = TestVhost::new(label);
+        Self::start_in(TestVhost::new(label), size, bridge_args).await
+    }
+
+    /// As [`BridgeFarm::start_sized`], on a vhost of the caller's (a cluster's, say).
+    pub async fn start_in(vhost: TestVhost, size: sealfarm_schemas::SectorSize, bridge_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let miner = devminer::DevMiner::new(size.0);
         let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -180,14 +180,8 @@ struct RunArgs {
     /// Address the worker API listens on; the miner calls back here.
     #[arg(long, env = "SEALFARM_LISTEN", default_value = "0.0.0.0:3456")]
     listen: SocketAddr,
-    /// RabbitMQ URL (amqp:// or amqps://).
-    #[arg(
-        long = "amqp",
-        env = "SEALFARM_AMQP_URL",
-        default_value = broker::DEFAULT_AMQP_URL,
-        hide_env_values = true
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: broker::BrokerArgs,
     /// Where the bridge keeps its call store. Default: ~/.sealfarm/bridge.
     #[arg(long, env = "SEALFARM_STATE_DIR")]
     state_dir: Option<PathBuf>,

@@ -49,8 +49,9 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
     let (trigger, shutdown) = shutdown::channel();
     let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
-    let link = Arc::new(BrokerLink::new(args.amqp_url.clone(), "sealfarm-bridge".into()));
-    link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker::redact(&args.amqp_url)))?;
+    let broker_config = args.broker.config()?;
+    let link = Arc::new(BrokerLink::new(broker_config.clone(), "sealfarm-bridge".into(), broker::Role::Bridge));
+    link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker_config.redacted()))?;
     let metrics = Arc::new(Metrics::new());
     let calls = Arc::new(Calls {
         store,
@@ -73,7 +74,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
             hostname: sealfarm_runtime::hostname(),
             started_at_ms: sealfarm_schemas::messages::now_ms(),
             lease_timeout: args.lease_timeout,
-            queues: QueueWatch::new(&args.amqp_url, args.rabbitmq_management.as_deref()),
+            queues: QueueWatch::new(&broker_config.urls[0], args.rabbitmq_management.as_deref()),
         },
         tokens: tokens.clone(),
         dead_letters: DeadLetters::new(),
@@ -104,7 +105,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     eprintln!("sealfarm-bridge");
     eprintln!("  miner        {}", info.url);
     eprintln!("  listen       {} (advertised as http://{advertised})", args.listen);
-    eprintln!("  broker       {}", broker::redact(&args.amqp_url));
+    eprintln!("  broker       {}", broker_config.redacted());
     eprintln!("  state dir    {}", state_dir.display());
     eprintln!(
         "  leases       {} without a sign of life, then dispatched again",

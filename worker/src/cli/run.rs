@@ -24,14 +24,8 @@ use crate::transfer::bridge_client::BridgeClient;
 
 #[derive(Args, Debug)]
 pub(super) struct RunArgs {
-    /// RabbitMQ URL (amqp:// or amqps://).
-    #[arg(
-        long = "amqp",
-        env = "SEALFARM_AMQP_URL",
-        default_value = broker::DEFAULT_AMQP_URL,
-        hide_env_values = true
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: broker::BrokerArgs,
     /// Sealing directory, laid out as lotus does (unsealed/, sealed/, cache/).
     /// Default: ~/.sealfarm/sealing.
     #[arg(long, env = "SEALFARM_SEALING_PATH")]
@@ -236,7 +230,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     let config = WorkerConfig {
         worker_id: args.worker_id.unwrap_or_else(|| hostname.clone()),
         hostname,
-        amqp_url: args.amqp_url,
+        broker: args.broker.config()?,
         sealing,
         storage_id: storage.id,
         state_dir,
@@ -267,7 +261,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
         }
     };
     say(format!("sealfarm-worker {}", config.worker_id));
-    say(format!("  broker        {}", broker::redact(&config.amqp_url)));
+    say(format!("  broker        {}", config.broker.redacted()));
     say(format!("  sealing path  {} (storage {})", config.sealing.root().display(), config.storage_id));
     match &config.files {
         Some(files) => say(format!("  files         worker-local, served on {} as {}", files.listen, files.url)),

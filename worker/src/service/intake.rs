@@ -139,7 +139,9 @@ impl Worker {
                         FieldTable::default(),
                     )
                     .await
-                    .with_context(|| format!("consuming {queue}"))?;
+                    .with_context(|| {
+                        format!("consuming {queue} (the bridge declares the farm's queues: has one run on this vhost?)")
+                    })?;
                 consumer = Some(started);
             }
             let next = tokio::select! {
@@ -324,7 +326,7 @@ impl Worker {
                     format!("task rejected by sealfarm worker {}: {reason}", self.config.worker_id),
                 );
                 let result = self.result(task, now_ms(), Outcome::Failed(error));
-                broker.publish_json("", topology::RESULTS_QUEUE, &result, &[]).await?;
+                broker.publish_json(topology::RESULTS_EXCHANGE, "", &result, &[]).await?;
             }
             anyhow::Ok(())
         };

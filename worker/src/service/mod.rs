@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use sealfarm_runtime::broker::BrokerLink;
+use sealfarm_runtime::broker::{BrokerLink, Role};
 use sealfarm_runtime::retry::{self, Backoff};
 use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::hardware::Hardware;
@@ -65,7 +65,7 @@ use crate::sealing::layout::SealingPath;
 pub struct WorkerConfig {
     pub worker_id: String,
     pub hostname: String,
-    pub amqp_url: String,
+    pub broker: sealfarm_runtime::broker::BrokerConfig,
     pub sealing: SealingPath,
     /// The id of the sealing path (its `sectorstore.json`).
     pub storage_id: String,
@@ -172,7 +172,7 @@ struct Worker {
 /// Runs the worker until `shutdown` fires.
 pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
     let store = JobStore::open(&config.state_dir)?;
-    let link = BrokerLink::new(config.amqp_url.clone(), format!("sealfarm-worker {}", config.worker_id));
+    let link = BrokerLink::new(config.broker.clone(), format!("sealfarm-worker {}", config.worker_id), Role::Worker);
     let executor = Executor::new(config.sealing.clone())?;
     executor.warm().await?;
     let worker = Arc::new(Worker {

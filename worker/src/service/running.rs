@@ -228,7 +228,7 @@ impl Worker {
             tracing::warn!(call_id = %result.call_id, error = %format!("{err:#}"), "result kept for the next start");
             return;
         }
-        match self.link.publish_until_confirmed("", topology::RESULTS_QUEUE, &result, &[], &self.shutdown).await {
+        match self.link.publish_until_confirmed(topology::RESULTS_EXCHANGE, "", &result, &[], &self.shutdown).await {
             Ok(()) => {
                 if let Err(err) = self.store.done(key) {
                     tracing::error!(call_id = %result.call_id, error = %format!("{err:#}"), "result published but not marked done");
