@@ -16,6 +16,8 @@
 //! * [`auth`] — tokens: which one a request carries, compared in constant time;
 //! * [`blobs`] — C1 outputs and other payloads too large for a message;
 //! * [`consume`] — the one way the bridge consumes a queue;
+//! * [`senders`] — who published a message (RabbitMQ's validated `user_id`)
+//!   and whether that broker user may speak for the worker it names;
 //! * [`ops`] — the operators' HTTP API: status, controls, web dashboard, `/metrics`:
 //!   * [`ops::snapshot`] — the snapshot of the farm every view is drawn from;
 //!   * [`ops::queues`] — queue figures (broker protocol or management API);
@@ -35,5 +37,6 @@ pub mod calls;
 pub mod cli;
 pub(crate) mod consume;
 pub(crate) mod miner;
+pub mod senders;
 pub mod ops;
 pub(crate) mod workers;

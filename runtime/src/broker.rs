@@ -82,6 +82,7 @@ impl BrokerArgs {
             bail!("no RabbitMQ URL given (--amqp)");
         }
         let mut tls_wanted = false;
+        let mut users = Vec::new();
         for url in &urls {
             let parsed: lapin::uri::AMQPUri =
                 url.parse().map_err(|err| anyhow!("{} is not a RabbitMQ URL: {err}", redact(url)))?;
@@ -89,7 +90,21 @@ impl BrokerArgs {
                 lapin::uri::AMQPScheme::AMQPS => tls_wanted = true,
                 lapin::uri::AMQPScheme::AMQP => {}
             }
+            let external = parsed.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
+            if external && !url.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) {
+                bail!(
+                    "{}: with the x509 login (auth_mechanism=external) write the broker user the certificate logs \
+                     in as before the host (amqps://USER@host/…): sealfarm stamps its messages with it",
+                    redact(url)
+                );
+            }
+            users.push(parsed.authority.userinfo.username);
         }
+        users.dedup();
+        if users.len() > 1 {
+            bail!("every --amqp URL must log in as the same broker user (they are nodes of one cluster): {users:?}");
+        }
+        let user = users.remove(0);
         let mut tls = OwnedTLSConfig::default();
         if tls_wanted {
             install_crypto_provider();
@@ -104,7 +119,7 @@ impl BrokerArgs {
         } else if self.ca.is_some() || self.cert.is_some() {
             bail!("--amqp-ca/--amqp-cert are for amqps:// URLs, and every --amqp URL is plain amqp://");
         }
-        Ok(BrokerConfig { urls, tls })
+        Ok(BrokerConfig { urls, tls, user })
     }
 }
 
@@ -129,6 +144,9 @@ pub struct BrokerConfig {
     /// Every node's URL, tried in turn.
     pub urls: Vec<String>,
     tls: OwnedTLSConfig,
+    /// The broker user the URLs log in as: every message this process
+    /// publishes carries it as `user_id`, which RabbitMQ checks.
+    pub user: String,
 }
 
 impl BrokerConfig {
@@ -153,13 +171,15 @@ pub enum Role {
 pub struct Broker {
     pub connection: Connection,
     publisher: Channel,
+    /// The `user_id` of every message published here: the connection's user.
+    user: ShortString,
     /// The URL this connection was made to (with its password).
     pub url: String,
 }
 
 impl Broker {
     /// Connects to one node, enables publisher confirms and declares the topology.
-    pub async fn connect(url: &str, tls: &OwnedTLSConfig, name: &str, role: Role) -> Result<Broker> {
+    pub async fn connect(url: &str, tls: &OwnedTLSConfig, user: &str, name: &str, role: Role) -> Result<Broker> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let runtime = lapin::runtime::default_runtime()?;
         let connecting = Connection::connect_with_config(url, properties, tls.clone(), runtime);
@@ -173,7 +193,7 @@ impl Broker {
         if role == Role::Bridge {
             topology::declare(&publisher).await.context("declaring the sealfarm topology")?;
         }
-        Ok(Broker { connection, publisher, url: url.to_string() })
+        Ok(Broker { connection, publisher, user: user.into(), url: url.to_string() })
     }
 
     /// Declares a queue (idempotent), e.g. a worker's own queue before the
@@ -241,6 +261,7 @@ impl Broker {
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
+            .with_user_id(self.user.clone())
             .with_headers(table);
         let mut pauses = crate::retry::Backoff::new(crate::retry::NACK);
         for attempt in 1.. {
@@ -316,7 +337,7 @@ impl BrokerLink {
         let mut failures = Vec::new();
         for i in 0..urls.len() {
             let index = (first + i) % urls.len();
-            match Broker::connect(&urls[index], &self.config.tls, &self.name, self.role).await {
+            match Broker::connect(&urls[index], &self.config.tls, &self.config.user, &self.name, self.role).await {
                 Ok(broker) => {
                     if current.is_some() || i > 0 {
                         tracing::info!(node = %redact(&urls[index]), "connected to RabbitMQ");
@@ -339,6 +360,11 @@ impl BrokerLink {
             1 => Err(anyhow!(failures.remove(0))),
             n => Err(anyhow!("none of the {n} RabbitMQ nodes could be reached: {}", failures.join("; "))),
         }
+    }
+
+    /// The broker user this process logs in as (and stamps its messages with).
+    pub fn user(&self) -> &str {
+        &self.config.user
     }
 
     /// The broker URLs this link uses, without passwords.
@@ -387,6 +413,12 @@ impl BrokerLink {
             let _ = broker.connection.close(200, "sealfarm stopping".into()).await;
         }
     }
+}
+
+/// The broker user that published a delivery, as RabbitMQ validated it
+/// (None: the publisher set no `user_id`, which no sealfarm process does).
+pub fn publisher(delivery: &lapin::message::Delivery) -> Option<&str> {
+    delivery.properties.user_id().as_ref().map(|user| user.as_str())
 }
 
 /// A string header of a delivery.

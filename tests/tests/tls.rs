@@ -188,7 +188,7 @@ async fn amqps_connects_with_tls_only_to_the_right_broker_and_logs_in_with_a_cer
     // A real worker logs in with its certificate (RabbitMQ's x509 login: no
     // password in its URL) and announces itself.
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("amqps://localhost:{TLS_PORT}/{}?auth_mechanism=external", vhost.name);
+    let url = format!("amqps://{CERT_USER}@localhost:{TLS_PORT}/{}?auth_mechanism=external", vhost.name);
     let ca = file("ca.pem").display().to_string();
     let (cert, key) = (file("client.pem").display().to_string(), file("client.key").display().to_string());
     let worker = sealfarm_tests::FarmProcess::start_with(

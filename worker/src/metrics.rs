@@ -39,6 +39,7 @@ pub struct Metrics {
     pub job_duration: Histograms,
     pub queue_wait: Histograms,
     pub redeliveries: Family<Labels, Counter>,
+    pub refused_controls: Family<Labels, Counter>,
     pub dead_lettered: Family<Labels, Counter>,
     pub executor_restarts: Family<Labels, Counter>,
     running_jobs: Family<Labels, Gauge>,
@@ -86,6 +87,12 @@ impl Metrics {
             redeliveries: metric!(
                 "redeliveries",
                 "Deliveries the broker had handed out before (a consumer died or gave them back)",
+                Family::default()
+            ),
+            refused_controls: metric!(
+                "refused_controls",
+                "Control messages refused, by reason (not_the_bridge: another broker user sent it; \
+                 not_own_queue: it came on a stage queue)",
                 Family::default()
             ),
             dead_lettered: metric!("dead_lettered", "Messages this worker dead-lettered, by reason", Family::default()),

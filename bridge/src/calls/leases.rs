@@ -30,6 +30,7 @@ use crate::calls::store::{Call, CallState, Durability, RowState};
 use crate::calls::Calls;
 use crate::consume::consume;
 use crate::workers::WorkerView;
+use crate::senders::Refusal;
 
 /// What the bridge knows of a held call.
 #[derive(Clone, Debug)]
@@ -95,7 +96,10 @@ impl Leases {
                 let this = this.clone();
                 async move {
                     match serde_json::from_slice::<EventMessage>(&delivery.data) {
-                        Ok(event) => this.on_event(event).await?,
+                        Ok(event) => match this.check_sender(&delivery, &event).await {
+                            Ok(()) => this.on_event(event).await?,
+                            Err(refusal) => this.calls.senders.refuse("event", &refusal),
+                        },
                         Err(err) => tracing::debug!(error = %err, "unreadable event ignored"),
                     }
                     Ok(())
@@ -116,6 +120,17 @@ impl Leases {
             tracing::info!(silent_for = ?last.elapsed(), "worker events again after a silence; leases get a grace");
         }
         *last = Instant::now();
+    }
+
+    /// The event's publisher may speak for its worker, and a heartbeat's
+    /// file server is where workers may be.
+    async fn check_sender(&self, delivery: &lapin::message::Delivery, event: &EventMessage) -> Result<(), Refusal> {
+        let senders = &self.calls.senders;
+        senders.check_worker(delivery, &event.worker)?;
+        if let EventKind::Heartbeat { files_url: Some(url), .. } = &event.event {
+            senders.check_files_url(&event.worker, url).await?;
+        }
+        Ok(())
     }
 
     async fn on_event(self: &Arc<Self>, event: EventMessage) -> Result<()> {

@@ -46,6 +46,8 @@ pub struct Calls {
     /// Ids of the storage paths the bridge mounts itself (shared storage).
     pub shared_storage: Vec<String>,
     pub metrics: Arc<Metrics>,
+    /// Who may publish for which worker.
+    pub senders: Arc<crate::senders::Senders>,
     /// Returns the miner did not accept yet, per call: failed tries.
     pub return_failures: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, u32>>,
     /// Piece data received for AddPiece calls, removed once their result is stored.

@@ -26,6 +26,10 @@ impl Calls {
             async move {
                 match serde_json::from_slice::<ResultMessage>(&delivery.data) {
                     Ok(result) => {
+                        if let Err(refusal) = this.senders.check_worker(&delivery, &result.worker) {
+                            this.senders.refuse("result", &refusal);
+                            return Ok(());
+                        }
                         // Durable first, then ack: a crash in between only repeats the store.
                         if let Some(call) = this.record_result(&result)? {
                             this.spawn_deliver(call);
@@ -49,6 +53,15 @@ impl Calls {
                 let Ok(task) = serde_json::from_slice::<TaskMessage>(&delivery.data) else {
                     return Ok(()); // no call to fail: the operator reads it in sealfarm.dead-letters
                 };
+                // The broker dead-lettering one of this bridge's tasks keeps
+                // its user_id; a worker dead-lettering one says who it is.
+                if !this.senders.is_bridge(&delivery) {
+                    let worker = header(&delivery, topology::WORKER_HEADER).unwrap_or_default();
+                    if let Err(refusal) = this.senders.check_worker(&delivery, &worker) {
+                        this.senders.refuse("dead_letter", &refusal);
+                        return Ok(());
+                    }
+                }
                 let Some(call) = this.store.get(&task.call_id.to_string())? else { return Ok(()) };
                 let reason = dead_letter_reason(&delivery);
                 this.metrics.dead_letters.get_or_create(&vec![("stage", task.stage().to_string())]).inc();

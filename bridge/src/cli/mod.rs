@@ -233,6 +233,27 @@ struct RunArgs {
     /// `token-worker` file in the state directory, made at the first start.
     #[arg(long, env = "SEALFARM_WORKER_TOKEN", hide_env_values = true)]
     worker_token: Option<String>,
+    /// The broker user each worker logs in as, `{id}` standing for its
+    /// worker id: the bridge takes a worker's heartbeats, claims, progress,
+    /// results and dead letters only when RabbitMQ says that user published
+    /// them (or this bridge's own user, for a farm on one shared account).
+    #[arg(long, env = "SEALFARM_WORKER_USER_RULE", default_value = "worker-{id}")]
+    worker_user_rule: String,
+    /// A worker whose broker user does not follow the rule: `ID=USER`
+    /// (repeatable or comma-separated).
+    #[arg(long = "worker-user", env = "SEALFARM_WORKER_USERS", value_delimiter = ',', value_parser = crate::senders::parse_binding)]
+    worker_users: Vec<(String, String)>,
+    /// The networks a worker's file server (its heartbeat's files_url) may be
+    /// in: the bridge sends the files token there. CIDR blocks or addresses,
+    /// comma-separated. Default: loopback, private and link-local ranges.
+    #[arg(
+        long,
+        env = "SEALFARM_WORKER_NETWORKS",
+        value_delimiter = ',',
+        default_value = crate::senders::DEFAULT_WORKER_NETWORKS,
+        value_parser = crate::senders::parse_network
+    )]
+    worker_networks: Vec<ipnet::IpNet>,
 }
 
 /// Parses a byte count: `104857600`, `512KiB`, `100MiB`, `1GiB`.

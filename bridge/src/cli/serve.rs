@@ -53,6 +53,16 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let link = Arc::new(BrokerLink::new(broker_config.clone(), "sealfarm-bridge".into(), broker::Role::Bridge));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker_config.redacted()))?;
     let metrics = Arc::new(Metrics::new());
+    let users = crate::senders::WorkerUsers {
+        bridge_user: link.user().to_string(),
+        rule: args.worker_user_rule.clone(),
+        bound: args.worker_users.iter().cloned().collect(),
+    };
+    let senders = Arc::new(crate::senders::Senders::new(
+        users,
+        args.worker_networks.clone(),
+        metrics.refused_messages.clone(),
+    ));
     let calls = Arc::new(Calls {
         store,
         blobs: blobs.clone(),
@@ -63,6 +73,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         farm: Arc::new(Farm::new(args.lease_timeout)),
         shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
         metrics: metrics.clone(),
+        senders,
         return_failures: Default::default(),
         pieces: pieces.clone(),
         large_returns: tokio::sync::Semaphore::new(1),

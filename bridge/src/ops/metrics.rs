@@ -47,6 +47,7 @@ pub struct Metrics {
     pub(super) worker_jobs: Family<Labels, Gauge>,
     pub(super) queue_messages: Family<Labels, Gauge>,
     pub(super) queue_consumers: Family<Labels, Gauge>,
+    pub refused_messages: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -79,6 +80,12 @@ impl Metrics {
                 Family::default()
             ),
             lease_expiries: metric!("lease_expiries", "Leases that expired (a worker went silent)", Counter::default()),
+            refused_messages: metric!(
+                "refused_messages",
+                "Messages refused because of who sent them, by kind (result, event, dead_letter) and reason \
+                 (no_user_id, wrong_user, files_url)",
+                Family::default()
+            ),
             dead_letters: metric!("dead_letters", "Tasks the farm dead-lettered, by stage", Family::default()),
             dead_letters_waiting: metric!(
                 "dead_letters_waiting",

@@ -93,6 +93,11 @@ pub(super) struct RunArgs {
     /// worker at once (choose it when this machine goes away for long).
     #[arg(long, env = "SEALFARM_ON_STOP", value_enum, default_value_t = OnStopArg::Resume)]
     on_stop: OnStopArg,
+    /// The bridge's broker user: control messages (drain, resume, stop a
+    /// superseded job) are obeyed only when RabbitMQ says it published them.
+    /// Default: this worker's own broker user (a farm on one shared account).
+    #[arg(long, env = "SEALFARM_BRIDGE_USER")]
+    bridge_user: Option<String>,
     /// Pause before running again a job whose last run ended without a result
     /// (the process died under it); doubles with each run. After 3 runs the
     /// task is dead-lettered as poison and its call fails.
@@ -230,6 +235,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     let config = WorkerConfig {
         worker_id: args.worker_id.unwrap_or_else(|| hostname.clone()),
         hostname,
+        bridge_user: args.bridge_user.clone(),
         broker: args.broker.config()?,
         sealing,
         storage_id: storage.id,

@@ -183,6 +183,25 @@ impl Worker {
             self.metrics.redeliveries.get_or_create(&vec![("queue", queue.clone())]).inc();
         }
         if let Some(control) = control_message(&delivery.data) {
+            let own_queue = topology::worker_queue(&self.config.worker_id);
+            let bridge = self.config.bridge_user.as_deref().unwrap_or(self.link.user());
+            let publisher = sealfarm_runtime::broker::publisher(&delivery);
+            let refused = if queue != own_queue {
+                Some(("not_own_queue", format!("a control message came on {queue}, not on {own_queue}")))
+            } else if publisher != Some(bridge) {
+                Some((
+                    "not_the_bridge",
+                    format!("broker user {publisher:?} sent a control message; only the bridge's ({bridge}) are obeyed"),
+                ))
+            } else {
+                None
+            };
+            if let Some((reason, detail)) = refused {
+                tracing::warn!(reason, ?control, "{detail}; control message refused");
+                self.metrics.refused_controls.get_or_create(&vec![("reason", reason.to_string())]).inc();
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                return;
+            }
             self.control(control);
             let _ = delivery.ack(BasicAckOptions::default()).await;
             // Watchers (the bridge's views) see a drain or resume at once.

@@ -66,6 +66,8 @@ pub struct WorkerConfig {
     pub worker_id: String,
     pub hostname: String,
     pub broker: sealfarm_runtime::broker::BrokerConfig,
+    /// The bridge's broker user, whose control messages are obeyed (None: this worker's own).
+    pub bridge_user: Option<String>,
     pub sealing: SealingPath,
     /// The id of the sealing path (its `sectorstore.json`).
     pub storage_id: String,
