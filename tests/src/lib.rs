@@ -128,6 +128,11 @@ impl TestVhost {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `rabbitmqctl ARGS` against this vhost's broker, whatever its outcome.
+    pub fn rabbitmqctl_output(&self, args: &[&str]) -> std::process::Output {
+        self.rabbitmqctl_command(args).output().expect("rabbitmqctl runs")
+    }
+
     fn rabbitmqctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new("rabbitmqctl");
         if let Some(node) = &self.node {
