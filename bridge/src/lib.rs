@@ -37,6 +37,6 @@ pub mod calls;
 pub mod cli;
 pub(crate) mod consume;
 pub(crate) mod miner;
-pub mod senders;
 pub mod ops;
+pub mod senders;
 pub(crate) mod workers;

@@ -110,14 +110,17 @@ impl Senders {
     /// Checks that a worker's file server address lies inside the allowed networks.
     pub async fn check_files_url(&self, worker: &str, url: &str) -> Result<(), Refusal> {
         let refuse = |detail: String| Refusal { reason: "files_url", detail };
-        let parsed = reqwest::Url::parse(url).map_err(|e| refuse(format!("worker {worker}: files_url {url:?}: {e}")))?;
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| refuse(format!("worker {worker}: files_url {url:?}: {e}")))?;
         let port = parsed.port_or_known_default().unwrap_or(80);
         let addresses: Vec<IpAddr> = match parsed.host() {
             Some(url::Host::Ipv4(ip)) => vec![ip.into()],
             Some(url::Host::Ipv6(ip)) => vec![ip.into()],
             Some(url::Host::Domain(name)) => match tokio::net::lookup_host((name, port)).await {
                 Ok(found) => found.map(|a| a.ip()).collect(),
-                Err(e) => return Err(refuse(format!("worker {worker}: files_url host {name:?} does not resolve: {e}"))),
+                Err(e) => {
+                    return Err(refuse(format!("worker {worker}: files_url host {name:?} does not resolve: {e}")))
+                }
             },
             None => return Err(refuse(format!("worker {worker}: files_url {url:?} names no host"))),
         };

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -91,7 +91,9 @@ impl BrokerArgs {
                 lapin::uri::AMQPScheme::AMQP => {}
             }
             let external = parsed.query.auth_mechanism == Some(lapin::uri::SASLMechanism::External);
-            if external && !url.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@')) {
+            if external
+                && !url.split("://").nth(1).is_some_and(|rest| rest.split('/').next().unwrap_or("").contains('@'))
+            {
                 bail!(
                     "{}: with the x509 login (auth_mechanism=external) write the broker user the certificate logs \
                      in as before the host (amqps://USER@host/…): sealfarm stamps its messages with it",

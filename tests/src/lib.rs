@@ -192,7 +192,7 @@ impl TaskSender {
         Ok(TaskSender { channel })
     }
 
-    /// Publishes raw bytes to a queue and waits for the confirm.
+    /// Publishes raw bytes to a queue (through the default exchange) and waits for the confirm.
     pub async fn publish_raw(&self, queue: &str, body: &[u8]) -> Result<()> {
         let confirm = self
             .channel
@@ -201,7 +201,9 @@ impl TaskSender {
                 queue.into(),
                 BasicPublishOptions { mandatory: true, ..Default::default() },
                 body,
-                BasicProperties::default().with_delivery_mode(2),
+                // Stamped with the test vhosts' account, as sealfarm stamps its own
+                // messages: the bridge takes results only with a user_id.
+                BasicProperties::default().with_delivery_mode(2).with_user_id("guest".into()),
             )
             .await?
             .await?;
@@ -785,4 +787,38 @@ impl BridgeFarm {
             &[],
         );
     }
+}
+
+/// `count` AddPiece calls through the farm, `window` in flight; calls per second.
+pub async fn farm_round_trips(
+    miner: &std::sync::Arc<devminer::DevMiner>,
+    worker: &std::sync::Arc<devminer::ConnectedWorker>,
+    number: &mut u64,
+    count: usize,
+    window: usize,
+) -> Result<f64> {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(window));
+    let started = std::time::Instant::now();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let permit = slots.clone().acquire_owned().await?;
+        // A failed call ends the run at once rather than after every other one.
+        while let Some(done) = calls.try_join_next() {
+            done??;
+        }
+        let sector = devminer::sector_ref(*number, sealfarm_schemas::RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
+        *number += 1;
+        let (miner, worker) = (miner.clone(), worker.clone());
+        calls.spawn(async move {
+            let call: sealfarm_schemas::CallId =
+                worker.client.call("AddPiece", devminer::add_piece_params(sector)).await.context("AddPiece")?;
+            miner.wait_for_return(&call, Duration::from_secs(30)).await?;
+            drop(permit);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done??;
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }

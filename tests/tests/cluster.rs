@@ -28,11 +28,7 @@ static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn cluster(args: &[&str], vhost: &TestVhost) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster");
     let out = Command::new(script).args(args).env("VHOST", &vhost.name).output().expect("the cluster script runs");
-    assert!(
-        out.status.success(),
-        "scripts/rabbitmq-cluster {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "scripts/rabbitmq-cluster {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -100,7 +96,14 @@ enum Failure {
 /// A bridge and two workers on the cluster (URL orders given; the queues
 /// declared from `leader`), two sectors sealed and an AddPiece stream while
 /// node `victim` fails; checks every call and prints the longest wait.
-async fn farm_survives(label: &str, leader: usize, bridge: [usize; 3], workers: [[usize; 3]; 2], victim: usize, failure: Failure) {
+async fn farm_survives(
+    label: &str,
+    leader: usize,
+    bridge: [usize; 3],
+    workers: [[usize; 3]; 2],
+    victim: usize,
+    failure: Failure,
+) {
     let _one_at_a_time = CLUSTER.lock().await;
     let vhost = TestVhost::on_cluster(label);
     declare_from(&vhost, leader).await;

@@ -125,7 +125,11 @@ async fn declare(url: &str, queue: &str) -> Result<(), String> {
     let connection = Connection::connect(url, ConnectionProperties::default()).await.map_err(|e| e.to_string())?;
     let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
     let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    let declared = channel.queue_declare(queue.into(), options, FieldTable::default()).await.map(|_| ()).map_err(|e| e.to_string());
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string());
     let _ = connection.close(200, "done".into()).await;
     declared
 }
@@ -165,7 +169,12 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     let bridge_url = bridge.url(&vhost);
     let farm = BridgeFarm::start_in(vhost, SectorSize::KIB2, &["--amqp", &bridge_url]).await;
     let vhost = &farm.vhost;
-    let worker = farm.start_worker_with(&honest_id, "ap", "2KiB", &["--amqp", &honest.url(vhost), "--bridge-user", &bridge.name]);
+    let worker = farm.start_worker_with(
+        &honest_id,
+        "ap",
+        "2KiB",
+        &["--amqp", &honest.url(vhost), "--bridge-user", &bridge.name],
+    );
     let proof = RegisteredSealProof::STACKED_DRG_2KIB_V1_1;
     let call: sealfarm_schemas::CallId =
         farm.worker.client.call("AddPiece", add_piece_params(sector_ref(1, proof))).await.unwrap();
@@ -201,7 +210,8 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     // A forged result: the compromised worker's account speaks for the
     // honest worker on a call no worker serves (ReleaseUnsealed).
     let sector = sector_ref(1, proof);
-    let open: sealfarm_schemas::CallId = farm.worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
+    let open: sealfarm_schemas::CallId =
+        farm.worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
     let forged = |worker: &str| ResultMessage {
         schema: SCHEMA_VERSION,
         call_id: open.id,

@@ -57,8 +57,21 @@ fn make_pki(dir: &Path) {
         openssl(
             dir,
             &[
-                "x509", "-req", "-days", "2", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", &pem, "-extfile", &extfile,
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-extfile",
+                &extfile,
             ],
         );
     }
@@ -134,7 +147,16 @@ async fn connect(args: BrokerArgs) -> Result<(), String> {
 /// `(user, ssl, auth_mechanism)` of every connection to the vhost.
 fn connections(vhost: &TestVhost) -> Vec<(String, String, String)> {
     vhost
-        .rabbitmqctl(&["list_connections", "-p", &vhost.name, "user", "ssl", "auth_mechanism", "--no-table-headers", "-q"])
+        .rabbitmqctl(&[
+            "list_connections",
+            "-p",
+            &vhost.name,
+            "user",
+            "ssl",
+            "auth_mechanism",
+            "--no-table-headers",
+            "-q",
+        ])
         .lines()
         .filter_map(|l| {
             let mut f = l.split('\t');

@@ -29,8 +29,8 @@ use uuid::Uuid;
 use crate::calls::store::{Call, CallState, Durability, RowState};
 use crate::calls::Calls;
 use crate::consume::consume;
-use crate::workers::WorkerView;
 use crate::senders::Refusal;
+use crate::workers::WorkerView;
 
 /// What the bridge knows of a held call.
 #[derive(Clone, Debug)]

@@ -297,7 +297,8 @@ async fn main() -> Result<()> {
         wait_for_workers(&vhost, &["sim-box"], Duration::from_secs(60)).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         eprintln!("bench: throughput, {} round trips, {} in flight", options.round_trips, options.window);
-        let farm_rate = farm_round_trips(&miner, &worker, &mut number, options.round_trips, options.window).await?;
+        let farm_rate =
+            sealfarm_tests::farm_round_trips(&miner, &worker, &mut number, options.round_trips, options.window).await?;
         let raw_rate = raw_round_trips(&vhost, options.round_trips, options.window).await?;
         report.push_str(&format!(
             "\n### Throughput ({} round trips, {} in flight, zero-length jobs)\n\n\
@@ -479,39 +480,6 @@ async fn scale(run_dir: &std::path::Path, workers: usize, calls: usize) -> Resul
          | idle worker RSS (its executor child: {executor_rss:.1} MiB) | {worker_rss:.1} MiB | ≤ 40 MB (38.1 MiB) |\n",
         cpu_share * 100.0
     ))
-}
-
-/// `count` AddPiece calls through the farm, `window` in flight; calls per second.
-async fn farm_round_trips(
-    miner: &Arc<DevMiner>,
-    worker: &Arc<sealfarm_tests::devminer::ConnectedWorker>,
-    number: &mut u64,
-    count: usize,
-    window: usize,
-) -> Result<f64> {
-    let slots = Arc::new(tokio::sync::Semaphore::new(window));
-    let started = std::time::Instant::now();
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..count {
-        let permit = slots.clone().acquire_owned().await?;
-        // A failed call ends the run at once rather than after every other one.
-        while let Some(done) = calls.try_join_next() {
-            done??;
-        }
-        let sector = sector_ref(*number, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
-        *number += 1;
-        let (miner, worker) = (miner.clone(), worker.clone());
-        calls.spawn(async move {
-            let call: CallId = worker.client.call("AddPiece", add_piece_params(sector)).await.context("AddPiece")?;
-            miner.wait_for_return(&call, Duration::from_secs(30)).await?;
-            drop(permit);
-            anyhow::Ok(())
-        });
-    }
-    while let Some(done) = calls.join_next().await {
-        done??;
-    }
-    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 /// The same round trip on the bare broker: a task published with a confirm

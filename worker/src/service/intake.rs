@@ -191,7 +191,9 @@ impl Worker {
             } else if publisher != Some(bridge) {
                 Some((
                     "not_the_bridge",
-                    format!("broker user {publisher:?} sent a control message; only the bridge's ({bridge}) are obeyed"),
+                    format!(
+                        "broker user {publisher:?} sent a control message; only the bridge's ({bridge}) are obeyed"
+                    ),
                 ))
             } else {
                 None
