@@ -14,17 +14,25 @@
 //! the miner fetches a sector from it, so it is taken only inside the
 //! networks the operator allows (`--worker-networks`).
 //!
+//! A result must also come from whoever received its attempt's task: each
+//! task is published with an `attempt_token`, a MAC of its call and attempt
+//! under a key only the bridge has (`attempt-key` in its state directory),
+//! and the result must hand it back. A worker account can then return
+//! results only for the tasks it was given, not for any open call.
+//!
 //! What is refused is logged with its reason and counted in
 //! `sealfarm_refused_messages_total{kind, reason}`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use hmac::{Hmac, Mac};
 use ipnet::IpNet;
 use lapin::message::Delivery;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use sealfarm_runtime::metrics::Labels;
+use sealfarm_schemas::{ResultMessage, TaskMessage};
 
 /// The networks a worker's file server may be in unless told otherwise:
 /// loopback, the private ranges (RFC 1918, carrier-grade NAT, IPv6 ULA) and
@@ -69,14 +77,68 @@ impl std::fmt::Display for Refusal {
 /// The bridge's checks of who sent what.
 pub struct Senders {
     pub users: WorkerUsers,
+    /// The key of the attempt tokens.
+    attempt_key: Vec<u8>,
     pub networks: Vec<IpNet>,
     /// `sealfarm_refused_messages_total{kind, reason}`.
     pub refused: Family<Labels, Counter>,
 }
 
 impl Senders {
-    pub fn new(users: WorkerUsers, networks: Vec<IpNet>, refused: Family<Labels, Counter>) -> Self {
-        Senders { users, networks, refused }
+    pub fn new(users: WorkerUsers, attempt_key: &str, networks: Vec<IpNet>, refused: Family<Labels, Counter>) -> Self {
+        Senders { users, attempt_key: attempt_key.as_bytes().to_vec(), networks, refused }
+    }
+
+    /// The token of one attempt of one call.
+    fn token(&self, call_id: uuid::Uuid, attempt: u32) -> String {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.attempt_key).expect("HMAC takes any key");
+        mac.update(call_id.as_bytes());
+        mac.update(&attempt.to_be_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// `task` as it is published: with its attempt's token.
+    pub fn stamped(&self, task: &TaskMessage) -> TaskMessage {
+        TaskMessage { attempt_token: Some(self.token(task.call_id, task.attempt)), ..task.clone() }
+    }
+
+    /// Whether `token` is the one handed out with that attempt's task.
+    fn holds(&self, call_id: uuid::Uuid, attempt: u32, token: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        let expected = self.token(call_id, attempt);
+        token.is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())))
+    }
+
+    /// A result: from the broker user of the worker it names, carrying the
+    /// token of the attempt it answers.
+    pub fn check_result(&self, delivery: &Delivery, result: &ResultMessage) -> Result<(), Refusal> {
+        self.check_worker(delivery, &result.worker)?;
+        if !self.holds(result.call_id, result.attempt, result.attempt_token.as_deref()) {
+            return Err(Refusal {
+                reason: "not_the_holder",
+                detail: format!(
+                    "worker {} sent a result for attempt {} of call {} without that attempt's token (it was never \
+                     handed that task)",
+                    result.worker, result.attempt, result.call_id
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// A task a worker dead-lettered: from that worker's user, and a task it was handed.
+    pub fn check_dead_letter(&self, delivery: &Delivery, worker: &str, task: &TaskMessage) -> Result<(), Refusal> {
+        self.check_worker(delivery, worker)?;
+        if !self.holds(task.call_id, task.attempt, task.attempt_token.as_deref()) {
+            return Err(Refusal {
+                reason: "not_the_holder",
+                detail: format!(
+                    "worker {worker} dead-lettered attempt {} of call {} without that attempt's token",
+                    task.attempt, task.call_id
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Checks that `delivery` was published by the broker user of `worker`
@@ -172,7 +234,7 @@ mod tests {
             bound: [("gpu-7".to_string(), "prover".to_string())].into(),
         };
         let networks = DEFAULT_WORKER_NETWORKS.split(',').map(|n| parse_network(n).unwrap()).collect();
-        Senders::new(users, networks, Family::default())
+        Senders::new(users, "a key of the tests", networks, Family::default())
     }
 
     #[test]
@@ -194,6 +256,24 @@ mod tests {
             assert_eq!(refusal.reason, "files_url");
         }
         assert!(s.check_files_url("w", "http://localhost:3457").await.is_ok(), "a name is resolved");
+    }
+
+    #[test]
+    fn an_attempt_token_is_the_bridges_and_names_one_attempt_of_one_call() {
+        let s = senders();
+        let sector = sealfarm_schemas::SectorRef {
+            id: sealfarm_schemas::SectorId { miner: 1000, number: 1 },
+            proof_type: sealfarm_schemas::RegisteredSealProof::STACKED_DRG_2KIB_V1_1,
+        };
+        let task = TaskMessage::new(sector, sealfarm_schemas::Task::Fin {});
+        let stamped = s.stamped(&task);
+        let token = stamped.attempt_token.as_deref();
+        assert!(s.holds(task.call_id, task.attempt, token));
+        assert!(!s.holds(task.call_id, task.attempt + 1, token), "another attempt");
+        assert!(!s.holds(uuid::Uuid::new_v4(), task.attempt, token), "another call");
+        assert!(!s.holds(task.call_id, task.attempt, None), "no token");
+        let other = Senders::new(s.users.clone(), "another bridge's key", vec![], Family::default());
+        assert!(!other.holds(task.call_id, task.attempt, token), "another key");
     }
 
     #[test]

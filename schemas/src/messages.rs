@@ -334,6 +334,11 @@ pub struct TaskMessage {
     /// go before those of committed-capacity sectors, as in lotus.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deal: bool,
+    /// The bridge's proof that this attempt was handed out (a MAC of call
+    /// and attempt): whoever holds the task can return its result, and the
+    /// result must carry it back. Set as the task is published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_token: Option<String>,
     #[serde(flatten)]
     pub task: Task,
 }
@@ -348,6 +353,7 @@ impl TaskMessage {
             issued_at_ms: now_ms(),
             ticket_deadline_ms: None,
             deal: false,
+            attempt_token: None,
             task,
         }
     }
@@ -500,6 +506,10 @@ pub struct ResultMessage {
     pub started_at_ms: u64,
     pub finished_at_ms: u64,
     pub outcome: Outcome,
+    /// The task's `attempt_token`, handed back: the bridge takes a result
+    /// only from whoever received that attempt's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_token: Option<String>,
 }
 
 /// A job a worker holds (running or waiting for a slot), as its heartbeat reports it.

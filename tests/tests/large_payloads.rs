@@ -167,6 +167,7 @@ async fn a_40_mib_c1_output_reaches_the_miner_through_the_blob_path() {
         started_at_ms: 1,
         finished_at_ms: 2,
         outcome: Outcome::Done(StageOutput::C1 { c1_out: Payload::Blob(blob.clone()) }),
+        attempt_token: task.attempt_token.clone(),
     };
     // Publishes only: a consumer of the results queue would compete with the bridge.
     let connection = lapin::Connection::connect(&farm.vhost.url(), Default::default()).await.unwrap();

@@ -134,6 +134,23 @@ async fn declare(url: &str, queue: &str) -> Result<(), String> {
     declared
 }
 
+/// Takes the next message of `queue` (acknowledged), as a worker would.
+async fn take(url: &str, queue: &str) -> sealfarm_schemas::TaskMessage {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivery = loop {
+        if let Some(message) = channel.basic_get(queue.into(), Default::default()).await.unwrap() {
+            break message.delivery;
+        }
+        assert!(Instant::now() < deadline, "nothing in {queue}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    delivery.ack(Default::default()).await.unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    serde_json::from_slice(&delivery.data).unwrap()
+}
+
 fn refused(outcome: Result<(), String>, what: &str) {
     let error = outcome.expect_err(&format!("{what} must be refused"));
     assert!(error.contains("ACCESS_REFUSED"), "{what}: refused by the broker's permissions, not {error}");
@@ -212,7 +229,7 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     let sector = sector_ref(1, proof);
     let open: sealfarm_schemas::CallId =
         farm.worker.client.call("ReleaseUnsealed", json!([sector, null])).await.unwrap();
-    let forged = |worker: &str| ResultMessage {
+    let forged = |worker: &str, attempt_token: Option<String>| ResultMessage {
         schema: SCHEMA_VERSION,
         call_id: open.id,
         attempt: 1,
@@ -223,10 +240,14 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
         started_at_ms: now_ms(),
         finished_at_ms: now_ms(),
         outcome: Outcome::Failed(CallError::new(ErrorCode::UNKNOWN, "forged")),
+        attempt_token,
     };
-    let body = serde_json::to_vec(&forged(&honest_id)).unwrap();
+    let body = serde_json::to_vec(&forged(&honest_id, None)).unwrap();
     publish(&evil_url, Some(&evil.name), topology::RESULTS_EXCHANGE, "", &body).await.unwrap();
     publish(&evil_url, None, topology::RESULTS_EXCHANGE, "", &body).await.unwrap();
+    // In its own name: a result for a task it was never handed (no attempt token).
+    let own = serde_json::to_vec(&forged(&evil_id, None)).unwrap();
+    publish(&evil_url, Some(&evil.name), topology::RESULTS_EXCHANGE, "", &own).await.unwrap();
     // A forged heartbeat: the compromised worker's own id, its file server
     // outside the farm's networks (the files token would go there).
     let heartbeat = |worker: &str, files_url: &str| {
@@ -255,6 +276,7 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     let wanted = [
         r#"sealfarm_refused_messages_total{kind="result",reason="wrong_user"} 1"#,
         r#"sealfarm_refused_messages_total{kind="result",reason="no_user_id"} 1"#,
+        r#"sealfarm_refused_messages_total{kind="result",reason="not_the_holder"} 1"#,
         r#"sealfarm_refused_messages_total{kind="event",reason="files_url"} 1"#,
         r#"sealfarm_refused_messages_total{kind="event",reason="wrong_user"} 1"#,
     ];
@@ -294,7 +316,14 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     assert_eq!(workers[0]["state"], json!("enabled"), "the forged drain was not obeyed");
     assert_ne!(workers[0]["hostname"], json!("evil"), "the impostor's heartbeat was not taken");
 
-    // The honest worker's own account is believed: the same result, from it, is returned.
+    // Whoever is handed the task (here the test, taking it from its queue)
+    // has its attempt token; with it, the honest worker's account is believed.
+    let ru_queue = topology::task_queue(Stage::Ru, SectorSize::KIB2);
+    let task = take(&guest, &ru_queue).await;
+    assert_eq!(task.call_id, open.id);
+    let token = task.attempt_token.clone();
+    assert!(token.is_some(), "tasks are published with their attempt token");
+    let body = serde_json::to_vec(&forged(&honest_id, token)).unwrap();
     publish(&honest.url(vhost), Some(&honest.name), topology::RESULTS_EXCHANGE, "", &body).await.unwrap();
     let returned = farm.miner.wait_for_return(&open, Duration::from_secs(30)).await.unwrap();
     assert_eq!(returned.params[1]["Message"], json!("forged"), "{:?}", returned.params);

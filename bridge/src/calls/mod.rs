@@ -84,6 +84,7 @@ impl Calls {
             ticket_deadline_ms: (task.stage() == Stage::Pc1)
                 .then(|| issued_at_ms + self.ticket_window.as_millis() as u64),
             deal: self.store.is_deal(sector.id),
+            attempt_token: None,
             task,
         };
         let routed = self.route(&message, None);
@@ -172,7 +173,8 @@ impl Calls {
                             tracing::warn!(error = %format!("{err:#}"), "task not published");
                             return;
                         }
-                        match this.link.publish_until_confirmed("", &queue, &task, &[], &this.shutdown).await {
+                        let stamped = this.senders.stamped(&task);
+                        match this.link.publish_until_confirmed("", &queue, &stamped, &[], &this.shutdown).await {
                             Ok(()) => {
                                 let id = task.call_id.to_string();
                                 let _ = this.store.apply(&id, Durability::Lazy, |c| c.dispatched(task.attempt, &queue));

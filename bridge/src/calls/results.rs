@@ -26,7 +26,7 @@ impl Calls {
             async move {
                 match serde_json::from_slice::<ResultMessage>(&delivery.data) {
                     Ok(result) => {
-                        if let Err(refusal) = this.senders.check_worker(&delivery, &result.worker) {
+                        if let Err(refusal) = this.senders.check_result(&delivery, &result) {
                             this.senders.refuse("result", &refusal);
                             return Ok(());
                         }
@@ -57,7 +57,7 @@ impl Calls {
                 // its user_id; a worker dead-lettering one says who it is.
                 if !this.senders.is_bridge(&delivery) {
                     let worker = header(&delivery, topology::WORKER_HEADER).unwrap_or_default();
-                    if let Err(refusal) = this.senders.check_worker(&delivery, &worker) {
+                    if let Err(refusal) = this.senders.check_dead_letter(&delivery, &worker, &task) {
                         this.senders.refuse("dead_letter", &refusal);
                         return Ok(());
                     }

@@ -90,7 +90,7 @@ impl Calls {
 
     pub(super) async fn publish_to(&self, queue: &str, task: &TaskMessage) -> Result<()> {
         self.declare_worker_queue(queue).await?;
-        self.link.publish_json("", queue, task, &[]).await
+        self.link.publish_json("", queue, &self.senders.stamped(task), &[]).await
     }
 
     /// A worker's own queue exists once the worker consumed it; declared

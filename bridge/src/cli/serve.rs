@@ -58,8 +58,12 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         rule: args.worker_user_rule.clone(),
         bound: args.worker_users.iter().cloned().collect(),
     };
-    let senders =
-        Arc::new(crate::senders::Senders::new(users, args.worker_networks.clone(), metrics.refused_messages.clone()));
+    let senders = Arc::new(crate::senders::Senders::new(
+        users,
+        &tokens.attempt_key,
+        args.worker_networks.clone(),
+        metrics.refused_messages.clone(),
+    ));
     let calls = Arc::new(Calls {
         store,
         blobs: blobs.clone(),

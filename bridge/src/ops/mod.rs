@@ -44,13 +44,16 @@ use crate::ops::dead_letters::{Action, DeadLetters};
 use crate::ops::metrics::Metrics;
 use crate::ops::snapshot::StatusSource;
 
-/// The two tokens of the status API, and the workers' token for blobs.
+/// The two tokens of the status API, the workers' token for blobs, and the
+/// key of the attempt tokens.
 #[derive(Clone)]
 pub(crate) struct Tokens {
     pub read: String,
     pub admin: String,
     /// What workers present to fetch and upload blobs (`token-worker`).
     pub worker: String,
+    /// The key of the tasks' attempt tokens (`attempt-key`; never sent anywhere).
+    pub attempt_key: String,
 }
 
 impl Tokens {
@@ -59,7 +62,8 @@ impl Tokens {
         let read = token_file(&state_dir.join("token-read"))?;
         let admin = token_file(&state_dir.join("token-admin"))?;
         let worker = token_file(&state_dir.join("token-worker"))?;
-        Ok(Tokens { read, admin, worker })
+        let attempt_key = token_file(&state_dir.join("attempt-key"))?;
+        Ok(Tokens { read, admin, worker, attempt_key })
     }
 
     fn access(&self, headers: &HeaderMap) -> Option<Access> {

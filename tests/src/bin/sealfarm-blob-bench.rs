@@ -235,6 +235,7 @@ async fn answer_tasks(farm: Arc<Farm>, c1_bytes: usize) -> Result<()> {
             started_at_ms: now_ms(),
             finished_at_ms: now_ms(),
             outcome: Outcome::Done(output),
+            attempt_token: task.attempt_token.clone(),
         };
         let body = serde_json::to_vec(&result)?;
         channel
@@ -243,7 +244,8 @@ async fn answer_tasks(farm: Arc<Farm>, c1_bytes: usize) -> Result<()> {
                 RESULTS_QUEUE.into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default().with_delivery_mode(2),
+                // Stamped as a worker's results are (the bench's vhost account).
+                BasicProperties::default().with_delivery_mode(2).with_user_id("guest".into()),
             )
             .await?;
         delivery.ack(BasicAckOptions::default()).await?;

@@ -259,6 +259,7 @@ pub(crate) fn done_result(task: &TaskMessage) -> ResultMessage {
         started_at_ms: 1,
         finished_at_ms: 2,
         outcome: sealfarm_schemas::Outcome::Done(sealfarm_schemas::StageOutput::Fin {}),
+        attempt_token: task.attempt_token.clone(),
     }
 }
 

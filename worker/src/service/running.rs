@@ -219,6 +219,7 @@ impl Worker {
             started_at_ms,
             finished_at_ms: now_ms(),
             outcome,
+            attempt_token: task.attempt_token.clone(),
         }
     }
 
