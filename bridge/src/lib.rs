@@ -18,6 +18,8 @@
 //! * [`consume`] — the one way the bridge consumes a queue;
 //! * [`senders`] — who published a message (RabbitMQ's validated `user_id`)
 //!   and whether that broker user may speak for the worker it names;
+//! * [`tls`] — HTTPS on the listener (`--tls-cert`), and the operator
+//!   commands' trust in exactly the bridge's certificate;
 //! * [`ops`] — the operators' HTTP API: status, controls, web dashboard, `/metrics`:
 //!   * [`ops::snapshot`] — the snapshot of the farm every view is drawn from;
 //!   * [`ops::queues`] — queue figures (broker protocol or management API);
@@ -39,4 +41,5 @@ pub(crate) mod consume;
 pub(crate) mod miner;
 pub mod ops;
 pub mod senders;
+pub(crate) mod tls;
 pub(crate) mod workers;

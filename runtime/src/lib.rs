@@ -11,7 +11,8 @@
 //! * [`sector_files`] — a sector file or cache over HTTP (with
 //!   [`byte_range`], and [`direct_read`] for reads past the page cache);
 //! * [`partial_file`] — files that are whole under their name or absent;
-//! * [`sled_rewrite`] — giving a sled store's disk back.
+//! * [`sled_rewrite`] — giving a sled store's disk back;
+//! * [`trust`] — the CA roots an https:// client trusts.
 
 pub mod broker;
 pub mod byte_range;
@@ -23,6 +24,7 @@ pub mod retry;
 pub mod sector_files;
 pub mod shutdown;
 pub mod sled_rewrite;
+pub mod trust;
 pub mod unsealed_file;
 
 /// This machine's host name (what heartbeats and the status API show).

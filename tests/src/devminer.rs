@@ -74,6 +74,8 @@ pub struct DevMiner {
     pub away: std::sync::atomic::AtomicBool,
     /// Print each call as its Return arrives.
     pub progress: std::sync::atomic::AtomicBool,
+    /// The CA (PEM) to trust when a worker registers an https:// URL.
+    ca: std::sync::Mutex<Option<std::path::PathBuf>>,
 }
 
 impl DevMiner {
@@ -89,7 +91,22 @@ impl DevMiner {
             changed: Notify::new(),
             away: Default::default(),
             progress: Default::default(),
+            ca: Default::default(),
         })
+    }
+
+    /// Trusts the CA certificates in `ca` (PEM) for workers that register
+    /// an https:// URL, as a miner whose host trusts that CA would.
+    pub fn trust(&self, ca: &std::path::Path) {
+        *self.ca.lock().unwrap() = Some(ca.to_path_buf());
+    }
+
+    /// An HTTP client for the workers' URLs.
+    fn http(&self) -> reqwest::Client {
+        let ca = self.ca.lock().unwrap().clone();
+        sealfarm_runtime::trust::with_roots(reqwest::Client::builder(), ca.as_deref())
+            .and_then(|b| Ok(b.build()?))
+            .expect("an HTTP client")
     }
 
     /// Serves the miner API on `listen`; returns the bound address.
@@ -266,7 +283,7 @@ impl DevMiner {
 
     /// What the miner does inside `WorkerConnect` (docs/LOTUS.md §3.3).
     async fn connect_worker(&self, url: String) -> Result<()> {
-        let client = RpcClient::new(url.clone(), self.mint(&["admin"]));
+        let client = RpcClient::with_http(self.http(), url.clone(), self.mint(&["admin"]));
         let version: u64 = client.call("Version", json!([])).await.context("worker Version")?;
         if version & 0xffff00 != 67328 & 0xffff00 {
             bail!("worker API version {version} is not 1.7");
@@ -446,10 +463,10 @@ impl DevMiner {
         let stream = uuid::Uuid::new_v4();
         let base = worker.url.trim_end_matches("/rpc/v0").to_string();
         let push_url = format!("{base}/rpc/streams/v0/push/{stream}");
+        let http = self.http();
         let pushed = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            reqwest::Client::new()
-                .post(&push_url)
+            http.post(&push_url)
                 .header("Content-Type", "application/octet-stream")
                 .body(data)
                 .send()

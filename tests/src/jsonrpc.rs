@@ -142,7 +142,12 @@ pub struct Client {
 
 impl Client {
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Self {
-        Client { http: reqwest::Client::new(), url: url.into(), token: token.into(), next_id: AtomicU64::new(1) }
+        Self::with_http(reqwest::Client::new(), url, token)
+    }
+
+    /// A client on a given HTTP client (one that trusts a test CA, say).
+    pub fn with_http(http: reqwest::Client, url: impl Into<String>, token: impl Into<String>) -> Self {
+        Client { http, url: url.into(), token: token.into(), next_id: AtomicU64::new(1) }
     }
 
     /// Calls `Filecoin.<method>` with positional `params` (a JSON array).

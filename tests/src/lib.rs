@@ -8,6 +8,7 @@
 
 pub mod devminer;
 pub mod jsonrpc;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -692,8 +693,22 @@ impl BridgeFarm {
 
     /// As [`BridgeFarm::start_sized`], on a vhost of the caller's (a cluster's, say).
     pub async fn start_in(vhost: TestVhost, size: sealfarm_schemas::SectorSize, bridge_args: &[&str]) -> Self {
+        Self::start_trusting(vhost, size, None, bridge_args).await
+    }
+
+    /// [`BridgeFarm::start_in`] with a miner that trusts the CA in `ca`
+    /// (for a bridge that serves HTTPS).
+    pub async fn start_trusting(
+        vhost: TestVhost,
+        size: sealfarm_schemas::SectorSize,
+        ca: Option<&Path>,
+        bridge_args: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let miner = devminer::DevMiner::new(size.0);
+        if let Some(ca) = ca {
+            miner.trust(ca);
+        }
         let miner_address = miner.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let listen = free_local_address();
         let bridge = FarmProcess::start_bridge(&vhost, dir.path(), &miner.api_info(miner_address), listen, bridge_args);

@@ -28,55 +28,6 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    run(Command::new("openssl").current_dir(dir).args(args));
-}
-
-/// A CA and a certificate it signs for `cn` (server: DNS name `localhost`).
-fn make_pki(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    for ca in ["ca", "other-ca"] {
-        let subject = format!("/CN=sealfarm test {ca}");
-        let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subject, "-keyout"];
-        let (key, pem) = (format!("{ca}.key"), format!("{ca}.pem"));
-        args.extend([key.as_str(), "-out", pem.as_str()]);
-        args.extend(ec);
-        openssl(dir, &args);
-    }
-    for (name, cn, ext) in [
-        ("server", "localhost", "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n"),
-        ("client", CERT_USER, "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let subject = format!("/CN={cn}");
-        let (key, csr, pem, extfile) =
-            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
-        let mut args = vec!["req", "-subj", &subject, "-keyout", &key, "-out", &csr];
-        args.extend(ec);
-        openssl(dir, &args);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-extfile",
-                &extfile,
-            ],
-        );
-    }
-}
-
 /// Starts the TLS node afresh (its certificates are new each run).
 fn start_tls_node() -> PathBuf {
     let base = PathBuf::from(std::env::var("CLUSTER_DIR").unwrap_or_else(|_| "/var/tmp/sealfarm-rabbitmq".into()));
@@ -84,7 +35,7 @@ fn start_tls_node() -> PathBuf {
     let pki = base.join("sftls-pki");
     let _ = std::fs::remove_dir_all(&pki);
     std::fs::create_dir_all(&pki).unwrap();
-    make_pki(&pki);
+    sealfarm_tests::pki::make(&pki, "DNS:localhost", CERT_USER);
     // The node runs as the rabbitmq user: it must read the files.
     run(Command::new("chmod").arg("-R").arg("a+rX").arg(&base));
     let conf = pki.join("tls.conf");

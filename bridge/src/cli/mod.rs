@@ -44,7 +44,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Register with the miner and serve its calls until SIGTERM/Ctrl-C.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Every worker: host, drained or not, CPU/RAM/VMEM/GPU use, slots per
     /// stage, the jobs it holds (PC1: layer k/n). Like `lotus-miner sealing workers`.
     Workers(ViewArgs),
@@ -90,6 +90,11 @@ struct Target {
     /// The bridge's URL. Default: the `api` file in the state directory.
     #[arg(long, env = "SEALFARM_BRIDGE_URL")]
     bridge: Option<String>,
+    /// The CA certificates (PEM) to trust for an https:// --bridge. Default:
+    /// on the bridge's host, exactly the certificate the running bridge wrote
+    /// into its state directory (`api-cert.pem`); elsewhere the system's CAs.
+    #[arg(long, env = "SEALFARM_BRIDGE_CA")]
+    bridge_ca: Option<PathBuf>,
     /// Status API token. Default: `token-admin` (else `token-read`) in the state directory.
     #[arg(long, env = "SEALFARM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -101,7 +106,7 @@ struct Target {
 impl Target {
     fn client(&self) -> Result<views::Client> {
         let state_dir = self.state_dir.clone().unwrap_or_else(views::default_state_dir);
-        views::Client::new(self.bridge.clone(), self.token.clone(), &state_dir)
+        views::Client::new(self.bridge.clone(), self.token.clone(), self.bridge_ca.as_deref(), &state_dir)
     }
 }
 
@@ -180,6 +185,18 @@ struct RunArgs {
     /// Address the worker API listens on; the miner calls back here.
     #[arg(long, env = "SEALFARM_LISTEN", default_value = "0.0.0.0:3456")]
     listen: SocketAddr,
+    /// Serve HTTPS on --listen with this certificate chain (PEM, the
+    /// bridge's certificate first). Tokens travel on this listener: use it
+    /// when the miner, workers or operators reach the bridge across a network
+    /// you do not trust. The certificate must name the address they use (an
+    /// IP address needs an IP subject alt name); the miner must trust its CA,
+    /// workers are given it with --bridge-ca. Default: plain HTTP, as
+    /// lotus-miner talks to its workers on a LAN.
+    #[arg(long, env = "SEALFARM_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SEALFARM_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     broker: broker::BrokerArgs,
     /// Where the bridge keeps its call store. Default: ~/.sealfarm/bridge.
@@ -275,7 +292,7 @@ fn parse_size(text: &str) -> Result<u64, String> {
 /// Runs the parsed command to its end.
 pub async fn execute(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(args) => serve::run(args).await,
+        Command::Run(args) => serve::run(*args).await,
         other => operate(other).await,
     }
 }

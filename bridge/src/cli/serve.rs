@@ -37,6 +37,11 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         .map(|p| StoragePath::open(p).with_context(|| format!("cannot use storage path {}", p.display())))
         .collect::<Result<Vec<_>>>()?;
     let advertised = advertised_address(&args.listen, &info).await?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let state_dir = args.state_dir.unwrap_or_else(|| {
         std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into()).join(".sealfarm/bridge")
     });
@@ -48,7 +53,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let blobs = Arc::new(Blobs::open(&state_dir, args.max_request_size)?);
     let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
     let (trigger, shutdown) = shutdown::channel();
-    let miner = Arc::new(Miner::new(info.clone(), storage, format!("http://{advertised}"), store.clone()));
+    let miner = Arc::new(Miner::new(info.clone(), storage, format!("{scheme}://{advertised}"), store.clone()));
     let broker_config = args.broker.config()?;
     let link = Arc::new(BrokerLink::new(broker_config.clone(), "sealfarm-bridge".into(), broker::Role::Bridge));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker_config.redacted()))?;
@@ -116,7 +121,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     });
     eprintln!("sealfarm-bridge");
     eprintln!("  miner        {}", info.url);
-    eprintln!("  listen       {} (advertised as http://{advertised})", args.listen);
+    eprintln!("  listen       {} (advertised as {scheme}://{advertised})", args.listen);
     eprintln!("  broker       {}", broker_config.redacted());
     eprintln!("  state dir    {}", state_dir.display());
     eprintln!(
@@ -134,12 +139,27 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         args.listen
     };
     let api_file = state_dir.join("api");
-    std::fs::write(&api_file, format!("http://{local}\n"))
+    // The certificate first, so an operator command that reads an https://
+    // `api` file finds the certificate to trust beside it.
+    let pinned = state_dir.join(crate::tls::PINNED_CERT);
+    match &tls {
+        Some(tls) => std::fs::write(&pinned, &tls.leaf_pem),
+        None => std::fs::remove_file(&pinned).or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }),
+    }
+    .with_context(|| format!("cannot write {}", pinned.display()))?;
+    std::fs::write(&api_file, format!("{scheme}://{local}\n"))
         .with_context(|| format!("cannot write {}", api_file.display()))?;
-    eprintln!("  dashboard    http://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
-    eprintln!("  metrics      http://{local}/metrics");
+    eprintln!("  dashboard    {scheme}://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
+    eprintln!("  metrics      {scheme}://{local}/metrics");
     eprintln!(
-        "  workers      sealfarm-worker run --bridge http://{advertised} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
+        "  workers      sealfarm-worker run --bridge {scheme}://{advertised}{} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
+        if tls.is_some() { " --bridge-ca <your CA>" } else { "" },
         if args.worker_token.is_some() { "SEALFARM_WORKER_TOKEN".to_string() } else { state_dir.join("token-worker").display().to_string() },
         args.max_request_size
     );
@@ -148,11 +168,18 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut server_shutdown = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, worker_api::router(api).merge(ops::router(ops)).merge(blobs::router(blob_api)))
-            .with_graceful_shutdown(async move { server_shutdown.wait().await })
-            .await
-    });
+    let app = worker_api::router(api).merge(ops::router(ops)).merge(blobs::router(blob_api));
+    let server = match tls {
+        Some(tls) => {
+            let listener = crate::tls::TlsListener::new(listener, tls.config)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.wait().await }).await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { server_shutdown.wait().await }).await
+        }),
+    };
     trigger.on_signals();
 
     miner.check_version(&shutdown).await?;

@@ -23,7 +23,7 @@ pub struct Client {
 impl Client {
     /// `url`/`token` as given, else the `api` and `token-admin` (or
     /// `token-read`) files the bridge wrote into its state directory.
-    pub fn new(url: Option<String>, token: Option<String>, state_dir: &Path) -> Result<Client> {
+    pub fn new(url: Option<String>, token: Option<String>, ca: Option<&Path>, state_dir: &Path) -> Result<Client> {
         let read = |name: &str| std::fs::read_to_string(state_dir.join(name)).ok().map(|t| t.trim().to_string());
         let url = match url.or_else(|| read("api")) {
             Some(url) => url.trim_end_matches('/').to_string(),
@@ -40,7 +40,13 @@ impl Client {
                 state_dir.display()
             )
         };
-        let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        let timeout = std::time::Duration::from_secs(60);
+        let pinned = state_dir.join(crate::tls::PINNED_CERT);
+        let http = if url.starts_with("https://") && ca.is_none() && pinned.exists() {
+            crate::tls::pinned_client(&pinned, timeout)?
+        } else {
+            sealfarm_runtime::trust::with_roots(reqwest::Client::builder().timeout(timeout), ca)?.build()?
+        };
         Ok(Client { url, token, http })
     }
 

@@ -59,6 +59,11 @@ pub(super) struct RunArgs {
     /// bridge's storage. Needs --worker-token.
     #[arg(long = "bridge", env = "SEALFARM_BRIDGE_URL")]
     bridge_url: Option<String>,
+    /// The CA certificates (PEM) to trust for an https:// --bridge (a bridge
+    /// run with --tls-cert). Default: the system's CAs. The certificate must
+    /// name the host or address in --bridge.
+    #[arg(long, env = "SEALFARM_BRIDGE_CA")]
+    bridge_ca: Option<PathBuf>,
     /// The bridge's worker token (the `token-worker` file in its state
     /// directory, or its own --worker-token).
     #[arg(long, env = "SEALFARM_WORKER_TOKEN", hide_env_values = true)]
@@ -206,7 +211,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     };
     let bridge = match (&args.bridge_url, &args.worker_token) {
         (None, None) => None,
-        (Some(url), Some(token)) => Some(BridgeClient::new(url, token)?),
+        (Some(url), Some(token)) => Some(BridgeClient::new(url, token, args.bridge_ca.as_deref())?),
         (Some(_), None) => {
             bail!("--bridge needs --worker-token (env SEALFARM_WORKER_TOKEN): the bridge's token-worker")
         }

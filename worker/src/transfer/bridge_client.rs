@@ -41,17 +41,19 @@ pub enum TransferError {
 }
 
 impl BridgeClient {
-    pub fn new(url: &str, token: &str) -> Result<Self> {
+    /// `ca`: the CA certificates to trust for an https:// URL (default: the system's).
+    pub fn new(url: &str, token: &str, ca: Option<&Path>) -> Result<Self> {
         let url = url.trim_end_matches('/').to_string();
         anyhow::ensure!(
             url.starts_with("http://") || url.starts_with("https://"),
             "--bridge {url:?} is not an http:// or https:// URL (the bridge's --listen address, e.g. http://10.0.0.9:3456)"
         );
         anyhow::ensure!(!token.trim().is_empty(), "--worker-token is empty");
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .context("cannot build an HTTP client")?;
+        if ca.is_some() && !url.starts_with("https://") {
+            anyhow::bail!("--bridge-ca is for an https:// --bridge, and {url} is plain http://");
+        }
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        let http = sealfarm_runtime::trust::with_roots(builder, ca)?.build().context("cannot build an HTTP client")?;
         Ok(BridgeClient { url, token: token.trim().to_string(), http })
     }
 
