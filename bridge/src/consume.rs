@@ -1,5 +1,6 @@
 //! The one way the bridge consumes a queue: reconnecting with backoff,
-//! acknowledging each delivery only after its handler succeeded.
+//! acknowledging each delivery only after its handler succeeded; and what
+//! it does with a message it cannot decode (dead-letters it with the reason).
 
 use std::future::Future;
 
@@ -11,6 +12,9 @@ use lapin::types::FieldTable;
 use sealfarm_runtime::broker::BrokerLink;
 use sealfarm_runtime::retry::{self, Backoff};
 use sealfarm_runtime::shutdown::Shutdown;
+use sealfarm_schemas::{topology, DeadLetterReason};
+
+use crate::ops::metrics::Metrics;
 
 /// Consumes `queue` until shutdown, reconnecting with backoff; each delivery
 /// is acknowledged after `handle` returns Ok (an Err reconnects, and the
@@ -57,4 +61,24 @@ where
             }
         }
     }
+}
+
+/// Moves a message the bridge cannot decode from `queue` to the dead-letter
+/// exchange with its reason (an operator reads it in `sealfarm.dead-letters`)
+/// and counts it. An Err (the broker did not take it) leaves the message
+/// unacknowledged, to be tried again.
+pub async fn dead_letter_undecodable(
+    link: &BrokerLink,
+    metrics: &Metrics,
+    queue: &str,
+    delivery: &Delivery,
+    reason: &DeadLetterReason,
+) -> Result<()> {
+    tracing::warn!(queue, %reason, publisher = ?sealfarm_runtime::broker::publisher(delivery), "undecodable message dead-lettered");
+    metrics
+        .undecodable_messages
+        .get_or_create(&vec![("queue", queue.to_string()), ("reason", reason.code.to_string())])
+        .inc();
+    let headers = [(topology::REASON_HEADER, reason.to_string()), (topology::SOURCE_QUEUE_HEADER, queue.to_string())];
+    link.get().await?.publish_bytes(topology::DEAD_LETTER_EXCHANGE, queue, &delivery.data, &headers).await
 }

@@ -106,7 +106,8 @@ impl Farm {
         let mut total = BTreeMap::new();
         for worker in self.live(within) {
             for c in &worker.capacity {
-                *total.entry((c.stage, c.sector_size)).or_insert(0) += c.slots;
+                let slots = total.entry((c.stage, c.sector_size)).or_insert(0u32);
+                *slots = slots.saturating_add(c.slots); // reported figures: never overflow
             }
         }
         total

@@ -650,7 +650,48 @@ pub struct EventMessage {
     pub event: EventKind,
 }
 
+/// The longest worker id. An id names the worker's queue
+/// (`sealfarm.worker.<id>`), its broker user and its metric labels.
+pub const MAX_WORKER_ID_LEN: usize = 64;
+
+/// The most entries a heartbeat may list (running jobs, capacity, warming
+/// stages): far above any machine's (75 stage × size queues), far below
+/// what would let one message grow the bridge's memory.
+pub const MAX_HEARTBEAT_ENTRIES: usize = 4096;
+
+/// A worker id is 1 to [`MAX_WORKER_ID_LEN`] characters of `A-Z a-z 0-9 . _ -`
+/// (a host name is one).
+pub fn check_worker_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_WORKER_ID_LEN {
+        return Err(format!("worker id of {} bytes: it must have 1 to {MAX_WORKER_ID_LEN}", id.len()));
+    }
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!(
+            "worker id {:?} holds {c:?}: only A-Z, a-z, 0-9, '.', '_' and '-' are allowed",
+            id.escape_debug().to_string()
+        ));
+    }
+    Ok(())
+}
+
 impl EventMessage {
+    /// What a decoded event must also be before the bridge keeps anything
+    /// of it: a valid worker id and bounded lists.
+    pub fn check_bounds(&self) -> Result<(), DeadLetterReason> {
+        check_worker_id(&self.worker).map_err(DeadLetterReason::malformed)?;
+        if let EventKind::Heartbeat { running, capacity, warming, stages, sector_sizes, .. } = &self.event {
+            let longest = [running.len(), capacity.len(), warming.len(), stages.len(), sector_sizes.len()];
+            if longest.iter().any(|&n| n > MAX_HEARTBEAT_ENTRIES) {
+                return Err(DeadLetterReason::malformed(format!(
+                    "a heartbeat of worker {} lists more than {MAX_HEARTBEAT_ENTRIES} entries (running, capacity, \
+                     warming, stages or sizes: {longest:?})",
+                    self.worker
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(worker: &str, event: EventKind) -> Self {
         EventMessage { schema: SCHEMA_VERSION, worker: worker.to_string(), at_ms: now_ms(), event }
     }
@@ -694,7 +735,7 @@ impl DeadLetterReason {
     pub fn malformed(detail: impl Into<String>) -> Self {
         DeadLetterReason { code: "malformed", detail: detail.into() }
     }
-    pub fn unsupported_schema(version: u32) -> Self {
+    pub fn unsupported_schema(version: u64) -> Self {
         DeadLetterReason {
             code: "unsupported-schema",
             detail: format!("message schema version {version}, this build reads version {SCHEMA_VERSION}"),
@@ -727,6 +768,21 @@ impl fmt::Display for DeadLetterReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.detail)
     }
+}
+
+/// Decodes a message body as `T` (`what` names it in the reason): JSON,
+/// with a `schema` field this build reads. What cannot be decoded comes
+/// back as the reason to dead-letter it with (`malformed`, or
+/// `unsupported-schema` naming the version).
+pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, DeadLetterReason> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| DeadLetterReason::malformed(format!("not JSON: {e}")))?;
+    match value.get("schema").and_then(|v| v.as_u64()) {
+        Some(version) if version == u64::from(SCHEMA_VERSION) => {}
+        Some(version) => return Err(DeadLetterReason::unsupported_schema(version)),
+        None => return Err(DeadLetterReason::malformed("no \"schema\" version field")),
+    }
+    serde_json::from_value(value).map_err(|e| DeadLetterReason::malformed(format!("not {what}: {e}")))
 }
 
 /// Milliseconds since the Unix epoch.
@@ -778,5 +834,23 @@ mod tests {
     fn stages_parse_from_operator_text() {
         assert_eq!("PC1".parse::<Stage>().unwrap(), Stage::Pc1);
         assert!("pc3".parse::<Stage>().unwrap_err().contains("unknown stage"));
+    }
+
+    #[test]
+    fn decode_names_what_is_wrong() {
+        let reason = decode::<EventMessage>(b"{not json", "an event message").unwrap_err();
+        assert_eq!(reason.code, "malformed");
+        assert!(reason.detail.starts_with("not JSON"), "{reason}");
+        let reason = decode::<EventMessage>(br#"{"schema": 7}"#, "an event message").unwrap_err();
+        assert_eq!(reason.code, "unsupported-schema");
+        assert!(reason.detail.contains("version 7") && reason.detail.contains("reads version 1"), "{reason}");
+        let reason = decode::<EventMessage>(br#"{"worker": "w1"}"#, "an event message").unwrap_err();
+        assert_eq!(reason.to_string(), "malformed: no \"schema\" version field");
+        let reason = decode::<EventMessage>(br#"{"schema": 1, "worker": "w1"}"#, "an event message").unwrap_err();
+        assert!(reason.detail.starts_with("not an event message: "), "{reason}");
+        let event =
+            EventMessage::new("w1", EventKind::Release { call_id: Uuid::nil(), attempt: 1, reason: "test".into() });
+        let decoded: EventMessage = decode(&serde_json::to_vec(&event).unwrap(), "an event message").unwrap();
+        assert_eq!(decoded.worker, "w1");
     }
 }

@@ -147,3 +147,67 @@ async fn a_panic_in_the_proofs_library_fails_only_that_job() {
     assert!(worker.is_running(), "worker died:\n{}", worker.log_text());
     assert!(worker.terminate(Duration::from_secs(30)).success());
 }
+
+/// What the bridge and a worker cannot decode on their own queues (a
+/// result, an event, a control message; garbage or a newer schema) is
+/// dead-lettered with its reason and source queue, and counted; the farm
+/// goes on (a call made afterwards is returned).
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_results_events_and_controls_are_dead_lettered_with_their_reason() {
+    use sealfarm_schemas::topology;
+    use sealfarm_tests::devminer::{add_piece_params, sector_ref};
+
+    let farm = sealfarm_tests::BridgeFarm::start("undecodable").await;
+    let _worker = farm.start_worker("w1", "ap");
+    sealfarm_tests::wait_for_workers(&farm.vhost, &["w1"], Duration::from_secs(60)).await.unwrap();
+    let connection = lapin::Connection::connect(&farm.vhost.url(), Default::default()).await.unwrap();
+    let sender = sealfarm_tests::TaskSender::open(&connection).await.unwrap();
+    let newer = serde_json::json!({"schema": 99, "call_id": uuid::Uuid::new_v4(), "outcome": "from the future"});
+    let own_queue = topology::worker_queue("w1");
+    let sent: [(&str, Vec<u8>); 4] = [
+        (topology::RESULTS_QUEUE, b"{not json".to_vec()),
+        (topology::RESULTS_QUEUE, serde_json::to_vec(&newer).unwrap()),
+        (topology::BRIDGE_EVENTS_QUEUE, br#"{"schema":1,"worker":"w1"}"#.to_vec()),
+        (&own_queue, br#"{"schema":1,"control":"self-destruct"}"#.to_vec()),
+    ];
+    for (queue, body) in &sent {
+        sender.publish_raw(queue, body).await.unwrap();
+    }
+
+    let dead = sealfarm_tests::dead_letters(&connection, 4, Duration::from_secs(30)).await.unwrap();
+    let seen: Vec<(String, String)> = dead
+        .iter()
+        .map(|(reason, d)| {
+            (sealfarm_runtime::broker::header(d, topology::SOURCE_QUEUE_HEADER).unwrap_or_default(), reason.clone())
+        })
+        .collect();
+    assert_eq!(seen.len(), 4, "four dead letters: {seen:?}");
+    let from = |queue: &str, start: &str| {
+        seen.iter()
+            .find(|(q, r)| q == queue && r.starts_with(start))
+            .unwrap_or_else(|| panic!("no {start:?} dead letter from {queue} in {seen:?}"))
+            .1
+            .clone()
+    };
+    assert!(from(topology::RESULTS_QUEUE, "malformed:").contains("not JSON"));
+    assert!(from(topology::RESULTS_QUEUE, "unsupported-schema:").contains("version 99"));
+    assert!(from(topology::BRIDGE_EVENTS_QUEUE, "malformed:").contains("not an event message"));
+    assert!(from(&own_queue, "malformed:").contains("not a control message"));
+    // The body is kept as it came, for the operator.
+    assert!(dead.iter().any(|(_, d)| d.data == b"{not json"), "the unreadable body is kept");
+
+    let metrics = reqwest::get(format!("http://{}/metrics", farm.listen)).await.unwrap().text().await.unwrap();
+    for (queue, reason, count) in [
+        (topology::RESULTS_QUEUE, "malformed", 1),
+        (topology::RESULTS_QUEUE, "unsupported-schema", 1),
+        (topology::BRIDGE_EVENTS_QUEUE, "malformed", 1),
+    ] {
+        let line = format!("sealfarm_undecodable_messages_total{{queue=\"{queue}\",reason=\"{reason}\"}} {count}");
+        assert!(metrics.contains(&line), "/metrics lacks {line}:\n{metrics}");
+    }
+
+    // The farm carries on.
+    let call = farm.worker.client.call("AddPiece", add_piece_params(sector_ref(1, P2K))).await.unwrap();
+    let returned = farm.miner.wait_for_return(&call, Duration::from_secs(60)).await.unwrap();
+    assert!(returned.params[2].is_null(), "AddPiece failed: {}", returned.params[2]);
+}

@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::calls::store::{Call, CallState, Durability, RowState};
 use crate::calls::Calls;
-use crate::consume::consume;
+use crate::consume::{consume, dead_letter_undecodable};
 use crate::senders::Refusal;
 use crate::workers::WorkerView;
 
@@ -95,12 +95,18 @@ impl Leases {
             move |delivery| {
                 let this = this.clone();
                 async move {
-                    match serde_json::from_slice::<EventMessage>(&delivery.data) {
+                    let decoded =
+                        sealfarm_schemas::messages::decode::<EventMessage>(&delivery.data, "an event message")
+                            .and_then(|event| event.check_bounds().map(|()| event));
+                    match decoded {
                         Ok(event) => match this.check_sender(&delivery, &event).await {
                             Ok(()) => this.on_event(event).await?,
                             Err(refusal) => this.calls.senders.refuse("event", &refusal),
                         },
-                        Err(err) => tracing::debug!(error = %err, "unreadable event ignored"),
+                        Err(reason) => {
+                            let (calls, queue) = (&this.calls, topology::BRIDGE_EVENTS_QUEUE);
+                            dead_letter_undecodable(&calls.link, &calls.metrics, queue, &delivery, &reason).await?
+                        }
                     }
                     Ok(())
                 }

@@ -15,7 +15,7 @@ use sealfarm_schemas::{CallError, ErrorCode, Outcome, ResultMessage, StageOutput
 use super::lifecycle::{Call, FailedBy, RunRecord};
 use super::store::{Durability, Location};
 use super::Calls;
-use crate::consume::consume;
+use crate::consume::{consume, dead_letter_undecodable};
 
 impl Calls {
     /// Consumes `sealfarm.results` until shutdown, reconnecting as needed.
@@ -24,7 +24,13 @@ impl Calls {
         consume(&self.link, &self.shutdown, topology::RESULTS_QUEUE, 64, move |delivery| {
             let this = this.clone();
             async move {
-                match serde_json::from_slice::<ResultMessage>(&delivery.data) {
+                let decoded = sealfarm_schemas::messages::decode::<ResultMessage>(&delivery.data, "a result message")
+                    .and_then(|result| {
+                        sealfarm_schemas::messages::check_worker_id(&result.worker)
+                            .map_err(sealfarm_schemas::DeadLetterReason::malformed)?;
+                        Ok(result)
+                    });
+                match decoded {
                     Ok(result) => {
                         if let Err(refusal) = this.senders.check_result(&delivery, &result) {
                             this.senders.refuse("result", &refusal);
@@ -35,7 +41,10 @@ impl Calls {
                             this.spawn_deliver(call);
                         }
                     }
-                    Err(err) => tracing::error!(error = %err, "unreadable result message dropped"),
+                    Err(reason) => {
+                        let queue = topology::RESULTS_QUEUE;
+                        dead_letter_undecodable(&this.link, &this.metrics, queue, &delivery, &reason).await?
+                    }
                 }
                 Ok(())
             }

@@ -487,13 +487,16 @@ impl Api {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             (physical, physical.saturating_sub(available), swap, swap.saturating_sub(swap_free), cores)
         } else {
-            let sum = |f: fn(&&sealfarm_schemas::hardware::Hardware) -> u64| hardware.iter().map(f).sum::<u64>();
+            // Saturating: the figures are what workers report.
+            let sum = |f: fn(&&sealfarm_schemas::hardware::Hardware) -> u64| {
+                hardware.iter().map(f).fold(0u64, u64::saturating_add)
+            };
             (
                 sum(|h| h.memory_bytes),
                 sum(|h| h.memory_used_bytes),
                 sum(|h| h.swap_bytes),
                 sum(|h| h.swap_used_bytes),
-                hardware.iter().map(|h| h.cores).sum(),
+                hardware.iter().map(|h| h.cores).fold(0, usize::saturating_add),
             )
         };
         let gpus: Vec<String> = hardware.iter().flat_map(|h| h.gpus().map(|g| g.name.clone())).collect();

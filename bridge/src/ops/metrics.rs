@@ -48,6 +48,7 @@ pub struct Metrics {
     pub(super) queue_messages: Family<Labels, Gauge>,
     pub(super) queue_consumers: Family<Labels, Gauge>,
     pub refused_messages: Family<Labels, Counter>,
+    pub undecodable_messages: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,7 +84,13 @@ impl Metrics {
             refused_messages: metric!(
                 "refused_messages",
                 "Messages refused because of who sent them, by kind (result, event, dead_letter) and reason \
-                 (no_user_id, wrong_user, files_url)",
+                 (no_user_id, wrong_user, not_the_holder, files_url)",
+                Family::default()
+            ),
+            undecodable_messages: metric!(
+                "undecodable_messages",
+                "Messages the bridge could not decode, dead-lettered with their reason, by queue and reason \
+                 (malformed, unsupported-schema)",
                 Family::default()
             ),
             dead_letters: metric!("dead_letters", "Tasks the farm dead-lettered, by stage", Family::default()),

@@ -237,8 +237,11 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
             format!("cannot listen on {address} for metrics: pass --metrics-listen ADDRESS:PORT (or `off`)")
         })?)),
     };
+    let worker_id = args.worker_id.unwrap_or_else(|| hostname.clone());
+    sealfarm_schemas::messages::check_worker_id(&worker_id)
+        .map_err(|e| anyhow::anyhow!("--worker-id (default: the host name): {e}"))?;
     let config = WorkerConfig {
-        worker_id: args.worker_id.unwrap_or_else(|| hostname.clone()),
+        worker_id,
         hostname,
         bridge_user: args.bridge_user.clone(),
         broker: args.broker.config()?,

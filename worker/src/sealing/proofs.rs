@@ -473,21 +473,21 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
     };
     let pieces_fill_sector = |pieces: &[PieceInfo]| {
         api_pieces(pieces).map_err(|e| format!("{e:#}"))?;
-        let total: u64 = pieces.iter().map(|p| p.size).sum();
-        if total == size.0 {
-            Ok(())
-        } else {
-            Err(format!("pieces add up to {total} padded bytes, the sector holds {}", size.0))
+        // Checked: the sizes come from a broker message, and a sum that
+        // wraps must not pass for a full sector (nor panic).
+        match pieces.iter().try_fold(0u64, |sum, p| sum.checked_add(p.size)) {
+            Some(total) if total == size.0 => Ok(()),
+            Some(total) => Err(format!("pieces add up to {total} padded bytes, the sector holds {}", size.0)),
+            None => Err("the piece sizes add up to more than 2^64 bytes".to_string()),
         }
     };
     let len32 = |bytes: &Bytes, what: &str| bytes32(bytes, what).map(|_| ()).map_err(|e| e.to_string());
     match &task.task {
         Task::Ap { existing_piece_sizes, piece_size, .. } => {
-            let total: u64 = existing_piece_sizes.iter().sum::<u64>() + piece_size;
-            if *piece_size == 0 || total > size.unpadded() {
+            let before = existing_piece_sizes.iter().fold(0u64, |sum, s| sum.saturating_add(*s));
+            if *piece_size == 0 || before.saturating_add(*piece_size) > size.unpadded() {
                 return Err(format!(
-                    "piece of {piece_size} bytes after {} bytes does not fit a {size} sector ({} unpadded bytes)",
-                    existing_piece_sizes.iter().sum::<u64>(),
+                    "piece of {piece_size} bytes after {before} bytes does not fit a {size} sector ({} unpadded bytes)",
                     size.unpadded()
                 ));
             }
@@ -562,5 +562,41 @@ pub fn check_inputs(sealing: &SealingPath, task: &TaskMessage) -> Result<(), Str
                 None => Ok(()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sealfarm_schemas::{RegisteredSealProof, SectorId};
+
+    /// CommP of 2 KiB of zeros.
+    const ZERO_2KIB: &str = "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy";
+
+    fn sector() -> SectorRef {
+        SectorRef { id: SectorId { miner: 1000, number: 1 }, proof_type: RegisteredSealProof::STACKED_DRG_2KIB_V1_1 }
+    }
+
+    /// Sizes from a broker message whose sum wraps are refused with a
+    /// reason, never taken for a full sector and never a panic.
+    #[test]
+    fn sizes_that_overflow_are_refused_not_summed() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealing = SealingPath::open(dir.path()).unwrap();
+        let piece = |size| PieceInfo { size, piece_cid: ZERO_2KIB.parse().unwrap() };
+        // 2^63 + 2^63 + 2048 wraps to exactly a 2 KiB sector's size.
+        let pc1 = TaskMessage::new(
+            sector(),
+            Task::Pc1 { ticket: Bytes(vec![1; 32]), pieces: vec![piece(1 << 63), piece(1 << 63), piece(2048)] },
+        );
+        let err = check_inputs(&sealing, &pc1).unwrap_err();
+        assert!(err.contains("more than 2^64"), "{err}");
+
+        let ap = TaskMessage::new(
+            sector(),
+            Task::Ap { existing_piece_sizes: vec![u64::MAX, u64::MAX], piece_size: 1, data: PieceData::Null },
+        );
+        let err = check_inputs(&sealing, &ap).unwrap_err();
+        assert!(err.contains("does not fit a 2KiB sector"), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sealfarm_schemas::messages::RunningJob;
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{Control, ControlMessage, EventKind, EventMessage};
+use sealfarm_schemas::{Control, ControlMessage, DeadLetterReason, EventKind, EventMessage};
 
 use super::{OnStop, Worker};
 
@@ -94,15 +94,10 @@ impl Worker {
     }
 }
 
-/// A control message, if the body is one (it has a `control` field).
-pub(super) fn control_message(body: &[u8]) -> Option<ControlMessage> {
+/// A control message, if the body is one (JSON with a `control` field):
+/// decoded, or the reason to dead-letter it with.
+pub(super) fn control_message(body: &[u8]) -> Option<Result<ControlMessage, DeadLetterReason>> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     value.get("control")?;
-    match serde_json::from_value(value) {
-        Ok(message) => Some(message),
-        Err(err) => {
-            tracing::warn!(error = %err, "unreadable control message ignored");
-            None
-        }
-    }
+    Some(sealfarm_schemas::messages::decode(body, "a control message"))
 }

@@ -15,7 +15,7 @@ use sealfarm_runtime::queues::QueueSpec;
 use sealfarm_runtime::retry::Backoff;
 use sealfarm_schemas::messages::{now_ms, PieceData};
 use sealfarm_schemas::topology;
-use sealfarm_schemas::{CallError, DeadLetterReason, ErrorCode, EventKind, Outcome, Task, TaskMessage, SCHEMA_VERSION};
+use sealfarm_schemas::{CallError, DeadLetterReason, ErrorCode, EventKind, Outcome, Task, TaskMessage};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -183,6 +183,10 @@ impl Worker {
             self.metrics.redeliveries.get_or_create(&vec![("queue", queue.clone())]).inc();
         }
         if let Some(control) = control_message(&delivery.data) {
+            let control = match control {
+                Ok(control) => control,
+                Err(reason) => return self.dead_letter(&queue, delivery, reason, None).await,
+            };
             let own_queue = topology::worker_queue(&self.config.worker_id);
             let bridge = self.config.bridge_user.as_deref().unwrap_or(self.link.user());
             let publisher = sealfarm_runtime::broker::publisher(&delivery);
@@ -272,15 +276,7 @@ impl Worker {
     /// Parses and checks a delivery; a rejection carries the reason and, when
     /// the message parsed, the task (so its call can be failed).
     fn check(&self, queue: &str, body: &[u8]) -> Result<TaskMessage, Rejection> {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).map_err(|e| DeadLetterReason::malformed(format!("not JSON: {e}")))?;
-        match value.get("schema").and_then(|v| v.as_u64()) {
-            Some(version) if version == u64::from(SCHEMA_VERSION) => {}
-            Some(version) => return Err(DeadLetterReason::unsupported_schema(version as u32).into()),
-            None => return Err(DeadLetterReason::malformed("no \"schema\" version field").into()),
-        }
-        let task: TaskMessage = serde_json::from_value(value)
-            .map_err(|e| DeadLetterReason::malformed(format!("not a task message: {e}")))?;
+        let task: TaskMessage = sealfarm_schemas::messages::decode(body, "a task message")?;
         let reject = |reason| Err(Rejection { reason, task: Some(Box::new(task.clone())) });
         let Some(info) = task.sector.proof_type.info() else {
             return reject(DeadLetterReason::unknown_proof_type(format!(
