@@ -37,8 +37,21 @@ impl WorkerView {
     }
 }
 
+/// A worker silent this long is forgotten: its leases expired long before,
+/// and `workers` stops listing it.
+pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// The most workers the registry holds. Beyond it the longest-silent ones
+/// are forgotten first: a flood of heartbeats under made-up ids (from a
+/// broker user allowed to speak for any worker) cannot grow the bridge's
+/// memory, metrics or status work without bound, and a real worker that is
+/// pushed out is back at its next heartbeat.
+pub const MAX_WORKERS: usize = 10_000;
+
 pub struct Farm {
     workers: Mutex<HashMap<String, WorkerView>>,
+    /// When the registry was last swept for forgotten workers.
+    swept: Mutex<Instant>,
     /// When each held call last showed progress (claim, PC1 layer), Unix ms.
     progress: Mutex<HashMap<uuid::Uuid, u64>>,
     started: Instant,
@@ -48,10 +61,16 @@ pub struct Farm {
 
 impl Farm {
     pub fn new(gone_after: Duration) -> Self {
-        Farm { workers: Mutex::new(HashMap::new()), progress: Default::default(), started: Instant::now(), gone_after }
+        Farm {
+            workers: Mutex::new(HashMap::new()),
+            swept: Mutex::new(Instant::now()),
+            progress: Default::default(),
+            started: Instant::now(),
+            gone_after,
+        }
     }
 
-    /// Every worker ever heard of since the bridge started, by id.
+    /// Every worker heard of within [`FORGET_AFTER`] (at most [`MAX_WORKERS`]), by id.
     pub fn all(&self) -> Vec<WorkerView> {
         let mut all: Vec<WorkerView> = self.workers.lock().unwrap().values().cloned().collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -74,7 +93,24 @@ impl Farm {
     }
 
     pub fn heartbeat(&self, view: WorkerView) {
-        self.workers.lock().unwrap().insert(view.id.clone(), view);
+        let mut workers = self.workers.lock().unwrap();
+        workers.insert(view.id.clone(), view);
+        let sweep = {
+            let mut swept = self.swept.lock().unwrap();
+            let due = swept.elapsed() > Duration::from_secs(60);
+            if due {
+                *swept = Instant::now();
+            }
+            due
+        };
+        if sweep {
+            workers.retain(|_, w| w.last_seen.elapsed() <= FORGET_AFTER);
+        }
+        while workers.len() > MAX_WORKERS {
+            let Some(oldest) = workers.values().min_by_key(|w| w.last_seen).map(|w| w.id.clone()) else { break };
+            tracing::warn!(worker = %oldest, "{MAX_WORKERS} workers known: the longest silent one is forgotten");
+            workers.remove(&oldest);
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<WorkerView> {

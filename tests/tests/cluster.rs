@@ -1,6 +1,7 @@
 //! The farm on a three-node RabbitMQ cluster (`scripts/rabbitmq-cluster`):
 //! a node dies with SIGKILL (first the one that leads the queues, then the
-//! one the bridge is connected to) or is restarted in a rolling upgrade,
+//! one the bridge is connected to) or is restarted in a rolling upgrade
+//! (`rabbitmq-upgrade drain`, stop, start),
 //! while two workers seal 2 KiB sectors and a stream of AddPiece calls runs.
 //! Every call is returned exactly once, the proofs verify, and the farm
 //! keeps returning calls while the node is down. The longest wait of a call
@@ -142,7 +143,12 @@ async fn farm_survives(
         let at = Instant::now();
         match failure {
             Failure::Kill => cluster(&["kill", &victim.to_string()], &farm.vhost),
-            Failure::RollingRestart => cluster(&["stop", &victim.to_string()], &farm.vhost),
+            Failure::RollingRestart => {
+                // As an operator upgrades a node: maintenance mode first (its
+                // queue leaders move away, its clients reconnect elsewhere), then stop.
+                cluster(&["drain", &victim.to_string()], &farm.vhost);
+                cluster(&["stop", &victim.to_string()], &farm.vhost)
+            }
         };
         // The farm works on without the node for a while.
         tokio::time::sleep(Duration::from_secs(15)).await;
@@ -183,7 +189,7 @@ async fn farm_survives(
         "{label}: node {victim} {}: longest AddPiece wait around it {} ms; {during} calls returned while it was down; {} calls in all",
         match failure {
             Failure::Kill => "killed (SIGKILL)",
-            Failure::RollingRestart => "stopped and started again",
+            Failure::RollingRestart => "drained, stopped and started again",
         },
         stall.as_millis(),
         waits.len()

@@ -169,3 +169,76 @@ async fn a_task_that_keeps_killing_its_process_is_dead_lettered_and_the_miner_ge
     let task: Value = serde_json::from_slice(&dead[0].1.data).unwrap();
     assert_eq!(task["call_id"], call.id.to_string());
 }
+
+/// A call whose every attempt is claimed and then abandoned (a worker that
+/// takes tasks and goes quiet about them, or results that never arrive) is
+/// failed after `--max-attempts` with a CallError that names the cause,
+/// instead of being dispatched again after every lease timeout forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_abandoned_at_every_attempt_fails_after_max_attempts() {
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+    use sealfarm_schemas::messages::StageSlots;
+    use sealfarm_schemas::{topology, Stage, TaskMessage};
+
+    let farm = BridgeFarm::start_with("max-attempts", &["--lease-timeout", "2s", "--max-attempts", "2"]).await;
+    let connection = lapin::Connection::connect(&farm.vhost.url(), Default::default()).await.unwrap();
+    let sender = sealfarm_tests::TaskSender::open(&connection).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = topology::task_queue(Stage::Ap, SectorSize::KIB2);
+    let mut tasks = channel
+        .basic_consume(queue.as_str().into(), "ghost".into(), BasicConsumeOptions::default(), Default::default())
+        .await
+        .unwrap();
+    let sector = sector_ref(7, RegisteredSealProof::STACKED_DRG_2KIB_V1_1);
+    let call: CallId =
+        farm.worker.client.call("AddPiece", sealfarm_tests::devminer::add_piece_params(sector)).await.unwrap();
+
+    // The ghost: heartbeats (so the bridge knows the farm is there), claims
+    // each attempt it is given, and never says a word about it again.
+    let attempts = std::sync::Mutex::new(Vec::new());
+    let event = |kind| serde_json::to_vec(&EventMessage::new("ghost", kind)).unwrap();
+    let ghost = async {
+        let mut beat = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                Some(Ok(delivery)) = tasks.next() => {
+                    let task: TaskMessage = serde_json::from_slice(&delivery.data).unwrap();
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                    let claim = EventKind::Claim {
+                        call_id: task.call_id,
+                        attempt: task.attempt,
+                        sector: task.sector,
+                        stage: task.stage(),
+                    };
+                    sender.publish_raw(topology::BRIDGE_EVENTS_QUEUE, &event(claim)).await.unwrap();
+                    attempts.lock().unwrap().push(task.attempt);
+                }
+                _ = beat.tick() => {
+                    let heartbeat = EventKind::Heartbeat {
+                        hostname: "ghost".into(),
+                        stages: vec![Stage::Ap],
+                        sector_sizes: vec![SectorSize::KIB2],
+                        slots: 1,
+                        running: vec![],
+                        capacity: vec![StageSlots { stage: Stage::Ap, sector_size: SectorSize::KIB2, slots: 1 }],
+                        hardware: None,
+                        storage_id: None,
+                        files_url: None,
+                        draining: false,
+                        warming: vec![],
+                        in_use: None,
+                    };
+                    sender.publish_raw(topology::BRIDGE_EVENTS_QUEUE, &event(heartbeat)).await.unwrap();
+                }
+            }
+        }
+    };
+    let returned = tokio::select! {
+        returned = returned_once(&farm.miner, &call, Duration::from_secs(60)) => returned,
+        () = ghost => unreachable!("the ghost never stops"),
+    };
+    let error = returned.params[2].to_string();
+    assert!(error.contains("after 2 attempts"), "the CallError names the attempts: {error}");
+    assert!(error.contains("worker ghost held attempt 2 and sent no sign of life"), "and the cause: {error}");
+    assert_eq!(*attempts.lock().unwrap(), vec![1, 2], "two attempts were dispatched, no third");
+}

@@ -40,6 +40,20 @@ impl Calls {
             self.fail(call, task.attempt, error, FailedBy::Bridge);
             return Ok(());
         }
+        if kind != "operator" && task.attempt >= self.max_attempts {
+            let error = CallError::new(
+                ErrorCode::UNKNOWN,
+                format!(
+                    "sealfarm gave up on {} of {} after {} attempts (--max-attempts); the last ended: {reason}",
+                    task.stage(),
+                    call.sector.id,
+                    task.attempt
+                ),
+            );
+            tracing::error!(call_id = %call.call_id, attempts = task.attempt, reason, "no more attempts: the call fails");
+            self.fail(call, task.attempt, error, FailedBy::Bridge);
+            return Ok(());
+        }
         let next = task.next_attempt();
         let queue = match self.route(&next, away_from) {
             Ok(queue) => queue,

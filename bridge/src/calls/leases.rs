@@ -44,6 +44,8 @@ pub struct Lease {
 const SILENCE: Duration = Duration::from_secs(15);
 /// What every lease gets when events come back after a silence.
 const GRACE: Duration = Duration::from_secs(30);
+/// How long the bridge remembers having told a superseded attempt to stop.
+const TOLD_KEPT: Duration = Duration::from_secs(3600);
 
 pub struct Leases {
     calls: Arc<Calls>,
@@ -51,8 +53,10 @@ pub struct Leases {
     held: Mutex<HashMap<Uuid, Lease>>,
     /// When the last event from any worker arrived.
     last_event: Mutex<Instant>,
-    /// Superseded attempts already told to their worker: (call, attempt).
-    told: Mutex<std::collections::HashSet<(Uuid, u32)>>,
+    /// Superseded attempts already told to their worker: (call, attempt),
+    /// and when. Entries older than [`TOLD_KEPT`] are dropped (an attempt
+    /// still running after that is told again: harmless).
+    told: Mutex<HashMap<(Uuid, u32), Instant>>,
 }
 
 /// Events handed to the bridge ahead of the one it handles: enough to keep
@@ -146,7 +150,7 @@ impl Leases {
         let age = Duration::from_millis(now_ms().saturating_sub(event.at_ms)).min(self.timeout);
         match event.event {
             EventKind::Claim { call_id, attempt, .. } => {
-                self.calls.farm.progressed(call_id, event.at_ms);
+                self.note_progress(call_id, event.at_ms)?;
                 self.note_queue_wait(call_id, &worker, event.at_ms);
                 self.renew(&worker, call_id, attempt, age).await
             }
@@ -181,7 +185,7 @@ impl Leases {
                 Ok(())
             }
             EventKind::Progress { call_id, attempt, .. } => {
-                self.calls.farm.progressed(call_id, event.at_ms);
+                self.note_progress(call_id, event.at_ms)?;
                 self.renew(&worker, call_id, attempt, age).await
             }
             EventKind::Release { call_id, attempt, reason } => {
@@ -192,11 +196,39 @@ impl Leases {
         }
     }
 
+    /// Notes a call's progress, for open calls only: made-up call ids grow nothing.
+    fn note_progress(&self, call_id: Uuid, at_ms: u64) -> Result<()> {
+        if self.calls.store.get(&call_id.to_string())?.is_some_and(|call| call.is_open()) {
+            self.calls.farm.progressed(call_id, at_ms);
+        }
+        Ok(())
+    }
+
     /// The call, if `attempt` is its current, open attempt.
     fn current(&self, call_id: Uuid, attempt: u32) -> Result<Option<Call>> {
         let Some(call) = self.calls.store.get(&call_id.to_string())? else { return Ok(None) };
         let current = call.task().map(|t| t.attempt);
         Ok((call.is_open() && current == Some(attempt)).then_some(call))
+    }
+
+    /// True the first time (within [`TOLD_KEPT`]) an attempt is to be told
+    /// to stop; forgets what is older as it goes.
+    fn tell_once(&self, call_id: Uuid, attempt: u32) -> bool {
+        let mut told = self.told.lock().unwrap();
+        if told.len() > 1024 {
+            told.retain(|_, at| at.elapsed() <= TOLD_KEPT);
+        }
+        match told.entry((call_id, attempt)) {
+            std::collections::hash_map::Entry::Occupied(mut seen) if seen.get().elapsed() > TOLD_KEPT => {
+                seen.insert(Instant::now());
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(new) => {
+                new.insert(Instant::now());
+                true
+            }
+        }
     }
 
     /// A sign of life from `worker` for one attempt of a call.
@@ -205,7 +237,7 @@ impl Leases {
         let current = call.task().map(|t| t.attempt).unwrap_or(attempt);
         if attempt < current && call.is_open() {
             // An old attempt still running somewhere: tell it once to stop.
-            if self.told.lock().unwrap().insert((call_id, attempt)) {
+            if self.tell_once(call_id, attempt) {
                 self.calls.supersede(worker, call_id, attempt, &format!("attempt {current} was dispatched")).await;
             }
             return Ok(());
@@ -217,7 +249,7 @@ impl Leases {
         if !call.is_open() && answered_by != Some((worker, attempt)) {
             // The call has its result from elsewhere (another attempt, or the
             // operator aborted it): this copy's work is wasted.
-            if self.told.lock().unwrap().insert((call_id, attempt)) {
+            if self.tell_once(call_id, attempt) {
                 self.calls.supersede(worker, call_id, attempt, "the call already has its result").await;
             }
             return Ok(());

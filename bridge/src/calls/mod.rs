@@ -41,6 +41,9 @@ pub struct Calls {
     pub shutdown: Shutdown,
     /// How long after a PC1 call arrives its ticket can still land on chain.
     pub ticket_window: Duration,
+    /// Attempts a call gets before the bridge fails it instead of
+    /// dispatching it again on its own (`--max-attempts`).
+    pub max_attempts: u32,
     /// The live workers, from their heartbeats.
     pub farm: Arc<Farm>,
     /// Ids of the storage paths the bridge mounts itself (shared storage).

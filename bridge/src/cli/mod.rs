@@ -215,6 +215,12 @@ struct RunArgs {
     /// back in time resumes its jobs (a PC1 from its last finished layer).
     #[arg(long, env = "SEALFARM_LEASE_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration)]
     lease_timeout: std::time::Duration,
+    /// How many attempts a call gets when its workers go silent, die or give
+    /// it back; after the last the call fails with a CallError that says
+    /// why, rather than being dispatched again after every lease timeout
+    /// forever. The operator's `requeue` is not counted against it.
+    #[arg(long, env = "SEALFARM_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
     /// How long after a PC1 call arrives its ticket can still land on chain.
     /// lotus draws the ticket 900 epochs (7.5 h) before it calls PC1 and
     /// rejects a precommit whose ticket is older than 3780 epochs (31.5 h):

@@ -76,6 +76,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         miner: miner.clone(),
         shutdown: shutdown.clone(),
         ticket_window: args.pc1_ticket_window,
+        max_attempts: args.max_attempts,
         farm: Arc::new(Farm::new(args.lease_timeout)),
         shared_storage: miner.storage.iter().map(|p| p.meta.id.clone()).collect(),
         metrics: metrics.clone(),
