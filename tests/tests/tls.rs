@@ -28,10 +28,12 @@ fn run(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Starts the TLS node afresh (its certificates are new each run).
+/// Starts the TLS node afresh: new certificates, and no data (users) of an
+/// earlier run.
 fn start_tls_node() -> PathBuf {
     let base = PathBuf::from(std::env::var("CLUSTER_DIR").unwrap_or_else(|_| "/var/tmp/sealfarm-rabbitmq".into()));
     let _ = Command::new("rabbitmqctl").args(["-q", "-n", NODE, "stop"]).output();
+    let _ = std::fs::remove_dir_all(base.join("sftls"));
     let pki = base.join("sftls-pki");
     let _ = std::fs::remove_dir_all(&pki);
     std::fs::create_dir_all(&pki).unwrap();
