@@ -365,8 +365,9 @@ impl FromStr for SectorSize {
             "tib" | "t" => 1 << 40,
             _ => return Err(format!("invalid sector size {s:?}: unknown unit {unit:?} (use KiB, MiB or GiB)")),
         };
-        let size = SectorSize(number * scale);
-        if SectorSize::ALL.contains(&size) {
+        // Checked: a number of that unit past 2^64 bytes is no size at all.
+        let size = number.checked_mul(scale).map(SectorSize);
+        if let Some(size) = size.filter(|size| SectorSize::ALL.contains(size)) {
             Ok(size)
         } else {
             Err(format!(

@@ -723,6 +723,9 @@ pub struct ControlMessage {
     pub control: Control,
 }
 
+/// The most bytes of a [`DeadLetterReason`]'s detail.
+pub const MAX_REASON_DETAIL: usize = 1024;
+
 /// Why a consumer dead-lettered a message; sent as the `x-sealfarm-reason`
 /// header (`<code>: <detail>`) so an operator reads it in the queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -732,35 +735,51 @@ pub struct DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    /// A reason with its detail cut to [`MAX_REASON_DETAIL`] bytes: the
+    /// detail may quote what arrived (serde quotes a wrong value whole), and
+    /// the reason travels as a message header, which must fit in one AMQP
+    /// frame (128 KiB) or the dead-letter publish itself fails.
+    fn new(code: &'static str, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        if detail.len() > MAX_REASON_DETAIL {
+            let mut end = MAX_REASON_DETAIL - "…".len();
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+            detail.push('…');
+        }
+        DeadLetterReason { code, detail }
+    }
     pub fn malformed(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "malformed", detail: detail.into() }
+        Self::new("malformed", detail)
     }
     pub fn unsupported_schema(version: u64) -> Self {
-        DeadLetterReason {
-            code: "unsupported-schema",
-            detail: format!("message schema version {version}, this build reads version {SCHEMA_VERSION}"),
-        }
+        Self::new(
+            "unsupported-schema",
+            format!("message schema version {version}, this build reads version {SCHEMA_VERSION}"),
+        )
     }
     pub fn unknown_proof_type(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "unknown-proof-type", detail: detail.into() }
+        Self::new("unknown-proof-type", detail)
     }
     pub fn wrong_sector_size(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "wrong-sector-size", detail: detail.into() }
+        Self::new("wrong-sector-size", detail)
     }
     pub fn wrong_stage(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "wrong-stage", detail: detail.into() }
+        Self::new("wrong-stage", detail)
     }
     pub fn missing_input(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "missing-input", detail: detail.into() }
+        Self::new("missing-input", detail)
     }
     /// A task whose runs keep ending without a result (they take their
     /// process down), given up after its retries.
     pub fn poison(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "poison", detail: detail.into() }
+        Self::new("poison", detail)
     }
     /// Dead-lettered by the broker (delivery limit, …), reason from `x-death`.
     pub fn broker(detail: impl Into<String>) -> Self {
-        DeadLetterReason { code: "broker", detail: detail.into() }
+        Self::new("broker", detail)
     }
 }
 
@@ -777,12 +796,29 @@ impl fmt::Display for DeadLetterReason {
 pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, DeadLetterReason> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| DeadLetterReason::malformed(format!("not JSON: {e}")))?;
-    match value.get("schema").and_then(|v| v.as_u64()) {
+    let Some(schema) = value.get("schema") else {
+        return Err(DeadLetterReason::malformed("no \"schema\" version field"));
+    };
+    match schema.as_u64() {
         Some(version) if version == u64::from(SCHEMA_VERSION) => {}
         Some(version) => return Err(DeadLetterReason::unsupported_schema(version)),
-        None => return Err(DeadLetterReason::malformed("no \"schema\" version field")),
+        None => {
+            return Err(DeadLetterReason::malformed(format!("\"schema\" is {}, not a version number", kind_of(schema))))
+        }
     }
     serde_json::from_value(value).map_err(|e| DeadLetterReason::malformed(format!("not {what}: {e}")))
+}
+
+/// A JSON value in a few words: a number as it is written, else its type.
+fn kind_of(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(_) => "a string".into(),
+        serde_json::Value::Array(_) => "an array".into(),
+        serde_json::Value::Object(_) => "an object".into(),
+        serde_json::Value::Bool(_) => "a boolean".into(),
+        serde_json::Value::Null => "null".into(),
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -848,6 +884,14 @@ mod tests {
         assert_eq!(reason.to_string(), "malformed: no \"schema\" version field");
         let reason = decode::<EventMessage>(br#"{"schema": 1, "worker": "w1"}"#, "an event message").unwrap_err();
         assert!(reason.detail.starts_with("not an event message: "), "{reason}");
+        let reason = decode::<EventMessage>(br#"{"schema": "1"}"#, "an event message").unwrap_err();
+        assert_eq!(reason.to_string(), "malformed: \"schema\" is a string, not a version number");
+        let reason = decode::<EventMessage>(br#"{"schema": 18446744073709551616}"#, "an event message").unwrap_err();
+        assert_eq!(reason.to_string(), "malformed: \"schema\" is 1.8446744073709552e+19, not a version number");
+        // serde quotes a wrong value whole; the reason (a message header) stays short.
+        let long = format!(r#"{{"schema": 1, "worker": 7, "at_ms": "{}"}}"#, "x".repeat(1 << 20));
+        let reason = decode::<EventMessage>(long.as_bytes(), "an event message").unwrap_err();
+        assert!(reason.detail.len() <= MAX_REASON_DETAIL && reason.detail.ends_with('…'), "{}", reason.detail.len());
         let event =
             EventMessage::new("w1", EventKind::Release { call_id: Uuid::nil(), attempt: 1, reason: "test".into() });
         let decoded: EventMessage = decode(&serde_json::to_vec(&event).unwrap(), "an event message").unwrap();
