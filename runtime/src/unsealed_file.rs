@@ -372,8 +372,10 @@ pub fn padded(unpadded: u64) -> u64 {
 /// (`offset.Padded()`, plus `size.Padded()`); None when it overflows.
 pub fn padded_range(offset: u64, size: u64) -> Option<(u64, u64)> {
     offset.checked_add(size)?;
-    let start = padded(offset);
-    Some((start, start.checked_add(padded(size))?))
+    // Checked too: an offset within 1/128 of u64::MAX pads past it.
+    let padded = |unpadded: u64| unpadded.checked_add(unpadded / 127);
+    let start = padded(offset)?;
+    Some((start, start.checked_add(padded(size)?)?))
 }
 
 #[cfg(test)]
