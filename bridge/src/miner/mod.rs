@@ -17,3 +17,6 @@ pub(crate) mod remote;
 pub(crate) mod rpc;
 pub(crate) mod storage;
 pub(crate) mod worker_api;
+
+#[cfg(test)]
+mod decoder_props;

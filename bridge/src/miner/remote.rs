@@ -44,6 +44,7 @@ use crate::miner::worker_api::Api;
 use sealfarm_runtime::sector_files::http_get;
 use sealfarm_runtime::unsealed_file;
 use sealfarm_schemas::sector_store::{file_type_bit, parse_sector_name};
+use sealfarm_schemas::SectorId;
 
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
@@ -68,12 +69,40 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, message).into_response()
 }
 
+/// The sector a `/remote/{type}/{name}` path names: `type` one of lotus'
+/// file type folders, `name` a sector's file name `s-t0<miner>-<number>`;
+/// None for anything else. Both are joined to a storage path, so nothing
+/// but those names (no `..`, `/` or NUL) may pass.
+pub(crate) fn sector_file(file_type: &str, name: &str) -> Option<SectorId> {
+    if !FILE_TYPES.iter().any(|(_, folder)| *folder == file_type) {
+        return None;
+    }
+    parse_sector_name(name)
+}
+
+/// The storage ids of a DELETE's `?keep=<id>[.<id>…]`: the copies to keep.
+pub(crate) fn keep_ids(query: Option<&str>) -> Vec<String> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("keep="))
+        .map(|ids| ids.split('.').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The numbers of an `…/{proof type}/allocated/{offset}/{size}` path,
+/// checked before anything is read (lotus answers 500 for others).
+pub(crate) fn check_allocated_numbers(spt: &str, offset: &str, size: &str) -> Result<(), String> {
+    if [spt, offset, size].iter().any(|n| n.parse::<u64>().is_err()) {
+        return Err(format!("proof type {spt:?}, offset {offset:?} and size {size:?} must be numbers"));
+    }
+    Ok(())
+}
+
 /// The local copies of a sector file: (storage id, path); None when the
 /// type or name is not a sector file's.
 fn copies(api: &Api, file_type: &str, name: &str) -> Option<Vec<(String, PathBuf)>> {
-    if !FILE_TYPES.iter().any(|(_, folder)| *folder == file_type) || parse_sector_name(name).is_none() {
-        return None;
-    }
+    sector_file(file_type, name)?;
     Some(
         api.miner
             .storage
@@ -191,13 +220,7 @@ async fn remove(
     if !authorized(&api, &headers, query.as_deref()).await {
         return unauthorized();
     }
-    let keep: Vec<String> = query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("keep="))
-        .map(|ids| ids.split('.').map(str::to_string).collect())
-        .unwrap_or_default();
+    let keep = keep_ids(query.as_deref());
     let Some(copies) = copies(&api, &file_type, &name) else {
         return error(StatusCode::BAD_REQUEST, format!("no sector file {file_type}/{name}"));
     };
@@ -255,8 +278,7 @@ async fn allocated(
         let why = format!("allocated ranges exist for unsealed files only, not {file_type:?}");
         return error(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
-    if [&spt, &offset, &size].iter().any(|n| n.parse::<u64>().is_err()) {
-        let why = format!("proof type {spt:?}, offset {offset:?} and size {size:?} must be numbers");
+    if let Err(why) = check_allocated_numbers(&spt, &offset, &size) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, why);
     }
     let Some(copies) = copies(&api, &file_type, &name) else {
