@@ -17,6 +17,9 @@ pub(crate) mod hardware;
 pub(crate) mod lotus_table;
 pub(crate) mod overrides;
 
+#[cfg(test)]
+mod decoder_props;
+
 use std::collections::BTreeMap;
 
 use anyhow::Result;
