@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
+/// How long an HTTP peer may say nothing (no answer, no next bytes of a
+/// body) before the transfer is given up: a peer that accepts a connection
+/// and stalls fails the transfer instead of holding it for ever.
+pub const STALL: Duration = Duration::from_secs(60);
+
 /// Where the pauses start and where they stop growing (each pause doubles,
 /// plus up to as much again at random).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

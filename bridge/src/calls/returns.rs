@@ -51,7 +51,7 @@ impl Calls {
             let stage = output.stage();
             _large = self.large_returns.acquire().await.ok();
             match self.blobs.checked_path(blob).await {
-                Ok(path) => blob_file = Some((path, stage == sealfarm_schemas::Stage::C1)),
+                Ok(path) => blob_file = Some((path, stage == sealfarm_schemas::Stage::C1, blob.size)),
                 Err(err) => {
                     // Nothing to return but the loss: the miner's state machine runs the stage again.
                     tracing::error!(call_id = %call.call_id, error = %format!("{err:#}"), "the {stage} output is lost");
@@ -66,13 +66,13 @@ impl Calls {
         loop {
             let client = self.miner.client();
             let sent = match (&blob_file, params.as_array()) {
-                (Some((path, true)), Some(items)) if items.len() == 3 => {
+                (Some((path, true, size)), Some(items)) if items.len() == 3 => {
                     let text = crate::blobs::Blobs::base64_stream(path.clone());
-                    client.call_streamed::<Value>(method, &items[..1], text, true, &items[2..]).await
+                    client.call_streamed::<Value>(method, &items[..1], text, (true, *size), &items[2..]).await
                 }
-                (Some((path, false)), Some(items)) if items.len() == 3 => {
+                (Some((path, false, size)), Some(items)) if items.len() == 3 => {
                     let text = crate::blobs::Blobs::raw_stream(path.clone());
-                    client.call_streamed::<Value>(method, &items[..1], text, false, &items[2..]).await
+                    client.call_streamed::<Value>(method, &items[..1], text, (false, *size), &items[2..]).await
                 }
                 _ => client.call_with::<Value, _>(method, &params).await,
             };

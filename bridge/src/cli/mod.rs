@@ -155,14 +155,27 @@ struct CallArgs {
 
 #[derive(Subcommand, Debug)]
 enum DeadLetterCommand {
-    /// What waits in sealfarm.dead-letters, and why.
-    List(ViewArgs),
+    /// What waits in sealfarm.dead-letters, and why: a page at a time,
+    /// oldest first.
+    List(DeadLetterPage),
     /// Dispatch dead-lettered tasks again (their calls are opened again; the
     /// result is returned to the miner, and a call the miner re-issues with
     /// the same inputs gets it).
     Replay(DeadLetterSelection),
     /// Delete dead letters for good.
     Purge(DeadLetterSelection),
+}
+
+#[derive(Args, Debug)]
+struct DeadLetterPage {
+    /// Skip this many dead letters (the oldest first).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Show at most this many (1 to 1000).
+    #[arg(long, default_value_t = crate::ops::dead_letters::PAGE)]
+    limit: usize,
+    #[command(flatten)]
+    view: ViewArgs,
 }
 
 #[derive(Args, Debug)]
@@ -197,6 +210,23 @@ struct RunArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "SEALFARM_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How long any one call to the miner may take (a Return, a token
+    /// check, registration): a miner that accepts the connection and then
+    /// says nothing fails the call after this, and the call is retried (a
+    /// Return) or the request refused with 503 (a token check). A Return
+    /// that streams a large output gets a second more per MiB of it.
+    #[arg(long, env = "SEALFARM_MINER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    miner_timeout: std::time::Duration,
+    /// Serve `/metrics` only to requests with the read (or admin) token, as
+    /// the status API: Prometheus' `authorization: { credentials_file: … }`
+    /// pointed at the bridge's `token-read`. Default: open, as most
+    /// exporters are (it names no call ids and no tokens).
+    #[arg(long, env = "SEALFARM_METRICS_TOKEN")]
+    metrics_token: bool,
+    /// Serve `/metrics` on this address (plain HTTP) instead of --listen,
+    /// e.g. 127.0.0.1:9464 or an address on the monitoring network.
+    #[arg(long, env = "SEALFARM_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     broker: broker::BrokerArgs,
     /// Where the bridge keeps its call store. Default: ~/.sealfarm/bridge.
@@ -376,12 +406,17 @@ async fn operate(command: Command) -> Result<()> {
         }
         Command::Requeue(args) => control(&args.view, &format!("/sealfarm/v0/jobs/{}/requeue", args.call)).await?,
         Command::Abort(args) => control(&args.view, &format!("/sealfarm/v0/jobs/{}/abort", args.call)).await?,
-        Command::DeadLetters { action: DeadLetterCommand::List(view) } => {
-            let letters: Vec<DeadLetter> = view.target.client()?.get("/sealfarm/v0/dead-letters").await?;
+        Command::DeadLetters { action: DeadLetterCommand::List(page) } => {
+            let DeadLetterPage { offset, limit, view } = page;
+            let path = format!("/sealfarm/v0/dead-letters?offset={offset}&limit={limit}");
+            let letters: Vec<DeadLetter> = view.target.client()?.get(&path).await?;
             if view.json {
                 print_json(&letters);
             } else {
                 print!("{}", views::format_dead_letters(&letters));
+                if letters.len() == limit {
+                    println!("(more may follow: sealfarm-bridge dead-letters list --offset {})", offset + limit);
+                }
             }
         }
         Command::DeadLetters { action } => {

@@ -53,7 +53,13 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     let blobs = Arc::new(Blobs::open(&state_dir, args.max_request_size)?);
     let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
     let (trigger, shutdown) = shutdown::channel();
-    let miner = Arc::new(Miner::new(info.clone(), storage, format!("{scheme}://{advertised}"), store.clone()));
+    let miner = Arc::new(Miner::new(
+        info.clone(),
+        storage,
+        format!("{scheme}://{advertised}"),
+        store.clone(),
+        args.miner_timeout,
+    ));
     let broker_config = args.broker.config()?;
     let link = Arc::new(BrokerLink::new(broker_config.clone(), "sealfarm-bridge".into(), broker::Role::Bridge));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker_config.redacted()))?;
@@ -97,6 +103,11 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         tokens: tokens.clone(),
         dead_letters: DeadLetters::new(),
         metrics,
+        metrics_access: crate::ops::MetricsAccess {
+            token: args.metrics_token,
+            own_address: args.metrics_listen.is_some(),
+        },
+        metrics_text: Default::default(),
     });
     let leases = Leases::new(calls.clone(), args.lease_timeout)?;
     let api = Arc::new(Api {
@@ -109,8 +120,11 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         files_token: args.files_token.clone(),
         max_request_size: args.max_request_size,
         large_requests: tokio::sync::Semaphore::new(1),
+        // A file server that stops sending fails the fetch: no answer or no
+        // bytes for a minute (a whole sealed file may take hours: no total).
         files_client: reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(sealfarm_runtime::retry::STALL)
             .build()
             .context("building the HTTP client for workers' file servers")?,
     });
@@ -157,7 +171,13 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     std::fs::write(&api_file, format!("{scheme}://{local}\n"))
         .with_context(|| format!("cannot write {}", api_file.display()))?;
     eprintln!("  dashboard    {scheme}://{local}/dashboard (sealfarm-bridge dashboard prints the link with its token)");
-    eprintln!("  metrics      {scheme}://{local}/metrics");
+    match args.metrics_listen {
+        Some(address) => eprintln!("  metrics      http://{address}/metrics"),
+        None => eprintln!("  metrics      {scheme}://{local}/metrics"),
+    }
+    if args.metrics_token {
+        eprintln!("               (with the read token: Authorization: Bearer <token-read>)");
+    }
     eprintln!(
         "  workers      sealfarm-worker run --bridge {scheme}://{advertised}{} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
         if tls.is_some() { " --bridge-ca <your CA>" } else { "" },
@@ -169,6 +189,16 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let mut server_shutdown = shutdown.clone();
+    if let Some(address) = args.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--metrics-listen)"))?;
+        let app = ops::metrics_router(ops.clone());
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app).with_graceful_shutdown(async move { stop.wait().await }).await
+        });
+    }
     let app = worker_api::router(api).merge(ops::router(ops)).merge(blobs::router(blob_api));
     let server = match tls {
         Some(tls) => {

@@ -5,9 +5,7 @@
 //! bookkeeping after each call: declaring new sector files, verifying the
 //! tokens the miner presents.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use sealfarm_runtime::retry::{self, Backoff};
@@ -19,13 +17,12 @@ use crate::calls::store::CallStore;
 use crate::miner::api_info::MinerApiInfo;
 use crate::miner::rpc::{CallFailure, RpcClient};
 use crate::miner::storage::StoragePath;
+use crate::miner::tokens::{TokenChecks, Verdict};
 
 /// The miner API version lotus-worker requires (1.5.0).
 pub const MINER_API_VERSION: u64 = 66816;
 /// How often the storage health and the miner session are checked (lotus: 10 s).
 const HEARTBEAT: Duration = Duration::from_secs(10);
-/// How long a token the miner verified stays trusted without asking again.
-const TOKEN_CACHE: Duration = Duration::from_secs(60);
 
 /// The miner as the bridge knows it.
 pub struct Miner {
@@ -34,7 +31,7 @@ pub struct Miner {
     pub storage: Vec<StoragePath>,
     /// `http://<advertised host:port>`, the base of `/rpc/v0` and `/remote`.
     pub advertised: String,
-    tokens: Mutex<HashMap<String, (Vec<String>, Instant)>>,
+    tokens: TokenChecks,
     /// The miner's sector size, once asked (`ActorSectorSize`).
     sector_size: std::sync::OnceLock<SectorSize>,
     /// Where the bridge remembers what it declared (worker-local files are
@@ -43,13 +40,20 @@ pub struct Miner {
 }
 
 impl Miner {
-    pub fn new(info: MinerApiInfo, storage: Vec<StoragePath>, advertised: String, store: CallStore) -> Self {
+    /// `timeout`: how long any one call to the miner may take (`--miner-timeout`).
+    pub fn new(
+        info: MinerApiInfo,
+        storage: Vec<StoragePath>,
+        advertised: String,
+        store: CallStore,
+        timeout: Duration,
+    ) -> Self {
         Miner {
-            client: RpcClient::new(info.url.clone(), info.token.clone()),
+            client: RpcClient::with_timeout(info.url.clone(), info.token.clone(), timeout),
             info,
             storage,
             advertised,
-            tokens: Mutex::new(HashMap::new()),
+            tokens: TokenChecks::default(),
             sector_size: std::sync::OnceLock::new(),
             store,
         }
@@ -80,23 +84,15 @@ impl Miner {
         &self.client
     }
 
-    /// The permissions of a token, as the miner's `AuthVerify` says (cached briefly).
-    pub async fn verify_token(&self, token: &str) -> Option<Vec<String>> {
-        if let Some((perms, at)) = self.tokens.lock().unwrap().get(token) {
-            if at.elapsed() < TOKEN_CACHE {
-                return Some(perms.clone());
-            }
-        }
-        match self.client.call::<Vec<String>>("AuthVerify", json!([token])).await {
-            Ok(perms) => {
-                self.tokens.lock().unwrap().insert(token.to_string(), (perms.clone(), Instant::now()));
-                Some(perms)
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "the miner did not verify a token");
-                None
-            }
-        }
+    /// Whether the miner accepts a token, and with which permissions
+    /// (`AuthVerify`, remembered briefly: [`TokenChecks`]).
+    pub async fn verify_token(&self, token: &str) -> Verdict {
+        self.tokens.verify(&self.client, token).await
+    }
+
+    /// The token checks (how many reached the miner).
+    pub fn token_checks(&self) -> &TokenChecks {
+        &self.tokens
     }
 
     /// Checks the miner's API version, retrying while the miner is away.

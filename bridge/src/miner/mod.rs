@@ -8,7 +8,9 @@
 //! * [`api_info`] — `MINER_API_INFO` parsing;
 //! * [`remote`] — `/remote`, the sector files served to the miner;
 //! * [`pieces`] — piece data the miner pushes or links for AddPiece;
-//! * [`storage`] — the sealing paths declared to the miner.
+//! * [`storage`] — the sealing paths declared to the miner;
+//! * [`tokens`] — checking presented tokens with the miner, remembered
+//!   briefly and a few at a time.
 
 pub(crate) mod api_info;
 pub(crate) mod client;
@@ -16,6 +18,7 @@ pub(crate) mod pieces;
 pub(crate) mod remote;
 pub(crate) mod rpc;
 pub(crate) mod storage;
+pub(crate) mod tokens;
 pub(crate) mod worker_api;
 
 #[cfg(test)]

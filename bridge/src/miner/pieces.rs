@@ -135,8 +135,10 @@ impl PieceInbox {
     /// Downloads piece data from `url` (ReaderStream type `http`), at most
     /// `max` bytes; the new piece's id.
     pub async fn fetch(&self, url: &str, max: u64) -> Result<uuid::Uuid, String> {
+        // A source that stops sending fails the AddPiece, not holds it.
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .read_timeout(sealfarm_runtime::retry::STALL)
             .build()
             .map_err(|e| format!("GET {url}: {e}"))?;
         let response = client.get(url).send().await.map_err(|e| format!("GET {url}: {e}"))?;

@@ -40,6 +40,7 @@ use serde_json::json;
 
 use crate::miner::rpc;
 use crate::miner::storage::FILE_TYPES;
+use crate::miner::tokens::Verdict;
 use crate::miner::worker_api::Api;
 use sealfarm_runtime::sector_files::http_get;
 use sealfarm_runtime::unsealed_file;
@@ -56,7 +57,10 @@ pub fn router(api: Arc<Api>) -> Router {
 
 async fn authorized(api: &Api, headers: &HeaderMap, query: Option<&str>) -> bool {
     match rpc::bearer_token(headers, query) {
-        Some(token) => api.miner.verify_token(&token).await.is_some_and(|perms| perms.iter().any(|p| p == "admin")),
+        Some(token) => match api.miner.verify_token(&token).await {
+            Verdict::Allowed(perms) => perms.iter().any(|p| p == "admin"),
+            Verdict::Refused | Verdict::Unavailable(_) => false,
+        },
         None => false,
     }
 }

@@ -205,11 +205,25 @@ fn is_already_reported(error: &RpcError) -> bool {
         && (error.message.contains("already reported") || error.message.contains("already has a response"))
 }
 
+/// How long a call to the miner may take by default: connecting, sending
+/// the request and reading the whole answer (`--miner-timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The slowest a streamed request body is allowed to go: a streamed call
+/// gets the timeout plus a second for every MiB of its body.
+const MIN_STREAM_RATE: u64 = 1 << 20;
+
 /// A JSON-RPC client over HTTP POST with a bearer token.
+///
+/// Every call has a deadline: a server that accepts the connection and
+/// then stalls (reads nothing, answers nothing) fails the call with
+/// [`CallFailure::Unreachable`] after it, so whoever called (a `Return*`
+/// delivery, a token check, the registration keeper) gets to retry or
+/// refuse instead of hanging.
 pub struct RpcClient {
     http: reqwest::Client,
     url: String,
     token: Option<String>,
+    timeout: Duration,
     next_id: AtomicU64,
     contact: std::sync::Mutex<Contact>,
 }
@@ -236,8 +250,15 @@ impl Contact {
 
 impl RpcClient {
     pub fn new(url: impl Into<String>, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().expect("HTTP client");
-        RpcClient { http, url: url.into(), token, next_id: AtomicU64::new(1), contact: Default::default() }
+        Self::with_timeout(url, token, DEFAULT_TIMEOUT)
+    }
+
+    /// A client whose calls fail after `timeout` (streamed ones get more:
+    /// see [`call_streamed`](Self::call_streamed)).
+    pub fn with_timeout(url: impl Into<String>, token: Option<String>, timeout: Duration) -> Self {
+        let connect = timeout.min(Duration::from_secs(10));
+        let http = reqwest::Client::builder().connect_timeout(connect).build().expect("HTTP client");
+        RpcClient { http, url: url.into(), token, timeout, next_id: AtomicU64::new(1), contact: Default::default() }
     }
 
     /// How the last calls went.
@@ -270,12 +291,15 @@ impl RpcClient {
     /// `text` as the request is sent: a `ReturnSealCommit1` of tens of MiB
     /// is never whole in memory. Not `quoted`: `text` is a JSON value of its
     /// own (the array of `ReturnProveReplicaUpdate1`), put in as it comes.
+    /// `size`: about how many bytes `text` gives; the call's deadline grows
+    /// by a second per MiB of it (a 50 MiB body over a slow link is not a
+    /// stalled miner).
     pub async fn call_streamed<T: DeserializeOwned>(
         &self,
         method: &str,
         head: &[Value],
         text: impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> + Send + 'static,
-        quoted: bool,
+        (quoted, size): (bool, u64),
         tail: &[Value],
     ) -> Result<T, CallFailure> {
         use futures_util::StreamExt as _;
@@ -296,7 +320,8 @@ impl RpcClient {
         let pieces = futures_util::stream::once(async move { Ok(axum::body::Bytes::from(start)) })
             .chain(text)
             .chain(futures_util::stream::once(async move { Ok(axum::body::Bytes::from(end)) }));
-        let outcome = self.send(method, reqwest::Body::wrap_stream(pieces)).await;
+        let deadline = self.timeout + Duration::from_secs(size / MIN_STREAM_RATE);
+        let outcome = self.send(method, reqwest::Body::wrap_stream(pieces), deadline).await;
         self.record(outcome)
     }
 
@@ -329,19 +354,35 @@ impl RpcClient {
             url: self.url.clone(),
             detail: format!("cannot encode {method}: {e}"),
         })?;
-        self.send(method, reqwest::Body::from(body)).await
+        self.send(method, reqwest::Body::from(body), self.timeout).await
     }
 
-    /// Posts a JSON-RPC request body and reads the answer.
-    async fn send<T: DeserializeOwned>(&self, method: &str, body: reqwest::Body) -> Result<T, CallFailure> {
-        let mut request =
-            self.http.post(&self.url).header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+    /// Posts a JSON-RPC request body and reads the answer, all within `deadline`.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        body: reqwest::Body,
+        deadline: Duration,
+    ) -> Result<T, CallFailure> {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .timeout(deadline)
+            .body(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
         let url = self.url.clone();
-        let response =
-            request.send().await.map_err(|e| CallFailure::Unreachable { url: url.clone(), detail: e.to_string() })?;
+        let unreachable = |e: reqwest::Error| {
+            let detail = if e.is_timeout() {
+                format!("{method}: no answer within {} (--miner-timeout)", humantime::format_duration(deadline))
+            } else {
+                e.to_string()
+            };
+            CallFailure::Unreachable { url: url.clone(), detail }
+        };
+        let response = request.send().await.map_err(unreachable)?;
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(CallFailure::Unauthorized { url });
@@ -349,8 +390,10 @@ impl RpcClient {
         if status.as_u16() > 400 && status != reqwest::StatusCode::INTERNAL_SERVER_ERROR {
             return Err(CallFailure::Unreachable { url, detail: format!("HTTP {status}") });
         }
-        let answer: Value =
-            response.json().await.map_err(|e| CallFailure::BadAnswer { url: url.clone(), detail: e.to_string() })?;
+        let answer: Value = response.json().await.map_err(|e| match e.is_timeout() {
+            true => unreachable(e),
+            false => CallFailure::BadAnswer { url: url.clone(), detail: e.to_string() },
+        })?;
         if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
             let error = RpcError::new(
                 error.get("code").and_then(Value::as_i64).unwrap_or(0),

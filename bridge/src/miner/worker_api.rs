@@ -23,6 +23,7 @@ use crate::calls::store::CallKind;
 use crate::calls::Calls;
 use crate::miner::client::Miner;
 use crate::miner::rpc::{self, Request, RpcError};
+use crate::miner::tokens::Verdict;
 
 /// The worker API version the miner requires (1.7.0).
 pub const WORKER_API_VERSION: u64 = 67328;
@@ -162,8 +163,9 @@ async fn rpc_v0(State(api): State<Arc<Api>>, RawQuery(query): RawQuery, headers:
     let perms = match rpc::bearer_token(&headers, query.as_deref()) {
         None => vec!["read".to_string()],
         Some(token) => match api.miner.verify_token(&token).await {
-            Some(perms) => perms,
-            None => return StatusCode::UNAUTHORIZED.into_response(),
+            Verdict::Allowed(perms) => perms,
+            Verdict::Refused => return StatusCode::UNAUTHORIZED.into_response(),
+            Verdict::Unavailable(why) => return (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
         },
     };
     let limit = api.max_request_size;

@@ -22,11 +22,49 @@ use tokio::sync::Mutex;
 
 use crate::calls::Calls;
 
-/// At most this many dead letters are read at once.
-const MAX: u16 = 1000;
+/// Dead letters listed in one page when the operator names no limit.
+pub const PAGE: usize = 100;
+/// The largest page.
+pub const MAX_PAGE: usize = 1000;
+/// How far into the queue a reading reaches: the broker's prefetch (a
+/// 16-bit count) bounds how many messages one reader holds unacknowledged,
+/// and messages before a page are held too. A queue longer than this is
+/// listed up to here; replay or purge some to see the rest.
+pub const REACH: usize = u16::MAX as usize;
 /// How long the queue must stay quiet, once its count is read, for the
 /// reading to end.
 const QUIET: Duration = Duration::from_millis(500);
+
+/// Which part of the queue a listing shows: `limit` dead letters from
+/// position `offset` (0 is the oldest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Page {
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page { offset: 0, limit: PAGE }
+    }
+}
+
+impl Page {
+    /// Checks an operator's page: a limit of 1 to [`MAX_PAGE`], an end
+    /// within [`REACH`].
+    pub fn new(offset: usize, limit: usize) -> Result<Page, String> {
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(format!("limit {limit}: a page holds 1 to {MAX_PAGE} dead letters"));
+        }
+        if offset.saturating_add(limit) > REACH {
+            return Err(format!(
+                "offset {offset} + limit {limit} is beyond the {REACH} dead letters one reading reaches; \
+                 replay or purge some to see the rest"
+            ));
+        }
+        Ok(Page { offset, limit })
+    }
+}
 
 /// One message in `sealfarm.dead-letters`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -78,14 +116,18 @@ impl DeadLetters {
         Arc::new(DeadLetters::default())
     }
 
-    /// Reads every dead letter; `selected` ones (by id or id prefix, or all
-    /// with `all`) are replayed or purged per `action`.
+    /// Reads the dead letters: for a list, those of `page`; for a replay or
+    /// purge, every one (up to [`REACH`]), acting on the `selected` ones (by
+    /// id or id prefix, or all with `all`). Only what is listed or acted on
+    /// is kept: the bodies are dropped as they are read, so memory does not
+    /// grow with the queue.
     pub async fn handle(
         &self,
         calls: &Arc<Calls>,
         action: Action,
         selected: &[String],
         all: bool,
+        page: Page,
     ) -> Result<Vec<Handled>> {
         let _one = self.lock.lock().await;
         let broker = calls.link.get().await?;
@@ -95,13 +137,19 @@ impl DeadLetters {
             .queue_declare(topology::DEAD_LETTER_QUEUE.into(), options, FieldTable::default())
             .await
             .context("reading sealfarm.dead-letters")?
-            .message_count();
+            .message_count() as usize;
+        // Where the reading stops: the end of the page, or the reach.
+        let end = match action {
+            Action::List => page.offset + page.limit,
+            Action::Replay | Action::Purge => REACH,
+        };
         // The count is a hint, not the truth: messages a reader just gave
         // back (a `list` a moment ago closed its channel) are counted only
         // once the queue has taken them back. So read until the count is
         // reached and then until the queue stays quiet for QUIET.
         let mut handled = Vec::new();
-        channel.basic_qos(MAX, BasicQosOptions::default()).await?;
+        let prefetch = u16::try_from(end).unwrap_or(u16::MAX);
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let mut deliveries = channel
             .basic_consume(
                 topology::DEAD_LETTER_QUEUE.into(),
@@ -110,33 +158,34 @@ impl DeadLetters {
                 FieldTable::default(),
             )
             .await?;
-        while handled.len() < usize::from(MAX) {
-            let wait = if (handled.len() as u64) < u64::from(waiting) { Duration::from_secs(2) } else { QUIET };
+        let mut read = 0usize;
+        while read < end {
+            let wait = if read < waiting { Duration::from_secs(2) } else { QUIET };
             let next = tokio::time::timeout(wait, deliveries.next()).await;
             let Ok(Some(Ok(delivery))) = next else { break };
+            let position = read;
+            read += 1;
+            if action == Action::List {
+                if position >= page.offset {
+                    handled.push(Handled { dead_letter: describe(&delivery), message: String::new(), ok: true });
+                }
+                continue;
+            }
             let letter = describe(&delivery);
-            let chosen = all || selected.iter().any(|s| letter.id.starts_with(s.as_str()));
-            let outcome = match action {
-                _ if !chosen => None,
-                Action::List => None,
-                Action::Purge => Some(match delivery.ack(BasicAckOptions::default()).await {
+            if !(all || selected.iter().any(|s| letter.id.starts_with(s.as_str()))) {
+                continue;
+            }
+            let (ok, message) = match action {
+                Action::Purge => match delivery.ack(BasicAckOptions::default()).await {
                     Ok(_) => (true, "purged".to_string()),
                     Err(err) => (false, format!("not purged: {err}")),
-                }),
-                Action::Replay => Some(replay(calls, &delivery).await),
+                },
+                _ => replay(calls, &delivery).await,
             };
-            if action == Action::List || outcome.is_some() {
-                let (ok, message) = outcome.unwrap_or((true, String::new()));
-                handled.push(Handled { dead_letter: letter, message, ok });
-            } else {
-                handled.push(Handled { dead_letter: letter, message: "kept".into(), ok: true });
-            }
+            handled.push(Handled { dead_letter: letter, message, ok });
         }
         // Everything not acknowledged goes back to the queue.
         let _ = channel.close(200, "done".into()).await;
-        if action != Action::List {
-            handled.retain(|h| h.message != "kept");
-        }
         Ok(handled)
     }
 }

@@ -39,11 +39,19 @@ impl Metrics {
         for (stage, state, count) in overview.call_counts() {
             self.calls.get_or_create(&vec![("stage", stage), ("state", state.to_string())]).set(count as i64);
         }
+        // Labels name sectors, workers and stages, never a call id: a call
+        // id is half of what forging a result takes, and /metrics is often
+        // scraped by systems that show it to many people. A sector has one
+        // PC1 open at a time, so its name is enough.
+        let mut headroom = std::collections::BTreeMap::<String, u64>::new();
         for job in overview.jobs.iter().filter(|j| j.is_open()) {
             if let Some(deadline) = job.ticket_deadline_ms {
-                let labels = vec![("sector", job.sector_name()), ("call_id", job.call_id.to_string())];
-                self.ticket_headroom.get_or_create(&labels).set((deadline as f64 - now as f64) / 1000.0);
+                let earliest = headroom.entry(job.sector_name()).or_insert(deadline);
+                *earliest = deadline.min(*earliest);
             }
+        }
+        for (sector, deadline) in headroom {
+            self.ticket_headroom.get_or_create(&vec![("sector", sector)]).set((deadline as f64 - now as f64) / 1000.0);
         }
         for worker in &overview.workers {
             let id = || ("worker", worker.id.clone());
@@ -71,15 +79,13 @@ impl Metrics {
                     .and_then(|s| s.proof_type.info())
                     .map_or("unknown".into(), |i| i.sector_size.to_string());
                 let sector = job.sector.name();
-                let labels = vec![
-                    id(),
-                    ("stage", job.stage.to_string()),
-                    ("sector_size", size),
-                    ("sector", sector.clone()),
-                    ("call_id", job.call_id.to_string()),
-                ];
+                let labels =
+                    vec![id(), ("stage", job.stage.to_string()), ("sector_size", size), ("sector", sector.clone())];
                 let since = job.last_progress_ms.max(job.started_at_ms);
-                self.job_since_progress.get_or_create(&labels).set(secs(now.saturating_sub(since)));
+                // Two jobs of one sector and stage on a worker (a superseded
+                // attempt beside its successor): the longer silence shows.
+                let gauge = self.job_since_progress.get_or_create(&labels);
+                gauge.set(gauge.get().max(secs(now.saturating_sub(since))));
                 if let Some(progress) = job.progress.as_ref().filter(|p| p.step == "layer") {
                     let labels = vec![id(), ("sector", sector)];
                     self.pc1_layers_done.get_or_create(&labels).set(progress.done as i64);

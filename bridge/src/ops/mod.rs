@@ -6,7 +6,8 @@
 //!   `POST /sealfarm/v0/jobs/{call}/{requeue,abort}`,
 //!   `POST /sealfarm/v0/dead-letters/{replay,purge}` — the controls;
 //! * `GET /dashboard` — the web dashboard (its data comes from the API);
-//! * `GET /metrics` — Prometheus.
+//! * `GET /metrics` — Prometheus (or on `--metrics-listen` alone; with
+//!   `--metrics-token` it takes the read token too).
 //!
 //! The API takes `Authorization: Bearer <token>`: the read token sees, the
 //! admin token also steers. Both are made at the bridge's first start and
@@ -40,7 +41,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::calls::Calls;
-use crate::ops::dead_letters::{Action, DeadLetters};
+use crate::ops::dead_letters::{Action, DeadLetters, Page};
 use crate::ops::metrics::Metrics;
 use crate::ops::snapshot::StatusSource;
 
@@ -136,6 +137,24 @@ pub(crate) struct Ops {
     pub tokens: Tokens,
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Arc<Metrics>,
+    /// Who may read `/metrics`, and where.
+    pub metrics_access: MetricsAccess,
+    /// The last exposition and when it was made: scrapes within
+    /// [`METRICS_FRESH`] of it get it again (a status snapshot per scrape
+    /// would let anyone who can reach `/metrics` keep the bridge busy).
+    pub metrics_text: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// How long one exposition of `/metrics` is served to every scrape.
+pub(crate) const METRICS_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where `/metrics` is served and whether it takes a token.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct MetricsAccess {
+    /// `--metrics-token`: the read (or admin) token is needed.
+    pub token: bool,
+    /// `--metrics-listen`: served on that address only, not on `--listen`.
+    pub own_address: bool,
 }
 
 pub(crate) fn router(ops: Arc<Ops>) -> Router {
@@ -213,8 +232,17 @@ async fn queues(State(ops): State<Arc<Ops>>, _reader: Reader) -> Answer {
     Ok(Json(json!({ "queues": queues, "dead_letters": dead_letters })).into_response())
 }
 
-async fn list_dead_letters(State(ops): State<Arc<Ops>>, _reader: Reader) -> Answer {
-    let listed = ops.dead_letters.handle(&ops.calls, Action::List, &[], false).await.map_err(internal)?;
+/// `?offset=&limit=` of a dead-letter listing.
+#[derive(Deserialize, Default)]
+struct PageQuery {
+    offset: Option<usize>,
+    limit: Option<usize>,
+}
+
+async fn list_dead_letters(State(ops): State<Arc<Ops>>, _reader: Reader, Query(query): Query<PageQuery>) -> Answer {
+    let page = Page::new(query.offset.unwrap_or(0), query.limit.unwrap_or(dead_letters::PAGE))
+        .map_err(|why| refuse(StatusCode::BAD_REQUEST, why))?;
+    let listed = ops.dead_letters.handle(&ops.calls, Action::List, &[], false, page).await.map_err(internal)?;
     let letters: Vec<_> = listed.into_iter().map(|h| h.dead_letter).collect();
     Ok(Json(letters).into_response())
 }
@@ -243,7 +271,11 @@ async fn act_on_dead_letters(
     if selection.ids.is_empty() && !selection.all {
         return Err(refuse(StatusCode::BAD_REQUEST, "name the dead letters (ids or id prefixes), or all"));
     }
-    let handled = ops.dead_letters.handle(&ops.calls, action, &selection.ids, selection.all).await.map_err(internal)?;
+    let handled = ops
+        .dead_letters
+        .handle(&ops.calls, action, &selection.ids, selection.all, Page::default())
+        .await
+        .map_err(internal)?;
     ops.status.queues.forget().await;
     Ok(Json(handled).into_response())
 }
@@ -334,10 +366,38 @@ fn find_call(calls: &Calls, id: &str) -> Result<crate::calls::store::Call, (Stat
     }
 }
 
-async fn metrics(State(ops): State<Arc<Ops>>) -> Answer {
-    let overview = ops.status.overview(&ops.calls, false, false).await.map_err(internal)?;
-    let text = ops.metrics.render(&overview);
+async fn metrics(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
+    if ops.metrics_access.own_address {
+        let why = "/metrics is served on the bridge's --metrics-listen address, not here";
+        return Err(refuse(StatusCode::NOT_FOUND, why));
+    }
+    exposition(&ops, &headers).await
+}
+
+/// The metrics, the token checked when `--metrics-token` asks for it.
+async fn exposition(ops: &Ops, headers: &HeaderMap) -> Answer {
+    if ops.metrics_access.token {
+        check(ops, headers, Access::Read)?;
+    }
+    let mut last = ops.metrics_text.lock().await;
+    let text = match last.as_ref() {
+        Some((at, text)) if at.elapsed() < METRICS_FRESH => text.clone(),
+        _ => {
+            let overview = ops.status.overview(&ops.calls, false, false).await.map_err(internal)?;
+            let text = ops.metrics.render(&overview);
+            *last = Some((std::time::Instant::now(), text.clone()));
+            text
+        }
+    };
     Ok(([(axum::http::header::CONTENT_TYPE, sealfarm_runtime::metrics::CONTENT_TYPE)], text).into_response())
+}
+
+/// `/metrics` alone, for `--metrics-listen`.
+pub(crate) fn metrics_router(ops: Arc<Ops>) -> Router {
+    async fn scrape(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Answer {
+        exposition(&ops, &headers).await
+    }
+    Router::new().route("/metrics", get(scrape)).with_state(ops)
 }
 
 async fn dashboard() -> Html<&'static str> {

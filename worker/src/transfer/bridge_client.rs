@@ -52,7 +52,11 @@ impl BridgeClient {
         if ca.is_some() && !url.starts_with("https://") {
             anyhow::bail!("--bridge-ca is for an https:// --bridge, and {url} is plain http://");
         }
-        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
+        // A bridge that stops answering or sending fails the transfer (and
+        // the job is retried) instead of holding its slot.
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(sealfarm_runtime::retry::STALL);
         let http = sealfarm_runtime::trust::with_roots(builder, ca)?.build().context("cannot build an HTTP client")?;
         Ok(BridgeClient { url, token: token.trim().to_string(), http })
     }
