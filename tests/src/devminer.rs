@@ -72,6 +72,12 @@ pub struct DevMiner {
     changed: Notify,
     /// While true, every request gets HTTP 503 (the miner is "away").
     pub away: std::sync::atomic::AtomicBool,
+    /// While true, requests are taken and never answered (a miner that
+    /// hangs): those that arrive meanwhile hang for good, as on a real
+    /// stuck connection; later ones are answered again.
+    pub stalled: std::sync::atomic::AtomicBool,
+    /// How many `AuthVerify` calls arrived.
+    pub auth_verifies: std::sync::atomic::AtomicU64,
     /// Print each call as its Return arrives.
     pub progress: std::sync::atomic::AtomicBool,
     /// The CA (PEM) to trust when a worker registers an https:// URL.
@@ -90,6 +96,8 @@ impl DevMiner {
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             away: Default::default(),
+            stalled: Default::default(),
+            auth_verifies: Default::default(),
             progress: Default::default(),
             ca: Default::default(),
         })
@@ -235,6 +243,7 @@ impl DevMiner {
                 Ok(json!(self.mint(&perms.iter().map(String::as_str).collect::<Vec<_>>())))
             }
             "AuthVerify" => {
+                self.auth_verifies.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 request.params(1)?;
                 let token: String = request.arg(0)?;
                 self.verify(&token).map(|p| json!(p)).ok_or_else(|| RpcError::method("JWT Verification failed"))
@@ -325,6 +334,9 @@ async fn handle(
 ) -> Response {
     if miner.away.load(std::sync::atomic::Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if miner.stalled.load(std::sync::atomic::Ordering::SeqCst) {
+        return std::future::pending().await;
     }
     let perms = match jsonrpc::bearer_token(&headers, query.as_deref()) {
         None => vec!["read".to_string()],

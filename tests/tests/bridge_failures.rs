@@ -89,3 +89,74 @@ async fn the_bridge_registers_again_when_the_miner_restarts() {
     let calls = add_pieces(miner, 1).await;
     assert_returned_once(miner, &calls).await;
 }
+
+/// A miner that takes requests and never answers them (a hung lotus-miner,
+/// a half-open connection): every call the bridge makes to it ends at the
+/// `--miner-timeout` deadline, so Returns are retried and arrive once the
+/// miner answers again, and a request whose token the bridge cannot check
+/// gets 503 at once instead of hanging.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_miner_that_stops_answering_holds_nothing_up_for_good() {
+    let farm = BridgeFarm::start_with("miner-stall", &["--miner-timeout", "2s"]).await;
+    let calls = add_pieces(&farm.miner, 3).await;
+    farm.miner.stalled.store(true, Ordering::SeqCst);
+    let _worker = farm.start_worker("w-stall", "ap");
+
+    // A token the bridge has not seen: its check with the miner hangs.
+    let stranger = farm.miner.mint(&["admin"]);
+    let started = std::time::Instant::now();
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/rpc/v0", farm.listen))
+        .bearer_auth(&stranger)
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "Filecoin.Version", "params": []}))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("the bridge answers while the miner hangs");
+    assert_eq!(answer.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < Duration::from_secs(15), "answered after {:?}", started.elapsed());
+    let why = answer.text().await.unwrap();
+    assert!(why.contains("no answer within 2s"), "{why}");
+
+    // The Returns of the calls the worker finished meanwhile time out and are retried.
+    let log = farm.bridge.log.clone();
+    let retried = async {
+        while !std::fs::read_to_string(&log).unwrap_or_default().contains("Return not accepted; retrying") {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), retried).await.expect("a Return timed out and was retried");
+    assert!(calls.iter().all(|c| farm.miner.returned(c).is_none()));
+
+    // The miner answers again: every call is returned, once.
+    farm.miner.stalled.store(false, Ordering::SeqCst);
+    assert_returned_once(&farm.miner, &calls).await;
+}
+
+/// A stranger's bad token costs one `AuthVerify`, not one per request: the
+/// miner's refusal is remembered, and the bridge keeps refusing it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_token_is_checked_with_the_miner_once() {
+    let farm = BridgeFarm::start("bad-token-flood").await;
+    let before = farm.miner.auth_verifies.load(Ordering::SeqCst);
+    let http = reqwest::Client::new();
+    let request = json!({"jsonrpc": "2.0", "id": 1, "method": "Filecoin.Version", "params": []});
+    let mut answers = Vec::new();
+    for _ in 0..50 {
+        let answer = http
+            .post(format!("http://{}/rpc/v0", farm.listen))
+            .bearer_auth("not.a.token")
+            .json(&request)
+            .send()
+            .await
+            .unwrap();
+        answers.push(answer.status());
+    }
+    assert!(answers.iter().all(|s| *s == reqwest::StatusCode::UNAUTHORIZED), "{answers:?}");
+    let asked = farm.miner.auth_verifies.load(Ordering::SeqCst) - before;
+    assert_eq!(asked, 1, "the miner was asked {asked} times about one bad token");
+    // A good token is still taken.
+    let good = farm.miner.mint(&["admin"]);
+    let answer = http.post(format!("http://{}/rpc/v0", farm.listen)).bearer_auth(&good).json(&request).send().await;
+    assert_eq!(answer.unwrap().status(), reqwest::StatusCode::OK);
+}

@@ -294,3 +294,72 @@ async fn queue_figures_come_from_the_management_api_when_the_bridge_has_it() {
     let row = text.lines().find(|l| l.starts_with("sealfarm.task.ap.2KiB")).unwrap();
     assert!(!row.contains(" - "), "unacked and rates are filled in: {row}");
 }
+
+/// `/metrics` names no call id (half of what forging a result takes), and
+/// an operator can keep it off the main listener and behind the read token.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_name_no_call_ids_and_can_take_a_token_on_their_own_address() {
+    let metrics_at = sealfarm_tests::free_local_address();
+    let address = metrics_at.to_string();
+    let farm = BridgeFarm::start_with("metrics-access", &["--metrics-token", "--metrics-listen", &address]).await;
+    // Open calls, no worker to take them: an AddPiece and a PC1 whose ticket runs.
+    let sector = sector_ref(21, KIB2);
+    let piece =
+        json!({"Size": 2048, "PieceCID": {"/": "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy"}});
+    let opened = [
+        start(&farm, "AddPiece", add_piece(sector_ref(22, KIB2))).await,
+        start(&farm, "SealPreCommit1", json!([sector, ticket(), [piece]])).await,
+    ];
+    let http = reqwest::Client::new();
+    let main = http.get(format!("http://{}/metrics", farm.listen)).send().await.unwrap();
+    assert_eq!(main.status(), reqwest::StatusCode::NOT_FOUND, "served on --metrics-listen only");
+    let url = format!("http://{metrics_at}/metrics");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), reqwest::StatusCode::UNAUTHORIZED);
+    let text = http.get(&url).bearer_auth(farm.token("read")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("sealfarm_calls{stage=\"pc1\",state=\"queued\"} 1"), "{text}");
+    let headroom = format!("sealfarm_pc1_ticket_headroom_seconds{{sector=\"{}\"}}", sector.id.file_name());
+    assert!(sample(&text, &headroom) > 3600.0, "{text}");
+    for call in &opened {
+        let id = call.id.to_string();
+        assert!(!text.contains(&id) && !text.contains(&id[..8]), "/metrics names call {id}:\n{text}");
+    }
+}
+
+/// `dead-letters list` shows a page at a time, oldest first, however many
+/// wait; the bridge never holds more than the page it lists.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_a_page_at_a_time() {
+    let farm = BridgeFarm::start("dead-letter-pages").await;
+    let publisher = Publisher::connect(&farm.vhost).await.unwrap();
+    for n in 0..1200 {
+        publisher.publish_raw("sealfarm.dead-letters", format!("letter {n:04}").as_bytes()).await.unwrap();
+    }
+    let page = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["dead-letters", "list"];
+        all.extend_from_slice(args);
+        let listed = farm.cli_json(&all);
+        listed.as_array().unwrap().iter().map(|l| l["preview"].as_str().unwrap().to_string()).collect()
+    };
+    let first = page(&[]);
+    assert_eq!(first.len(), 100);
+    assert_eq!((first[0].as_str(), first[99].as_str()), ("letter 0000", "letter 0099"));
+    let last = page(&["--offset", "1150", "--limit", "1000"]);
+    assert_eq!(last.len(), 50, "{last:?}");
+    assert_eq!((last[0].as_str(), last[49].as_str()), ("letter 1150", "letter 1199"));
+    let id_at = |n: usize| {
+        farm.cli_json(&["dead-letters", "list", "--offset", &n.to_string(), "--limit", "1"])[0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let text = farm.cli_ok(&["dead-letters", "list", "--offset", "100", "--limit", "10"]);
+    let ids = (id_at(99), id_at(100), id_at(109));
+    assert!(text.contains(&ids.1) && text.contains(&ids.2) && !text.contains(&ids.0), "{ids:?} {text}");
+    assert!(text.contains("--offset 110"), "the next page is named: {text}");
+    let refused = farm.cli(&["dead-letters", "list", "--limit", "1001"]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("a page holds 1 to 1000"), "{said}");
+    // Listing took nothing away.
+    assert!(farm.cli_ok(&["queues"]).contains("dead letters waiting: 1200"), "{}", farm.cli_ok(&["queues"]));
+}

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use sealfarm_runtime::broker::header;
 use sealfarm_schemas::{topology, SectorRef, Stage, TaskMessage};
@@ -28,8 +28,9 @@ pub const PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// How far into the queue a reading reaches: the broker's prefetch (a
 /// 16-bit count) bounds how many messages one reader holds unacknowledged,
-/// and messages before a page are held too. A queue longer than this is
-/// listed up to here; replay or purge some to see the rest.
+/// and a reading holds every message it passes. A queue longer than this is
+/// listed up to here (and a reading then moves the first REACH behind the
+/// rest); replay or purge some to see the rest.
 pub const REACH: usize = u16::MAX as usize;
 /// How long the queue must stay quiet, once its count is read, for the
 /// reading to end.
@@ -138,11 +139,11 @@ impl DeadLetters {
             .await
             .context("reading sealfarm.dead-letters")?
             .message_count() as usize;
-        // Where the reading stops: the end of the page, or the reach.
-        let end = match action {
-            Action::List => page.offset + page.limit,
-            Action::Replay | Action::Purge => REACH,
-        };
+        // Every reading goes through the whole queue (up to REACH), even for
+        // one page: a quorum queue puts what a reader gives back at its
+        // tail, so only a reading that takes and gives back everything
+        // leaves the order as it found it (and the next page where it was).
+        let end = REACH;
         // The count is a hint, not the truth: messages a reader just gave
         // back (a `list` a moment ago closed its channel) are counted only
         // once the queue has taken them back. So read until the count is
@@ -159,14 +160,16 @@ impl DeadLetters {
             )
             .await?;
         let mut read = 0usize;
+        let mut last_tag = None;
         while read < end {
             let wait = if read < waiting { Duration::from_secs(2) } else { QUIET };
             let next = tokio::time::timeout(wait, deliveries.next()).await;
             let Ok(Some(Ok(delivery))) = next else { break };
+            last_tag = Some(delivery.delivery_tag);
             let position = read;
             read += 1;
             if action == Action::List {
-                if position >= page.offset {
+                if (page.offset..page.offset + page.limit).contains(&position) {
                     handled.push(Handled { dead_letter: describe(&delivery), message: String::new(), ok: true });
                 }
                 continue;
@@ -184,8 +187,33 @@ impl DeadLetters {
             };
             handled.push(Handled { dead_letter: letter, message, ok });
         }
-        // Everything not acknowledged goes back to the queue.
+        // Everything not acknowledged goes back to the queue: wait (a
+        // moment at most) until the queue has taken it back, so the next
+        // reading finds every message in its place, not the ones this one
+        // held behind those it did not.
+        // Given back explicitly, in one go and in order, before the channel
+        // closes (given back by the closing, some were seen to lose their place).
+        if let Some(tag) = last_tag {
+            let _ = channel.basic_nack(tag, BasicNackOptions { multiple: true, requeue: true }).await;
+        }
         let _ = channel.close(200, "done".into()).await;
+        let taken = handled.iter().filter(|h| h.ok && action != Action::List).count();
+        let back = waiting.saturating_sub(taken);
+        let settled = async {
+            loop {
+                let Ok(channel) = broker.connection.create_channel().await else { return };
+                let counted = channel
+                    .queue_declare(topology::DEAD_LETTER_QUEUE.into(), options, FieldTable::default())
+                    .await
+                    .map(|q| q.message_count() as usize);
+                let _ = channel.close(200, "done".into()).await;
+                if counted.map_or(true, |n| n >= back) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(3), settled).await;
         Ok(handled)
     }
 }
