@@ -103,7 +103,7 @@ async fn a_miner_that_stops_answering_holds_nothing_up_for_good() {
     let _worker = farm.start_worker("w-stall", "ap");
 
     // A token the bridge has not seen: its check with the miner hangs.
-    let stranger = farm.miner.mint(&["admin"]);
+    let stranger = farm.miner.mint(&["admin", "stranger"]);
     let started = std::time::Instant::now();
     let answer = reqwest::Client::new()
         .post(format!("http://{}/rpc/v0", farm.listen))

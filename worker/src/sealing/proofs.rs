@@ -599,4 +599,23 @@ mod tests {
         let err = check_inputs(&sealing, &ap).unwrap_err();
         assert!(err.contains("does not fit a 2KiB sector"), "{err}");
     }
+
+    /// ReleaseUnsealed ranges from the miner that overflow when padded, or
+    /// lie past the sector, are refused or clipped: never a panic of the
+    /// process that runs the proofs (an offset near 2^64 panicked it).
+    #[test]
+    fn release_unsealed_refuses_ranges_that_overflow_and_clips_those_past_the_sector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s-t01000-1");
+        std::fs::write(&path, vec![1u8; 2048]).unwrap();
+        unsealed_file::mark_allocated(&path, 2048, 0, 2048).unwrap();
+        for (offset, size) in [(18_302_628_885_633_695_744, 1), (u64::MAX - 10, 100), (0, u64::MAX)] {
+            let err = release_unsealed(&path, sector(), &[Range { offset, size }]).unwrap_err();
+            assert!(err.to_string().contains("overflows"), "{err}");
+        }
+        // Past the sector: nothing there to keep, everything is released.
+        release_unsealed(&path, sector(), &[Range { offset: 4000, size: 127 }]).unwrap();
+        let allocation = unsealed_file::read_allocation(&path, 2048).unwrap().unwrap_or_default();
+        assert_eq!(allocation.to_rle(), Vec::<u8>::new(), "no range left allocated");
+    }
 }
