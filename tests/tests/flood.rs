@@ -55,6 +55,24 @@ async fn flood(channel: &lapin::Channel, queue: &str, bodies: impl Iterator<Item
     }
 }
 
+/// Waits until the bridge has taken everything from its event and result queues.
+async fn worked_through(farm: &BridgeFarm) {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let queued = farm.vhost.rabbitmqctl(&["list_queues", "name", "messages"]);
+        let busy = queued.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            let (name, count) = (f.next().unwrap_or(""), f.next().unwrap_or("0"));
+            (name == topology::BRIDGE_EVENTS_QUEUE || name == topology::RESULTS_QUEUE) && count != "0"
+        });
+        if !busy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the bridge did not work through the flood in 300 s:\n{queued}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn heartbeat(id: &str) -> Vec<u8> {
     let event = EventMessage::new(
         id,
@@ -79,7 +97,7 @@ fn heartbeat(id: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridge_whole() {
     let farm = BridgeFarm::start("flood").await;
-    let _worker = farm.start_worker("w-real", "ap,pc1,pc2,c1,c2,fin");
+    let _worker = farm.start_worker("w-real", "ap,pc1,pc2,c1,c2,fin,ru");
     sealfarm_tests::wait_for_workers(&farm.vhost, &["w-real"], Duration::from_secs(60)).await.unwrap();
     let pid = farm.bridge.pid();
     let rss_before = memory_mib(pid, "VmRSS:");
@@ -98,34 +116,27 @@ async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridg
     let channel = connection.create_channel().await.unwrap();
     channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     let started = Instant::now();
-    let heartbeats = (0..HEARTBEATS).map(|n| heartbeat(&format!("made-up-{:05}", n % MADE_UP_IDS)));
+    let heartbeats = || (0..MADE_UP_IDS).map(|n| heartbeat(&format!("made-up-{n:05}")));
     let garbage = |queue: &'static str| (0..MALFORMED / 2).map(move |n| format!("{{not json {queue} {n}").into_bytes());
     let (events_channel, results_channel) =
         (connection.create_channel().await.unwrap(), connection.create_channel().await.unwrap());
     events_channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
     results_channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    // Two rounds of a heartbeat from every made-up id; the malformed
+    // messages go with the first. The bridge's event queue keeps at most
+    // 100,000 messages and drops the oldest beyond (heartbeats repeat: only
+    // the newest matter), so each round is sent once the bridge has worked
+    // through the one before: every malformed message must then reach the
+    // dead-letter queue, none dropped by the bound.
     let ((), (), ()) = tokio::join!(
-        flood(&channel, topology::BRIDGE_EVENTS_QUEUE, heartbeats),
+        flood(&channel, topology::BRIDGE_EVENTS_QUEUE, heartbeats()),
         flood(&events_channel, topology::BRIDGE_EVENTS_QUEUE, garbage(topology::BRIDGE_EVENTS_QUEUE)),
         flood(&results_channel, topology::RESULTS_QUEUE, garbage(topology::RESULTS_QUEUE)),
     );
+    worked_through(&farm).await;
+    flood(&channel, topology::BRIDGE_EVENTS_QUEUE, heartbeats()).await;
     let published_in = started.elapsed();
-
-    // The bridge works through its queues: wait until they are empty.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let queued = farm.vhost.rabbitmqctl(&["list_queues", "name", "messages"]);
-        let busy = queued.lines().any(|l| {
-            let mut f = l.split_whitespace();
-            let (name, count) = (f.next().unwrap_or(""), f.next().unwrap_or("0"));
-            (name == topology::BRIDGE_EVENTS_QUEUE || name == topology::RESULTS_QUEUE) && count != "0"
-        });
-        if !busy {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the bridge did not work through the flood in 300 s:\n{queued}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    worked_through(&farm).await;
     let drained_in = started.elapsed();
     let cpu_flood = cpu_seconds(pid) - cpu_before;
 
@@ -133,6 +144,8 @@ async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridg
     let workers = farm.cli_json(&["workers"]);
     let known = workers.as_array().map_or(0, Vec::len);
     assert!(known <= 10_001, "the bridge lists {known} workers");
+    let listed = |id: &str| workers.as_array().is_some_and(|w| w.iter().any(|w| w["id"] == id));
+    assert!(listed("w-real"), "the real worker, heard every few seconds, is never the one forgotten");
 
     // The sector: every call returned once, the proof verified.
     let report = sealing.await.unwrap().unwrap_or_else(|e| panic!("{e:#}\n{}", farm.bridge.log_text()));

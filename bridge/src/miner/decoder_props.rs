@@ -327,21 +327,15 @@ proptest! {
     fn any_json_is_a_request_or_invalid(value in arb_json()) {
         match rpc::parse(value.to_string().as_bytes()) {
             Ok(request) => {
-                // serde also reads a struct from an array ([id, method, params]).
-                if value.is_object() {
-                    prop_assert_eq!(Some(request.method.as_str()), value["method"].as_str());
-                }
+                prop_assert!(value.is_object(), "only an object is a request: {}", value);
+                prop_assert_eq!(Some(request.method.as_str()), value["method"].as_str());
                 if let Err(error) = decode_as(&request) {
                     assert_rpc_error(&error);
                 }
             }
             Err(error) => {
                 assert_rpc_error(&error);
-                // An array is read as [id, method, params] and a longer one
-                // refused as a parse error: rpc.rs's quirk, reported in issue 20.
-                if !value.is_array() {
-                    prop_assert_eq!(error.code, INVALID_REQUEST, "{}", error);
-                }
+                prop_assert_eq!(error.code, INVALID_REQUEST, "{}", error);
             }
         }
     }

@@ -154,6 +154,15 @@ where
 /// Parses a request body: a parse error for text that is not JSON, an
 /// invalid-request error for JSON that is not a request.
 pub fn parse(body: &[u8]) -> Result<Request<'_>, RpcError> {
+    // A request is an object: serde would also read one from an array
+    // (`[1, "Filecoin.Version", []]`), which no JSON-RPC client sends.
+    let start = body.iter().find(|b| !b.is_ascii_whitespace());
+    if start != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => RpcError::new(INVALID_REQUEST, "invalid request: a request is a JSON object"),
+            Err(e) => RpcError::new(PARSE_ERROR, format!("parse error: {e}")),
+        });
+    }
     serde_json::from_slice(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => RpcError::new(INVALID_REQUEST, format!("invalid request: {e}")),
         _ => RpcError::new(PARSE_ERROR, format!("parse error: {e}")),
