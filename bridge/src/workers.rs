@@ -41,11 +41,11 @@ impl WorkerView {
 /// and `workers` stops listing it.
 pub const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-/// The most workers the registry holds. Beyond it the longest-silent ones
-/// are forgotten first: a flood of heartbeats under made-up ids (from a
-/// broker user allowed to speak for any worker) cannot grow the bridge's
-/// memory, metrics or status work without bound, and a real worker that is
-/// pushed out is back at its next heartbeat.
+/// The most workers the registry holds. Beyond it those that take and hold
+/// nothing go first, the longest silent first: a flood of heartbeats under
+/// made-up ids (from a broker user allowed to speak for any worker) cannot
+/// grow the bridge's memory, metrics or status work without bound, and a
+/// worker that is pushed out is back at its next heartbeat.
 pub const MAX_WORKERS: usize = 10_000;
 
 pub struct Farm {
@@ -107,13 +107,22 @@ impl Farm {
             workers.retain(|_, w| w.last_seen.elapsed() <= FORGET_AFTER);
         }
         if workers.len() > MAX_WORKERS {
-            // A tenth at once, longest silent first: a flood of new ids costs
-            // one sort per thousand heartbeats, not a scan per heartbeat.
-            let mut by_silence: Vec<(Instant, String)> =
-                workers.values().map(|w| (w.last_seen, w.id.clone())).collect();
+            // A tenth at once (a flood of new ids costs one sort per thousand
+            // heartbeats, not a scan per heartbeat): first those that take
+            // nothing and hold nothing, then those that hold no job, each
+            // longest silent first. A flood of made-up ids then pushes out
+            // made-up ids, not a real worker that was merely quiet for a
+            // moment (forgotten, its files would count as gone).
+            let rank = |w: &WorkerView| match (w.running.is_empty(), w.capacity.is_empty() && w.storage_id.is_none()) {
+                (true, true) => 0,
+                (true, false) => 1,
+                (false, _) => 2,
+            };
+            let mut by_silence: Vec<(u8, Instant, String)> =
+                workers.values().map(|w| (rank(w), w.last_seen, w.id.clone())).collect();
             by_silence.sort_unstable();
             let excess = workers.len() - MAX_WORKERS * 9 / 10;
-            for (_, id) in by_silence.into_iter().take(excess) {
+            for (_, _, id) in by_silence.into_iter().take(excess) {
                 workers.remove(&id);
             }
             tracing::warn!(
@@ -157,5 +166,43 @@ impl Farm {
             }
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(id: &str, capacity: bool) -> WorkerView {
+        WorkerView {
+            id: id.into(),
+            hostname: "h".into(),
+            last_seen: Instant::now(),
+            capacity: if capacity {
+                vec![StageSlots { stage: Stage::Pc1, sector_size: SectorSize::KIB2, slots: 1 }]
+            } else {
+                Vec::new()
+            },
+            hardware: None,
+            storage_id: None,
+            files_url: None,
+            running: Vec::new(),
+            draining: false,
+            warming: Vec::new(),
+            in_use: None,
+        }
+    }
+
+    /// A flood of made-up ids that take nothing pushes out made-up ids: the
+    /// real worker, quieter than all of them, stays; the registry stays bounded.
+    #[test]
+    fn a_flood_of_made_up_ids_does_not_push_out_a_real_worker() {
+        let farm = Farm::new(Duration::from_secs(600));
+        farm.heartbeat(view("real", true));
+        for n in 0..(MAX_WORKERS * 3) {
+            farm.heartbeat(view(&format!("made-up-{n}"), false));
+        }
+        assert!(farm.get("real").is_some(), "the real worker was forgotten");
+        assert!(farm.all().len() <= MAX_WORKERS);
     }
 }
