@@ -4,29 +4,13 @@
 //! (`unsealed_file`). Whatever arrives, an answer and no panic; what a client
 //! may rightly ask for is served as asked.
 
-use std::path::{Path, PathBuf};
-
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use sealfarm_runtime::byte_range::{select, ByteSpan, Ranged};
 use sealfarm_runtime::unsealed_file::{allocated_answer, padded_range, read_allocation, unseal_range, Allocation};
 
-/// Where proptest keeps the seeds of failures it found (committed: they
-/// run first, every time).
-const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/decoder_props.txt");
-
-/// `cases` per property unless `PROPTEST_CASES` says otherwise; failures
-/// kept in [`REGRESSIONS`] unless `PROPTEST_DISABLE_FAILURE_PERSISTENCE`.
-fn config(cases: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = cases;
-    }
-    if config.failure_persistence.is_some() {
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS)));
-    }
-    config
-}
+#[path = "../../fuzz/support.rs"]
+mod support;
+use support::{config, corpus};
 
 /// File sizes: empty, tiny, a 2 KiB and a 32 GiB sector, the largest.
 fn total() -> impl Strategy<Value = u64> {
@@ -176,18 +160,6 @@ proptest! {
             prop_assert!(e.to_string().contains(&path.display().to_string()), "{}", e);
         }
     }
-}
-
-/// Every file of `fuzz/corpus/<target>/`, sorted.
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} holds no corpus", dir.display());
-    files.into_iter().map(|path| (path.clone(), std::fs::read(&path).unwrap())).collect()
 }
 
 /// Each `Range` value of the corpus (one per file, as sent) on files of

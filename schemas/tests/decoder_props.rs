@@ -9,10 +9,7 @@
 //!   base64 bytes and payloads, which those messages carry;
 //! * the corpus `fuzz/corpus/messages/`, replayed file by file.
 
-use std::path::{Path, PathBuf};
-
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use sealfarm_schemas::blob::{BlobRef, Payload};
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::hardware::Hardware;
@@ -30,22 +27,9 @@ use sealfarm_schemas::{
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// Where proptest keeps the seeds of failures it found (committed: they
-/// run first, every time).
-const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/decoder_props.txt");
-
-/// `cases` per property unless `PROPTEST_CASES` says otherwise; failures
-/// kept in [`REGRESSIONS`] unless `PROPTEST_DISABLE_FAILURE_PERSISTENCE`.
-fn config(cases: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = cases;
-    }
-    if config.failure_persistence.is_some() {
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS)));
-    }
-    config
-}
+#[path = "../../fuzz/support.rs"]
+mod support;
+use support::{config, corpus};
 
 // ---------------------------------------------------------------------------
 // The decoders, as their consumers call them.
@@ -458,22 +442,9 @@ fn key() -> impl Strategy<Value = String> {
     prop_oneof![prop::sample::select(FIELD_NAMES.to_vec()).prop_map(str::to_string), ".{0,12}"]
 }
 
-/// Any JSON value (numbers of every kind, any text, nested a little).
+/// Any JSON value, its keys now and then a message's own field names.
 fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
-        ".{0,40}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec((key(), inner), 0..6).prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    support::arb_json(key().boxed())
 }
 
 /// A step into a JSON value: a key or an index.
@@ -917,18 +888,6 @@ proptest! {
 
 // ---------------------------------------------------------------------------
 // The corpus.
-
-/// Every file of `fuzz/corpus/<target>/`, sorted.
-fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} holds no corpus", dir.display());
-    files.into_iter().map(|path| (path.clone(), std::fs::read(&path).unwrap())).collect()
-}
 
 /// Each corpus file goes through every decoder; a file named
 /// `ok-<kind>-….json` must decode as that kind (`task`, `result`, `event`,

@@ -14,11 +14,10 @@
 //! * the corpora `fuzz/corpus/{rpc,auth,api_info,remote}/`, file by file.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use sealfarm_schemas::commitment::Commitment;
 use sealfarm_schemas::lotus::{Range, ReaderStream, SectorLocation};
 use sealfarm_schemas::sector_store::FILE_TYPES;
@@ -31,22 +30,9 @@ use crate::miner::remote::{check_allocated_numbers, keep_ids, sector_file};
 use crate::miner::rpc::{self, Request, RpcError, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
 use crate::miner::worker_api::{check_proof_array, download_sources, Method};
 
-/// Where proptest keeps the seeds of failures it found (committed: they
-/// run first, every time).
-const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/decoder_props.txt");
-
-/// `cases` per property unless `PROPTEST_CASES` says otherwise; failures
-/// kept in [`REGRESSIONS`] unless `PROPTEST_DISABLE_FAILURE_PERSISTENCE`.
-fn config(cases: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = cases;
-    }
-    if config.failure_persistence.is_some() {
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS)));
-    }
-    config
-}
+#[path = "../../../fuzz/support.rs"]
+mod support;
+use support::{config, corpus};
 
 // ---------------------------------------------------------------------------
 // /rpc/v0: each method's params, as the worker API decodes them.
@@ -271,26 +257,9 @@ fn call_of(methods: Vec<(&'static str, &'static [Param])>) -> impl Strategy<Valu
     })
 }
 
-/// Any JSON value (numbers of every kind, any text, nested a little).
+/// Any JSON value, its keys now and then a request's own.
 fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f).map(Value::Number)),
-        ".{0,40}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-            prop::collection::vec(
-                (prop_oneof![Just("method".to_string()), Just("params".to_string()), ".{0,8}"], inner),
-                0..6
-            )
-            .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
+    support::arb_json(prop_oneof![Just("method".to_string()), Just("params".to_string()), ".{0,8}"].boxed())
 }
 
 /// Numbers no param holds, as text: beyond u64 and f64, negative, fractional.
@@ -671,25 +640,11 @@ proptest! {
 // ---------------------------------------------------------------------------
 // The corpora.
 
-/// Every file of `fuzz/corpus/<target>/`, sorted, with its name.
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} holds no corpus", dir.display());
-    files
-        .into_iter()
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
-        .collect()
-}
-
 /// Each request body: answered with JSON-RPC's codes; one named `ok-…` taken.
 #[test]
 fn the_rpc_corpus_is_answered() {
-    for (name, body) in corpus("rpc") {
+    for (path, body) in corpus("rpc") {
+        let name = support::name(&path);
         match answer(&body) {
             Ok(()) => {}
             Err(error) if name.starts_with("ok-") => panic!("{name}: {error}"),
@@ -702,7 +657,8 @@ fn the_rpc_corpus_is_answered() {
 /// an answer; one named `ok-…` carries the token `t0k3n`.
 #[test]
 fn the_auth_corpus_is_answered() {
-    for (name, bytes) in corpus("auth") {
+    for (path, bytes) in corpus("auth") {
+        let name = support::name(&path);
         let (authorization, query) = match bytes.iter().position(|b| *b == b'\n') {
             Some(i) => (&bytes[..i], Some(String::from_utf8_lossy(&bytes[i + 1..]).into_owned())),
             None => (&bytes[..], None),
@@ -717,7 +673,8 @@ fn the_auth_corpus_is_answered() {
 /// setting; one named `ok-…` parses.
 #[test]
 fn the_api_info_corpus_is_parsed_or_refused() {
-    for (name, bytes) in corpus("api_info") {
+    for (path, bytes) in corpus("api_info") {
+        let name = support::name(&path);
         let text = String::from_utf8_lossy(&bytes);
         assert_api_info(&text, None);
         assert_eq!(MinerApiInfo::parse(&text).is_ok(), name.starts_with("ok-"), "{name}");
@@ -730,7 +687,8 @@ fn the_api_info_corpus_is_parsed_or_refused() {
 #[test]
 fn the_remote_corpus_is_answered() {
     let missing = tempfile::tempdir().unwrap();
-    for (name, bytes) in corpus("remote") {
+    for (path, bytes) in corpus("remote") {
+        let name = support::name(&path);
         let target = String::from_utf8_lossy(&bytes).into_owned();
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (path, Some(query)),

@@ -7,38 +7,14 @@
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use sealfarm_schemas::{SectorSize, Stage};
 
-use super::overrides::{env_size, env_task, resources_with_overrides, ConfigFile};
+use super::overrides::{env_size, env_task, resources_with_overrides, ConfigFile, FIELDS};
 use super::Wanted;
 
-/// Where proptest keeps the seeds of failures it found (committed: they
-/// run first, every time).
-const REGRESSIONS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proptest-regressions/decoder_props.txt");
-
-/// `cases` per property unless `PROPTEST_CASES` says otherwise; failures
-/// kept in [`REGRESSIONS`] unless `PROPTEST_DISABLE_FAILURE_PERSISTENCE`.
-fn config(cases: u32) -> ProptestConfig {
-    let mut config = ProptestConfig::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = cases;
-    }
-    if config.failure_persistence.is_some() {
-        config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(REGRESSIONS)));
-    }
-    config
-}
-
-const FIELDS: [&str; 7] = [
-    "MIN_MEMORY",
-    "MAX_MEMORY",
-    "GPU_UTILIZATION",
-    "MAX_PARALLELISM",
-    "MAX_PARALLELISM_GPU",
-    "BASE_MIN_MEMORY",
-    "MAX_CONCURRENT",
-];
+#[path = "../../../fuzz/support.rs"]
+mod support;
+use support::{config, corpus};
 
 /// Loads `text` as a config file; the file's path comes back for messages.
 fn load(text: &[u8]) -> (Result<ConfigFile, String>, PathBuf) {
@@ -253,11 +229,7 @@ proptest! {
 /// file) or when its overrides apply (naming the override).
 #[test]
 fn the_worker_config_corpus_loads_or_is_refused() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/worker_config");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} holds no corpus", dir.display());
-    for path in files {
+    for (path, _) in corpus("worker_config") {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let applied = ConfigFile::load(&path).and_then(|config| {
             let wanted = Wanted { file_overrides: config.overrides(), ..Wanted::default() };

@@ -46,7 +46,7 @@ pub fn env_size(size: SectorSize) -> String {
     size.to_string().trim_end_matches("iB").to_string()
 }
 
-const FIELDS: [&str; 7] = [
+pub(super) const FIELDS: [&str; 7] = [
     "MIN_MEMORY",
     "MAX_MEMORY",
     "GPU_UTILIZATION",
