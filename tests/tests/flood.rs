@@ -158,6 +158,14 @@ async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridg
     let listed = |id: &str| workers.as_array().is_some_and(|w| w.iter().any(|w| w["id"] == id));
     assert!(listed("w-real"), "the real worker, which takes stages, is not the one forgotten");
 
+    // A scrape after the flood: workers that take nothing have no queue to
+    // look up (a failed broker lookup each, before), so no row names one.
+    let scraped = Instant::now();
+    let metrics = reqwest::get(format!("http://{}/metrics", farm.listen)).await.unwrap().text().await.unwrap();
+    let scrape_ms = scraped.elapsed().as_millis();
+    assert!(!metrics.contains("queue=\"sealfarm.worker.made-up-"), "a made-up worker's queue was looked up");
+    assert!(metrics.contains("queue=\"sealfarm.worker.w-real\""), "the real worker's queue is shown");
+
     // The sector: every call returned once, the proof verified.
     let report = sealing.await.unwrap().unwrap_or_else(|e| panic!("{e:#}\n{}", farm.bridge.log_text()));
     assert!(report.verified, "the proof verifies");
@@ -203,9 +211,10 @@ async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridg
         "flood: {MALFORMED} malformed messages, then {HEARTBEATS} heartbeats ({MADE_UP_IDS} ids) in {} rounds, \
          published and worked through in {:.1} s; bridge RSS {rss_before:.1} MiB before, {rss_garbage:.1} after the malformed ones, \
          peak {peak:.1}, {rss_after:.1} after; CPU {cpu_flood:.1} s during the flood, {cpu_after:.1} s after; \
-         {known} workers listed",
+         {known} workers listed; a /metrics scrape took {scrape_ms} ms ({} KiB)",
         HEARTBEATS / MADE_UP_IDS,
-        drained_in.as_secs_f64()
+        drained_in.as_secs_f64(),
+        metrics.len() / 1024
     );
     assert!(rss_after < RSS_BOUND_MIB, "the bridge holds {rss_after:.1} MiB after the flood");
 }

@@ -97,7 +97,11 @@ impl QueueWatch {
         }
         let mut names: Vec<String> = sealfarm_runtime::queues::shared_queues().into_iter().map(|q| q.name).collect();
         names.retain(|n| n != topology::BRIDGE_EVENTS_QUEUE && n != topology::BRIDGE_DEAD_QUEUE);
-        names.extend(workers.iter().map(|w| topology::worker_queue(&w.id)));
+        // Own queues only of workers that take or hold something: a worker
+        // that reports no stage has none to look at, and a flood of made-up
+        // ids (up to 10,000) must not cost a failed lookup each per refresh.
+        let serving = workers.iter().filter(|w| !w.capacity.is_empty() || !w.jobs.is_empty());
+        names.extend(serving.map(|w| topology::worker_queue(&w.id)));
         let queues = match self.read_management(&names).await {
             Some(queues) => queues,
             None => read_protocol(link, &names).await,
