@@ -19,7 +19,7 @@ use crate::ops::metrics::Metrics;
 /// Consumes `queue` until shutdown, reconnecting with backoff; each delivery
 /// is acknowledged after `handle` returns Ok (an Err reconnects, and the
 /// broker hands the message out again).
-pub async fn consume<F, Fut>(link: &BrokerLink, shutdown: &Shutdown, queue: &'static str, prefetch: u16, handle: F)
+pub async fn consume<F, Fut>(link: &BrokerLink, shutdown: &Shutdown, queue: &str, prefetch: u16, handle: F)
 where
     F: Fn(Delivery) -> Fut,
     Fut: Future<Output = Result<()>>,

@@ -82,11 +82,19 @@ pub struct Senders {
     pub networks: Vec<IpNet>,
     /// `sealfarm_refused_messages_total{kind, reason}`.
     pub refused: Family<Labels, Counter>,
+    /// This bridge's id, stamped on every task: the routing key its result
+    /// comes back with.
+    bridge_id: Option<String>,
 }
 
 impl Senders {
     pub fn new(users: WorkerUsers, attempt_key: &str, networks: Vec<IpNet>, refused: Family<Labels, Counter>) -> Self {
-        Senders { users, attempt_key: attempt_key.as_bytes().to_vec(), networks, refused }
+        Senders { users, attempt_key: attempt_key.as_bytes().to_vec(), networks, refused, bridge_id: None }
+    }
+
+    /// The same, for the bridge `id`: its tasks name it.
+    pub fn for_bridge(self, id: &str) -> Self {
+        Senders { bridge_id: Some(id.to_string()), ..self }
     }
 
     /// The token of one attempt of one call.
@@ -97,9 +105,13 @@ impl Senders {
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
-    /// `task` as it is published: with its attempt's token.
+    /// `task` as it is published: with its attempt's token and this bridge's id.
     pub fn stamped(&self, task: &TaskMessage) -> TaskMessage {
-        TaskMessage { attempt_token: Some(self.token(task.call_id, task.attempt)), ..task.clone() }
+        TaskMessage {
+            attempt_token: Some(self.token(task.call_id, task.attempt)),
+            bridge: self.bridge_id.clone(),
+            ..task.clone()
+        }
     }
 
     /// Whether `token` is the one handed out with that attempt's task.

@@ -163,9 +163,11 @@ impl BrokerConfig {
 /// (where it consumes) and needs no right to configure anything else: a
 /// worker's broker user can be kept to the least it needs
 /// (deploy/rabbitmq/definitions.json).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Role {
-    Bridge,
+    /// The farm's exchanges and shared queues, and with an id that bridge's
+    /// own queues (`queues::declare_bridge`).
+    Bridge(Option<String>),
     Worker,
 }
 
@@ -181,7 +183,7 @@ pub struct Broker {
 
 impl Broker {
     /// Connects to one node, enables publisher confirms and declares the topology.
-    pub async fn connect(url: &str, tls: &OwnedTLSConfig, user: &str, name: &str, role: Role) -> Result<Broker> {
+    pub async fn connect(url: &str, tls: &OwnedTLSConfig, user: &str, name: &str, role: &Role) -> Result<Broker> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         let runtime = lapin::runtime::default_runtime()?;
         let connecting = Connection::connect_with_config(url, properties, tls.clone(), runtime);
@@ -192,8 +194,13 @@ impl Broker {
             .with_context(|| format!("cannot connect to RabbitMQ at {}", redact(url)))?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        if role == Role::Bridge {
+        if let Role::Bridge(id) = role {
             topology::declare(&publisher).await.context("declaring the sealfarm topology")?;
+            if let Some(id) = id {
+                topology::declare_bridge(&publisher, id)
+                    .await
+                    .with_context(|| format!("declaring the queues of bridge {id}"))?;
+            }
         }
         Ok(Broker { connection, publisher, user: user.into(), url: url.to_string() })
     }
@@ -339,7 +346,7 @@ impl BrokerLink {
         let mut failures = Vec::new();
         for i in 0..urls.len() {
             let index = (first + i) % urls.len();
-            match Broker::connect(&urls[index], &self.config.tls, &self.config.user, &self.name, self.role).await {
+            match Broker::connect(&urls[index], &self.config.tls, &self.config.user, &self.name, &self.role).await {
                 Ok(broker) => {
                     if current.is_some() || i > 0 {
                         tracing::info!(node = %redact(&urls[index]), "connected to RabbitMQ");
@@ -365,6 +372,14 @@ impl BrokerLink {
     }
 
     /// The broker user this process logs in as (and stamps its messages with).
+    /// The id of the bridge this link belongs to (None: a worker's, or the farm's alone).
+    pub fn bridge_id(&self) -> Option<&str> {
+        match &self.role {
+            Role::Bridge(id) => id.as_deref(),
+            Role::Worker => None,
+        }
+    }
+
     pub fn user(&self) -> &str {
         &self.config.user
     }

@@ -61,6 +61,13 @@ impl Shutdown {
         }
     }
 
+    /// A shutdown of its own for part of the work: fired by its trigger or
+    /// by this one.
+    pub fn child(&self) -> (Trigger, Shutdown) {
+        let token = self.token.child_token();
+        (Trigger { token: token.clone() }, Shutdown { token })
+    }
+
     /// The token, for a child token or a `tokio::select!`.
     pub fn token(&self) -> &CancellationToken {
         &self.token

@@ -339,6 +339,13 @@ pub struct TaskMessage {
     /// result must carry it back. Set as the task is published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt_token: Option<String>,
+    /// The bridge (its `--bridge-id`) whose call this is: the worker
+    /// publishes the result with it as routing key, so it reaches that
+    /// bridge's results queue and no other. Set as the task is published;
+    /// absent in tasks of bridges from before several miners shared a farm
+    /// (their results go to `sealfarm.results`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
     #[serde(flatten)]
     pub task: Task,
 }
@@ -354,8 +361,16 @@ impl TaskMessage {
             ticket_deadline_ms: None,
             deal: false,
             attempt_token: None,
+            bridge: None,
             task,
         }
+    }
+
+    /// The routing key of this task's result on
+    /// [`crate::topology::RESULTS_EXCHANGE`]: its bridge, or `""` for a
+    /// task that names none.
+    pub fn reply_key(&self) -> &str {
+        self.bridge.as_deref().unwrap_or("")
     }
 
     pub fn stage(&self) -> Stage {
@@ -662,12 +677,23 @@ pub const MAX_HEARTBEAT_ENTRIES: usize = 4096;
 /// A worker id is 1 to [`MAX_WORKER_ID_LEN`] characters of `A-Z a-z 0-9 . _ -`
 /// (a host name is one).
 pub fn check_worker_id(id: &str) -> Result<(), String> {
+    check_id("worker", id)
+}
+
+/// A bridge id (`--bridge-id`, a miner's actor address such as `t01000` by
+/// default) is, like a worker id, 1 to 64 characters of `A-Z a-z 0-9 . _ -`:
+/// it is part of queue names and a routing key.
+pub fn check_bridge_id(id: &str) -> Result<(), String> {
+    check_id("bridge", id)
+}
+
+fn check_id(what: &str, id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_WORKER_ID_LEN {
-        return Err(format!("worker id of {} bytes: it must have 1 to {MAX_WORKER_ID_LEN}", id.len()));
+        return Err(format!("{what} id of {} bytes: it must have 1 to {MAX_WORKER_ID_LEN}", id.len()));
     }
     if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
         return Err(format!(
-            "worker id {:?} holds {c:?}: only A-Z, a-z, 0-9, '.', '_' and '-' are allowed",
+            "{what} id {:?} holds {c:?}: only A-Z, a-z, 0-9, '.', '_' and '-' are allowed",
             id.escape_debug().to_string()
         ));
     }

@@ -4,10 +4,15 @@
 //!   sector size, published to through the default exchange;
 //! * `sealfarm.worker.<worker-id>` — a worker's own queue for location-bound
 //!   stages (the sector's files are on that worker);
-//! * `sealfarm.results` — results for the bridge;
+//! * `sealfarm.results` (fanout) → `sealfarm.replies` (direct, by the
+//!   task's bridge id) → `sealfarm.bridge.<bridge-id>.results` — each
+//!   result to the bridge whose call it answers (several miners, each with
+//!   its bridge, share one farm);
 //! * `sealfarm.events` — topic exchange for heartbeats, claims, progress and
-//!   releases (`worker.<id>.<kind>`);
-//! * `sealfarm.dead` → `sealfarm.dead-letters` — poison tasks with the reason.
+//!   releases (`worker.<id>.<kind>`), copied to every bridge's
+//!   `sealfarm.bridge.<bridge-id>.events`;
+//! * `sealfarm.dead` → `sealfarm.dead-letters` (operators) and every
+//!   bridge's `sealfarm.bridge.<bridge-id>.dead` — poison tasks with the reason.
 //!
 //! Work queues carry a delivery limit and dead-letter at-least-once into
 //! `sealfarm.dead`, so a task that crashes its consumers again and again ends
@@ -21,19 +26,28 @@ use crate::messages::{Stage, TaskMessage};
 pub const EVENTS_EXCHANGE: &str = "sealfarm.events";
 pub const DEAD_LETTER_EXCHANGE: &str = "sealfarm.dead";
 pub const DEAD_LETTER_QUEUE: &str = "sealfarm.dead-letters";
-/// The bridge's copy of every worker event (claims, heartbeats, progress,
-/// releases): what its leases are built from.
-pub const BRIDGE_EVENTS_QUEUE: &str = "sealfarm.bridge.events";
-/// The bridge's copy of every dead-lettered task, so the miner hears of it.
-pub const BRIDGE_DEAD_QUEUE: &str = "sealfarm.bridge.dead";
+/// The single bridge's copy of every worker event, before several bridges
+/// shared a farm; a bridge of this version drains it, then deletes it.
+pub const LEGACY_BRIDGE_EVENTS_QUEUE: &str = "sealfarm.bridge.events";
+/// The single bridge's copy of every dead-lettered task, before several
+/// bridges shared a farm; drained and deleted like the events.
+pub const LEGACY_BRIDGE_DEAD_QUEUE: &str = "sealfarm.bridge.dead";
 /// Events kept for a bridge that is away; older ones are dropped first
 /// (heartbeats repeat, so only the newest matter).
 pub const BRIDGE_EVENTS_MAX: i64 = 100_000;
+/// Results of tasks that name no bridge (published by a bridge from before
+/// several miners shared a farm, or by a test without a bridge): bound to
+/// [`REPLIES_EXCHANGE`] with the empty routing key.
 pub const RESULTS_QUEUE: &str = "sealfarm.results";
-/// Where workers publish results (a fanout to [`RESULTS_QUEUE`]): an exchange
-/// of its own, so a worker's broker user needs no right to publish through
-/// the default exchange, which reaches every queue (the stage queues too).
+/// Where workers publish results, with the task's bridge id as routing key
+/// (a fanout, bound to [`REPLIES_EXCHANGE`]): an exchange of its own, so a
+/// worker's broker user needs no right to publish through the default
+/// exchange, which reaches every queue (the stage queues too). It is a
+/// fanout because it was one before results were routed by bridge, and an
+/// exchange's type cannot change.
 pub const RESULTS_EXCHANGE: &str = "sealfarm.results";
+/// Routes each result to its bridge's results queue by the routing key.
+pub const REPLIES_EXCHANGE: &str = "sealfarm.replies";
 
 /// How often RabbitMQ may hand a work message out before dead-lettering it
 /// with reason `delivery_limit`.
@@ -45,6 +59,23 @@ pub const REASON_HEADER: &str = "x-sealfarm-reason";
 pub const SOURCE_QUEUE_HEADER: &str = "x-sealfarm-source-queue";
 /// Header naming the worker that dead-lettered a message.
 pub const WORKER_HEADER: &str = "x-sealfarm-worker";
+
+/// One bridge's results: those of the tasks it published.
+pub fn bridge_results_queue(bridge: &str) -> String {
+    format!("sealfarm.bridge.{bridge}.results")
+}
+
+/// One bridge's copy of every worker event (claims, heartbeats, progress,
+/// releases): what its leases and its view of the workers are built from.
+pub fn bridge_events_queue(bridge: &str) -> String {
+    format!("sealfarm.bridge.{bridge}.events")
+}
+
+/// One bridge's copy of every dead-lettered task: it fails those of its own
+/// calls, so its miner hears of them, and ignores the others.
+pub fn bridge_dead_queue(bridge: &str) -> String {
+    format!("sealfarm.bridge.{bridge}.dead")
+}
 
 /// The shared queue for one stage and sector size.
 pub fn task_queue(stage: Stage, size: SectorSize) -> String {
@@ -76,5 +107,8 @@ mod tests {
         assert_eq!(worker_queue("box-7"), "sealfarm.worker.box-7");
         assert_eq!(worker_of_queue(&worker_queue("box-7")), Some("box-7"));
         assert_eq!(worker_of_queue("sealfarm.task.pc1.32GiB"), None);
+        assert_eq!(bridge_results_queue("t01000"), "sealfarm.bridge.t01000.results");
+        assert_eq!(bridge_events_queue("t01000"), "sealfarm.bridge.t01000.events");
+        assert_eq!(bridge_dead_queue("t01000"), "sealfarm.bridge.t01000.dead");
     }
 }

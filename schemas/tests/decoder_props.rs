@@ -209,22 +209,25 @@ fn task() -> impl Strategy<Value = Task> {
 
 fn task_message() -> impl Strategy<Value = TaskMessage> {
     (
-        (uuid(), any::<u32>(), sector(), any::<u64>()),
+        (uuid(), any::<u32>(), sector(), any::<u64>(), prop::option::of(text())),
         (prop::option::of(any::<u64>()), any::<bool>(), prop::option::of(text()), task()),
     )
-        .prop_map(|((call_id, attempt, sector, issued_at_ms), (ticket_deadline_ms, deal, attempt_token, task))| {
-            TaskMessage {
-                schema: SCHEMA_VERSION,
-                call_id,
-                attempt,
-                sector,
-                issued_at_ms,
-                ticket_deadline_ms,
-                deal,
-                attempt_token,
-                task,
-            }
-        })
+        .prop_map(
+            |((call_id, attempt, sector, issued_at_ms, bridge), (ticket_deadline_ms, deal, attempt_token, task))| {
+                TaskMessage {
+                    schema: SCHEMA_VERSION,
+                    call_id,
+                    attempt,
+                    sector,
+                    issued_at_ms,
+                    ticket_deadline_ms,
+                    deal,
+                    attempt_token,
+                    bridge,
+                    task,
+                }
+            },
+        )
 }
 
 fn stage_output() -> impl Strategy<Value = StageOutput> {

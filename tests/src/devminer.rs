@@ -68,6 +68,8 @@ pub struct DevMiner {
     secret: [u8; 32],
     session: Mutex<uuid::Uuid>,
     sector_size: u64,
+    /// The miner actor's number (`ActorAddress` is `t0<actor>`).
+    pub actor: u64,
     inner: Mutex<Inner>,
     changed: Notify,
     /// While true, every request gets HTTP 503 (the miner is "away").
@@ -86,6 +88,11 @@ pub struct DevMiner {
 
 impl DevMiner {
     pub fn new(sector_size: u64) -> Arc<Self> {
+        Self::for_actor(sector_size, MINER_ID)
+    }
+
+    /// A miner stand-in for actor `t0<actor>` (several miners on one farm).
+    pub fn for_actor(sector_size: u64, actor: u64) -> Arc<Self> {
         let mut secret = [0u8; 32];
         secret[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         secret[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -93,6 +100,7 @@ impl DevMiner {
             secret,
             session: Mutex::new(uuid::Uuid::new_v4()),
             sector_size,
+            actor,
             inner: Mutex::new(Inner::default()),
             changed: Notify::new(),
             away: Default::default(),
@@ -177,6 +185,11 @@ impl DevMiner {
         self.inner.lock().unwrap().index.clone()
     }
 
+    /// The CallIDs of every `Return*` received (each once).
+    pub fn returned_calls(&self) -> Vec<uuid::Uuid> {
+        self.inner.lock().unwrap().returns.keys().copied().collect()
+    }
+
     /// Every `Return*` that named an already-returned CallID.
     pub fn duplicate_returns(&self) -> Vec<Returned> {
         self.inner.lock().unwrap().duplicate_returns.clone()
@@ -250,7 +263,7 @@ impl DevMiner {
             }
             "ActorAddress" => {
                 request.params(0)?;
-                Ok(json!(format!("t0{MINER_ID}")))
+                Ok(json!(format!("t0{}", self.actor)))
             }
             "ActorSectorSize" => {
                 request.params(1)?;

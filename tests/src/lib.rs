@@ -431,14 +431,27 @@ impl FarmProcess {
         listen: std::net::SocketAddr,
         extra_args: &[&str],
     ) -> Self {
-        let log = dir.join("bridge.log");
+        Self::start_named_bridge(vhost, dir, "bridge", api_info, listen, extra_args)
+    }
+
+    /// As [`FarmProcess::start_bridge`], for one of several bridges sharing
+    /// `dir/sealing`: its state in `dir/state-<name>`, its log `dir/<name>.log`.
+    pub fn start_named_bridge(
+        vhost: &TestVhost,
+        dir: &Path,
+        name: &str,
+        api_info: &str,
+        listen: std::net::SocketAddr,
+        extra_args: &[&str],
+    ) -> Self {
+        let log = dir.join(format!("{name}.log"));
         let mut command = Command::new(binary("sealfarm-bridge"));
         command
             .args(["run", "--listen", &listen.to_string()])
             .arg("--storage")
             .arg(dir.join("sealing"))
             .arg("--state-dir")
-            .arg(dir.join("state-bridge"))
+            .arg(dir.join(format!("state-{name}")))
             .args(extra_args)
             .env("MINER_API_INFO", api_info)
             .env("SEALFARM_WORKER_TOKEN", vhost.worker_token());
@@ -677,6 +690,12 @@ pub async fn wait_for_workers(vhost: &TestVhost, workers: &[&str], timeout: Dura
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
+
+/// The results queue of the bridge of devminer's default actor (t01000):
+/// what a [`BridgeFarm`]'s bridge consumes.
+pub const BRIDGE_RESULTS: &str = "sealfarm.bridge.t01000.results";
+/// That bridge's copy of the worker events.
+pub const BRIDGE_EVENTS: &str = "sealfarm.bridge.t01000.events";
 
 /// A miner stand-in and a bridge registered with it, on a private vhost:
 /// the starting point of every bridge test.

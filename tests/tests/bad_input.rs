@@ -165,9 +165,9 @@ async fn undecodable_results_events_and_controls_are_dead_lettered_with_their_re
     let newer = serde_json::json!({"schema": 99, "call_id": uuid::Uuid::new_v4(), "outcome": "from the future"});
     let own_queue = topology::worker_queue("w1");
     let sent: [(&str, Vec<u8>); 4] = [
-        (topology::RESULTS_QUEUE, b"{not json".to_vec()),
-        (topology::RESULTS_QUEUE, serde_json::to_vec(&newer).unwrap()),
-        (topology::BRIDGE_EVENTS_QUEUE, br#"{"schema":1,"worker":"w1"}"#.to_vec()),
+        (sealfarm_tests::BRIDGE_RESULTS, b"{not json".to_vec()),
+        (sealfarm_tests::BRIDGE_RESULTS, serde_json::to_vec(&newer).unwrap()),
+        (sealfarm_tests::BRIDGE_EVENTS, br#"{"schema":1,"worker":"w1"}"#.to_vec()),
         (&own_queue, br#"{"schema":1,"control":"self-destruct"}"#.to_vec()),
     ];
     for (queue, body) in &sent {
@@ -189,18 +189,18 @@ async fn undecodable_results_events_and_controls_are_dead_lettered_with_their_re
             .1
             .clone()
     };
-    assert!(from(topology::RESULTS_QUEUE, "malformed:").contains("not JSON"));
-    assert!(from(topology::RESULTS_QUEUE, "unsupported-schema:").contains("version 99"));
-    assert!(from(topology::BRIDGE_EVENTS_QUEUE, "malformed:").contains("not an event message"));
+    assert!(from(sealfarm_tests::BRIDGE_RESULTS, "malformed:").contains("not JSON"));
+    assert!(from(sealfarm_tests::BRIDGE_RESULTS, "unsupported-schema:").contains("version 99"));
+    assert!(from(sealfarm_tests::BRIDGE_EVENTS, "malformed:").contains("not an event message"));
     assert!(from(&own_queue, "malformed:").contains("not a control message"));
     // The body is kept as it came, for the operator.
     assert!(dead.iter().any(|(_, d)| d.data == b"{not json"), "the unreadable body is kept");
 
     let metrics = reqwest::get(format!("http://{}/metrics", farm.listen)).await.unwrap().text().await.unwrap();
     for (queue, reason, count) in [
-        (topology::RESULTS_QUEUE, "malformed", 1),
-        (topology::RESULTS_QUEUE, "unsupported-schema", 1),
-        (topology::BRIDGE_EVENTS_QUEUE, "malformed", 1),
+        (sealfarm_tests::BRIDGE_RESULTS, "malformed", 1),
+        (sealfarm_tests::BRIDGE_RESULTS, "unsupported-schema", 1),
+        (sealfarm_tests::BRIDGE_EVENTS, "malformed", 1),
     ] {
         let line = format!("sealfarm_undecodable_messages_total{{queue=\"{queue}\",reason=\"{reason}\"}} {count}");
         assert!(metrics.contains(&line), "/metrics lacks {line}:\n{metrics}");

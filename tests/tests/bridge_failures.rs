@@ -45,7 +45,7 @@ async fn a_bridge_killed_with_calls_in_flight_returns_each_exactly_once_after_re
     // Calls accepted while no worker runs: their tasks wait in the queue.
     let calls = add_pieces(&farm.miner, 3).await;
     farm.bridge.kill();
-    // The farm computes while the bridge is dead; results wait in sealfarm.results.
+    // The farm computes while the bridge is dead; results wait in the bridge's results queue.
     let _worker = farm.start_worker("w-kill", "ap");
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(calls.iter().all(|c| farm.miner.returned(c).is_none()), "nothing can return while the bridge is dead");

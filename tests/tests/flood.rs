@@ -1,7 +1,7 @@
 //! A hostile or broken peer floods the bridge's queues while a real sector
 //! seals through it (issue 20): 100,000 heartbeats from 50,000 made-up
-//! worker ids and 10,000 malformed messages on `sealfarm.results` and
-//! `sealfarm.bridge.events`. The sector's calls are returned exactly once
+//! worker ids and 10,000 malformed messages on the bridge's results and
+//! events queues. The sector's calls are returned exactly once
 //! with a verified proof, the bridge's registry and memory stay bounded,
 //! and every malformed message is in `sealfarm.dead-letters` with its
 //! reason. The figures it prints (RSS, CPU) are in docs/BENCHMARKS.md.
@@ -63,7 +63,7 @@ async fn worked_through(farm: &BridgeFarm) {
         let busy = queued.lines().any(|l| {
             let mut f = l.split_whitespace();
             let (name, count) = (f.next().unwrap_or(""), f.next().unwrap_or("0"));
-            (name == topology::BRIDGE_EVENTS_QUEUE || name == topology::RESULTS_QUEUE) && count != "0"
+            (name == sealfarm_tests::BRIDGE_EVENTS || name == sealfarm_tests::BRIDGE_RESULTS) && count != "0"
         });
         if !busy {
             return;
@@ -133,19 +133,21 @@ async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridg
     // docs/BENCHMARKS.md, "Flood"). So the malformed events go in batches of
     // 250, each once the bridge has taken the one before; the results queue
     // (unbounded) takes its 5,000 in one burst.
-    let events_garbage: Vec<Vec<u8>> = garbage(topology::BRIDGE_EVENTS_QUEUE).collect();
+    let events_garbage: Vec<Vec<u8>> = garbage(sealfarm_tests::BRIDGE_EVENTS).collect();
     let in_batches = async {
         for batch in events_garbage.chunks(250) {
-            flood(&events_channel, topology::BRIDGE_EVENTS_QUEUE, batch.iter().cloned()).await;
+            flood(&events_channel, sealfarm_tests::BRIDGE_EVENTS, batch.iter().cloned()).await;
             worked_through(&farm).await;
         }
     };
-    let ((), ()) =
-        tokio::join!(in_batches, flood(&results_channel, topology::RESULTS_QUEUE, garbage(topology::RESULTS_QUEUE)));
+    let ((), ()) = tokio::join!(
+        in_batches,
+        flood(&results_channel, sealfarm_tests::BRIDGE_RESULTS, garbage(sealfarm_tests::BRIDGE_RESULTS))
+    );
     worked_through(&farm).await;
     let rss_garbage = memory_mib(pid, "VmRSS:");
     for _round in 0..HEARTBEATS / MADE_UP_IDS {
-        flood(&channel, topology::BRIDGE_EVENTS_QUEUE, heartbeats()).await;
+        flood(&channel, sealfarm_tests::BRIDGE_EVENTS, heartbeats()).await;
         worked_through(&farm).await;
     }
     let drained_in = started.elapsed();
@@ -187,12 +189,12 @@ async fn a_flood_of_heartbeats_and_garbage_leaves_a_sealing_sector_and_the_bridg
             "{malformed} of {MALFORMED} malformed messages are dead letters ({} dead letters in all); the bridge logged \
              {} from results, {} from events; metrics {undecodable:?}; queues {}",
             dead.len(),
-            lines("\"sealfarm.results\""),
-            lines("\"sealfarm.bridge.events\""),
+            lines(sealfarm_tests::BRIDGE_RESULTS),
+            lines(sealfarm_tests::BRIDGE_EVENTS),
             farm.vhost.rabbitmqctl(&["list_queues", "name", "messages"])
         );
     }
-    for queue in [topology::BRIDGE_EVENTS_QUEUE, topology::RESULTS_QUEUE] {
+    for queue in [sealfarm_tests::BRIDGE_EVENTS, sealfarm_tests::BRIDGE_RESULTS] {
         let from = dead
             .iter()
             .filter(|(_, d)| {

@@ -8,11 +8,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use sealfarm_schemas::blob::{BlobRef, Payload};
-use sealfarm_schemas::topology::{task_queue, RESULTS_QUEUE};
+use sealfarm_schemas::topology::task_queue;
 use sealfarm_schemas::{
     Bytes, CallId, Outcome, RegisteredSealProof, ResultMessage, SectorSize, Stage, StageOutput, Task, TaskMessage,
 };
 use sealfarm_tests::devminer::sector_ref;
+use sealfarm_tests::BRIDGE_RESULTS;
 use sealfarm_tests::{noise, BridgeFarm, FarmProcess, Publisher, TestVhost};
 use serde_json::{json, Value};
 
@@ -174,7 +175,7 @@ async fn a_40_mib_c1_output_reaches_the_miner_through_the_blob_path() {
     let publisher = sealfarm_tests::TaskSender::open(&connection).await.unwrap();
     let message = serde_json::to_vec(&result(&task, &blob)).unwrap();
     assert!(message.len() < MESSAGE_LIMIT);
-    publisher.publish_raw(RESULTS_QUEUE, &message).await.unwrap();
+    publisher.publish_raw(BRIDGE_RESULTS, &message).await.unwrap();
     let returned = farm.miner.wait_for_return(&id, Duration::from_secs(60)).await.unwrap();
     assert_eq!(returned.method, "ReturnSealCommit1");
     assert!(returned.params[2].is_null(), "{:?}", returned.params[2]);
@@ -198,7 +199,7 @@ async fn a_40_mib_c1_output_reaches_the_miner_through_the_blob_path() {
     let id = call(&farm, "SealCommit1", c1_params(2)).await;
     let task: TaskMessage = serde_json::from_slice(&take_message(&farm, &queue, false).await).unwrap();
     let missing = BlobRef::of(b"never uploaded");
-    publisher.publish_raw(RESULTS_QUEUE, &serde_json::to_vec(&result(&task, &missing)).unwrap()).await.unwrap();
+    publisher.publish_raw(BRIDGE_RESULTS, &serde_json::to_vec(&result(&task, &missing)).unwrap()).await.unwrap();
     let returned = farm
         .miner
         .wait_for_return(&id, Duration::from_secs(60))
@@ -242,7 +243,7 @@ async fn pushed_piece_data_is_taken_only_for_a_waiting_add_piece_and_removed_aft
     let farm = BridgeFarm::start("large-push").await;
     let http = reqwest::Client::new();
     let push_url = |id: uuid::Uuid| format!("http://{}/rpc/streams/v0/push/{id}", farm.listen);
-    let pieces = farm.dir.path().join("sealing/sealfarm/pieces");
+    let pieces = farm.dir.path().join("sealing/sealfarm/pieces/t01000");
     let unpadded = SectorSize::KIB2.unpadded();
     let add_piece = |number: u64, id: uuid::Uuid| json!([sector_ref(number, P2K), [], unpadded, {"Type": "push", "Info": id.to_string()}]);
 

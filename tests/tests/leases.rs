@@ -210,7 +210,7 @@ async fn a_call_abandoned_at_every_attempt_fails_after_max_attempts() {
                         sector: task.sector,
                         stage: task.stage(),
                     };
-                    sender.publish_raw(topology::BRIDGE_EVENTS_QUEUE, &event(claim)).await.unwrap();
+                    sender.publish_raw(sealfarm_tests::BRIDGE_EVENTS, &event(claim)).await.unwrap();
                     attempts.lock().unwrap().push(task.attempt);
                 }
                 _ = beat.tick() => {
@@ -228,7 +228,7 @@ async fn a_call_abandoned_at_every_attempt_fails_after_max_attempts() {
                         warming: vec![],
                         in_use: None,
                     };
-                    sender.publish_raw(topology::BRIDGE_EVENTS_QUEUE, &event(heartbeat)).await.unwrap();
+                    sender.publish_raw(sealfarm_tests::BRIDGE_EVENTS, &event(heartbeat)).await.unwrap();
                 }
             }
         }

@@ -288,7 +288,8 @@ async fn queue_figures_come_from_the_management_api_when_the_bridge_has_it() {
             })
         })
         .await;
-    let results = queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == "sealfarm.results").unwrap();
+    let results =
+        queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == sealfarm_tests::BRIDGE_RESULTS).unwrap();
     assert!(results["deliver_rate"].is_f64(), "{queues:#}");
     let text = farm.cli_ok(&["queues"]);
     let row = text.lines().find(|l| l.starts_with("sealfarm.task.ap.2KiB")).unwrap();

@@ -211,7 +211,7 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     let evil_url = evil.url(vhost);
     let task_queue = topology::task_queue(Stage::Pc1, SectorSize::KIB2);
     refused(publish(&evil_url, Some(&evil.name), "", &task_queue, b"{}").await, "a worker publishing a task");
-    refused(consume(&evil_url, topology::RESULTS_QUEUE).await, "a worker reading the results");
+    refused(consume(&evil_url, sealfarm_tests::BRIDGE_RESULTS).await, "a worker reading the results");
     refused(consume(&evil_url, &topology::worker_queue(&honest_id)).await, "a worker reading another's queue");
     refused(declare(&evil_url, &task_queue).await, "a worker declaring a stage queue");
     let monitor_url = monitor.url(vhost);
@@ -243,11 +243,11 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
         attempt_token,
     };
     let body = serde_json::to_vec(&forged(&honest_id, None)).unwrap();
-    publish(&evil_url, Some(&evil.name), topology::RESULTS_EXCHANGE, "", &body).await.unwrap();
-    publish(&evil_url, None, topology::RESULTS_EXCHANGE, "", &body).await.unwrap();
+    publish(&evil_url, Some(&evil.name), topology::RESULTS_EXCHANGE, "t01000", &body).await.unwrap();
+    publish(&evil_url, None, topology::RESULTS_EXCHANGE, "t01000", &body).await.unwrap();
     // In its own name: a result for a task it was never handed (no attempt token).
     let own = serde_json::to_vec(&forged(&evil_id, None)).unwrap();
-    publish(&evil_url, Some(&evil.name), topology::RESULTS_EXCHANGE, "", &own).await.unwrap();
+    publish(&evil_url, Some(&evil.name), topology::RESULTS_EXCHANGE, "t01000", &own).await.unwrap();
     // A forged heartbeat: the compromised worker's own id, its file server
     // outside the farm's networks (the files token would go there).
     let heartbeat = |worker: &str, files_url: &str| {
@@ -324,7 +324,7 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
     let token = task.attempt_token.clone();
     assert!(token.is_some(), "tasks are published with their attempt token");
     let body = serde_json::to_vec(&forged(&honest_id, token)).unwrap();
-    publish(&honest.url(vhost), Some(&honest.name), topology::RESULTS_EXCHANGE, "", &body).await.unwrap();
+    publish(&honest.url(vhost), Some(&honest.name), topology::RESULTS_EXCHANGE, "t01000", &body).await.unwrap();
     let returned = farm.miner.wait_for_return(&open, Duration::from_secs(30)).await.unwrap();
     assert_eq!(returned.params[1]["Message"], json!("forged"), "{:?}", returned.params);
 }

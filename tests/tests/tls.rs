@@ -91,7 +91,7 @@ fn broker_args(url: &str, ca: Option<PathBuf>, identity: Option<(PathBuf, PathBu
 /// Connects as a sealfarm process would; the error text when it cannot.
 async fn connect(args: BrokerArgs) -> Result<(), String> {
     let config = args.config().map_err(|e| format!("{e:#}"))?;
-    let link = BrokerLink::new(config, "sealfarm tls test".into(), Role::Bridge);
+    let link = BrokerLink::new(config, "sealfarm tls test".into(), Role::Bridge(None));
     let outcome = link.get().await.map(|_| ()).map_err(|e| format!("{e:#}"));
     link.close().await;
     outcome

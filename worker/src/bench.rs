@@ -230,7 +230,7 @@ fn snap(
 ) -> Result<()> {
     let size = sector.proof_type.info().context("a known proof type")?.sector_size;
     let id = uuid::Uuid::new_v4();
-    let piece_file = crate::sealing::layout::piece_path(sealing.root(), id);
+    let piece_file = crate::sealing::layout::piece_path(sealing.root(), None, id);
     std::fs::create_dir_all(piece_file.parent().expect("a folder"))?;
     let deal: Vec<u8> = (0..size.unpadded()).map(|i| (i * 7 % 251) as u8 & 0x3f).collect();
     std::fs::write(&piece_file, &deal)?;

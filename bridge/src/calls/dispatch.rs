@@ -152,6 +152,9 @@ impl Calls {
     /// miner like any other.
     pub async fn replay(self: &Arc<Self>, dead: &TaskMessage) -> Result<String> {
         let id = dead.call_id.to_string();
+        if let Some(other) = dead.bridge.as_deref().filter(|b| *b != self.bridge_id) {
+            anyhow::bail!("call {id} is bridge {other}'s (another miner's): replay it with that bridge");
+        }
         let Some(call) = self.store.get(&id)? else {
             anyhow::bail!("call {id} is not in this bridge's store: replaying it would compute a result nobody takes");
         };

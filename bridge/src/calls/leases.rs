@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::topology;
 use sealfarm_schemas::{EventKind, EventMessage};
@@ -88,34 +89,29 @@ impl Leases {
         }))
     }
 
-    /// Consumes worker events until shutdown.
-    pub async fn consume_events(self: Arc<Self>) {
+    /// Consumes worker events (this bridge's copy: `queue`) until `shutdown`.
+    pub async fn consume_events(self: Arc<Self>, queue: String, shutdown: Shutdown) {
         let this = self.clone();
-        consume(
-            &self.calls.link,
-            &self.calls.shutdown,
-            topology::BRIDGE_EVENTS_QUEUE,
-            EVENTS_PREFETCH,
-            move |delivery| {
-                let this = this.clone();
-                async move {
-                    let decoded =
-                        sealfarm_schemas::messages::decode::<EventMessage>(&delivery.data, "an event message")
-                            .and_then(|event| event.check_bounds().map(|()| event));
-                    match decoded {
-                        Ok(event) => match this.check_sender(&delivery, &event).await {
-                            Ok(()) => this.on_event(event).await?,
-                            Err(refusal) => this.calls.senders.refuse("event", &refusal),
-                        },
-                        Err(reason) => {
-                            let (calls, queue) = (&this.calls, topology::BRIDGE_EVENTS_QUEUE);
-                            dead_letter_undecodable(&calls.link, &calls.metrics, queue, &delivery, &reason).await?
-                        }
+        let name = queue.clone();
+        consume(&self.calls.link, &shutdown, &name, EVENTS_PREFETCH, move |delivery| {
+            let this = this.clone();
+            let queue = queue.clone();
+            async move {
+                let decoded = sealfarm_schemas::messages::decode::<EventMessage>(&delivery.data, "an event message")
+                    .and_then(|event| event.check_bounds().map(|()| event));
+                match decoded {
+                    Ok(event) => match this.check_sender(&delivery, &event).await {
+                        Ok(()) => this.on_event(event).await?,
+                        Err(refusal) => this.calls.senders.refuse("event", &refusal),
+                    },
+                    Err(reason) => {
+                        let calls = &this.calls;
+                        dead_letter_undecodable(&calls.link, &calls.metrics, &queue, &delivery, &reason).await?
                     }
-                    Ok(())
                 }
-            },
-        )
+                Ok(())
+            }
+        })
         .await
     }
 
@@ -260,6 +256,8 @@ impl Leases {
         if call.holder.as_ref().is_none_or(|h| h.worker != worker || h.attempt != attempt) {
             let id = call_id.to_string();
             let _ = self.calls.store.apply(&id, Durability::Lazy, |c| c.claim(worker, attempt, now_ms()))?;
+            // Claimed: a call held for this miner's share may go out.
+            self.calls.shares.claimed();
         }
         let mut held = self.held.lock().unwrap();
         let lease = held.entry(call_id).or_insert_with(|| Lease {

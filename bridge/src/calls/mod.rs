@@ -13,7 +13,9 @@ pub mod lifecycle;
 pub mod results;
 pub mod returns;
 pub mod routing;
+pub mod shares;
 pub mod store;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +41,9 @@ pub struct Calls {
     pub link: Arc<BrokerLink>,
     pub miner: Arc<Miner>,
     pub shutdown: Shutdown,
+    /// This bridge's id on the farm (`--bridge-id`): its queues are
+    /// `sealfarm.bridge.<id>.*`, its tasks name it.
+    pub bridge_id: String,
     /// How long after a PC1 call arrives its ticket can still land on chain.
     pub ticket_window: Duration,
     /// Attempts a call gets before the bridge fails it instead of
@@ -57,6 +62,8 @@ pub struct Calls {
     pub pieces: Arc<crate::miner::pieces::PieceInbox>,
     /// One `Return*` carrying a large output (a C1 output read from its blob) is sent at a time.
     pub large_returns: tokio::sync::Semaphore,
+    /// This miner's share of each stage queue (`--fair-share`).
+    pub shares: shares::Shares,
     /// Every task the bridge spawns (deliveries, consumers, loops): a clean
     /// stop waits for them before the store is flushed.
     pub tasks: tokio_util::task::TaskTracker,
@@ -88,6 +95,7 @@ impl Calls {
                 .then(|| issued_at_ms + self.ticket_window.as_millis() as u64),
             deal: self.store.is_deal(sector.id),
             attempt_token: None,
+            bridge: None,
             task,
         };
         let routed = self.route(&message, None);
@@ -107,6 +115,22 @@ impl Calls {
             self.deliver_soon(call);
             return Ok(call_id);
         };
+        // This miner's share of a stage queue (`--fair-share`): counted and
+        // published in one step; a full share holds the call here.
+        let _admission = match self.shares.bounds(&queue) {
+            true => Some(self.shares.admission().await),
+            false => None,
+        };
+        if _admission.is_some() {
+            let still_accepted = self.store.row(call_id.id).is_some_and(|r| r.state == lifecycle::RowState::Accepted);
+            if !still_accepted {
+                return Ok(call_id); // its turn came while it waited for the lock
+            }
+            if !self.has_room(&queue) {
+                tracing::info!(call_id = %call_id, sector = %sector.id, stage = %message.stage(), queue, "call held: this miner's share of the queue is full (--fair-share)");
+                return Ok(call_id);
+            }
+        }
         if let Err(err) = self.publish_to(&queue, &message).await {
             let _ = self.store.remove(&call);
             tracing::error!(sector = %sector.id, method, error = %format!("{err:#}"), "cannot publish the task");
@@ -166,6 +190,9 @@ impl Calls {
                 CallState::Resulted { .. } => self.spawn_deliver(call),
                 CallState::Accepted => {
                     let Some(task) = call.task().cloned() else { continue };
+                    if call.queue.as_deref().is_some_and(|q| self.shares.bounds(q)) {
+                        continue; // held for its share: `release_held` publishes it in turn
+                    }
                     let this = self.clone();
                     self.tasks.spawn(async move {
                         let queue = match this.route(&task, None) {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use lapin::message::Delivery;
 use sealfarm_runtime::broker::header;
+use sealfarm_runtime::shutdown::Shutdown;
 use sealfarm_schemas::blob::Payload;
 use sealfarm_schemas::messages::now_ms;
 use sealfarm_schemas::topology;
@@ -18,11 +19,15 @@ use super::Calls;
 use crate::consume::{consume, dead_letter_undecodable};
 
 impl Calls {
-    /// Consumes `sealfarm.results` until shutdown, reconnecting as needed.
-    pub async fn consume_results(self: Arc<Self>) {
+    /// Consumes a results queue (this bridge's own, or `sealfarm.results`
+    /// while calls from before it had one are open) until `shutdown`,
+    /// reconnecting as needed.
+    pub async fn consume_results(self: Arc<Self>, queue: String, shutdown: Shutdown) {
         let this = self.clone();
-        consume(&self.link, &self.shutdown, topology::RESULTS_QUEUE, 64, move |delivery| {
+        let name = queue.clone();
+        consume(&self.link, &shutdown, &name, 64, move |delivery| {
             let this = this.clone();
+            let queue = queue.clone();
             async move {
                 let decoded = sealfarm_schemas::messages::decode::<ResultMessage>(&delivery.data, "a result message")
                     .and_then(|result| {
@@ -42,8 +47,7 @@ impl Calls {
                         }
                     }
                     Err(reason) => {
-                        let queue = topology::RESULTS_QUEUE;
-                        dead_letter_undecodable(&this.link, &this.metrics, queue, &delivery, &reason).await?
+                        dead_letter_undecodable(&this.link, &this.metrics, &queue, &delivery, &reason).await?
                     }
                 }
                 Ok(())
@@ -52,11 +56,12 @@ impl Calls {
         .await
     }
 
-    /// Consumes the bridge's copy of every dead-lettered task: the miner gets
-    /// a CallError for a call whose task the farm gave up on.
-    pub async fn consume_dead_letters(self: Arc<Self>) {
+    /// Consumes the bridge's copy of every dead-lettered task (`queue`) until
+    /// `shutdown`: the miner gets a CallError for a call of this bridge whose
+    /// task the farm gave up on; another bridge's are not this one's business.
+    pub async fn consume_dead_letters(self: Arc<Self>, queue: String, shutdown: Shutdown) {
         let this = self.clone();
-        consume(&self.link, &self.shutdown, topology::BRIDGE_DEAD_QUEUE, 16, move |delivery| {
+        consume(&self.link, &shutdown, &queue, 16, move |delivery| {
             let this = this.clone();
             async move {
                 let Ok(task) = serde_json::from_slice::<TaskMessage>(&delivery.data) else {

@@ -126,6 +126,18 @@ struct JobsArgs {
     /// Every call ever, not only the open ones and those closed in the last hour.
     #[arg(long)]
     all: bool,
+    /// Only the calls of this miner's sectors (its actor address, e.g.
+    /// t01000). A bridge serves one miner: point --url at the bridge of the
+    /// miner you want; this checks you reached the right one.
+    #[arg(long, value_parser = parse_miner)]
+    miner: Option<u64>,
+}
+
+/// An actor address (`t01000`, `f01000`) or its number.
+fn parse_miner(text: &str) -> std::result::Result<u64, String> {
+    crate::miner::client::actor_number(text)
+        .or_else(|| text.parse().ok())
+        .ok_or_else(|| format!("{text:?} is not a miner's actor address (t01000) or its number (1000)"))
 }
 
 #[derive(Args, Debug)]
@@ -198,6 +210,23 @@ struct RunArgs {
     /// Address the worker API listens on; the miner calls back here.
     #[arg(long, env = "SEALFARM_LISTEN", default_value = "0.0.0.0:3456")]
     listen: SocketAddr,
+    /// This bridge's name on the farm: its own results, events and
+    /// dead-letter queues are `sealfarm.bridge.<ID>.*`, and workers name it
+    /// in `--bridge ID=URL`. Several miners share one farm with a bridge
+    /// each, each with its own id. Default: the miner's actor address (e.g.
+    /// t01000), asked once and kept in the state directory's `bridge-id`; a
+    /// state directory keeps its id for good (its calls' results go there).
+    #[arg(long, env = "SEALFARM_BRIDGE_ID")]
+    bridge_id: Option<String>,
+    /// This miner's share of a farm that several miners use: at most N of
+    /// its tasks wait unclaimed in each stage queue, the others wait in the
+    /// bridge (recorded, in arrival order) and go out as workers claim. Another
+    /// miner's task then waits behind at most N of this one's, whatever its
+    /// burst; N is the weight (8 against 2: about four claims to one while
+    /// both have a backlog). Default: no bound (a farm of one miner). See the
+    /// README, "Planning a farm".
+    #[arg(long, env = "SEALFARM_FAIR_SHARE")]
+    fair_share: Option<u32>,
     /// Serve HTTPS on --listen with this certificate chain (PEM, the
     /// bridge's certificate first). Tokens travel on this listener: use it
     /// when the miner, workers or operators reach the bridge across a network
@@ -380,7 +409,10 @@ async fn operate(command: Command) -> Result<()> {
         }
         Command::Jobs(args) => {
             let path = if args.all { "/sealfarm/v0/jobs?all=true" } else { "/sealfarm/v0/jobs" };
-            let (jobs, now): (Vec<JobStatus>, u64) = args.view.target.client()?.get_stamped(path).await?;
+            let (mut jobs, now): (Vec<JobStatus>, u64) = args.view.target.client()?.get_stamped(path).await?;
+            if let Some(miner) = args.miner {
+                jobs.retain(|j| j.sector.miner == miner);
+            }
             if args.view.json {
                 print_json(&jobs);
             } else {

@@ -5,17 +5,19 @@
 //! letters, lease events and expiry, pruning the call store).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use sealfarm_runtime::broker::{self, BrokerLink};
-use sealfarm_runtime::shutdown;
+use sealfarm_runtime::shutdown::{self, Shutdown};
+use sealfarm_schemas::topology;
 
 use super::RunArgs;
 use crate::blobs::{self, BlobApi, Blobs};
 use crate::calls::leases::Leases;
 use crate::calls::store::CallStore;
+use crate::calls::upgrade;
 use crate::calls::Calls;
 use crate::miner::api_info::MinerApiInfo;
 use crate::miner::client::Miner;
@@ -51,7 +53,6 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         tokens.worker = token.clone();
     }
     let blobs = Arc::new(Blobs::open(&state_dir, args.max_request_size)?);
-    let pieces = Arc::new(PieceInbox::new(&storage[0].path).context("cannot prepare the piece inbox")?);
     let (trigger, shutdown) = shutdown::channel();
     let miner = Arc::new(Miner::new(
         info.clone(),
@@ -60,8 +61,15 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         store.clone(),
         args.miner_timeout,
     ));
+    let (bridge_id, first_start) = bridge_id(args.bridge_id.as_deref(), &state_dir, &miner, &shutdown).await?;
+    let pieces =
+        Arc::new(PieceInbox::new(&miner.storage[0].path, &bridge_id).context("cannot prepare the piece inbox")?);
     let broker_config = args.broker.config()?;
-    let link = Arc::new(BrokerLink::new(broker_config.clone(), "sealfarm-bridge".into(), broker::Role::Bridge));
+    let link = Arc::new(BrokerLink::new(
+        broker_config.clone(),
+        format!("sealfarm-bridge {bridge_id}"),
+        broker::Role::Bridge(Some(bridge_id.clone())),
+    ));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker_config.redacted()))?;
     let metrics = Arc::new(Metrics::new());
     let users = crate::senders::WorkerUsers {
@@ -69,18 +77,22 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         rule: args.worker_user_rule.clone(),
         bound: args.worker_users.iter().cloned().collect(),
     };
-    let senders = Arc::new(crate::senders::Senders::new(
-        users,
-        &tokens.attempt_key,
-        args.worker_networks.clone(),
-        metrics.refused_messages.clone(),
-    ));
+    let senders = Arc::new(
+        crate::senders::Senders::new(
+            users,
+            &tokens.attempt_key,
+            args.worker_networks.clone(),
+            metrics.refused_messages.clone(),
+        )
+        .for_bridge(&bridge_id),
+    );
     let calls = Arc::new(Calls {
         store,
         blobs: blobs.clone(),
         link: link.clone(),
         miner: miner.clone(),
         shutdown: shutdown.clone(),
+        bridge_id: bridge_id.clone(),
         ticket_window: args.pc1_ticket_window,
         max_attempts: args.max_attempts,
         farm: Arc::new(Farm::new(args.lease_timeout)),
@@ -90,6 +102,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         return_failures: Default::default(),
         pieces: pieces.clone(),
         large_returns: tokio::sync::Semaphore::new(1),
+        shares: crate::calls::shares::Shares::new(args.fair_share),
         tasks: tokio_util::task::TaskTracker::new(),
     });
     let ops = Arc::new(Ops {
@@ -134,16 +147,30 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         admin_token: tokens.admin.clone(),
         pieces: pieces.clone(),
     });
-    eprintln!("sealfarm-bridge");
+    eprintln!("sealfarm-bridge {bridge_id}");
     eprintln!("  miner        {}", info.url);
     eprintln!("  listen       {} (advertised as {scheme}://{advertised})", args.listen);
     eprintln!("  broker       {}", broker_config.redacted());
+    eprintln!(
+        "  queues       {}, {}, {}",
+        topology::bridge_results_queue(&bridge_id),
+        topology::bridge_events_queue(&bridge_id),
+        topology::bridge_dead_queue(&bridge_id)
+    );
     eprintln!("  state dir    {}", state_dir.display());
     eprintln!(
         "  leases       {} without a sign of life, then dispatched again",
         humantime::format_duration(args.lease_timeout)
     );
     eprintln!("  retention    returned calls kept {}", humantime::format_duration(args.retain_returned));
+    match args.fair_share {
+        Some(n) if n > 0 => {
+            eprintln!("  fair share   at most {n} of this miner's tasks unclaimed per stage queue; the rest wait here")
+        }
+        _ => eprintln!(
+            "  fair share   none: every task goes to its queue at once (--fair-share N when miners share the farm)"
+        ),
+    }
     for path in &miner.storage {
         eprintln!("  storage      {} ({})", path.path.display(), path.meta.id);
     }
@@ -179,7 +206,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         eprintln!("               (with the read token: Authorization: Bearer <token-read>)");
     }
     eprintln!(
-        "  workers      sealfarm-worker run --bridge {scheme}://{advertised}{} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
+        "  workers      sealfarm-worker run --bridge {bridge_id}={scheme}://{advertised}{} --worker-token <{}> (C1 outputs and C2 inputs, up to {} bytes)",
         if tls.is_some() { " --bridge-ca <your CA>" } else { "" },
         if args.worker_token.is_some() { "SEALFARM_WORKER_TOKEN".to_string() } else { state_dir.join("token-worker").display().to_string() },
         args.max_request_size
@@ -214,14 +241,19 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
     trigger.on_signals();
 
     miner.check_version(&shutdown).await?;
+    miner.actor_address(&shutdown).await?;
     miner.attach_storage().await?;
     calls.redeliver_pending().await?;
     let tasks = calls.tasks.clone();
-    tasks.spawn(calls.clone().consume_results());
-    tasks.spawn(calls.clone().consume_dead_letters());
-    tasks.spawn(leases.clone().consume_events());
+    tasks.spawn(calls.clone().consume_results(topology::bridge_results_queue(&bridge_id), shutdown.clone()));
+    tasks.spawn(calls.clone().consume_dead_letters(topology::bridge_dead_queue(&bridge_id), shutdown.clone()));
+    tasks.spawn(leases.clone().consume_events(topology::bridge_events_queue(&bridge_id), shutdown.clone()));
+    if let Some(upgraded_at_ms) = upgrade::note(&state_dir, first_start, &calls)? {
+        tasks.spawn(upgrade::drain(calls.clone(), leases.clone(), state_dir.clone(), upgraded_at_ms));
+    }
     tasks.spawn(leases.clone().expire());
     tasks.spawn(prune_returned(calls.clone(), args.retain_returned));
+    tasks.spawn(calls.clone().release_held());
     let session = miner.connect().await?;
     let keeper = {
         let miner = miner.clone();
@@ -282,6 +314,56 @@ async fn prune_returned(calls: Arc<Calls>, retain: std::time::Duration) {
         let every = (retain / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
         if calls.shutdown.wait_for(every).await {
             return;
+        }
+    }
+}
+
+/// The file in the state directory that keeps the bridge's id.
+const BRIDGE_ID_FILE: &str = "bridge-id";
+
+/// This bridge's id and whether this is the first start that knows it: the
+/// id the state directory keeps (`--bridge-id` must agree), else
+/// `--bridge-id`, else the miner's actor address (asked until the miner
+/// answers); kept in `bridge-id` from the first start on.
+async fn bridge_id(
+    given: Option<&str>,
+    state_dir: &Path,
+    miner: &Miner,
+    shutdown: &Shutdown,
+) -> Result<(String, bool)> {
+    let file = state_dir.join(BRIDGE_ID_FILE);
+    let kept = match std::fs::read_to_string(&file) {
+        Ok(text) => Some(text.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    let check = |id: &str, source: &str| {
+        sealfarm_schemas::messages::check_bridge_id(id).map_err(|e| anyhow::anyhow!("{source}: {e}"))
+    };
+    match (kept, given) {
+        (Some(kept), Some(given)) if kept != given => anyhow::bail!(
+            "--bridge-id {given}: the state directory {} belongs to bridge {kept} (its calls' results come to \
+             sealfarm.bridge.{kept}.results); start with --bridge-id {kept}, or give a bridge of another id its own \
+             --state-dir",
+            state_dir.display()
+        ),
+        (Some(kept), _) => {
+            check(&kept, &file.display().to_string())?;
+            Ok((kept, false))
+        }
+        (None, given) => {
+            let id = match given {
+                Some(given) => given.to_string(),
+                None => miner.actor_address(shutdown).await?,
+            };
+            check(&id, if given.is_some() { "--bridge-id" } else { "the miner's actor address" })?;
+            sealfarm_runtime::partial_file::write_whole(
+                &file.with_extension("partial"),
+                &file,
+                format!("{id}\n").as_bytes(),
+            )
+            .with_context(|| format!("cannot write {}", file.display()))?;
+            Ok((id, true))
         }
     }
 }

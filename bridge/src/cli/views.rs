@@ -239,9 +239,10 @@ pub fn format_jobs(jobs: &[JobStatus], now_ms: u64) -> String {
 pub fn format_queues(queues: &[QueueStatus], dead_letters: u64, all: bool) -> String {
     let rate = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     let mut rows =
-        vec![["Queue", "Stage", "Size", "Ready", "Unacked", "Consumers", "Publish/s", "Deliver/s"].map(String::from)];
+        vec![["Queue", "Stage", "Size", "Ready", "Held", "Unacked", "Consumers", "Publish/s", "Deliver/s"]
+            .map(String::from)];
     for q in queues {
-        let idle = q.ready == 0 && q.consumers == 0 && q.unacked.unwrap_or(0) == 0;
+        let idle = q.ready == 0 && q.held == 0 && q.consumers == 0 && q.unacked.unwrap_or(0) == 0;
         if q.stage.is_some() && idle && !all {
             continue;
         }
@@ -250,6 +251,7 @@ pub fn format_queues(queues: &[QueueStatus], dead_letters: u64, all: bool) -> St
             q.stage.map_or("-".into(), |s| s.to_string().to_uppercase()),
             q.sector_size.map_or("-".into(), |s| s.to_string()),
             q.ready.to_string(),
+            q.held.to_string(),
             q.unacked.map_or("-".into(), |u| u.to_string()),
             q.consumers.to_string(),
             rate(q.publish_rate),

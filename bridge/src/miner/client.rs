@@ -34,6 +34,9 @@ pub struct Miner {
     tokens: TokenChecks,
     /// The miner's sector size, once asked (`ActorSectorSize`).
     sector_size: std::sync::OnceLock<SectorSize>,
+    /// The number of the miner's actor (`t01000` → 1000), once asked: files
+    /// of other miners' sectors (on storage shared by several) are not served.
+    actor: std::sync::OnceLock<u64>,
     /// Where the bridge remembers what it declared (worker-local files are
     /// declared again after a miner restart from this record).
     store: CallStore,
@@ -55,6 +58,7 @@ impl Miner {
             advertised,
             tokens: TokenChecks::default(),
             sector_size: std::sync::OnceLock::new(),
+            actor: std::sync::OnceLock::new(),
             store,
         }
     }
@@ -73,6 +77,33 @@ impl Miner {
             "the miner's sector size {bytes} is not a Filecoin sector size"
         );
         Ok(*self.sector_size.get_or_init(|| size))
+    }
+
+    /// The miner's actor address (e.g. `t01000`), asked until the miner answers.
+    pub async fn actor_address(&self, shutdown: &Shutdown) -> Result<String> {
+        let mut pauses = Backoff::new(retry::MINER);
+        loop {
+            match self.client.call::<String>("ActorAddress", json!([])).await {
+                Ok(address) => {
+                    if let Some(number) = actor_number(&address) {
+                        let _ = self.actor.set(number);
+                    }
+                    return Ok(address);
+                }
+                Err(err) => {
+                    let delay = pauses.next_pause().unwrap_or(retry::MINER.max);
+                    tracing::warn!(miner = %self.info.url, error = %format!("{err:#}"), retry_in = ?delay, "cannot ask the miner its actor address (the bridge's id by default)");
+                    if shutdown.wait_for(delay).await {
+                        anyhow::bail!("stopped before the miner said its actor address");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a sector is this miner's: true until the actor address is known.
+    pub fn owns(&self, sector: sealfarm_schemas::SectorId) -> bool {
+        self.actor.get().is_none_or(|actor| *actor == sector.miner)
     }
 
     /// The record of declared sector files.
@@ -239,4 +270,10 @@ impl Miner {
 
 fn version_text(v: u64) -> String {
     format!("{}.{}.{}", v >> 16, (v >> 8) & 0xff, v & 0xff)
+}
+
+/// The number of an ID address (`t01000`, `f01000` → 1000); None for others.
+pub fn actor_number(address: &str) -> Option<u64> {
+    let digits = address.strip_prefix("t0").or_else(|| address.strip_prefix("f0"))?;
+    digits.parse().ok()
 }

@@ -52,14 +52,20 @@ enum PushState {
 /// Pieces being received, by stream id.
 pub struct PieceInbox {
     folder: PathBuf,
+    /// Where a bridge from before kept every piece (`sealfarm/pieces`).
+    legacy: PathBuf,
     streams: Mutex<HashMap<uuid::Uuid, watch::Sender<PushState>>>,
 }
 
 impl PieceInbox {
-    pub fn new(storage_root: &std::path::Path) -> std::io::Result<Self> {
-        let folder = storage_root.join("sealfarm").join("pieces");
+    /// The inbox of bridge `bridge` under `storage_root`: a folder of its own
+    /// (`sealfarm/pieces/<bridge>`), so bridges sharing storage never sweep
+    /// each other's pieces.
+    pub fn new(storage_root: &std::path::Path, bridge: &str) -> std::io::Result<Self> {
+        let shared = storage_root.join("sealfarm").join("pieces");
+        let folder = shared.join(bridge);
         std::fs::create_dir_all(&folder)?;
-        Ok(PieceInbox { folder, streams: Mutex::new(HashMap::new()) })
+        Ok(PieceInbox { folder, legacy: shared, streams: Mutex::new(HashMap::new()) })
     }
 
     /// Where the bytes of piece `id` are kept.
@@ -81,8 +87,23 @@ impl PieceInbox {
     }
 
     /// At start: removes every piece file (and partial upload) that no open
-    /// AddPiece call names; how many went.
+    /// AddPiece call names; how many went. A piece an open call names that a
+    /// bridge from before kept in the shared folder is moved into this
+    /// bridge's (the others there are left alone: they may be another's).
     pub fn sweep(&self, keep: &HashSet<uuid::Uuid>) -> usize {
+        for id in keep {
+            let old = self.legacy.join(id.to_string());
+            if old.is_file() {
+                match std::fs::rename(&old, self.path(*id)) {
+                    Ok(()) => {
+                        tracing::info!(piece = %id, "piece data of an open AddPiece moved into this bridge's folder")
+                    }
+                    Err(e) => {
+                        tracing::warn!(piece = %id, error = %e, "cannot move piece data into this bridge's folder")
+                    }
+                }
+            }
+        }
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.folder).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();

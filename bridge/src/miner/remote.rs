@@ -106,7 +106,9 @@ pub(crate) fn check_allocated_numbers(spt: &str, offset: &str, size: &str) -> Re
 /// The local copies of a sector file: (storage id, path); None when the
 /// type or name is not a sector file's.
 fn copies(api: &Api, file_type: &str, name: &str) -> Option<Vec<(String, PathBuf)>> {
-    sector_file(file_type, name)?;
+    // Storage shared by several miners' bridges holds their sectors side by
+    // side: each bridge serves (and removes) its own miner's only.
+    sector_file(file_type, name).filter(|sector| api.miner.owns(*sector))?;
     Some(
         api.miner
             .storage

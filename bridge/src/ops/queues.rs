@@ -96,7 +96,8 @@ impl QueueWatch {
             }
         }
         let mut names: Vec<String> = sealfarm_runtime::queues::shared_queues().into_iter().map(|q| q.name).collect();
-        names.retain(|n| n != topology::BRIDGE_EVENTS_QUEUE && n != topology::BRIDGE_DEAD_QUEUE);
+        // This bridge's results (its copies of events and dead letters are not work).
+        names.extend(link.bridge_id().map(topology::bridge_results_queue));
         // Own queues only of workers that take or hold something: a worker
         // that reports no stage has none to look at, and a flood of made-up
         // ids (up to 10,000) must not cost a failed lookup each per refresh.

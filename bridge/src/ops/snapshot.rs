@@ -43,6 +43,9 @@ pub struct BridgeStatus {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MinerStatus {
+    /// The bridge's id (`--bridge-id`; the miner's actor address by default).
+    #[serde(default)]
+    pub id: String,
     pub url: String,
     /// The last call to the miner got an answer.
     pub up: bool,
@@ -121,6 +124,10 @@ pub struct QueueStatus {
     /// Messages per second (management API only).
     pub publish_rate: Option<f64>,
     pub deliver_rate: Option<f64>,
+    /// This miner's calls for the queue that the bridge holds back for its
+    /// share (`--fair-share`): its backlog beyond what the queue shows.
+    #[serde(default)]
+    pub held: u64,
 }
 
 /// One call of the miner, as `lotus-miner sealing jobs` shows one.
@@ -224,7 +231,12 @@ impl StatusSource {
 
     /// The queues and the dead letters waiting.
     pub async fn queues(&self, calls: &Calls, workers: &[WorkerStatus]) -> (Vec<QueueStatus>, u64) {
-        self.queues.snapshot(&calls.link, workers).await
+        let (mut queues, dead) = self.queues.snapshot(&calls.link, workers).await;
+        let shares = calls.shares();
+        for queue in &mut queues {
+            queue.held = shares.get(&queue.name).map_or(0, |s| s.held);
+        }
+        (queues, dead)
     }
 
     fn bridge(&self, calls: &Calls, admin: bool, now: u64) -> BridgeStatus {
@@ -235,6 +247,7 @@ impl StatusSource {
             started_at_ms: self.started_at_ms,
             now_ms: now,
             miner: MinerStatus {
+                id: calls.bridge_id.clone(),
                 url: calls.miner.client().url().to_string(),
                 up: contact.up(),
                 last_ok_ms: contact.last_ok_ms,
@@ -440,6 +453,7 @@ pub fn queue_row(name: &str) -> QueueStatus {
         consumers: 0,
         publish_rate: None,
         deliver_rate: None,
+        held: 0,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::sealing::layout::SealingPath;
 use crate::sealing::warm_up;
 use crate::service::job_store;
 use crate::service::{self, OnStop, WorkerConfig};
-use crate::transfer::bridge_client::BridgeClient;
+use crate::transfer::bridge_client::Bridges;
 
 #[derive(Args, Debug)]
 pub(super) struct RunArgs {
@@ -56,9 +56,13 @@ pub(super) struct RunArgs {
     /// C2 inputs, C1 outputs and piece data travel there over HTTP, never on
     /// the broker: needed by workers that take C1 or C2 (a C1 output of a real
     /// sector is tens of MiB) and by AddPiece workers that do not mount the
-    /// bridge's storage. Needs --worker-token.
-    #[arg(long = "bridge", env = "SEALFARM_BRIDGE_URL")]
-    bridge_url: Option<String>,
+    /// bridge's storage. Needs --worker-token. A farm shared by several
+    /// miners: one per bridge, named by its bridge id (`--bridge
+    /// t01000=http://10.0.0.9:3456 --bridge t01001=http://10.0.0.9:3457`, or
+    /// comma-separated in the environment variable); a URL without a name
+    /// serves any bridge not named.
+    #[arg(long = "bridge", env = "SEALFARM_BRIDGE_URL", value_delimiter = ',')]
+    bridge_url: Vec<String>,
     /// The CA certificates (PEM) to trust for an https:// --bridge (a bridge
     /// run with --tls-cert). Default: the system's CAs. The certificate must
     /// name the host or address in --bridge.
@@ -101,8 +105,10 @@ pub(super) struct RunArgs {
     /// The bridge's broker user: control messages (drain, resume, stop a
     /// superseded job) are obeyed only when RabbitMQ says it published them.
     /// Default: this worker's own broker user (a farm on one shared account).
-    #[arg(long, env = "SEALFARM_BRIDGE_USER")]
-    bridge_user: Option<String>,
+    /// Several bridges (one per miner) with users of their own: repeat it,
+    /// or separate the users with commas.
+    #[arg(long = "bridge-user", env = "SEALFARM_BRIDGE_USER", value_delimiter = ',')]
+    bridge_users: Vec<String>,
     /// Pause before running again a job whose last run ended without a result
     /// (the process died under it); doubles with each run. After 3 runs the
     /// task is dead-lettered as poison and its call fails.
@@ -209,13 +215,13 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
             Some(FilesConfig { listen, url, token })
         }
     };
-    let bridge = match (&args.bridge_url, &args.worker_token) {
-        (None, None) => None,
-        (Some(url), Some(token)) => Some(BridgeClient::new(url, token, args.bridge_ca.as_deref())?),
-        (Some(_), None) => {
+    let bridges = match (args.bridge_url.is_empty(), &args.worker_token) {
+        (true, None) => Bridges::default(),
+        (false, Some(token)) => Bridges::parse(&args.bridge_url, token, args.bridge_ca.as_deref())?,
+        (false, None) => {
             bail!("--bridge needs --worker-token (env SEALFARM_WORKER_TOKEN): the bridge's token-worker")
         }
-        (None, Some(_)) => bail!("--worker-token needs --bridge (env SEALFARM_BRIDGE_URL): the bridge's URL"),
+        (true, Some(_)) => bail!("--worker-token needs --bridge (env SEALFARM_BRIDGE_URL): the bridge's URL"),
     };
     let (mut capacity, mut needs) = (
         capacity,
@@ -243,7 +249,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     let config = WorkerConfig {
         worker_id,
         hostname,
-        bridge_user: args.bridge_user.clone(),
+        bridge_users: args.bridge_users.clone(),
         broker: args.broker.config()?,
         sealing,
         storage_id: storage.id,
@@ -252,7 +258,7 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
         needs,
         hardware: hw,
         files,
-        bridge,
+        bridges,
         retain_done: args.retain_done,
         heartbeat_interval: args.heartbeat_interval,
         shutdown_grace: args.shutdown_grace,
@@ -283,14 +289,19 @@ pub(super) fn run_worker(args: RunArgs) -> Result<()> {
     }
     say(format!("  state dir     {}", config.state_dir.display()));
     let big_stages = config.stages().into_iter().any(|s| matches!(s, Stage::C1 | Stage::C2));
-    match &config.bridge {
-        Some(bridge) => say(format!("  bridge        {} (C1 outputs, C2 inputs, piece data)", bridge.url())),
-        None if big_stages => say(
+    match config.bridges.describe().as_slice() {
+        [] if big_stages => say(
             "  bridge        none: C1 outputs travel inline only up to 512 KiB (test sizes) and C2 tasks that name \
              a blob fail; give --bridge and --worker-token"
                 .into(),
         ),
-        None => {}
+        [] => {}
+        bridges => {
+            for (n, bridge) in bridges.iter().enumerate() {
+                let label = if n == 0 { "bridge" } else { "" };
+                say(format!("  {label:<13} {bridge} (C1 outputs, C2 inputs, piece data)"));
+            }
+        }
     }
     if config.simulate_compute {
         say("  compute       SIMULATED (--simulate-compute, a benchmark mode): no proofs, AddPiece placeholders only"

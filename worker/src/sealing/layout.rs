@@ -56,7 +56,14 @@ impl SealingPath {
     }
 }
 
-/// Where piece data `id` is read from under a sealing path.
-pub fn piece_path(sealing_root: &Path, id: uuid::Uuid) -> PathBuf {
-    sealing_root.join("sealfarm").join("pieces").join(id.to_string())
+/// Where piece data `id` of bridge `bridge` (the task's) is read from under
+/// a sealing path: each bridge keeps its pieces in a folder of its own, so
+/// bridges of several miners on one shared storage never clear each other's.
+/// A task that names no bridge (a bridge from before) has it in `pieces/`.
+pub fn piece_path(sealing_root: &Path, bridge: Option<&str>, id: uuid::Uuid) -> PathBuf {
+    let folder = sealing_root.join("sealfarm").join("pieces");
+    match bridge {
+        Some(bridge) => folder.join(bridge).join(id.to_string()),
+        None => folder.join(id.to_string()),
+    }
 }

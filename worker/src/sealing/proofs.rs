@@ -113,7 +113,7 @@ fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
     let context = || format!("{stage} of {}", sector.id);
     match &task.task {
         Task::Ap { existing_piece_sizes, piece_size, data } => {
-            add_piece(sealing, sector, proof, existing_piece_sizes, *piece_size, data).with_context(context)
+            add_piece(sealing, task, proof, existing_piece_sizes, *piece_size, data).with_context(context)
         }
         Task::Pc1 { ticket, pieces } => precommit1(sealing, sector, proof, ticket, pieces).with_context(context),
         Task::Pc2 { pc1_out } => precommit2(sealing, sector, proof, pc1_out).with_context(context),
@@ -147,7 +147,7 @@ fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
         Task::Unseal { offset, size, randomness, comm_d } => {
             snap::unseal(sealing, sector, proof, *offset, *size, randomness, comm_d).with_context(context)
         }
-        Task::Dc { piece_size, data } => data_cid(sealing, proof, *piece_size, data).with_context(context),
+        Task::Dc { piece_size, data } => data_cid(sealing, task, proof, *piece_size, data).with_context(context),
         Task::Dl { sources, .. } => super::download::download(sealing, sector, sources).with_context(context),
     }
 }
@@ -156,11 +156,12 @@ fn run_stage(sealing: &SealingPath, task: &TaskMessage) -> Result<StageOutput> {
 /// computes it, without a sector.
 fn data_cid(
     sealing: &SealingPath,
+    task: &TaskMessage,
     proof: filecoin_proofs_api::RegisteredSealProof,
     piece_size: u64,
     data: &PieceData,
 ) -> Result<StageOutput> {
-    let source = piece_source(sealing, data, piece_size)?;
+    let source = piece_source(sealing, task, data, piece_size)?;
     let info = seal::generate_piece_commitment(proof, source, UnpaddedBytesAmount(piece_size))?;
     Ok(StageOutput::Dc {
         piece: PieceInfo { size: padded(info.size.0), piece_cid: Commitment::Data.to_cid(&info.commitment) },
@@ -168,11 +169,11 @@ fn data_cid(
 }
 
 /// Where a stage reads piece bytes from: `piece_size` bytes of them.
-fn piece_source(sealing: &SealingPath, data: &PieceData, piece_size: u64) -> Result<Box<dyn Read>> {
+fn piece_source(sealing: &SealingPath, task: &TaskMessage, data: &PieceData, piece_size: u64) -> Result<Box<dyn Read>> {
     Ok(match data {
         PieceData::Null => Box::new(io::repeat(0).take(piece_size)),
         PieceData::Piece { id } => {
-            let path = super::layout::piece_path(sealing.root(), *id);
+            let path = super::layout::piece_path(sealing.root(), task.bridge.as_deref(), *id);
             Box::new(
                 File::open(&path).with_context(|| format!("opening piece data {}", path.display()))?.take(piece_size),
             )
@@ -185,12 +186,13 @@ fn piece_source(sealing: &SealingPath, data: &PieceData, piece_size: u64) -> Res
 
 fn add_piece(
     sealing: &SealingPath,
-    sector: SectorRef,
+    task: &TaskMessage,
     proof: filecoin_proofs_api::RegisteredSealProof,
     existing: &[u64],
     piece_size: u64,
     data: &PieceData,
 ) -> Result<StageOutput> {
+    let sector = task.sector;
     let path = sealing.unsealed(sector.id);
     let mut file = OpenOptions::new()
         .read(true)
@@ -205,7 +207,7 @@ fn add_piece(
     file.set_len(offset).with_context(|| format!("truncating {}", path.display()))?;
     file.seek(SeekFrom::Start(offset))?;
     let existing: Vec<UnpaddedBytesAmount> = existing.iter().map(|s| UnpaddedBytesAmount(*s)).collect();
-    let source = piece_source(sealing, data, piece_size)?;
+    let source = piece_source(sealing, task, data, piece_size)?;
     let (info, _) = seal::add_piece(proof, source, &mut file, UnpaddedBytesAmount(piece_size), &existing)?;
     file.sync_all().with_context(|| format!("syncing {}", path.display()))?;
     Ok(StageOutput::Ap {

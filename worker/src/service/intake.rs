@@ -188,15 +188,19 @@ impl Worker {
                 Err(reason) => return self.dead_letter(&queue, delivery, reason, None).await,
             };
             let own_queue = topology::worker_queue(&self.config.worker_id);
-            let bridge = self.config.bridge_user.as_deref().unwrap_or(self.link.user());
+            let bridges = match self.config.bridge_users.as_slice() {
+                [] => vec![self.link.user()],
+                users => users.iter().map(String::as_str).collect(),
+            };
             let publisher = sealfarm_runtime::broker::publisher(&delivery);
             let refused = if queue != own_queue {
                 Some(("not_own_queue", format!("a control message came on {queue}, not on {own_queue}")))
-            } else if publisher != Some(bridge) {
+            } else if !publisher.is_some_and(|p| bridges.contains(&p)) {
                 Some((
                     "not_the_bridge",
                     format!(
-                        "broker user {publisher:?} sent a control message; only the bridge's ({bridge}) are obeyed"
+                        "broker user {publisher:?} sent a control message; only the bridges' ({}) are obeyed",
+                        bridges.join(", ")
                     ),
                 ))
             } else {
@@ -343,7 +347,7 @@ impl Worker {
                     format!("task rejected by sealfarm worker {}: {reason}", self.config.worker_id),
                 );
                 let result = self.result(task, now_ms(), Outcome::Failed(error));
-                broker.publish_json(topology::RESULTS_EXCHANGE, "", &result, &[]).await?;
+                broker.publish_json(topology::RESULTS_EXCHANGE, task.reply_key(), &result, &[]).await?;
             }
             anyhow::Ok(())
         };

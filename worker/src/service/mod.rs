@@ -66,8 +66,9 @@ pub struct WorkerConfig {
     pub worker_id: String,
     pub hostname: String,
     pub broker: sealfarm_runtime::broker::BrokerConfig,
-    /// The bridge's broker user, whose control messages are obeyed (None: this worker's own).
-    pub bridge_user: Option<String>,
+    /// The bridges' broker users, whose control messages are obeyed (none
+    /// given: this worker's own).
+    pub bridge_users: Vec<String>,
     pub sealing: SealingPath,
     /// The id of the sealing path (its `sectorstore.json`).
     pub storage_id: String,
@@ -80,9 +81,9 @@ pub struct WorkerConfig {
     pub hardware: Hardware,
     /// Worker-local storage: the file server. None: shared storage.
     pub files: Option<FilesConfig>,
-    /// The bridge's blob and piece path (`--bridge`, `--worker-token`):
+    /// The bridges' blob and piece paths (`--bridge`, `--worker-token`):
     /// C2 inputs, C1 outputs and piece data travel there, never on the broker.
-    pub bridge: Option<crate::transfer::bridge_client::BridgeClient>,
+    pub bridges: crate::transfer::bridge_client::Bridges,
     /// How long the records of ended jobs are kept (`--retain-done`).
     pub retain_done: Duration,
     pub heartbeat_interval: Duration,
@@ -243,8 +244,8 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             }
             JobState::Finished { result } => {
                 tracing::info!(call_id = %result.call_id, "republishing a result the broker never confirmed");
-                let worker = worker.clone();
-                jobs.spawn(async move { worker.publish_result(&key, *result).await });
+                let (worker, bridge) = (worker.clone(), record.task.bridge.clone());
+                jobs.spawn(async move { worker.publish_result(&key, bridge, *result).await });
             }
             JobState::Done { .. } | JobState::Released { .. } | JobState::Superseded { .. } => {}
         }

@@ -81,7 +81,7 @@ impl Worker {
             }
         }
         self.held.end(&key);
-        self.publish_result(&key, result).await;
+        self.publish_result(&key, task.bridge.clone(), result).await;
         // Watchers see the freed share of the machine at once.
         self.heartbeat_soon().await;
     }
@@ -223,13 +223,20 @@ impl Worker {
         }
     }
 
-    pub(super) async fn publish_result(&self, key: &str, result: ResultMessage) {
+    /// Publishes a result for the bridge `bridge` (the task's: its routing key).
+    pub(super) async fn publish_result(&self, key: &str, bridge: Option<String>, result: ResultMessage) {
         // A C1 output goes to the bridge first; the result only names it.
-        if let Err(err) = crate::transfer::payloads::hand_over(&self.config, &result, &self.shutdown).await {
+        let bridge_key = bridge.as_deref().unwrap_or("");
+        let handed = crate::transfer::payloads::hand_over(&self.config, bridge.as_deref(), &result, &self.shutdown);
+        if let Err(err) = handed.await {
             tracing::warn!(call_id = %result.call_id, error = %format!("{err:#}"), "result kept for the next start");
             return;
         }
-        match self.link.publish_until_confirmed(topology::RESULTS_EXCHANGE, "", &result, &[], &self.shutdown).await {
+        match self
+            .link
+            .publish_until_confirmed(topology::RESULTS_EXCHANGE, bridge_key, &result, &[], &self.shutdown)
+            .await
+        {
             Ok(()) => {
                 if let Err(err) = self.store.done(key) {
                     tracing::error!(call_id = %result.call_id, error = %format!("{err:#}"), "result published but not marked done");

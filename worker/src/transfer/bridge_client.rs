@@ -4,9 +4,12 @@
 //! output is uploaded there before its result is published; piece data the
 //! worker cannot read under its own sealing path is downloaded.
 //!
-//! The bridge's URL and the worker token come from `--bridge` and
+//! The bridges' URLs and the worker token come from `--bridge` and
 //! `--worker-token`; nothing in a broker message names where to connect, so a
-//! forged task cannot send the token elsewhere.
+//! forged task cannot send the token elsewhere. A farm shared by several
+//! miners has a bridge for each: `--bridge t01000=URL` names the bridge a
+//! task's `bridge` field picks; a `--bridge URL` without a name serves the
+//! tasks of any bridge not named (a farm of one miner needs nothing more).
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,6 +32,64 @@ impl std::fmt::Debug for BridgeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BridgeClient").field("url", &self.url).finish_non_exhaustive()
     }
+}
+
+/// The bridges this worker reaches: by id, and one for any other.
+#[derive(Clone, Debug, Default)]
+pub struct Bridges {
+    named: std::collections::BTreeMap<String, BridgeClient>,
+    any: Option<BridgeClient>,
+}
+
+impl Bridges {
+    /// From `--bridge` values (`ID=URL` or `URL`), all with one token and CA.
+    pub fn parse(values: &[String], token: &str, ca: Option<&Path>) -> Result<Self> {
+        let mut bridges = Bridges::default();
+        for value in values {
+            let value = value.trim();
+            match split_named(value) {
+                Some((id, url)) => {
+                    sealfarm_schemas::messages::check_bridge_id(id)
+                        .map_err(|e| anyhow::anyhow!("--bridge {value:?}: {e}"))?;
+                    if bridges.named.insert(id.to_string(), BridgeClient::new(url, token, ca)?).is_some() {
+                        bail!("--bridge names bridge {id} twice");
+                    }
+                }
+                None => {
+                    if bridges.any.replace(BridgeClient::new(value, token, ca)?).is_some() {
+                        bail!(
+                            "--bridge gives two URLs without a bridge id: name each bridge, e.g. \
+                             --bridge t01000=http://10.0.0.9:3456 --bridge t01001=http://10.0.0.9:3457"
+                        );
+                    }
+                }
+            }
+        }
+        Ok(bridges)
+    }
+
+    /// The bridge of a task whose `bridge` is `id`: the one of that name,
+    /// else the one for any (None: no `--bridge` fits).
+    pub fn get(&self, id: Option<&str>) -> Option<&BridgeClient> {
+        id.and_then(|id| self.named.get(id)).or(self.any.as_ref())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.any.is_none()
+    }
+
+    /// `ID=URL` (or `URL` for the one without a name), for the start-up table.
+    pub fn describe(&self) -> Vec<String> {
+        let named = self.named.iter().map(|(id, client)| format!("{id}={}", client.url()));
+        named.chain(self.any.iter().map(|client| client.url().to_string())).collect()
+    }
+}
+
+/// `t01000=http://…` → the id and the URL; a bare URL → None.
+fn split_named(value: &str) -> Option<(&str, &str)> {
+    let (id, url) = value.split_once('=')?;
+    // An `=` inside a URL's query comes after `://`.
+    (!id.contains(['/', ':'])).then_some((id, url))
 }
 
 /// Why a transfer failed: worth another try (the bridge is away), or not.
@@ -173,4 +234,25 @@ where
         }
     }
     bail!("no attempt made")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridges_are_picked_by_the_tasks_bridge_id() {
+        let values = ["t01000=http://a:1".to_string(), "http://any:3".to_string(), "t01001=http://b:2/".to_string()];
+        let bridges = Bridges::parse(&values, "secret", None).unwrap();
+        assert_eq!(bridges.get(Some("t01000")).unwrap().url(), "http://a:1");
+        assert_eq!(bridges.get(Some("t01001")).unwrap().url(), "http://b:2");
+        assert_eq!(bridges.get(Some("t09999")).unwrap().url(), "http://any:3");
+        assert_eq!(bridges.get(None).unwrap().url(), "http://any:3");
+        let named_only = Bridges::parse(&values[..1], "secret", None).unwrap();
+        assert!(named_only.get(Some("t01001")).is_none(), "no bridge for an id not named and none for any");
+        let twice = Bridges::parse(&["http://a:1".into(), "http://b:2".into()], "secret", None).unwrap_err();
+        assert!(format!("{twice:#}").contains("name each bridge"), "{twice:#}");
+        let bad = Bridges::parse(&["t0 1=http://a:1".into()], "secret", None).unwrap_err();
+        assert!(format!("{bad:#}").contains("bridge id"), "{bad:#}");
+    }
 }

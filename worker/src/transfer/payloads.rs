@@ -45,11 +45,15 @@ fn failed(message: String) -> CallError {
     CallError::new(ErrorCode::UNKNOWN, message)
 }
 
-fn bridge<'a>(config: &'a WorkerConfig, what: &str) -> Result<&'a BridgeClient, CallError> {
-    config.bridge.as_ref().ok_or_else(|| {
+fn bridge<'a>(config: &'a WorkerConfig, task: &TaskMessage, what: &str) -> Result<&'a BridgeClient, CallError> {
+    config.bridges.get(task.bridge.as_deref()).ok_or_else(|| {
+        let named = match &task.bridge {
+            Some(id) => format!("--bridge {id}=<the URL of bridge {id}>"),
+            None => "--bridge <the bridge's URL>".to_string(),
+        };
         failed(format!(
-            "sealfarm worker {}: {what}, which it fetches from the bridge: start it with --bridge <the bridge's URL> \
-             and --worker-token (env SEALFARM_BRIDGE_URL, SEALFARM_WORKER_TOKEN)",
+            "sealfarm worker {}: {what}, which it fetches from the bridge: start it with {named} and \
+             --worker-token (env SEALFARM_BRIDGE_URL, SEALFARM_WORKER_TOKEN)",
             config.worker_id
         ))
     })
@@ -68,7 +72,7 @@ pub async fn resolve_inputs(
                 Task::C2 { .. } => ("C2", "C1 output"),
                 _ => ("PR2", "vanilla proofs"),
             };
-            let client = bridge(config, &format!("this {stage} names its {what} as blob {blob}"))?;
+            let client = bridge(config, task, &format!("this {stage} names its {what} as blob {blob}"))?;
             let bytes = with_retries(TRANSFER_TRIES, shutdown, || client.fetch_blob(blob))
                 .await
                 .map_err(|e| failed(format!("cannot fetch the {what} of {}: {e:#}", task.sector.id)))?;
@@ -78,13 +82,13 @@ pub async fn resolve_inputs(
             Ok(Resolved { task: resolved, downloaded: None })
         }
         Task::Ap { data: PieceData::Piece { id }, .. } | Task::Dc { data: PieceData::Piece { id }, .. } => {
-            let path = piece_path(config.sealing.root(), *id);
+            let path = piece_path(config.sealing.root(), task.bridge.as_deref(), *id);
             if path.is_file() {
                 return Ok(Resolved { task: task.clone(), downloaded: None });
             }
             let what =
                 format!("the piece data of {} is not in {} (not shared storage)", task.sector.id, path.display());
-            let client = bridge(config, &what)?;
+            let client = bridge(config, task, &what)?;
             if let Some(folder) = path.parent() {
                 std::fs::create_dir_all(folder)
                     .map_err(|e| failed(format!("cannot create {}: {e}", folder.display())))?;
@@ -110,7 +114,7 @@ pub fn keep_output(config: &WorkerConfig, outcome: Outcome) -> Outcome {
     let Outcome::Done(output) = &outcome else { return outcome };
     let Some(Payload::Inline(bytes)) = output.payload() else { return outcome };
     let stage = output.stage();
-    if config.bridge.is_none() {
+    if config.bridges.is_empty() {
         if bytes.0.len() <= INLINE_LIMIT {
             return outcome;
         }
@@ -138,13 +142,23 @@ fn write_blob(dir: &Path, bytes: &[u8]) -> Result<BlobRef> {
 
 /// Uploads the blob a result names to the bridge (before the result is
 /// published). A local copy already gone was handed over before.
-pub async fn hand_over(config: &WorkerConfig, result: &ResultMessage, shutdown: &Shutdown) -> Result<()> {
+pub async fn hand_over(
+    config: &WorkerConfig,
+    bridge: Option<&str>,
+    result: &ResultMessage,
+    shutdown: &Shutdown,
+) -> Result<()> {
     let Some(blob) = result.outcome.output_blob() else { return Ok(()) };
     let path = blob_dir(config).join(&blob.sha256);
     if !path.is_file() {
         return Ok(());
     }
-    let client = config.bridge.as_ref().context("a blob to hand over, but no --bridge")?;
+    let client = config.bridges.get(bridge).with_context(|| match bridge {
+        Some(id) => {
+            format!("a blob to hand over to bridge {id}, but no --bridge {id}=URL (nor one --bridge URL for any)")
+        }
+        None => "a blob to hand over, but no --bridge".to_string(),
+    })?;
     with_retries(TRANSFER_TRIES, shutdown, || client.upload_blob(blob, &path))
         .await
         .with_context(|| format!("cannot upload the {} output {blob} to the bridge", result.stage))?;
