@@ -58,6 +58,13 @@ impl NamedRegistry {
         NamedRegistry { registry: Registry::with_prefix(prefix), prefix, names: Vec::new() }
     }
 
+    /// A registry whose every series also carries `labels` (first in the
+    /// label set), e.g. the bridge's `miner`.
+    pub fn with_labels(prefix: &'static str, labels: &[(&'static str, String)]) -> Self {
+        let labels = labels.iter().map(|(k, v)| (std::borrow::Cow::Borrowed(*k), std::borrow::Cow::Owned(v.clone())));
+        NamedRegistry { registry: Registry::with_prefix_and_labels(prefix, labels), prefix, names: Vec::new() }
+    }
+
     /// Registers `metric` as `<prefix>_<name>` and hands it back.
     pub fn add<M: Metric + TypedMetric + Suffixes + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
         self.registry.register(name, help, metric.clone());

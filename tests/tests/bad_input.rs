@@ -202,7 +202,9 @@ async fn undecodable_results_events_and_controls_are_dead_lettered_with_their_re
         (sealfarm_tests::BRIDGE_RESULTS, "unsupported-schema", 1),
         (sealfarm_tests::BRIDGE_EVENTS, "malformed", 1),
     ] {
-        let line = format!("sealfarm_undecodable_messages_total{{queue=\"{queue}\",reason=\"{reason}\"}} {count}");
+        let line = format!(
+            "sealfarm_undecodable_messages_total{{miner=\"t01000\",queue=\"{queue}\",reason=\"{reason}\"}} {count}"
+        );
         assert!(metrics.contains(&line), "/metrics lacks {line}:\n{metrics}");
     }
 

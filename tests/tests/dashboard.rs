@@ -91,6 +91,11 @@ async fn the_dashboard_shows_the_farm_and_each_sectors_timeline() {
         }
     }
     assert!(!read.contains("<button"), "the read token gets no controls:\n{read}");
+    // Filtered to another miner of the farm: none of this one's jobs or sectors.
+    let other = load(&format!("{base}#token={}&miner=t01001", farm.token("read")), None);
+    assert!(other.contains("data-loaded=\"yes\"") && other.contains("<option value=\"t01000\">"), "{other}");
+    assert!(!other.contains("data-sector=\"s-t01000-1\""), "the filter hides t01000's sector:\n{other}");
+    assert!(!other.contains(&format!("data-call=\"{}\"", report.calls[0].1.id)), "and its jobs:\n{other}");
 
     let admin = load(&format!("{base}#token={}", farm.token("admin")), None);
     assert!(admin.contains("<button class=\"control"), "the admin token gets the controls:\n{admin}");

@@ -255,3 +255,122 @@ async fn a_fair_share_lets_another_miners_task_past_a_flood() {
         weighted.flood_claims_ahead
     );
 }
+
+/// A bridge from before several miners shared a farm is upgraded while a
+/// call is in flight: its state directory has calls but no bridge id, the
+/// old shared queues hold a worker's heartbeat, and the call's result
+/// arrives as a worker of that version publishes it (no routing key, so in
+/// `sealfarm.results`). The upgraded bridge returns the result once, reads
+/// the old events, and deletes the old queues when no call from before is open.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgraded_bridge_drains_the_old_shared_queues_and_loses_nothing() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions};
+    use lapin::types::FieldTable;
+    use sealfarm_runtime::queues::QueueSpec;
+    use sealfarm_schemas::topology;
+
+    let mut farm = BridgeFarm::start("upgrade").await;
+    let sector = sealfarm_tests::devminer::sector_ref(5, PROOF);
+    let params = sealfarm_tests::devminer::add_piece_params(sector);
+    let call: sealfarm_schemas::CallId = farm.worker.client.call("AddPiece", params).await.unwrap();
+    // A worker of the old version takes the task (no worker runs here).
+    let connection = lapin::Connection::connect(&farm.vhost.url(), Default::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let queue = topology::task_queue(Stage::Ap, sealfarm_schemas::SectorSize::KIB2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let task: sealfarm_schemas::TaskMessage = loop {
+        if let Some(message) = channel.basic_get(queue.as_str().into(), Default::default()).await.unwrap() {
+            message.delivery.ack(Default::default()).await.unwrap();
+            break serde_json::from_slice(&message.delivery.data).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no AddPiece task");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    farm.bridge.kill();
+
+    // The farm as the old version left it: a state directory without a
+    // bridge id, and the single bridge's queues, bound as they were.
+    std::fs::remove_file(farm.state_dir().join("bridge-id")).unwrap();
+    QueueSpec::bounded(topology::LEGACY_BRIDGE_EVENTS_QUEUE, topology::BRIDGE_EVENTS_MAX)
+        .declare(&channel)
+        .await
+        .unwrap();
+    QueueSpec::quorum(topology::LEGACY_BRIDGE_DEAD_QUEUE).declare(&channel).await.unwrap();
+    for (queue, exchange, key) in [
+        (topology::LEGACY_BRIDGE_EVENTS_QUEUE, topology::EVENTS_EXCHANGE, "worker.#"),
+        (topology::LEGACY_BRIDGE_DEAD_QUEUE, topology::DEAD_LETTER_EXCHANGE, ""),
+    ] {
+        let options = QueueBindOptions::default();
+        channel.queue_bind(queue.into(), exchange.into(), key.into(), options, FieldTable::default()).await.unwrap();
+    }
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let publish = |exchange: &'static str, key: &'static str, body: Vec<u8>| {
+        let channel = channel.clone();
+        async move {
+            let properties = lapin::BasicProperties::default().with_user_id("guest".into());
+            let confirm = channel
+                .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), &body, properties)
+                .await
+                .unwrap();
+            confirm.await.unwrap();
+        }
+    };
+    // A heartbeat queued for the old bridge while it was down.
+    let heartbeat = serde_json::json!({
+        "schema": sealfarm_schemas::SCHEMA_VERSION, "worker": "old-box", "at_ms": sealfarm_schemas::messages::now_ms(),
+        "kind": "heartbeat", "hostname": "old-box", "stages": ["ap"], "sector_sizes": ["2KiB"], "slots": 1, "running": [],
+    });
+    publish("", topology::LEGACY_BRIDGE_EVENTS_QUEUE, serde_json::to_vec(&heartbeat).unwrap()).await;
+    // The result, as the old worker publishes it: no routing key.
+    let piece: sealfarm_schemas::PieceInfo = serde_json::from_value(serde_json::json!({
+        "Size": 2048, "PieceCID": {"/": "baga6ea4seaqpy7usqklokfx2vxuynmupslkeutzexe2uqurdg5vhtebhxqmpqmy"}
+    }))
+    .unwrap();
+    let result = sealfarm_schemas::ResultMessage {
+        schema: sealfarm_schemas::SCHEMA_VERSION,
+        call_id: task.call_id,
+        attempt: task.attempt,
+        sector,
+        stage: Stage::Ap,
+        worker: "old-box".into(),
+        storage_id: None,
+        started_at_ms: sealfarm_schemas::messages::now_ms(),
+        finished_at_ms: sealfarm_schemas::messages::now_ms(),
+        outcome: sealfarm_schemas::Outcome::Done(sealfarm_schemas::StageOutput::Ap { piece: piece.clone() }),
+        attempt_token: task.attempt_token.clone(),
+    };
+    publish(topology::RESULTS_EXCHANGE, "", serde_json::to_vec(&result).unwrap()).await;
+
+    farm.start_bridge_again();
+    let returned = farm.miner.wait_for_return(&call, Duration::from_secs(60)).await.unwrap_or_else(|e| {
+        panic!("{e}\nbridge log:\n{}", farm.bridge.log_text());
+    });
+    assert_eq!(returned.method, "ReturnAddPiece");
+    assert_eq!(returned.params[1], serde_json::to_value(&piece).unwrap());
+    farm.wait_json(&["workers"], Duration::from_secs(30), |w| {
+        w.as_array().is_some_and(|w| w.iter().any(|w| w["id"] == "old-box"))
+    })
+    .await;
+    // No call from before is open any more: the old queues go, and the marker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let queues = farm.vhost.rabbitmqctl(&["list_queues", "name"]);
+        let old = queues.lines().any(|l| {
+            let name = l.trim();
+            name == topology::LEGACY_BRIDGE_EVENTS_QUEUE || name == topology::LEGACY_BRIDGE_DEAD_QUEUE
+        });
+        if !old && !farm.state_dir().join("legacy-queues").exists() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old queues are still there:\n{queues}\nbridge log:\n{}",
+            farm.bridge.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let kept = std::fs::read_to_string(farm.state_dir().join("bridge-id")).unwrap();
+    assert_eq!(kept.trim(), "t01000");
+    assert!(farm.miner.duplicate_returns().is_empty(), "returned twice");
+    let _ = connection.close(200, "done".into()).await;
+}

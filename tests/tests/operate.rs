@@ -215,16 +215,27 @@ async fn dead_letters_are_listed_replayed_and_purged_and_metrics_tell_the_story(
     // Metrics, from the bridge and from the worker.
     let http = reqwest::Client::new();
     let bridge = http.get(format!("http://{}/metrics", farm.listen)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(sample(&bridge, "sealfarm_calls_accepted_total{stage=\"pc2\"}"), 1.0, "{bridge}");
-    assert_eq!(sample(&bridge, "sealfarm_dead_letters_total{stage=\"pc2\"}"), 1.0);
-    assert!(!bridge.contains("sealfarm_redispatches_total{"), "no lease expired, nothing released: {bridge}");
-    assert_eq!(sample(&bridge, "sealfarm_stage_duration_seconds_count{stage=\"pc1\",sector_size=\"2KiB\"}"), 1.0);
-    assert!(sample(&bridge, "sealfarm_queue_wait_seconds_count{stage=\"ap\",sector_size=\"2KiB\"}") >= 1.0);
-    assert!(sample(&bridge, "sealfarm_return_latency_seconds_count{stage=\"pc2\"}") >= 2.0, "error and replay");
-    assert_eq!(sample(&bridge, "sealfarm_calls{stage=\"pc2\",state=\"done\"}"), 1.0);
+    assert_eq!(sample(&bridge, "sealfarm_calls_accepted_total{miner=\"t01000\",stage=\"pc2\"}"), 1.0, "{bridge}");
+    assert_eq!(sample(&bridge, "sealfarm_dead_letters_total{miner=\"t01000\",stage=\"pc2\"}"), 1.0);
+    assert!(
+        !bridge.contains("sealfarm_redispatches_total{miner=\"t01000\","),
+        "no lease expired, nothing released: {bridge}"
+    );
+    assert_eq!(
+        sample(&bridge, "sealfarm_stage_duration_seconds_count{miner=\"t01000\",stage=\"pc1\",sector_size=\"2KiB\"}"),
+        1.0
+    );
+    assert!(
+        sample(&bridge, "sealfarm_queue_wait_seconds_count{miner=\"t01000\",stage=\"ap\",sector_size=\"2KiB\"}") >= 1.0
+    );
+    assert!(
+        sample(&bridge, "sealfarm_return_latency_seconds_count{miner=\"t01000\",stage=\"pc2\"}") >= 2.0,
+        "error and replay"
+    );
+    assert_eq!(sample(&bridge, "sealfarm_calls{miner=\"t01000\",stage=\"pc2\",state=\"done\"}"), 1.0);
     assert_eq!(sample(&bridge, "sealfarm_miner_up"), 1.0);
-    assert_eq!(sample(&bridge, "sealfarm_farm_worker_up{worker=\"w-c\""), 1.0);
-    assert!(sample(&bridge, "sealfarm_farm_worker_slots{worker=\"w-c\",stage=\"pc1\"") >= 1.0);
+    assert_eq!(sample(&bridge, "sealfarm_farm_worker_up{miner=\"t01000\",worker=\"w-c\""), 1.0);
+    assert!(sample(&bridge, "sealfarm_farm_worker_slots{miner=\"t01000\",worker=\"w-c\",stage=\"pc1\"") >= 1.0);
     // RabbitMQ's count of a quorum queue trails an ack by a moment.
     let mut waiting = sample(&bridge, "sealfarm_dead_letters_waiting");
     for _ in 0..40 {
@@ -244,7 +255,7 @@ async fn dead_letters_are_listed_replayed_and_purged_and_metrics_tell_the_story(
         .find_map(|l| l.trim().strip_prefix("metrics").map(|u| u.trim().to_string()))
         .unwrap_or_else(|| panic!("the worker prints its metrics URL:\n{log}"));
     let own = http.get(&url).send().await.unwrap().text().await.unwrap();
-    let done = "sealfarm_worker_jobs_total{stage=\"pc1\",sector_size=\"2KiB\",outcome=\"done\"}";
+    let done = "sealfarm_worker_jobs_total{stage=\"pc1\",sector_size=\"2KiB\",outcome=\"done\",miner=\"t01000\"}";
     assert_eq!(sample(&own, done), 1.0, "{own}");
     assert_eq!(sample(&own, "sealfarm_worker_dead_lettered_total{reason=\"missing-input\"}"), 1.0);
     assert_eq!(sample(&own, "sealfarm_worker_dead_lettered_total{reason=\"malformed\"}"), 1.0);
@@ -317,7 +328,7 @@ async fn metrics_name_no_call_ids_and_can_take_a_token_on_their_own_address() {
     let url = format!("http://{metrics_at}/metrics");
     assert_eq!(http.get(&url).send().await.unwrap().status(), reqwest::StatusCode::UNAUTHORIZED);
     let text = http.get(&url).bearer_auth(farm.token("read")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("sealfarm_calls{stage=\"pc1\",state=\"queued\"} 1"), "{text}");
+    assert!(text.contains("sealfarm_calls{miner=\"t01000\",stage=\"pc1\",state=\"queued\"} 1"), "{text}");
     let headroom = format!("sealfarm_pc1_ticket_headroom_seconds{{sector=\"{}\"}}", sector.id.file_name());
     assert!(sample(&text, &headroom) > 3600.0, "{text}");
     for call in &opened {

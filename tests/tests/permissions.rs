@@ -274,11 +274,11 @@ async fn each_broker_user_does_its_work_and_forged_messages_are_refused() {
 
     let bridge_metrics = format!("http://{}/metrics", farm.listen);
     let wanted = [
-        r#"sealfarm_refused_messages_total{kind="result",reason="wrong_user"} 1"#,
-        r#"sealfarm_refused_messages_total{kind="result",reason="no_user_id"} 1"#,
-        r#"sealfarm_refused_messages_total{kind="result",reason="not_the_holder"} 1"#,
-        r#"sealfarm_refused_messages_total{kind="event",reason="files_url"} 1"#,
-        r#"sealfarm_refused_messages_total{kind="event",reason="wrong_user"} 1"#,
+        r#"sealfarm_refused_messages_total{miner="t01000",kind="result",reason="wrong_user"} 1"#,
+        r#"sealfarm_refused_messages_total{miner="t01000",kind="result",reason="no_user_id"} 1"#,
+        r#"sealfarm_refused_messages_total{miner="t01000",kind="result",reason="not_the_holder"} 1"#,
+        r#"sealfarm_refused_messages_total{miner="t01000",kind="event",reason="files_url"} 1"#,
+        r#"sealfarm_refused_messages_total{miner="t01000",kind="event",reason="wrong_user"} 1"#,
     ];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -70,7 +70,7 @@ async fn a_warming_worker_takes_its_gpu_stage_only_after_the_warm_up() {
     let text = farm.cli_ok(&["workers"]);
     assert!(text.contains("warming up: takes pc2, c2"), "{text}");
     // … and in its metrics (the series behind the Grafana workers table).
-    let series = "sealfarm_farm_worker_warming{worker=\"w-warm\"} ";
+    let series = "sealfarm_farm_worker_warming{miner=\"t01000\",worker=\"w-warm\"} ";
     let mut metrics = String::new();
     for _ in 0..40 {
         metrics = reqwest::get(format!("http://{}/metrics", farm.listen)).await.unwrap().text().await.unwrap();

@@ -19,7 +19,12 @@ use sealfarm_schemas::{SectorRef, Stage};
 /// The labels of a task's stage and sector size.
 pub fn of_task(task: &TaskMessage) -> Labels {
     let size = task.sector.proof_type.info().map_or("unknown".to_string(), |i| i.sector_size.to_string());
-    vec![("stage", task.stage().to_string()), ("sector_size", size)]
+    vec![("stage", task.stage().to_string()), ("sector_size", size), ("miner", miner(&task.sector))]
+}
+
+/// The miner a job is for (`t0<actor>`): a worker serves every miner of the farm.
+fn miner(sector: &SectorRef) -> String {
+    format!("t0{}", sector.id.miner)
 }
 
 /// What the gauges are filled from at each scrape.
@@ -130,7 +135,12 @@ impl Metrics {
     /// A job of `stage` for `sector` ended here with `outcome`.
     pub fn job_ended(&self, stage: Stage, sector: &SectorRef, outcome: &str) {
         let size = sector.proof_type.info().map_or("unknown".to_string(), |i| i.sector_size.to_string());
-        let labels = vec![("stage", stage.to_string()), ("sector_size", size), ("outcome", outcome.to_string())];
+        let labels = vec![
+            ("stage", stage.to_string()),
+            ("sector_size", size),
+            ("outcome", outcome.to_string()),
+            ("miner", miner(sector)),
+        ];
         self.jobs.get_or_create(&labels).inc();
     }
 

@@ -71,7 +71,7 @@ pub(super) async fn run(args: RunArgs) -> Result<()> {
         broker::Role::Bridge(Some(bridge_id.clone())),
     ));
     link.get().await.with_context(|| format!("cannot reach RabbitMQ at {}", broker_config.redacted()))?;
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::for_miner(Some(&bridge_id)));
     let users = crate::senders::WorkerUsers {
         bridge_user: link.user().to_string(),
         rule: args.worker_user_rule.clone(),

@@ -29,6 +29,7 @@ impl Metrics {
             &self.worker_jobs,
             &self.queue_messages,
             &self.queue_consumers,
+            &self.queue_held,
         ] {
             family.clear();
         }
@@ -100,6 +101,9 @@ impl Metrics {
             }
             self.queue_messages.get_or_create(&labels).set(queue.ready as i64);
             self.queue_consumers.get_or_create(&labels).set(i64::from(queue.consumers));
+            if queue.stage.is_some() {
+                self.queue_held.get_or_create(&labels).set(queue.held as i64);
+            }
         }
         self.dead_letters_waiting.set(overview.dead_letters as i64);
         let miner = &overview.bridge.miner;

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub(super) worker_slots: Family<Labels, Gauge>,
     pub(super) worker_jobs: Family<Labels, Gauge>,
     pub(super) queue_messages: Family<Labels, Gauge>,
+    pub(super) queue_held: Family<Labels, Gauge>,
     pub(super) queue_consumers: Family<Labels, Gauge>,
     pub refused_messages: Family<Labels, Counter>,
     pub undecodable_messages: Family<Labels, Counter>,
@@ -59,7 +60,16 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = NamedRegistry::new("sealfarm");
+        Self::for_miner(None)
+    }
+
+    /// The metrics of the bridge of one miner: every series carries
+    /// `miner="<bridge id>"`, so one Prometheus sums or splits a farm's miners.
+    pub fn for_miner(miner: Option<&str>) -> Self {
+        let mut registry = match miner {
+            Some(miner) => NamedRegistry::with_labels("sealfarm", &[("miner", miner.to_string())]),
+            None => NamedRegistry::new("sealfarm"),
+        };
         macro_rules! metric {
             ($name:literal, $help:literal, $metric:expr) => {
                 registry.add($name, $help, $metric)
@@ -163,6 +173,12 @@ impl Metrics {
                 Family::default()
             ),
             queue_consumers: metric!("queue_consumers", "Consumers of a sealfarm queue", Family::default()),
+            queue_held: metric!(
+                "queue_held",
+                "This miner's calls for a stage queue held in the bridge beyond its --fair-share: its backlog \
+                 beyond what the queue shows",
+                Family::default()
+            ),
             registry,
         }
     }
