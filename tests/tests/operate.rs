@@ -329,7 +329,8 @@ async fn metrics_name_no_call_ids_and_can_take_a_token_on_their_own_address() {
     assert_eq!(http.get(&url).send().await.unwrap().status(), reqwest::StatusCode::UNAUTHORIZED);
     let text = http.get(&url).bearer_auth(farm.token("read")).send().await.unwrap().text().await.unwrap();
     assert!(text.contains("sealfarm_calls{miner=\"t01000\",stage=\"pc1\",state=\"queued\"} 1"), "{text}");
-    let headroom = format!("sealfarm_pc1_ticket_headroom_seconds{{miner=\"t01000\",sector=\"{}\"}}", sector.id.file_name());
+    let headroom =
+        format!("sealfarm_pc1_ticket_headroom_seconds{{miner=\"t01000\",sector=\"{}\"}}", sector.id.file_name());
     assert!(sample(&text, &headroom) > 3600.0, "{text}");
     for call in &opened {
         let id = call.id.to_string();

@@ -172,6 +172,76 @@ impl Budget {
     }
 }
 
+/// The order in which jobs already claimed wait for a slot of their stage
+/// and size (tasks from this worker's own queue, jobs resumed at start):
+/// round-robin over the miners they are for. Each waiter's place is its
+/// turn, the number of jobs of its miner that were waiting before it, then
+/// its arrival; so a miner whose 500 PC1s wait here does not keep another
+/// miner's one waiting behind all of them. Only the first in that order
+/// waits on the slots themselves (a FIFO semaphore).
+#[derive(Default)]
+pub struct SlotQueue {
+    waiting: Mutex<SlotWaiters>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct SlotWaiters {
+    /// (turn, arrival) → miner.
+    order: BTreeMap<(u64, u64), u64>,
+    arrivals: u64,
+}
+
+/// Leaves the queue when dropped (served, or the wait given up).
+struct InLine<'a> {
+    queue: &'a SlotQueue,
+    key: (u64, u64),
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.queue.waiting.lock().unwrap().order.remove(&self.key);
+        self.queue.changed.notify_waiters();
+    }
+}
+
+impl SlotQueue {
+    /// Waits for this job's turn among the miners, then for a slot.
+    pub async fn acquire(
+        &self,
+        slots: Arc<tokio::sync::Semaphore>,
+        miner: u64,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError> {
+        let key = {
+            let mut waiting = self.waiting.lock().unwrap();
+            let turn = waiting.order.values().filter(|m| **m == miner).count() as u64;
+            waiting.arrivals += 1;
+            let key = (turn, waiting.arrivals);
+            waiting.order.insert(key, miner);
+            key
+        };
+        let in_line = InLine { queue: self, key };
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.waiting.lock().unwrap().order.keys().next() == Some(&key) {
+                break;
+            }
+            notified.await;
+        }
+        let permit = slots.acquire_owned().await;
+        drop(in_line);
+        permit
+    }
+
+    /// The miners of the waiting jobs, in the order they will go.
+    #[cfg(test)]
+    fn order(&self) -> Vec<u64> {
+        self.waiting.lock().unwrap().order.values().copied().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +309,34 @@ mod tests {
         drop(running);
         let pc1 = budget.priority(&task(Stage::Pc1, 4, false));
         assert!(tokio::time::timeout(quick, budget.acquire(one, pc1)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn jobs_waiting_for_a_slot_take_turns_by_miner() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let queue = Arc::new(SlotQueue::default());
+        let busy = slots.clone().acquire_owned().await.unwrap();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        // Five jobs of miner 1000 wait, then one of miner 1001.
+        for miner in [1000, 1000, 1000, 1000, 1000, 1001] {
+            let (slots, queue, served) = (slots.clone(), queue.clone(), served.clone());
+            waiters.push(tokio::spawn(async move {
+                let permit = queue.acquire(slots, miner).await.unwrap();
+                served.lock().unwrap().push(miner);
+                tokio::task::yield_now().await;
+                drop(permit);
+            }));
+            tokio::task::yield_now().await;
+        }
+        while queue.order().len() < 6 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(queue.order(), [1000, 1001, 1000, 1000, 1000, 1000]);
+        drop(busy);
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        assert_eq!(*served.lock().unwrap(), [1000, 1001, 1000, 1000, 1000, 1000], "the other miner's job goes second");
     }
 }

@@ -165,13 +165,15 @@ impl Worker {
         }
     }
 
-    /// Waits for a slot of the task's stage and size (None: stopping).
+    /// Waits for a slot of the task's stage and size (None: stopping), in
+    /// turns with the jobs of other miners that wait for one too.
     pub(super) async fn slot(&self, task: &TaskMessage) -> Option<OwnedSemaphorePermit> {
         let size = task.sector.proof_type.info()?.sector_size;
         let semaphore = self.slots.get(&(task.stage(), size))?.clone();
+        let queue = self.slot_queues.get(&(task.stage(), size))?.clone();
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
-            permit = semaphore.acquire_owned() => permit.ok(),
+            permit = queue.acquire(semaphore, task.sector.id.miner) => permit.ok(),
             _ = shutdown.wait() => None,
         }
     }

@@ -149,6 +149,8 @@ struct Worker {
     executor: Executor,
     /// One per stage and sector size taken, with its slots.
     slots: BTreeMap<(Stage, SectorSize), Arc<Semaphore>>,
+    /// Claimed jobs waiting for those slots, in turns by miner.
+    slot_queues: BTreeMap<(Stage, SectorSize), Arc<crate::placement::budget::SlotQueue>>,
     /// The machine's memory, cores and GPUs, shared by all running jobs.
     budget: Arc<Budget>,
     /// Jobs this worker holds (claimed, running or waiting for a slot): a
@@ -185,6 +187,7 @@ pub async fn run(config: WorkerConfig, shutdown: Shutdown) -> Result<()> {
             .iter()
             .map(|c| ((c.stage, c.sector_size), Arc::new(Semaphore::new(c.slots.max(1) as usize))))
             .collect(),
+        slot_queues: config.capacity.iter().map(|c| ((c.stage, c.sector_size), Arc::default())).collect(),
         budget: Budget::new(
             config.hardware.memory_bytes,
             config.hardware.cores.max(1) as u64,
