@@ -243,8 +243,10 @@ async fn another_miners_pc1_gets_past_a_flood_of_pc1s() {
          t01000's returned first); with --fair-share 1 {} ms ({} first); the worker's own queue {} ms ({} first)",
         shared.wait_ms, shared.flood_ahead, weighted.wait_ms, weighted.flood_ahead, own.wait_ms, own.flood_ahead
     );
-    assert!(weighted.flood_ahead <= 3, "with --fair-share 1, {} of the flood went first", weighted.flood_ahead);
-    assert!(own.flood_ahead <= 3, "in the worker's own queue, {} of the flood went first", own.flood_ahead);
+    // Ahead of it at most: the one running, the one queued (or next in
+    // turn), and one or two that went out while its call was on the way.
+    assert!(weighted.flood_ahead <= 4, "with --fair-share 1, {} of the flood went first", weighted.flood_ahead);
+    assert!(own.flood_ahead <= 4, "in the worker's own queue, {} of the flood went first", own.flood_ahead);
     assert!(
         shared.flood_ahead > weighted.flood_ahead + 5,
         "without a share the flood goes first ({} ahead against {})",
