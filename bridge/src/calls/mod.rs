@@ -171,6 +171,16 @@ impl Calls {
         self.tasks.spawn(async move { this.deliver(call).await });
     }
 
+    /// Publishes the task of a call still `Accepted` (until the broker
+    /// confirms it, or shutdown) and marks the call dispatched (lazily).
+    pub(super) async fn publish_accepted(&self, task: &TaskMessage, queue: &str) -> Result<()> {
+        let stamped = self.senders.stamped(task);
+        self.link.publish_until_confirmed("", queue, &stamped, &[], &self.shutdown).await?;
+        let id = task.call_id.to_string();
+        let _ = self.store.apply(&id, Durability::Lazy, |c| c.dispatched(task.attempt, queue));
+        Ok(())
+    }
+
     /// At start: delivers every stored result the miner has not accepted
     /// yet, and publishes every call whose task the broker never confirmed
     /// (the bridge died in between; the miner's re-issued call attaches to it).
@@ -203,13 +213,8 @@ impl Calls {
                             tracing::warn!(error = %format!("{err:#}"), "task not published");
                             return;
                         }
-                        let stamped = this.senders.stamped(&task);
-                        match this.link.publish_until_confirmed("", &queue, &stamped, &[], &this.shutdown).await {
-                            Ok(()) => {
-                                let id = task.call_id.to_string();
-                                let _ = this.store.apply(&id, Durability::Lazy, |c| c.dispatched(task.attempt, &queue));
-                                tracing::info!(call_id = %task.call_id, "unconfirmed task published again");
-                            }
+                        match this.publish_accepted(&task, &queue).await {
+                            Ok(()) => tracing::info!(call_id = %task.call_id, "unconfirmed task published again"),
                             Err(err) => tracing::warn!(error = %format!("{err:#}"), "task not published"),
                         }
                     });

@@ -31,7 +31,6 @@ use sealfarm_schemas::topology;
 use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use super::lifecycle::RowState;
-use super::store::Durability;
 use super::Calls;
 
 /// How often held calls are looked at without a claim to wake them (a call
@@ -120,12 +119,9 @@ impl Calls {
             let Some(task) = call.task().filter(|_| call.state == super::lifecycle::CallState::Accepted) else {
                 continue;
             };
-            let stamped = self.senders.stamped(task);
-            match self.link.publish_until_confirmed("", queue, &stamped, &[], &self.shutdown).await {
+            match self.publish_accepted(task, queue).await {
                 Ok(()) => {
                     share.queued += 1;
-                    let id = task.call_id.to_string();
-                    let _ = self.store.apply(&id, Durability::Lazy, |c| c.dispatched(task.attempt, queue));
                     tracing::info!(call_id = %task.call_id, sector = %task.sector.id, queue, "held call dispatched: its turn came");
                 }
                 Err(err) => {
